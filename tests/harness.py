@@ -1,0 +1,86 @@
+"""Helpers for end-to-end tests: a config on disk, the emulator, and waiting without sleeping blind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from watcher import config as config_module
+from watcher.daemon import Daemon
+from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG, EmulatorServer
+from watcher.store import Store
+
+KEY_ENV = "TEST_UNSTRACT_API_KEY"
+
+
+def write_config(
+    folder: Path, url: str, db_url: str, pipeline: dict[str, Any] | None = None,
+    api: dict[str, Any] | None = None, daemon: dict[str, Any] | None = None,
+) -> Path:  # fmt: skip
+    """A config file for one pipeline watching folder/drop; keys of the three tables override."""
+    drop = folder / "drop"
+    drop.mkdir(parents=True, exist_ok=True)
+    pipeline_table = {"name": "docs", "watch_dir": str(drop), "settle_seconds": 0.3,
+                      "rescan_seconds": 30.0, **(pipeline or {})}  # fmt: skip
+    api_table = {"url": url, "api_key_env": KEY_ENV, "tags": ["tests"], "max_in_flight": 10,
+                 "poll_initial_seconds": 0.1, "poll_max_seconds": 1.0, **(api or {})}  # fmt: skip
+    daemon_table = {"upload_workers": 4, "log_format": "json", "log_level": "info",
+                    "drain_seconds": 5.0, **(daemon or {})}  # fmt: skip
+    lines = [f"[database]\nurl = {json.dumps(db_url)}\n", "[daemon]", *_pairs(daemon_table),
+             "\n[[pipelines]]", *_pairs(pipeline_table), "\n[pipelines.api]", *_pairs(api_table)]  # fmt: skip
+    path = folder / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _pairs(table: dict[str, Any]) -> list[str]:
+    return [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+
+
+def deployment_url(server: EmulatorServer) -> str:
+    return server.deployment_url(DEMO_ORG, DEMO_API)
+
+
+@contextmanager
+def running_daemon(config_path: Path, watch_events: bool = True) -> Iterator[Daemon]:
+    settings = config_module.load(config_path)
+    store = Store(settings.database.url)
+    store.upgrade()
+    daemon = Daemon(settings, store)
+    daemon.start(watch_events=watch_events)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        daemon.join()
+        store.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def results_under(folder: Path) -> dict[str, dict[str, Any]]:
+    """Result and error files under a folder, by path relative to it."""
+    return {
+        path.relative_to(folder).as_posix(): json.loads(path.read_text())
+        for path in folder.rglob("*.json")
+    }
+
+
+def api_key() -> str:
+    return DEMO_KEY

@@ -1,0 +1,143 @@
+"""Config: the example file loads through the real loader, and bad configs name their key."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watcher import config
+from watcher.cli import EXIT_CONFIG, main
+
+EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
+KEY = "6f1c2a8e-3b7d-4c59-9e21-0d4b8a7f5c13"
+
+
+def example(tmp_path: Path) -> dict[str, Any]:
+    raw = tomllib.loads(EXAMPLE.read_text())
+    (tmp_path / "drop").mkdir(exist_ok=True)
+    raw["database"]["url"] = f"sqlite:///{tmp_path / 'state.db'}"
+    raw["pipelines"][0]["watch_dir"] = str(tmp_path / "drop")
+    return raw
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INVOICES_API_KEY", KEY)
+
+
+def test_the_example_loads_and_documents_every_key(tmp_path: Path) -> None:
+    settings = config.from_mapping(example(tmp_path))
+    text = EXAMPLE.read_text()
+    models = [config.DatabaseConfig, config.DaemonConfig, config.PipelineConfig, config.ApiConfig]
+    for model in models:
+        for name in model.model_fields:
+            documented = f"\n{name} = " in text or f"\n# {name} = " in text
+            assert documented or f"[pipelines.{name}]" in text, f"{name} is not documented"
+    assert settings.pipelines[0].api.resolve_key().get_secret_value() == KEY
+
+
+def test_environment_overrides_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNSTRACT_WATCHER_DAEMON__LOG_LEVEL", "debug")
+    monkeypatch.setenv("UNSTRACT_WATCHER_DATABASE__URL", "postgresql+psycopg://u@h:5432/db")
+    settings = config.from_mapping(example(tmp_path))
+    assert settings.daemon.log_level == "debug"
+    assert settings.database.url == "postgresql+psycopg://u@h:5432/db"
+    assert settings.daemon.upload_workers == 4  # the file's other keys stay
+
+
+def bad(tmp_path: Path, change: Any) -> str:
+    raw = example(tmp_path)
+    change(raw)
+    with pytest.raises(config.ConfigError) as caught:
+        config.from_mapping(raw)
+    return str(caught.value)
+
+
+def api(raw: dict[str, Any]) -> dict[str, Any]:
+    return dict(raw["pipelines"][0]["api"])
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda r: r["pipelines"][0]["api"].update(tags=["a", "b"]), "pipelines[0].api.tags: the server takes at most one tag"),
+        (lambda r: r["pipelines"][0]["api"].update(tags=["1abc"]), "pipelines[0].api.tags: tag '1abc'"),
+        (lambda r: r["pipelines"][0]["api"].update(tags=["a" * 51]), "at most 50 characters"),
+        (lambda r: r["pipelines"][0]["api"].update(url="https://x.example/api/v1/foo"), "pipelines[0].api.url: must have the deployment shape"),
+        (lambda r: r["pipelines"][0]["api"].update(api_key="k"), "set exactly one of api_key_env, api_key_file or api_key"),
+        (lambda r: r["pipelines"][0]["api"].update(api_key_env="NO_SUCH_VARIABLE_X"), "pipelines[0].api: environment variable NO_SUCH_VARIABLE_X is empty or unset"),
+        (lambda r: r["pipelines"][0]["api"].update(kind="openai"), "pipelines[0].api.kind"),
+        (lambda r: r["pipelines"][0].update(watch_dir="/no/such/folder"), "pipelines[0].watch_dir: /no/such/folder does not exist"),
+        (lambda r: r["pipelines"][0].update(settle_secs=2), "pipelines[0].settle_secs: unknown key"),
+        (lambda r: r["daemon"].update(upload_workers=0), "daemon.upload_workers"),
+        (lambda r: r["daemon"].update(log_format="xml"), "daemon.log_format"),
+        (lambda r: r["database"].update(url="mysql://x"), "database.url"),
+        (lambda r: r["pipelines"][0].update(after_success="move"), "pipelines[0].archive_dir: required"),
+        (lambda r: r.update(pipelines=[]), "pipelines"),
+        (lambda r: r["pipelines"].append(dict(r["pipelines"][0])), "used twice"),
+    ],
+)  # fmt: skip
+def test_bad_configs_name_the_key(tmp_path: Path, change: Any, expected: str) -> None:
+    assert expected in bad(tmp_path, change)
+
+
+def test_output_inside_the_watched_tree_is_refused_unless_excluded(tmp_path: Path) -> None:
+    inside = str(tmp_path / "drop" / "results")
+
+    def output_inside(raw: dict[str, Any]) -> None:
+        raw["pipelines"][0]["output_dir"] = inside
+
+    assert "pipelines[0].output_dir" in bad(tmp_path, output_inside)
+    raw = example(tmp_path)
+    output_inside(raw)
+    raw["pipelines"][0]["exclude"] = ["results/*"]
+    assert config.from_mapping(raw).pipelines[0].output_dir == Path(inside)
+
+
+def test_key_file_under_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "invoices.key").write_text(KEY + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    raw = example(tmp_path)
+    del raw["pipelines"][0]["api"]["api_key_env"]
+    raw["pipelines"][0]["api"]["api_key_file"] = "invoices.key"
+    settings = config.from_mapping(raw)
+    assert settings.pipelines[0].api.resolve_key().get_secret_value() == KEY
+
+
+def test_cli_exits_2_with_the_key_and_no_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(EXAMPLE.read_text().replace('log_level = "info"', 'log_level = "loud"'))
+    assert main(["check-config", "--config", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "daemon.log_level" in err
+    assert "Traceback" not in err
+
+
+def test_cli_names_a_toml_syntax_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[daemon\nlog_level = 1\n")
+    assert main(["check-config", "--config", str(path)]) == EXIT_CONFIG
+    assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_check_config_never_prints_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = EXAMPLE.read_text()
+    path = tmp_path / "config.toml"
+    (tmp_path / "drop").mkdir()
+    raw = raw.replace("/srv/drop/invoices", str(tmp_path / "drop"))
+    path.write_text(raw)
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "config OK" in out.out
+    assert KEY not in out.out + out.err
+    assert os.environ["INVOICES_API_KEY"] == KEY

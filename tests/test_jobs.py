@@ -1,0 +1,141 @@
+"""The pure decisions: what each API answer does to a job, and the retry/poll schedules."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome
+from watcher.jobs import (
+    TRANSITIONS,
+    Job,
+    JobState,
+    RetryPolicy,
+    backoff_seconds,
+    can_move,
+    decide_after_poll,
+    decide_after_submit,
+    poll_delay_seconds,
+)
+
+POLICY = RetryPolicy(max_attempts=3, execution_deadline_seconds=600)
+
+
+def job(**changes: Any) -> Job:
+    values: dict[str, Any] = dict(
+        id=1, pipeline="p", relative_path="in/a.pdf", sha256="0" * 64, size=1, mtime_ns=1,
+        state=JobState.SUBMITTED, attempts=1, execution_id="e1", poll_count=0, outcome=None,
+        result_body=None, last_http_status=None, last_error="", lease_owner=None,
+        created_at=0.0, submitted_at=0.0, updated_at=0.0,
+    )  # fmt: skip
+    values.update(changes)
+    return Job(**values)
+
+
+def rng() -> random.Random:
+    return random.Random(7)
+
+
+def test_every_state_has_its_transitions_listed() -> None:
+    assert set(TRANSITIONS) == set(JobState)
+    assert can_move(JobState.QUEUED, JobState.SUBMITTING)
+    assert not can_move(JobState.DONE, JobState.QUEUED)
+    assert can_move(JobState.FAILED, JobState.QUEUED)  # an operator's retry
+
+
+@pytest.mark.parametrize(
+    ("outcome", "attempts", "state", "result"),
+    [
+        (SubmitOutcome(SubmitKind.ACCEPTED, "e1", 200), 1, JobState.SUBMITTED, None),
+        (SubmitOutcome(SubmitKind.RETRY, None, 503, "down"), 1, JobState.QUEUED, None),
+        (SubmitOutcome(SubmitKind.RETRY, None, 503, "down"), 3, JobState.RESULT_STORED, "failed"),
+        (SubmitOutcome(SubmitKind.UNKNOWN, None, None, "ReadTimeout"), 1, JobState.QUEUED, None),
+        (SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, 400, "empty"), 1, JobState.RESULT_STORED, "failed"),
+        (SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, 401, "Unauthorized"), 3, JobState.QUEUED, None),
+    ],
+)  # fmt: skip
+def test_after_submit(
+    outcome: SubmitOutcome, attempts: int, state: JobState, result: str | None
+) -> None:
+    decision = decide_after_submit(outcome, attempts, POLICY, rng())
+    assert decision.state is state
+    assert decision.outcome == result
+    if state is JobState.SUBMITTED:
+        assert decision.execution_id == "e1"
+
+
+def test_a_broken_pipeline_pauses_and_does_not_use_up_attempts() -> None:
+    outcome = SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, 401, "Unauthorized")
+    decision = decide_after_submit(outcome, 3, POLICY, rng())
+    assert decision.pause_pipeline and decision.refund_attempt
+
+
+def body(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"status": "COMPLETED", "message": list(items)}
+
+
+OK_ITEM = {"file": "a.pdf", "status": "Success", "result": {"output": {}}, "error": None}
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "result", "error_part"),
+    [
+        (PollOutcome(PollKind.RUNNING, "EXECUTING", 422), JobState.SUBMITTED, None, ""),
+        (PollOutcome(PollKind.RETRY, None, 502, "bad gateway"), JobState.SUBMITTED, None, "bad gateway"),
+        (PollOutcome(PollKind.COMPLETED, "COMPLETED", 200, body=body(OK_ITEM)), JobState.RESULT_STORED, "success", ""),
+        (PollOutcome(PollKind.COMPLETED, "COMPLETED", 200,
+                     body=body({"file": "a.pdf", "status": "Failed", "error": "bad scan"})),
+         JobState.RESULT_STORED, "failed", "bad scan"),
+        (PollOutcome(PollKind.COMPLETED, "COMPLETED", 200, body=body({**OK_ITEM, "file": "b.pdf"})),
+         JobState.RESULT_STORED, "failed", "without a result"),
+        (PollOutcome(PollKind.FAILED, "ERROR", 422, "bad scan",
+                     body={"status": "ERROR", "message": [{"file": "a.pdf", "status": "Failed", "error": "bad scan"}]}),
+         JobState.RESULT_STORED, "failed", "bad scan"),
+        (PollOutcome(PollKind.FAILED, "STOPPED", 422, "", body={"status": "STOPPED", "message": None}),
+         JobState.RESULT_STORED, "failed", "STOPPED"),
+        (PollOutcome(PollKind.RESULT_GONE, "COMPLETED", 406, "result already read"), JobState.QUEUED, None, "again"),
+        (PollOutcome(PollKind.LOST, None, 404, "does not exist"), JobState.QUEUED, None, "again"),
+        (PollOutcome(PollKind.PIPELINE_BROKEN, None, 401, "Unauthorized"), JobState.SUBMITTED, None, "Unauthorized"),
+    ],
+)  # fmt: skip
+def test_after_poll(
+    outcome: PollOutcome, state: JobState, result: str | None, error_part: str
+) -> None:
+    decision = decide_after_poll(outcome, job(), 10.0, POLICY, rng())
+    assert decision.state is state
+    assert decision.outcome == result
+    assert error_part in decision.error
+
+
+def test_a_gone_result_is_resubmitted_only_a_bounded_number_of_times() -> None:
+    gone = PollOutcome(PollKind.RESULT_GONE, "COMPLETED", 406, "result already read")
+    decision = decide_after_poll(gone, job(attempts=3), 10.0, POLICY, rng())
+    assert decision.state is JobState.RESULT_STORED
+    assert decision.outcome == "failed"
+    assert "gave up after 3 attempts" in decision.error
+
+
+def test_an_execution_past_its_deadline_fails_visibly() -> None:
+    running = PollOutcome(PollKind.RUNNING, "PENDING", 422)
+    decision = decide_after_poll(running, job(), 601.0, POLICY, rng())
+    assert decision.outcome == "failed"
+    assert "did not finish within 600 s" in decision.error
+
+
+def test_poll_intervals_grow_to_the_cap() -> None:
+    policy = RetryPolicy(poll_initial_seconds=0.25, poll_max_seconds=30.0)
+    delays = [poll_delay_seconds(n, policy) for n in range(20)]
+    assert delays[0] == 0.25
+    assert delays == sorted(delays)
+    assert delays[-1] == 30.0
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    policy = RetryPolicy(backoff_base_seconds=2.0, backoff_cap_seconds=60.0)
+    generator = random.Random(1)
+    for attempt, ceiling in [(1, 2.0), (2, 4.0), (3, 8.0), (10, 60.0)]:
+        samples = [backoff_seconds(attempt, policy, generator) for _ in range(50)]
+        assert all(ceiling / 2 <= s <= ceiling for s in samples)
+        assert len(set(samples)) > 1  # jitter spreads retries of many documents

@@ -1,0 +1,177 @@
+"""Every answer of the API tables, classified; and the bytes of the requests we send."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from watcher.backend import PollKind, SubmitKind, Upload
+from watcher.unstract import UnstractClient, classify_poll, classify_submit
+
+EXEC_ID = "8c0d2f2e-4b8e-4d43-9d7c-2f1f0a9b3c11"
+
+
+def std_error(detail: str, kind: str = "client_error", attr: str | None = None) -> bytes:
+    return json.dumps(
+        {"type": kind, "errors": [{"code": "error", "detail": detail, "attr": attr}]}
+    ).encode()
+
+
+def exec_message(status: str, error: str | None = None, result: Any = None) -> bytes:
+    message = {"execution_id": EXEC_ID, "execution_status": status, "error": error,
+               "status_api": f"/deployment/api/o/a/?execution_id={EXEC_ID}", "result": result}  # fmt: skip
+    return json.dumps({"message": message}).encode()
+
+
+def status_body(status: str, message: Any) -> bytes:
+    return json.dumps({"status": status, "message": message}).encode()
+
+
+ITEM_OK = {"file": "a.pdf", "status": "Success", "result": {"output": {"total": 5}}, "error": None}
+ITEM_FAILED = {"file": "a.pdf", "status": "Failed", "result": None, "error": "bad scan"}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (200, exec_message("PENDING"), SubmitKind.ACCEPTED),
+        (200, exec_message("EXECUTING"), SubmitKind.ACCEPTED),
+        (400, std_error("Tag 'x y' is invalid.", "validation_error", "tags"), SubmitKind.DOCUMENT_FAILED),
+        (400, std_error("The submitted file is empty.", "validation_error"), SubmitKind.DOCUMENT_FAILED),
+        (401, std_error("Unauthorized"), SubmitKind.PIPELINE_BROKEN),
+        (403, std_error("Missing api key"), SubmitKind.PIPELINE_BROKEN),
+        (404, std_error("API not found"), SubmitKind.PIPELINE_BROKEN),
+        (404, std_error("API not found or Inactive"), SubmitKind.PIPELINE_BROKEN),
+        (422, std_error("Pipeline 'x' is inactive, please activate the pipeline"), SubmitKind.PIPELINE_BROKEN),
+        (429, std_error("Organization has reached the maximum concurrent API requests limit (20/20). Please try again later."), SubmitKind.RETRY),
+        (422, exec_message("ERROR", error="staging failed"), SubmitKind.RETRY),
+        (500, std_error("Server Error (500)", "server_error"), SubmitKind.RETRY),
+        (500, b'{"detail": "Error processing the request."}', SubmitKind.RETRY),
+        (502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", SubmitKind.RETRY),
+        (503, b"<html>Service Unavailable</html>", SubmitKind.RETRY),
+        (413, b"<html>413 Request Entity Too Large</html>", SubmitKind.DOCUMENT_FAILED),
+    ],
+)  # fmt: skip
+def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
+    outcome = classify_submit(status, body)
+    assert outcome.kind is kind
+    assert outcome.http_status == status
+    if kind is SubmitKind.ACCEPTED:
+        assert outcome.execution_id == EXEC_ID
+    else:
+        assert outcome.error  # every refusal says why
+
+
+def test_429_lowers_nothing_by_itself_but_is_marked() -> None:
+    assert classify_submit(429, std_error("limit")).rate_limited
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (422, status_body("PENDING", None), PollKind.RUNNING),
+        (422, status_body("EXECUTING", None), PollKind.RUNNING),
+        (200, status_body("EXECUTING", None), PollKind.RUNNING),  # after the announced fix
+        (202, status_body("QUEUED", None), PollKind.RUNNING),  # a status we do not know yet
+        (200, status_body("COMPLETED", [ITEM_OK]), PollKind.COMPLETED),
+        (200, status_body("COMPLETED", None), PollKind.RESULT_GONE),  # expired
+        (406, status_body("COMPLETED", "Result already acknowledged"), PollKind.RESULT_GONE),
+        (406, status_body("COMPLETED", None), PollKind.RESULT_GONE),  # older servers
+        (422, status_body("ERROR", [ITEM_FAILED]), PollKind.FAILED),
+        (422, status_body("ERROR", None), PollKind.FAILED),
+        (422, status_body("STOPPED", None), PollKind.FAILED),
+        (500, status_body("ERROR", [ITEM_FAILED]), PollKind.FAILED),  # TOOL_IMAGE_NOT_FOUND
+        (404, std_error(f"Execution with ID '{EXEC_ID}' does not exist."), PollKind.LOST),
+        (400, std_error("Invalid execution_id 'x'. Must be a valid UUID.", "validation_error"), PollKind.LOST),
+        (404, std_error("API not found"), PollKind.PIPELINE_BROKEN),
+        (401, std_error("Unauthorized"), PollKind.PIPELINE_BROKEN),
+        (403, std_error("Missing api key"), PollKind.PIPELINE_BROKEN),
+        (500, std_error("Server Error (500)", "server_error"), PollKind.RETRY),
+        (502, b"<html>502 Bad Gateway</html>", PollKind.RETRY),
+        (504, b"", PollKind.RETRY),
+    ],
+)  # fmt: skip
+def test_poll_answers(status: int, body: bytes, kind: PollKind) -> None:
+    assert classify_poll(status, body).kind is kind
+
+
+def test_failed_poll_carries_the_server_error_text() -> None:
+    outcome = classify_poll(422, status_body("ERROR", [ITEM_FAILED]))
+    assert outcome.error == "bad scan"
+    assert outcome.body["message"][0]["file"] == "a.pdf"
+
+
+def _client(handler: Any, **kwargs: Any) -> UnstractClient:
+    options: dict[str, Any] = dict(tags=["invoices"], include_metadata=True, connect_timeout=1,
+                                   read_timeout=1, max_connections=2)  # fmt: skip
+    options.update(kwargs)
+    return UnstractClient(
+        "https://unstract.example/deployment/api/org_1/invoices/",
+        SecretStr("6f1c2a8e-3b7d-4c59-9e21-0d4b8a7f5c13"),
+        transport=httpx.MockTransport(handler),
+        **options,
+    )
+
+
+def test_submit_sends_one_multipart_file_async_with_tags_and_bearer_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=exec_message("PENDING"))
+
+    outcome = _client(handler).submit(Upload("scan 1.pdf", b"%PDF-1.4 data", "application/pdf"))
+    assert outcome.kind is SubmitKind.ACCEPTED
+    request = seen[0]
+    body = request.read()
+    assert request.method == "POST"
+    assert request.headers["Authorization"] == "Bearer 6f1c2a8e-3b7d-4c59-9e21-0d4b8a7f5c13"
+    assert request.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    assert b'name="files"; filename="scan 1.pdf"' in body
+    assert b"Content-Type: application/pdf" in body
+    assert b"%PDF-1.4 data" in body
+    assert b'name="timeout"\r\n\r\n0\r\n' in body
+    assert b'name="tags"\r\n\r\ninvoices\r\n' in body
+    assert b'name="include_metadata"\r\n\r\ntrue\r\n' in body
+
+
+def test_poll_asks_by_execution_id_and_include_flags() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(422, content=status_body("EXECUTING", None))
+
+    assert _client(handler).poll(EXEC_ID).kind is PollKind.RUNNING
+    assert seen[0].method == "GET"
+    assert seen[0].url.params["execution_id"] == EXEC_ID
+    assert seen[0].url.params["include_metadata"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (httpx.ConnectError("refused"), SubmitKind.RETRY),  # nothing left our side
+        (httpx.ConnectTimeout("slow"), SubmitKind.RETRY),
+        (httpx.ReadTimeout("no answer"), SubmitKind.UNKNOWN),  # the server may have acted
+        (httpx.RemoteProtocolError("closed"), SubmitKind.UNKNOWN),
+    ],
+)
+def test_transport_errors_on_submit(error: Exception, kind: SubmitKind) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    outcome = _client(handler).submit(Upload("a.pdf", b"x", "application/pdf"))
+    assert outcome.kind is kind
+    assert "6f1c2a8e" not in outcome.error
+
+
+def test_transport_errors_on_poll_are_retried() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("no answer")
+
+    assert _client(handler).poll(EXEC_ID).kind is PollKind.RETRY

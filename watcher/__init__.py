@@ -1,0 +1,1 @@
+"""unstract-watcher: a drop-folder ingestion daemon for Unstract and LLMWhisperer."""

@@ -1,0 +1,69 @@
+"""What the pipeline needs from a remote API, whatever the API: submit a document, poll it.
+
+Each API kind (`watcher.unstract`, later `watcher.llmwhisperer`) implements `Backend` and turns
+every HTTP answer and transport error into one of the small outcome values below. The decisions
+about jobs (`watcher.jobs`) read only these values, so they test without sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class SubmitKind(StrEnum):
+    ACCEPTED = "accepted"  # the server created an execution; its id is in the outcome
+    RETRY = "retry"  # nothing was created (refused, 429, 5xx before acting): try again later
+    UNKNOWN = "unknown"  # the request may have reached the server; an execution may exist
+    DOCUMENT_FAILED = "document_failed"  # the server refuses this document for good (400)
+    PIPELINE_BROKEN = "pipeline_broken"  # key, URL or deployment is wrong (401/403/404)
+
+
+class PollKind(StrEnum):
+    RUNNING = "running"  # PENDING/EXECUTING (HTTP 422 on today's servers): poll again
+    COMPLETED = "completed"  # terminal, with the results body (read once: store it now)
+    FAILED = "failed"  # terminal ERROR/STOPPED, body holds the per-file errors
+    RESULT_GONE = "result_gone"  # 406 or COMPLETED with message null: results consumed/expired
+    RETRY = "retry"  # transport error, 5xx, proxy page: no side effect, poll again later
+    PIPELINE_BROKEN = "pipeline_broken"  # 401/403/404 of the deployment
+    LOST = "lost"  # the server does not know this execution id
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    kind: SubmitKind
+    execution_id: str | None = None
+    http_status: int | None = None
+    error: str = ""
+    rate_limited: bool = False
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    kind: PollKind
+    server_status: str | None = None
+    http_status: int | None = None
+    error: str = ""
+    body: Any = None  # the decoded JSON body of a terminal answer, stored as it came
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One document as it goes over the wire: the bytes that were hashed, and their name."""
+
+    file_name: str
+    content: bytes
+    content_type: str
+
+
+class Backend(Protocol):
+    """One remote API. Implementations never raise for HTTP or network trouble."""
+
+    name: str
+
+    def submit(self, upload: Upload) -> SubmitOutcome: ...
+
+    def poll(self, execution_id: str) -> PollOutcome: ...
+
+    def close(self) -> None: ...

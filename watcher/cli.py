@@ -1,0 +1,212 @@
+"""The `unstract-watcher` command: one function per subcommand, each returning an exit code.
+
+One error boundary (`main`) turns our exceptions into one stderr message; a traceback is shown
+only with log_level = debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from watcher import config as config_module
+from watcher.config import ConfigError, Settings
+from watcher.daemon import Daemon
+from watcher.logs import configure, get_logger
+from watcher.store import Store, StoreError
+
+EXIT_OK = 0
+EXIT_DOCUMENTS_FAILED = 1  # run --once: at least one document ended with an error file
+EXIT_CONFIG = 2  # the config (or the command line) is wrong
+EXIT_UNAVAILABLE = 69  # the database cannot be reached
+EXIT_SOFTWARE = 70  # a daemon loop crashed (systemd restarts us)
+
+log = get_logger()
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("UNSTRACT_WATCHER_CONFIG", "")
+                or config_module.DEFAULT_CONFIG_PATH)  # fmt: skip
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    settings = config_module.load(_config_path(args))
+    configure(settings.daemon.log_level, settings.daemon.log_format)
+    return settings
+
+
+def _open_store(settings: Settings) -> Store:
+    store = Store(settings.database.url, settings.database.busy_timeout_seconds)
+    store.upgrade()
+    return store
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    store = _open_store(settings)
+    try:
+        return run_daemon(settings, store, once=args.once)
+    finally:
+        store.close()
+
+
+def run_daemon(settings: Settings, store: Store, once: bool) -> int:
+    daemon = Daemon(settings, store)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.start(watch_events=not once)
+    if once:
+        _drain_with_progress(daemon)
+        daemon.stop()
+    else:
+        while not daemon.stop_event.wait(1.0):
+            pass
+    daemon.join()
+    if daemon.failure is not None:
+        return EXIT_SOFTWARE
+    if once and daemon.progress().failed:
+        return EXIT_DOCUMENTS_FAILED
+    return EXIT_OK
+
+
+def _drain_with_progress(daemon: Daemon) -> None:
+    if not sys.stderr.isatty():
+        daemon.wait_until_drained()
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc="documents", unit="doc", total=0) as bar:
+        waiter = _background(daemon.wait_until_drained)
+        while waiter.is_alive():
+            figures = daemon.progress()
+            bar.total = figures.finished + figures.unfinished
+            bar.n = figures.finished
+            bar.set_postfix(failed=figures.failed)
+            bar.refresh()
+            waiter.join(0.2)
+
+
+def _background(target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = config_module.load(_config_path(args))
+    for pipeline in settings.pipelines:
+        api = pipeline.api
+        print(f"pipeline {pipeline.name}: {pipeline.watch_dir} -> {api.kind} {api.url}")
+    print(f"database: {_redacted(settings.database.url)}")
+    print("config OK")
+    return EXIT_OK
+
+
+def _redacted(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    _open_store(settings).close()
+    print("database schema is up to date")
+    return EXIT_OK
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG, demo_emulator
+    from watcher.emulator.server import serve_forever
+
+    emulator = demo_emulator(execution_seconds=args.execution_seconds)
+    emulator.org_limit = args.org_limit
+    print(f"Unstract API emulator on http://{args.host}:{args.port}", flush=True)
+    print(f'  url = "http://{args.host}:{args.port}/deployment/api/{DEMO_ORG}/{DEMO_API}/"')
+    print(f"  key = {DEMO_KEY} (a demo key; put it in the variable named by api_key_env)")
+    print("Stop it with Ctrl-C.", flush=True)
+    try:
+        serve_forever(emulator, args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from watcher.demo import run_demo
+
+    return run_demo(Path(args.dir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unstract-watcher",
+        description="Watch drop folders and turn documents into structured JSON with Unstract.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    config_help = (
+        "config file (default: $UNSTRACT_WATCHER_CONFIG or /etc/unstract-watcher/config.toml)"
+    )
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", help=config_help)
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="process what is there now, then exit (1 if any document failed)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate the config file and exit")
+    check.add_argument("--config", help=config_help)
+    check.set_defaults(func=cmd_check_config)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="create or upgrade the job table schema")
+    upgrade.add_argument("--config", help=config_help)
+    upgrade.set_defaults(func=cmd_db_upgrade)
+
+    emulator = sub.add_parser("emulator", help="serve the built-in Unstract API emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8765)
+    emulator.add_argument("--execution-seconds", type=float, default=1.0,
+                          help="how long each emulated execution runs")  # fmt: skip
+    emulator.add_argument("--org-limit", type=int, default=20,
+                          help="concurrent executions allowed before 429")  # fmt: skip
+    emulator.set_defaults(func=cmd_emulator)
+
+    demo = sub.add_parser("demo", help="try it: sample documents, the emulator and SQLite")
+    demo.add_argument("--dir", default="unstract-watcher-demo", help="where the demo works")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"unstract-watcher: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        print(f"unstract-watcher: database unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""The TOML config file: its schema, the checks that span fields, and the loader.
+
+Every key has a description; `config.example.toml` documents them all (a test keeps the two in
+step). Environment variables override keys: `UNSTRACT_WATCHER_DATABASE__URL`,
+`UNSTRACT_WATCHER_DAEMON__LOG_LEVEL`, ... (nested keys joined by a double underscore).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from watcher.filters import FileFilter
+
+DEFAULT_CONFIG_PATH = Path("/etc/unstract-watcher/config.toml")
+ENV_PREFIX = "UNSTRACT_WATCHER_"
+
+# The server's tag rules (unstract-api-behaviour.md section 3).
+TAG_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
+TAG_MAX_LENGTH = 50
+# `/deployment/api/<org>/<api>/`, trailing slash optional (behaviour sheet section 1).
+DEPLOYMENT_PATH = re.compile(r"^/deployment/api/(?P<org>[\w-]+)/(?P<api>[\w-]+)/?$")
+
+DEFAULT_INCLUDE = [
+    "*.pdf", "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp", "*.gif", "*.webp",
+    "*.docx", "*.doc", "*.odt", "*.xlsx", "*.xls", "*.xlsm", "*.ods", "*.pptx", "*.ppt",
+    "*.odp", "*.txt", "*.csv",
+]  # fmt: skip
+
+
+class ConfigError(Exception):
+    """A config that cannot run; the message names the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Strict):
+    url: str = Field(
+        "sqlite:///var/lib/unstract-watcher/state.db",
+        description="SQLAlchemy URL of the job table: sqlite:///PATH or postgresql+psycopg://...",
+    )
+    busy_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, description="SQLite: how long a writer waits for the lock."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_dialect(cls, url: str) -> str:
+        if not (url.startswith("sqlite:///") or url.startswith("postgresql+psycopg://")):
+            raise ValueError("use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB")
+        return url
+
+
+class DaemonConfig(_Strict):
+    upload_workers: int = Field(4, ge=1, le=64, description="Threads that upload documents.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level that is logged."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json: one JSON object per line; console: for people."
+    )
+    instance_id: str = Field(
+        "", description="Name of this instance in leases; '' = hostname and process id."
+    )
+    drain_seconds: float = Field(
+        20.0, ge=0, le=600, description="On SIGTERM, how long in-flight uploads may finish."
+    )
+
+
+class ApiConfig(_Strict):
+    kind: Literal["unstract"] = Field("unstract", description="Which API: unstract.")
+    url: str = Field(description="The API deployment URL: https://HOST/deployment/api/ORG/API/")
+    api_key_env: str = Field("", description="Name of the environment variable holding the key.")
+    api_key_file: str = Field(
+        "", description="File holding the key; relative paths are looked up in "
+        "$CREDENTIALS_DIRECTORY (systemd LoadCredential)."
+    )  # fmt: skip
+    api_key: SecretStr = Field(SecretStr(""), description="The key itself (prefer the two above).")
+    tags: list[str] = Field(default_factory=list, description="At most one tag per execution.")
+    include_metadata: bool = Field(False, description="Ask for LLM usage and cost metadata.")
+    max_in_flight: int = Field(
+        10, ge=1, le=100, description="Executions of this pipeline running at once."
+    )
+    connect_timeout_seconds: float = Field(10.0, gt=0, le=300, description="TCP/TLS connect.")
+    read_timeout_seconds: float = Field(120.0, gt=0, le=3600, description="Waiting for a reply.")
+    poll_initial_seconds: float = Field(
+        0.25, gt=0, le=600, description="First status poll this long after the upload."
+    )
+    poll_max_seconds: float = Field(
+        30.0, gt=0, le=3600, description="Longest gap between two status polls."
+    )
+    max_attempts: int = Field(
+        5, ge=1, le=100, description="Uploads of one document before it is failed."
+    )
+    execution_deadline_seconds: float = Field(
+        6 * 3600.0, gt=0, description="An execution running longer than this is given up."
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_follow_server_rules(cls, tags: list[str]) -> list[str]:
+        if len(tags) > 1:
+            raise ValueError("the server takes at most one tag per execution")
+        for tag in tags:
+            if len(tag) > TAG_MAX_LENGTH or not TAG_PATTERN.match(tag):
+                raise ValueError(
+                    f"tag {tag!r}: start with a letter, then letters, digits, _ or -; "
+                    f"at most {TAG_MAX_LENGTH} characters"
+                )
+        return tags
+
+    @field_validator("url")
+    @classmethod
+    def _deployment_shape(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL, e.g. https://HOST/deployment/api/ORG/API/")
+        if not DEPLOYMENT_PATH.match(parts.path) or parts.query:
+            raise ValueError(
+                "must have the deployment shape https://HOST/deployment/api/ORG/API/ "
+                "(copy it from the API deployment page)"
+            )
+        return url if url.endswith("/") else url + "/"
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ApiConfig:
+        given = [bool(self.api_key_env), bool(self.api_key_file), bool(self.api_key)]
+        if sum(given) != 1:
+            raise ValueError("set exactly one of api_key_env, api_key_file or api_key")
+        return self
+
+    def resolve_key(self) -> SecretStr:
+        """The API key, from wherever the config says; raises ConfigError naming the key."""
+        if self.api_key:
+            key = self.api_key.get_secret_value()
+        elif self.api_key_env:
+            key = os.environ.get(self.api_key_env, "")
+            if not key:
+                raise ConfigError(f"environment variable {self.api_key_env} is empty or unset")
+        else:
+            key = _read_key_file(self.api_key_file)
+        return SecretStr(key.strip())
+
+
+def _read_key_file(name: str) -> str:
+    path = Path(name)
+    if not path.is_absolute() and os.environ.get("CREDENTIALS_DIRECTORY"):
+        path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the key file {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(f"the key file {path} is empty")
+    return text
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Unique pipeline name.")
+    watch_dir: Path = Field(description="The drop folder.")
+    recursive: bool = Field(True, description="Watch subfolders too.")
+    settle_seconds: float = Field(
+        2.0, ge=0, le=3600, description="A file is taken once size and mtime are this still."
+    )
+    output_dir: Path | Literal[""] = Field(
+        "", description="Where results go ('' = beside the source)."
+    )
+    after_success: Literal["keep", "move", "delete"] = Field(
+        "keep", description="What happens to a source once its result file is written."
+    )
+    archive_dir: Path | Literal[""] = Field(
+        "", description="With after_success = move: sources go to processed/ and failed/ here."
+    )
+    include: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_INCLUDE),
+        description="Glob patterns of the files to take (matched on the relative path).",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="Glob patterns to leave alone (beyond the built-ins)."
+    )
+    max_file_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, description="Larger files get an error file instead."
+    )
+    observer: Literal["native", "polling"] = Field(
+        "native", description="native = inotify; polling for NFS/SMB shares."
+    )
+    polling_interval_seconds: float = Field(
+        5.0, gt=0, le=3600, description="With observer = polling: how often the tree is listed."
+    )
+    rescan_seconds: float = Field(
+        300.0, gt=0, description="Full listing of the tree as a safety net for lost events."
+    )
+    api: ApiConfig = Field(description="The remote API this pipeline sends documents to.")
+
+    def file_filter(self) -> FileFilter:
+        return FileFilter(
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+            results_beside_sources=self.output_dir == "",
+        )
+
+
+class Settings(BaseSettings):
+    """The whole config file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    database: DatabaseConfig = Field(default_factory=lambda: DatabaseConfig.model_validate({}))
+    daemon: DaemonConfig = Field(default_factory=lambda: DaemonConfig.model_validate({}))
+    pipelines: list[PipelineConfig] = Field(min_length=1, description="One per drop folder.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as init arguments; the environment wins over them.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [p.name for p in self.pipelines]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"pipeline name {name!r} is used twice; names must be unique")
+        return self
+
+
+def load(path: Path) -> Settings:
+    """Read, validate and check the config; raise ConfigError with a message for people."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return from_mapping(raw, source=str(path))
+
+
+def from_mapping(raw: dict[str, Any], source: str = "config") -> Settings:
+    try:
+        settings = Settings(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+    check_environment(settings)
+    return settings
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for error in exc.errors():
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (misspelt?); see config.example.toml"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  {key.lstrip('.') or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def check_environment(settings: Settings) -> None:
+    """Checks that need the filesystem and the environment; raise ConfigError on the first."""
+    for index, pipeline in enumerate(settings.pipelines):
+        key = f"pipelines[{index}]"
+        watch_dir = pipeline.watch_dir
+        if not watch_dir.is_dir():
+            raise ConfigError(f"{key}.watch_dir: {watch_dir} does not exist or is not a folder")
+        if pipeline.after_success == "move" and pipeline.archive_dir == "":
+            raise ConfigError(f"{key}.archive_dir: required when after_success = 'move'")
+        try:
+            pipeline.api.resolve_key()
+        except ConfigError as exc:
+            raise ConfigError(f"{key}.api: {exc}") from None
+        _check_key_file_permissions(pipeline.api, key)
+    _check_no_overlap(settings)
+
+
+def _check_key_file_permissions(api: ApiConfig, key: str) -> None:
+    if not api.api_key_file:
+        return
+    path = Path(api.api_key_file)
+    if path.is_absolute() and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        from watcher.logs import get_logger
+
+        get_logger().warning(
+            "api key file is readable by others", key=f"{key}.api_key_file", path=str(path)
+        )
+
+
+def _check_no_overlap(settings: Settings) -> None:
+    """Output and archive folders must not be watched, and watched trees must not nest."""
+    watched = [(p, p.watch_dir.resolve()) for p in settings.pipelines]
+    for index, pipeline in enumerate(settings.pipelines):
+        for field in ("output_dir", "archive_dir"):
+            folder = getattr(pipeline, field)
+            if folder == "":
+                continue
+            for other, root in watched:
+                if _is_watched(Path(folder).resolve(), other, root):
+                    raise ConfigError(
+                        f"pipelines[{index}].{field}: {folder} is inside the watched folder of "
+                        f"pipeline {other.name!r}; move it out or add it to that pipeline's exclude"
+                    )
+    for (a, root_a), (b, root_b) in _pairs(watched):
+        if root_a == root_b or root_a.is_relative_to(root_b) or root_b.is_relative_to(root_a):
+            raise ConfigError(
+                f"pipelines: the watch_dir of {a.name!r} and {b.name!r} overlap; "
+                "give each pipeline its own folder"
+            )
+
+
+def _is_watched(folder: Path, pipeline: PipelineConfig, root: Path) -> bool:
+    if folder == root:
+        return True
+    if not folder.is_relative_to(root):
+        return False
+    relative = folder.relative_to(root).as_posix()
+    if not pipeline.recursive:
+        return False
+    return not pipeline.file_filter().excludes_dir(relative)
+
+
+def _pairs(items: list[Any]) -> list[tuple[Any, Any]]:
+    return [(a, b) for i, a in enumerate(items) for b in items[i + 1 :]]

@@ -1,0 +1,214 @@
+"""The daemon: one stop event, a few supervised loops, and the order they start and stop in.
+
+Loops: discovery (watchers, scans, stability), N upload workers, the reconciler, the finisher.
+If any loop raises, the daemon stops with a non-zero exit so systemd restarts a whole process.
+
+Shutdown order: stop watching and claiming; let in-flight uploads finish within drain_seconds;
+the reconciler and finisher stop between jobs (their state is committed job by job); close.
+An upload cut off by the drain limit stays `submitting` and is sent again on the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from watcher.config import Settings
+from watcher.finish import Finisher
+from watcher.logs import get_logger
+from watcher.output import remove_stale_temps
+from watcher.reconcile import Reconciler
+from watcher.runtime import Pipeline, build_pipeline
+from watcher.store import Store
+from watcher.submit import Uploader
+from watcher.watch import FolderWatcher, start_observer
+
+log = get_logger()
+STALE_TEMP_SECONDS = 300.0
+DISCOVERY_MAX_WAIT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Figures for a progress bar: documents finished by this process, and still to do."""
+
+    finished: int
+    failed: int
+    unfinished: int
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        pipeline_factory: Callable[[Any], Pipeline] = build_pipeline,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.owner = settings.daemon.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.stop_event = threading.Event()
+        self.work = threading.Event()  # a job may be ready for upload
+        self.submitted = threading.Event()  # an execution id was recorded
+        self.finished = threading.Event()  # an outcome was stored
+        self.discovery_wake = threading.Event()
+        self.pipelines = {p.name: pipeline_factory(p) for p in settings.pipelines}
+        self.watchers: dict[str, FolderWatcher] = {}
+        self.observers: list[Any] = []
+        self.finisher = Finisher(store, self.pipelines, self.stop_event, self.finished)
+        self.failure: BaseException | None = None
+        self._threads: list[threading.Thread] = []
+        self._uploaders: list[threading.Thread] = []
+        self._initial_scan_done = threading.Event()
+        self._discovering = threading.Event()  # set while a discovery pass runs
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, watch_events: bool = True) -> None:
+        """Recover, scan, and start every loop. Returns once the daemon is up."""
+        # SQLite serves one daemon process, so every `submitting` row is an interrupted upload.
+        released = self.store.release_stale_claims(everything=self.store.is_sqlite)
+        if released:
+            log.warning("uploads interrupted by the last stop are queued again", jobs=released)
+        now = time.time()
+        for name, pipeline in self.pipelines.items():
+            for folder in {pipeline.placement.watch_dir, pipeline.placement.output_dir}:
+                if folder is not None and folder.exists():
+                    remove_stale_temps(folder, STALE_TEMP_SECONDS, now)
+            self.watchers[name] = self._make_watcher(pipeline)
+        if watch_events:
+            self._start_observers()
+        self._spawn("discovery", self._discover)
+        for index in range(self.settings.daemon.upload_workers):
+            uploader = Uploader(
+                self.store, self.pipelines, self.owner, self.stop_event,
+                self.work, self.submitted, self.finished,
+            )  # fmt: skip
+            self._uploaders.append(self._spawn(f"upload-{index}", uploader.run))
+        reconciler = Reconciler(
+            self.store, self.pipelines, self.stop_event, self.submitted, self.finished, self.work
+        )
+        self._spawn("reconcile", reconciler.run)
+        self._spawn("finish", self.finisher.run)
+        log.info("started", pipelines=list(self.pipelines), instance=self.owner)
+
+    def stop(self) -> None:
+        """Ask every loop to stop; idempotent and safe from a signal handler."""
+        self.stop_event.set()
+        for event in (self.work, self.submitted, self.finished, self.discovery_wake):
+            event.set()
+
+    def join(self) -> None:
+        """Wait for the loops in the documented order, then close clients and the store."""
+        for observer in self.observers:
+            observer.stop()
+        deadline = time.monotonic() + self.settings.daemon.drain_seconds
+        for thread in self._uploaders:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for thread in self._threads:
+            if thread not in self._uploaders:
+                thread.join(5.0)
+        cut_off = [t.name for t in self._uploaders if t.is_alive()]
+        if cut_off:
+            log.warning("uploads still running at the drain limit; they resume on next start")
+        for pipeline in self.pipelines.values():
+            pipeline.backend.close()
+        log.info("stopped")
+
+    def wait_until_drained(self, poll_seconds: float = 0.2) -> None:
+        """Block until nothing is pending, in flight or unwritten (`run --once`)."""
+        self._initial_scan_done.wait()
+        while not self.stop_event.wait(poll_seconds):
+            if self.progress().unfinished == 0 and not self._discovery_pending():
+                return
+
+    def progress(self) -> Progress:
+        unfinished = self.store.unfinished_count(list(self.pipelines))
+        outcomes = self.finisher.outcomes
+        return Progress(sum(outcomes.values()), outcomes["failed"], unfinished)
+
+    # -- loops ----------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=self._supervised, args=(target,), name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def _supervised(self, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:
+            log.exception("a daemon loop crashed; stopping", loop=threading.current_thread().name)
+            self.failure = exc
+            self.stop()
+
+    def _discover(self) -> None:
+        rescan_at = {name: 0.0 for name in self.watchers}
+        while not self.stop_event.is_set():
+            self.discovery_wake.clear()
+            self._discovering.set()
+            now = time.monotonic()
+            for name, watcher in self.watchers.items():
+                if now >= rescan_at[name]:
+                    watcher.scan(now)
+                    rescan_at[name] = now + self.pipelines[name].config.rescan_seconds
+                watcher.step(now)
+            self._initial_scan_done.set()
+            self._discovering.clear()
+            self.discovery_wake.wait(self._discovery_wait(rescan_at))
+
+    def _discovery_wait(self, rescan_at: dict[str, float]) -> float:
+        checks = [w.next_check() for w in self.watchers.values()]
+        moments = [c for c in checks if c is not None] + list(rescan_at.values())
+        wait = min(moments, default=time.monotonic() + 1) - time.monotonic()
+        return min(DISCOVERY_MAX_WAIT_SECONDS, max(0.01, wait))
+
+    def _discovery_pending(self) -> bool:
+        if self._discovering.is_set():
+            return True
+        return any(w.tracker.paths() or w.has_hints() for w in self.watchers.values())
+
+    # -- wiring ---------------------------------------------------------------------------------
+
+    def _make_watcher(self, pipeline: Pipeline) -> FolderWatcher:
+        config = pipeline.config
+
+        def enqueue(relative: str, sha256: str, size: int, mtime_ns: int) -> None:
+            job_id = self.store.enqueue(config.name, relative, sha256, size, mtime_ns)
+            if job_id is not None:
+                log.info("queued", pipeline=config.name, path=relative, job_id=job_id)
+                self.work.set()
+
+        return FolderWatcher(
+            config.name,
+            pipeline.placement.watch_dir,
+            recursive=config.recursive,
+            file_filter=config.file_filter(),
+            settle_seconds=config.settle_seconds,
+            known=self.store.known_files(config.name),
+            enqueue=enqueue,
+            wake=self.discovery_wake,
+        )
+
+    def _start_observers(self) -> None:
+        for name, watcher in self.watchers.items():
+            config = self.pipelines[name].config
+            polling = config.observer == "polling"
+            try:
+                observer = start_observer(watcher, polling, config.polling_interval_seconds)
+            except OSError as exc:
+                # inotify limits (ENOSPC/EMFILE): keep this folder alive by polling it.
+                log.error(
+                    "native watching failed; polling this folder instead (raise "
+                    "fs.inotify.max_user_watches / max_user_instances to fix)",
+                    pipeline=name,
+                    error=str(exc),
+                )
+                observer = start_observer(watcher, True, config.polling_interval_seconds)
+            self.observers.append(observer)

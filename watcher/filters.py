@@ -1,0 +1,69 @@
+"""Which paths in a drop folder are documents to take: one pure filter, tested over tables.
+
+Patterns use fnmatch on the path relative to the watched folder, lower-cased (`*` also crosses
+folders; a pattern without `/` is matched against the file name too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+# Partial downloads, editor and office lock files, sync-client and OS litter, and our own temp
+# files (reliability-notes A6 and D1). They can never be turned off.
+BUILTIN_IGNORED_NAMES = (
+    ".*",  # dotfiles, including our own `.<name>.<random>.tmp` result temps
+    "*.tmp", "*.temp", "*.part", "*.partial", "*.filepart", "*.crdownload", "*.download",
+    "~$*", ".~lock*", "*~", "*.swp", "*.kate-swp", "*_conflict-*",
+    "thumbs.db", "desktop.ini", "icon\r",
+)  # fmt: skip
+BUILTIN_IGNORED_DIRS = (".*", "@eadir", "__macosx", "$recycle.bin", "lost+found")
+RESULT_SUFFIX = ".json"
+ERROR_SUFFIX = ".error.json"
+
+
+@dataclass(frozen=True)
+class FileFilter:
+    include: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    # Results written beside their sources end in .json, so .json is never an input there.
+    results_beside_sources: bool = True
+
+    def takes(self, relative_path: str) -> bool:
+        """True if the file at this relative path (with `/` separators) is a document to take."""
+        path = relative_path.lower()
+        parts = path.split("/")
+        name = parts[-1]
+        if any(_matches_any(folder, BUILTIN_IGNORED_DIRS) for folder in parts[:-1]):
+            return False
+        if _matches_any(name, BUILTIN_IGNORED_NAMES) or name.endswith(ERROR_SUFFIX):
+            return False
+        if self.results_beside_sources and name.endswith(RESULT_SUFFIX):
+            return False
+        if self._excluded(path, name):
+            return False
+        return any(fnmatchcase(path, p) or fnmatchcase(name, p) for p in self._lower(self.include))
+
+    def excludes_dir(self, relative_dir: str) -> bool:
+        """True if nothing below this folder can ever be taken (so it need not be watched)."""
+        path = relative_dir.lower().rstrip("/")
+        if any(_matches_any(folder, BUILTIN_IGNORED_DIRS) for folder in path.split("/")):
+            return True
+        return any(
+            fnmatchcase(path, p) or fnmatchcase(path + "/", p) or p.rstrip("/*") == path
+            for p in self._lower(self.exclude)
+        )
+
+    def _excluded(self, path: str, name: str) -> bool:
+        for pattern in self._lower(self.exclude):
+            if fnmatchcase(path, pattern) or ("/" not in pattern and fnmatchcase(name, pattern)):
+                return True
+        return False
+
+    @staticmethod
+    def _lower(patterns: tuple[str, ...]) -> list[str]:
+        return [p.lower() for p in patterns]
+
+
+def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(name, p) for p in patterns)

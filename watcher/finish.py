@@ -1,0 +1,75 @@
+"""The output stage: write the result or error file of every job whose outcome is stored."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from watcher.jobs import Job
+from watcher.logs import bind_job, get_logger, unbind_job
+from watcher.output import dispose_source, write_result
+from watcher.runtime import Pipeline
+from watcher.store import Store
+
+log = get_logger()
+BATCH = 64
+IDLE_WAIT_SECONDS = 0.5
+DISK_TROUBLE_WAIT_SECONDS = 5.0
+
+
+class Finisher:
+    def __init__(
+        self,
+        store: Store,
+        pipelines: dict[str, Pipeline],
+        stop: threading.Event,
+        finished: threading.Event,
+    ) -> None:
+        self.store = store
+        self.pipelines = pipelines
+        self.stop = stop
+        self.finished = finished
+        self.outcomes: Counter[str] = Counter()  # this process's finished jobs, by outcome
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.finished.clear()
+            written, troubled = self.finish_stored()
+            if troubled:
+                self.stop.wait(DISK_TROUBLE_WAIT_SECONDS)
+            elif not written:
+                self.finished.wait(IDLE_WAIT_SECONDS)
+
+    def finish_stored(self) -> tuple[int, int]:
+        """Write files for stored outcomes; return (finished, could not write)."""
+        written = troubled = 0
+        for job in self.store.claim_stored_results(BATCH, list(self.pipelines)):
+            try:
+                bind_job(pipeline=job.pipeline, job_id=job.id, path=job.relative_path,
+                         execution_id=job.execution_id)  # fmt: skip
+                if self.finish(job, self.pipelines[job.pipeline]):
+                    written += 1
+                else:
+                    troubled += 1
+            finally:
+                unbind_job()
+        return written, troubled
+
+    def finish(self, job: Job, pipeline: Pipeline) -> bool:
+        try:
+            target = write_result(job, pipeline.placement, pipeline.backend.name)
+        except OSError as exc:
+            # Disk full, folder gone, no permission: the outcome stays stored; try again later.
+            log.error("cannot write the result file; will retry", error=str(exc))
+            return False
+        try:
+            disposal = dispose_source(job, pipeline.placement)
+        except OSError as exc:
+            disposal = f"left in place ({exc.strerror})"
+        self.store.mark_finished(job)
+        self.outcomes[job.outcome or "failed"] += 1
+        if job.outcome == "success":
+            log.info("result written", result_file=str(target), source=disposal)
+        else:
+            log.warning("error file written", result_file=str(target), error=job.last_error)
+        return True

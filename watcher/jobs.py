@@ -1,0 +1,182 @@
+"""Jobs: their states, the allowed transitions, and the pure decisions that move them.
+
+"Given this API answer, what happens to the job" and "how long until the next try" live here as
+functions of plain values: no clock, no I/O, no database.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome
+from watcher.unstract import find_file_item
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"  # stable and hashed; waits for an upload worker (and next_attempt_at)
+    SUBMITTING = "submitting"  # claimed by an upload worker; the POST may be on the wire
+    SUBMITTED = "submitted"  # the server accepted it; execution_id recorded; being polled
+    RESULT_STORED = "result_stored"  # outcome and server body stored in the row; file not written
+    DONE = "done"  # result file written, source kept, moved or deleted
+    FAILED = "failed"  # error file written; an operator may retry it
+    SKIPPED = "skipped"  # the file vanished or changed before upload; last_error says which
+
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.SUBMITTING}),
+    JobState.SUBMITTING: frozenset(
+        {JobState.SUBMITTED, JobState.QUEUED, JobState.RESULT_STORED, JobState.SKIPPED}
+    ),
+    JobState.SUBMITTED: frozenset({JobState.SUBMITTED, JobState.RESULT_STORED, JobState.QUEUED}),
+    JobState.RESULT_STORED: frozenset({JobState.DONE, JobState.FAILED}),
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+    JobState.SKIPPED: frozenset({JobState.QUEUED}),
+}
+IN_FLIGHT = (JobState.SUBMITTING, JobState.SUBMITTED)
+UNFINISHED = (JobState.QUEUED, JobState.SUBMITTING, JobState.SUBMITTED, JobState.RESULT_STORED)
+
+Outcome = Literal["success", "failed"]
+
+
+def can_move(source: JobState, target: JobState) -> bool:
+    return target in TRANSITIONS[source]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One document version: a row of the job table, frozen at the store's boundary."""
+
+    id: int
+    pipeline: str
+    relative_path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    state: JobState
+    attempts: int
+    execution_id: str | None
+    poll_count: int
+    outcome: Outcome | None
+    result_body: Any
+    last_http_status: int | None
+    last_error: str
+    lease_owner: str | None
+    created_at: float
+    submitted_at: float | None
+    updated_at: float
+
+    @property
+    def file_name(self) -> str:
+        return self.relative_path.rsplit("/", 1)[-1]
+
+    @property
+    def upload_name(self) -> str:
+        """The name sent to the API: the file name, made valid UTF-8 if the bytes were not."""
+        raw = self.file_name.encode("utf-8", errors="surrogateescape")
+        return raw.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    backoff_base_seconds: float = 2.0
+    backoff_cap_seconds: float = 300.0
+    poll_initial_seconds: float = 0.25
+    poll_max_seconds: float = 30.0
+    poll_growth: float = 1.6
+    execution_deadline_seconds: float = 6 * 3600.0
+    paused_recheck_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a job after an answer: its next state and what to record."""
+
+    state: JobState
+    delay_seconds: float = 0.0  # until the next upload attempt or the next poll
+    error: str = ""
+    outcome: Outcome | None = None
+    execution_id: str | None = None
+    pause_pipeline: bool = False  # the key, URL or deployment is wrong: stop this pipeline
+    refund_attempt: bool = False  # the attempt does not count (the pipeline was at fault)
+
+
+def backoff_seconds(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
+    """Capped exponential backoff with full jitter, for attempt 1, 2, ..."""
+    ceiling = min(policy.backoff_cap_seconds, policy.backoff_base_seconds * 2 ** (attempt - 1))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def poll_delay_seconds(poll_count: int, policy: RetryPolicy) -> float:
+    """Gap before poll number `poll_count + 1`: short at first, growing for long executions."""
+    delay = policy.poll_initial_seconds * policy.poll_growth**poll_count
+    return min(policy.poll_max_seconds, delay)
+
+
+def decide_after_submit(
+    outcome: SubmitOutcome, attempts: int, policy: RetryPolicy, rng: random.Random
+) -> Decision:
+    if outcome.kind is SubmitKind.ACCEPTED:
+        return Decision(
+            JobState.SUBMITTED, policy.poll_initial_seconds, execution_id=outcome.execution_id
+        )
+    if outcome.kind is SubmitKind.DOCUMENT_FAILED:
+        return _failed(f"the API refused the document: {outcome.error}")
+    if outcome.kind is SubmitKind.PIPELINE_BROKEN:
+        return Decision(
+            JobState.QUEUED,
+            policy.paused_recheck_seconds,
+            outcome.error,
+            pause_pipeline=True,
+            refund_attempt=True,
+        )
+    return _again_or_give_up(outcome.error, attempts, policy, rng)
+
+
+def decide_after_poll(
+    outcome: PollOutcome, job: Job, elapsed_seconds: float, policy: RetryPolicy, rng: random.Random
+) -> Decision:
+    kind = outcome.kind
+    if kind is PollKind.COMPLETED:
+        return _completed(outcome.body, job.upload_name)
+    if kind is PollKind.FAILED:
+        item = find_file_item(outcome.body, job.upload_name)
+        error = (item or {}).get("error") or outcome.error or f"execution {outcome.server_status}"
+        return _failed(str(error))
+    if kind in (PollKind.RESULT_GONE, PollKind.LOST):
+        return _again_or_give_up(f"{outcome.error}; submitting again", job.attempts, policy, rng)
+    if kind is PollKind.PIPELINE_BROKEN:
+        return Decision(
+            JobState.SUBMITTED, policy.paused_recheck_seconds, outcome.error, pause_pipeline=True
+        )
+    if elapsed_seconds > policy.execution_deadline_seconds:
+        return _failed(
+            f"execution {job.execution_id} did not finish within "
+            f"{policy.execution_deadline_seconds:.0f} s (last status {outcome.server_status})"
+        )
+    return Decision(JobState.SUBMITTED, poll_delay_seconds(job.poll_count, policy), outcome.error)
+
+
+def _completed(body: Any, upload_name: str) -> Decision:
+    item = find_file_item(body, upload_name)
+    if item is None:
+        return _failed(f"the execution completed without a result for {upload_name!r}")
+    if item.get("status") != "Success" or item.get("error"):
+        return _failed(str(item.get("error") or f"file status {item.get('status')}"))
+    return Decision(JobState.RESULT_STORED, outcome="success")
+
+
+def _failed(error: str) -> Decision:
+    return Decision(JobState.RESULT_STORED, error=error, outcome="failed")
+
+
+def _again_or_give_up(
+    error: str, attempts: int, policy: RetryPolicy, rng: random.Random
+) -> Decision:
+    if attempts >= policy.max_attempts:
+        return _failed(f"gave up after {attempts} attempts; last error: {error}")
+    return Decision(JobState.QUEUED, backoff_seconds(attempts, policy, rng), error)

@@ -1,0 +1,146 @@
+"""Result and error files, written atomically, and what happens to the source afterwards.
+
+Paths come only from the pipeline's folders and the job's relative path (which the watcher found
+on disk under watch_dir), never from the API's answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from watcher.filters import ERROR_SUFFIX, RESULT_SUFFIX
+from watcher.jobs import Job
+from watcher.unstract import find_file_item
+
+# Specific enough that the startup sweep never touches a temp file of anyone else.
+TEMP_SUFFIX = ".unstract-watcher.tmp"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one pipeline's files live."""
+
+    watch_dir: Path
+    output_dir: Path | None  # None: beside the source
+    after_success: str  # keep | move | delete
+    archive_dir: Path | None
+
+    def source(self, job: Job) -> Path:
+        return self.watch_dir / job.relative_path
+
+    def result_path(self, job: Job) -> Path:
+        suffix = RESULT_SUFFIX if job.outcome == "success" else ERROR_SUFFIX
+        folder = self.output_dir if self.output_dir is not None else self.watch_dir
+        return folder / (job.relative_path + suffix)
+
+    def stale_result_path(self, job: Job) -> Path:
+        """The other kind of file for the same source (a success clears an old error file)."""
+        suffix = ERROR_SUFFIX if job.outcome == "success" else RESULT_SUFFIX
+        folder = self.output_dir if self.output_dir is not None else self.watch_dir
+        return folder / (job.relative_path + suffix)
+
+
+def result_document(job: Job, backend: str) -> dict[str, Any]:
+    """The JSON written for a job whose outcome is stored; pure."""
+    item = find_file_item(job.result_body, job.upload_name) or {}
+    success = job.outcome == "success"
+    return {
+        "source": job.relative_path,
+        "sha256": job.sha256,
+        "size": job.size,
+        "status": "success" if success else "failed",
+        "backend": backend,
+        "execution_id": job.execution_id,
+        "result": item.get("result"),
+        "metadata": item.get("metadata"),
+        "error": None if success else (job.last_error or item.get("error") or "unknown error"),
+        "attempts": job.attempts,
+    }
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename over the target, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_result(job: Job, placement: Placement, backend: str) -> Path:
+    document = result_document(job, backend)
+    data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8", "surrogateescape")
+    target = placement.result_path(job)
+    write_atomically(target, data + b"\n")
+    placement.stale_result_path(job).unlink(missing_ok=True)
+    return target
+
+
+def dispose_source(job: Job, placement: Placement) -> str:
+    """Keep, move or delete the source once its result file is durable; say what was done.
+
+    A source that changed since it was hashed is a new version and is left alone.
+    """
+    source = placement.source(job)
+    if placement.after_success == "keep" or not _unchanged(source, job):
+        return "kept"
+    if placement.after_success == "delete":
+        if job.outcome != "success":
+            return "kept"
+        source.unlink(missing_ok=True)
+        return "deleted"
+    assert placement.archive_dir is not None
+    bucket = "processed" if job.outcome == "success" else "failed"
+    target = _free_name(placement.archive_dir / bucket / job.relative_path, job.id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(source, target)
+    return f"moved to {target}"
+
+
+def _unchanged(source: Path, job: Job) -> bool:
+    try:
+        info = source.lstat()
+    except FileNotFoundError:
+        return False
+    return info.st_size == job.size and info.st_mtime_ns == job.mtime_ns
+
+
+def _free_name(target: Path, job_id: int) -> Path:
+    if not target.exists():
+        return target
+    return target.with_name(f"{target.stem}.{job_id}{target.suffix}")
+
+
+def remove_stale_temps(folder: Path, older_than_seconds: float, now: float) -> int:
+    """Delete our own temp files left by a crash mid-write; return how many."""
+    removed = 0
+    for temp in folder.rglob(f".*{TEMP_SUFFIX}"):
+        try:
+            if temp.is_file() and now - temp.stat().st_mtime > older_than_seconds:
+                temp.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed

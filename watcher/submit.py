@@ -1,0 +1,123 @@
+"""Upload workers: claim a queued job, send the bytes that were hashed, record the answer."""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import random
+import threading
+
+from watcher.backend import SubmitKind, SubmitOutcome, Upload
+from watcher.jobs import Decision, Job, JobState, decide_after_submit
+from watcher.logs import bind_job, get_logger, unbind_job
+from watcher.runtime import Pipeline
+from watcher.store import Store
+
+log = get_logger()
+IDLE_WAIT_SECONDS = 0.5
+
+
+class Uploader:
+    """One upload worker thread's loop. Several share the store, the pipelines and the events."""
+
+    def __init__(
+        self,
+        store: Store,
+        pipelines: dict[str, Pipeline],
+        owner: str,
+        stop: threading.Event,
+        work: threading.Event,
+        submitted: threading.Event,
+        finished: threading.Event,
+    ) -> None:
+        self.store = store
+        self.pipelines = pipelines
+        self.owner = owner
+        self.stop = stop
+        self.work = work
+        self.submitted = submitted
+        self.finished = finished
+        self.rng = random.Random()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.work.clear()
+            job = self.store.claim_for_upload(self.owner, self._limits())
+            if job is None:
+                self.work.wait(IDLE_WAIT_SECONDS)
+                continue
+            try:
+                bind_job(pipeline=job.pipeline, job_id=job.id, path=job.relative_path)
+                self.upload(job, self.pipelines[job.pipeline])
+            finally:
+                unbind_job()
+
+    def _limits(self) -> dict[str, int]:
+        return {
+            name: p.config.api.max_in_flight
+            for name, p in self.pipelines.items()
+            if not p.is_paused()
+        }
+
+    def upload(self, job: Job, pipeline: Pipeline) -> None:
+        content = self._read(job, pipeline)
+        if content is None:
+            return
+        content_type = mimetypes.guess_type(job.file_name)[0] or "application/octet-stream"
+        outcome = pipeline.backend.submit(Upload(job.upload_name, content, content_type))
+        decision = decide_after_submit(outcome, job.attempts, pipeline.policy, self.rng)
+        if not self.store.record_submit(job, decision, outcome.http_status):
+            log.warning("lost the claim on this job while uploading; another worker has it")
+            return
+        self._after(decision, outcome, pipeline)
+
+    def _read(self, job: Job, pipeline: Pipeline) -> bytes | None:
+        """The document's bytes, if they are still the ones that were hashed."""
+        path = pipeline.placement.source(job)
+        limit = pipeline.config.max_file_bytes
+        try:
+            size = path.stat().st_size
+            if size > limit:
+                self._fail(job, f"the file has {size} bytes, over max_file_bytes = {limit}")
+                return None
+            content = path.read_bytes()
+        except FileNotFoundError:
+            self.store.skip(job, "the file was removed before it could be uploaded")
+            log.info("file vanished before upload")
+            return None
+        except OSError as exc:
+            self._fail(job, f"cannot read the file: {exc.strerror}")
+            return None
+        if hashlib.sha256(content).hexdigest() != job.sha256:
+            self.store.skip(job, "the file changed before upload; the new content is queued anew")
+            log.info("file changed before upload")
+            return None
+        if not content:
+            self._fail(job, "the file is empty")
+            return None
+        return content
+
+    def _fail(self, job: Job, error: str) -> None:
+        decision = Decision(JobState.RESULT_STORED, error=error, outcome="failed")
+        self.store.record_submit(job, decision, None)
+        log.warning("document failed before upload", error=error)
+        self.finished.set()
+
+    def _after(self, decision: Decision, outcome: SubmitOutcome, pipeline: Pipeline) -> None:
+        if decision.state is JobState.SUBMITTED:
+            log.info("submitted", execution_id=outcome.execution_id)
+            self.submitted.set()
+        elif decision.state is JobState.RESULT_STORED:
+            log.warning("document refused by the API", error=decision.error)
+            self.finished.set()
+        elif decision.pause_pipeline:
+            pipeline.pause(outcome.error or f"HTTP {outcome.http_status}", decision.delay_seconds)
+        else:
+            unknown = outcome.kind is SubmitKind.UNKNOWN
+            log.warning(
+                "upload failed; will retry",
+                http_status=outcome.http_status,
+                error=outcome.error,
+                outcome_unknown=unknown,
+                retry_in_seconds=round(decision.delay_seconds, 1),
+            )

@@ -1,0 +1,173 @@
+"""The Unstract API deployment: Execution API (POST) and Status API (GET), over httpx.
+
+The server's answers come in two body families (unstract-api-behaviour.md section 7): execution
+bodies `{"message": ...}` / `{"status": ..., "message": ...}` and exceptions
+`{"type": ..., "errors": [...]}`. The status of an execution is read from the body, never from
+the HTTP code alone: a running execution answers 422 (section 8). `classify_submit` and
+`classify_poll` are pure and hold every such rule.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome, Upload
+
+RUNNING_STATUSES = {"PENDING", "EXECUTING", "READY", "QUEUED", "INITIATED"}
+FAILED_STATUSES = {"ERROR", "STOPPED"}
+# Transport errors raised before any byte of the request left: nothing can exist remotely.
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+BROKEN_PIPELINE_CODES = {401, 403, 404}
+
+
+def decode_json(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def std_error_text(body: Any) -> str:
+    """The details of a drf-standardized-errors body, joined; '' for any other shape."""
+    if not isinstance(body, dict) or not isinstance(body.get("errors"), list):
+        return ""
+    details = []
+    for error in body["errors"]:
+        if isinstance(error, dict):
+            attr = f"{error['attr']}: " if error.get("attr") else ""
+            details.append(f"{attr}{error.get('detail', '')}")
+    return "; ".join(details)
+
+
+def _short(content: bytes) -> str:
+    return content[:200].decode("utf-8", errors="replace").strip()
+
+
+def classify_submit(status_code: int, content: bytes) -> SubmitOutcome:
+    """What an Execution API answer means for the document that was sent."""
+    body = decode_json(content)
+    error = std_error_text(body) or _short(content)
+    message = body.get("message") if isinstance(body, dict) else None
+    if status_code == 200 and isinstance(message, dict) and message.get("execution_id"):
+        return SubmitOutcome(SubmitKind.ACCEPTED, str(message["execution_id"]), status_code)
+    if status_code == 429:
+        return SubmitOutcome(SubmitKind.RETRY, None, status_code, error, rate_limited=True)
+    if status_code in BROKEN_PIPELINE_CODES:
+        return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
+    if status_code == 422 and not isinstance(message, dict):
+        # `Pipeline '...' is inactive`: the deployment, not the document (seed Execution API page).
+        return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
+    if status_code in (400, 413, 415):
+        return SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, status_code, error)
+    if isinstance(message, dict):
+        # 422/500 execution body: staging or dispatch failed; the execution ended in ERROR.
+        text = str(message.get("error") or message.get("execution_status") or error)
+        return SubmitOutcome(SubmitKind.RETRY, None, status_code, text)
+    return SubmitOutcome(SubmitKind.RETRY, None, status_code, error or f"HTTP {status_code}")
+
+
+def classify_poll(status_code: int, content: bytes) -> PollOutcome:
+    """What a Status API answer says about a submitted execution."""
+    body = decode_json(content)
+    if isinstance(body, dict) and isinstance(body.get("status"), str) and "errors" not in body:
+        return _classify_execution_body(status_code, body)
+    error = std_error_text(body) or _short(content) or f"HTTP {status_code}"
+    if status_code in (401, 403) or (status_code == 404 and "API not found" in error):
+        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, error)
+    if body is not None and status_code in (400, 404):
+        return PollOutcome(PollKind.LOST, None, status_code, error)
+    return PollOutcome(PollKind.RETRY, None, status_code, error)
+
+
+def _classify_execution_body(status_code: int, body: dict[str, Any]) -> PollOutcome:
+    status = body["status"]
+    message = body.get("message")
+    if status_code == 406 or message == "Result already acknowledged":
+        return PollOutcome(PollKind.RESULT_GONE, status, status_code, "result already read")
+    if status == "COMPLETED":
+        if message is None:
+            return PollOutcome(PollKind.RESULT_GONE, status, status_code, "result expired")
+        return PollOutcome(PollKind.COMPLETED, status, status_code, body=body)
+    if status in FAILED_STATUSES or status_code == 500:
+        return PollOutcome(PollKind.FAILED, status, status_code, _item_errors(message), body)
+    # PENDING, EXECUTING, or a status this client does not know yet: still running.
+    return PollOutcome(PollKind.RUNNING, status, status_code)
+
+
+def _item_errors(message: Any) -> str:
+    if not isinstance(message, list):
+        return ""
+    return "; ".join(
+        str(item["error"]) for item in message if isinstance(item, dict) and item.get("error")
+    )
+
+
+def find_file_item(body: Any, file_name: str) -> dict[str, Any] | None:
+    """The per-file item of a terminal body that belongs to `file_name` (matched by name)."""
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, list):
+        return None
+    for item in message:
+        if isinstance(item, dict) and item.get("file") == file_name:
+            return item
+    return None
+
+
+class UnstractClient:
+    """The httpx implementation of `Backend` for one API deployment (one pooled client)."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: SecretStr,
+        *,
+        tags: list[str],
+        include_metadata: bool,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.name = "unstract"
+        self._url = url
+        self._form = {"timeout": "0", "include_metadata": str(include_metadata).lower()}
+        if tags:
+            self._form["tags"] = ",".join(tags)
+        self._include_metadata = str(include_metadata).lower()
+        self._client = httpx.Client(
+            headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def submit(self, upload: Upload) -> SubmitOutcome:
+        files = {"files": (upload.file_name, upload.content, upload.content_type)}
+        try:
+            response = self._client.post(self._url, data=self._form, files=files)
+        except NOT_SENT_ERRORS as exc:
+            return SubmitOutcome(SubmitKind.RETRY, error=_transport_error(exc))
+        except httpx.HTTPError as exc:
+            return SubmitOutcome(SubmitKind.UNKNOWN, error=_transport_error(exc))
+        return classify_submit(response.status_code, response.content)
+
+    def poll(self, execution_id: str) -> PollOutcome:
+        params = {"execution_id": execution_id, "include_metadata": self._include_metadata}
+        try:
+            response = self._client.get(self._url, params=params)
+        except httpx.HTTPError as exc:
+            return PollOutcome(PollKind.RETRY, error=_transport_error(exc))
+        return classify_poll(response.status_code, response.content)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _transport_error(exc: httpx.HTTPError) -> str:
+    # The exception text never holds headers, so the key cannot leak through it.
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

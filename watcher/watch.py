@@ -1,0 +1,242 @@
+"""Finding documents: filesystem events as hints, directory listings as the truth.
+
+Each pipeline has a `FolderWatcher`. watchdog events, a scan at start and a periodic rescan all
+feed the same `StabilityTracker`; a path is hashed and queued only once its size and mtime have
+stood still for `settle_seconds` (reliability-notes A2, A5, A7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from watcher.filters import FileFilter
+from watcher.logs import get_logger
+from watcher.store import KnownFile
+
+log = get_logger()
+HASH_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class _Pending:
+    stat: FileStat
+    still_since: float
+
+
+@dataclass
+class StabilityTracker:
+    """Pure: which paths have had the same size and mtime for `settle_seconds`."""
+
+    settle_seconds: float
+    _pending: dict[str, _Pending] = field(default_factory=dict)
+
+    def observe(self, path: str, stat: FileStat | None, now: float) -> bool:
+        """Record a fresh stat of `path` (None: gone); return True once it is stable."""
+        if stat is None:
+            self._pending.pop(path, None)
+            return False
+        entry = self._pending.get(path)
+        if entry is None or entry.stat != stat:
+            self._pending[path] = _Pending(stat, now)
+            return self.settle_seconds == 0
+        if now - entry.still_since >= self.settle_seconds:
+            del self._pending[path]
+            return True
+        return False
+
+    def paths(self) -> list[str]:
+        return list(self._pending)
+
+    def next_check(self) -> float | None:
+        """When the earliest pending path could become stable."""
+        if not self._pending:
+            return None
+        return min(p.still_since for p in self._pending.values()) + self.settle_seconds
+
+    def forget(self, path: str) -> None:
+        self._pending.pop(path, None)
+
+
+def sha256_of(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+Enqueue = Callable[[str, str, int, int], None]  # relative path, sha256, size, mtime_ns
+
+
+class FolderWatcher:
+    """Watches one pipeline's folder and hands stable new or changed files to `enqueue`."""
+
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        *,
+        recursive: bool,
+        file_filter: FileFilter,
+        settle_seconds: float,
+        known: dict[str, KnownFile],
+        enqueue: Enqueue,
+        wake: threading.Event,
+    ) -> None:
+        self.name = name
+        self.root = root.resolve()
+        self.recursive = recursive
+        self.filter = file_filter
+        self.tracker = StabilityTracker(settle_seconds)
+        self.known = known
+        self._enqueue = enqueue
+        self._wake = wake
+        self._hints: set[str] = set()
+        self._hints_lock = threading.Lock()
+        self.log = log.bind(pipeline=name)
+
+    # -- events (watchdog's thread) -------------------------------------------------------------
+
+    def hint(self, absolute_path: str) -> None:
+        """Something may have changed at this path (a file, or a folder to list)."""
+        with self._hints_lock:
+            self._hints.add(absolute_path)
+        self._wake.set()
+
+    def has_hints(self) -> bool:
+        with self._hints_lock:
+            return bool(self._hints)
+
+    def _take_hints(self) -> set[str]:
+        with self._hints_lock:
+            hints, self._hints = self._hints, set()
+        return hints
+
+    # -- discovery (the discovery thread) -------------------------------------------------------
+
+    def scan(self, now: float) -> None:
+        """List the whole tree; every file not known as it is goes to the tracker."""
+        for relative in self._walk(self.root):
+            self._consider(relative, now)
+
+    def step(self, now: float) -> None:
+        """Take pending hints, then queue whatever has become stable."""
+        for absolute in self._take_hints():
+            relative = self._relative(absolute)
+            if relative is None:
+                continue
+            target = self.root / relative
+            if target.is_dir() and not target.is_symlink():
+                for child in self._walk(target):
+                    self._consider(child, now)
+            else:
+                self._consider(relative, now)
+        for relative in self.tracker.paths():
+            if self.tracker.observe(relative, self._stat(relative), now):
+                self._settled(relative)
+
+    def next_check(self) -> float | None:
+        return self.tracker.next_check()
+
+    def _consider(self, relative: str, now: float) -> None:
+        if not self.filter.takes(relative):
+            return
+        stat = self._stat(relative)
+        if stat is None:
+            self.tracker.forget(relative)
+            return
+        known = self.known.get(relative)
+        if known is not None and (known.size, known.mtime_ns) == (stat.size, stat.mtime_ns):
+            return
+        if self.tracker.observe(relative, stat, now):
+            self._settled(relative)
+
+    def _settled(self, relative: str) -> None:
+        stat = self._stat(relative)
+        if stat is None:
+            return
+        try:
+            sha256, size = sha256_of(self.root / relative)
+        except OSError as exc:
+            self.log.warning("cannot read file", path=relative, error=exc.strerror)
+            return
+        if self._stat(relative) != stat or size != stat.size:
+            self.hint(str(self.root / relative))  # written to while we read: wait again
+            return
+        self._enqueue(relative, sha256, size, stat.mtime_ns)
+        self.known[relative] = KnownFile(sha256, size, stat.mtime_ns)
+
+    def _stat(self, relative: str) -> FileStat | None:
+        """Stat of a regular file inside the root, following only symlinks that stay inside."""
+        path = self.root / relative
+        try:
+            if path.is_symlink() and not self._inside(path.resolve()):
+                self.log.warning("ignoring symlink that leads out of watch_dir", path=relative)
+                return None
+            info = path.stat()
+        except OSError:
+            return None
+        if not os.path.isfile(path):
+            return None
+        return FileStat(info.st_size, info.st_mtime_ns)
+
+    def _inside(self, path: Path) -> bool:
+        return path == self.root or path.is_relative_to(self.root)
+
+    def _relative(self, absolute: str) -> str | None:
+        path = Path(absolute)
+        if not self._inside(path) or path == self.root:
+            return None
+        return path.relative_to(self.root).as_posix()
+
+    def _walk(self, folder: Path) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            self.log.warning("cannot list folder", folder=str(folder), error=exc.strerror)
+            return
+        for entry in entries:
+            relative = Path(entry.path).relative_to(self.root).as_posix()
+            if entry.is_dir(follow_symlinks=False):
+                if self.recursive and not self.filter.excludes_dir(relative):
+                    yield from self._walk(Path(entry.path))
+            else:
+                yield relative
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: FolderWatcher) -> None:
+        self._watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("deleted", "opened", "closed_no_write"):
+            return  # a delete never cancels a job (reliability-notes A3)
+        path = event.dest_path if event.event_type == "moved" else event.src_path
+        self._watcher.hint(os.fsdecode(path))
+
+
+def start_observer(watcher: FolderWatcher, polling: bool, polling_interval: float) -> Any:
+    """Start a watchdog observer for one folder; the caller stops and joins it."""
+    observer = PollingObserver(timeout=polling_interval) if polling else Observer()
+    observer.schedule(_Handler(watcher), str(watcher.root), recursive=watcher.recursive)
+    observer.daemon = True
+    observer.start()
+    return observer
