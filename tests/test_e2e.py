@@ -246,3 +246,27 @@ def test_emulator_command_serves_the_demo_deployment(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.communicate(timeout=10)
+
+
+def test_the_rescan_finds_files_no_event_reported(
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+) -> None:
+    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+                          pipeline={"rescan_seconds": 0.5})  # fmt: skip
+    with running_daemon(config, watch_events=False) as daemon:
+        time.sleep(0.3)  # after the startup scan
+        (tmp_path / "drop" / "late.txt").write_bytes(b"only a rescan can see me")
+        wait_for(lambda: daemon.progress().finished == 1, what="the rescan")
+    assert "late.txt.json" in results_under(tmp_path / "drop")
+
+
+def test_the_polling_observer_for_network_shares(
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+) -> None:
+    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+                          pipeline={"observer": "polling", "polling_interval_seconds": 0.2})  # fmt: skip
+    with running_daemon(config) as daemon:
+        for index in range(3):
+            (tmp_path / "drop" / f"{index}.txt").write_bytes(document(index))
+        wait_for(lambda: daemon.progress().finished == 3, what="three results")
+    assert len(results_under(tmp_path / "drop")) == 3

@@ -63,6 +63,10 @@ def client(server: EmulatorServer) -> Iterator[httpx.Client]:
 URL = f"/deployment/api/{ORG}/invoices/"
 
 
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def submit(client: httpx.Client, *files: FileSpec, **data: str) -> httpx.Response:
     return client.post(URL, files=list(files or [upload("a.txt", b"one two three")]), data=data)
 
@@ -136,10 +140,6 @@ def test_unknown_org_is_404(server: EmulatorServer) -> None:
     response = httpx.get(server.deployment_url("org_nope", "invoices"), headers=auth(KEY))
     assert response.status_code == 404
     assert std_error(response)[2] == "API not found"
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def test_global_key_and_key_forms_accepted(server: EmulatorServer) -> None:

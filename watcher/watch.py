@@ -53,8 +53,7 @@ class StabilityTracker:
             return False
         entry = self._pending.get(path)
         if entry is None or entry.stat != stat:
-            self._pending[path] = _Pending(stat, now)
-            return self.settle_seconds == 0
+            entry = self._pending[path] = _Pending(stat, now)
         if now - entry.still_since >= self.settle_seconds:
             del self._pending[path]
             return True

@@ -1,0 +1,133 @@
+"""Result files: names, contents, atomic replacement, and what happens to the source."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watcher.jobs import Job, JobState
+from watcher.output import (
+    TEMP_SUFFIX,
+    Placement,
+    dispose_source,
+    remove_stale_temps,
+    result_document,
+    write_atomically,
+    write_result,
+)
+
+BODY = {"status": "COMPLETED", "message": [
+    {"file": "a.pdf", "status": "Success", "result": {"output": {"total": 5}},
+     "metadata": {"source_name": "a.pdf"}, "error": None}]}  # fmt: skip
+
+
+def job(**changes: Any) -> Job:
+    values: dict[str, Any] = dict(
+        id=7, pipeline="p", relative_path="sub/a.pdf", sha256="f" * 64, size=4, mtime_ns=1,
+        state=JobState.RESULT_STORED, attempts=1, execution_id="e-1", poll_count=2,
+        outcome="success", result_body=BODY, last_http_status=200, last_error="",
+        lease_owner=None, created_at=0.0, submitted_at=0.0, updated_at=0.0,
+    )  # fmt: skip
+    values.update(changes)
+    return Job(**values)
+
+
+def placement(tmp_path: Path, **changes: Any) -> Placement:
+    values: dict[str, Any] = dict(watch_dir=tmp_path / "drop", output_dir=None,
+                                  after_success="keep", archive_dir=None)  # fmt: skip
+    values.update(changes)
+    return Placement(**values)
+
+
+def test_the_result_document_carries_the_api_item_as_returned() -> None:
+    document = result_document(job(), "unstract")
+    assert document == {
+        "source": "sub/a.pdf", "sha256": "f" * 64, "size": 4, "status": "success",
+        "backend": "unstract", "execution_id": "e-1", "result": {"output": {"total": 5}},
+        "metadata": {"source_name": "a.pdf"}, "error": None, "attempts": 1,
+    }  # fmt: skip
+
+
+def test_a_failure_document_says_why() -> None:
+    document = result_document(job(outcome="failed", last_error="bad scan"), "unstract")
+    assert document["status"] == "failed" and document["error"] == "bad scan"
+
+
+def test_results_go_beside_the_source_or_under_output_dir(tmp_path: Path) -> None:
+    assert write_result(job(), placement(tmp_path), "unstract") == tmp_path / "drop/sub/a.pdf.json"
+    elsewhere = placement(tmp_path, output_dir=tmp_path / "out")
+    failed = job(outcome="failed", last_error="x")
+    assert write_result(failed, elsewhere, "unstract") == tmp_path / "out/sub/a.pdf.error.json"
+
+
+def test_a_success_removes_an_older_error_file(tmp_path: Path) -> None:
+    where = placement(tmp_path)
+    error_file = write_result(job(outcome="failed", last_error="x"), where, "unstract")
+    assert error_file.exists()
+    write_result(job(), where, "unstract")
+    assert not error_file.exists()
+    assert json.loads((tmp_path / "drop/sub/a.pdf.json").read_text())["status"] == "success"
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "r.json"
+    target.write_bytes(b"old")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        write_atomically(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_stale_temps_are_swept_and_nothing_else(tmp_path: Path) -> None:
+    ours = tmp_path / f".r.json.1a2b3c4d{TEMP_SUFFIX}"
+    theirs = tmp_path / ".editor.tmp"
+    ours.write_bytes(b"x")
+    theirs.write_bytes(b"y")
+    assert remove_stale_temps(tmp_path, 60.0, now=ours.stat().st_mtime + 61) == 1
+    assert not ours.exists() and theirs.exists()
+
+
+def make_source(tmp_path: Path) -> Job:
+    source = tmp_path / "drop" / "sub" / "a.pdf"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"%PDF")
+    stat = source.stat()
+    return job(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+
+
+def test_move_puts_sources_in_processed_and_failed(tmp_path: Path) -> None:
+    where = placement(tmp_path, after_success="move", archive_dir=tmp_path / "archive")
+    done = make_source(tmp_path)
+    assert "moved" in dispose_source(done, where)
+    assert (tmp_path / "archive/processed/sub/a.pdf").read_bytes() == b"%PDF"
+    (tmp_path / "drop/sub/a.pdf").write_bytes(b"%PDF")  # same name again, another job
+    again = job(id=8, size=4, mtime_ns=(tmp_path / "drop/sub/a.pdf").stat().st_mtime_ns)
+    dispose_source(again, where)
+    assert (tmp_path / "archive/processed/sub/a.8.pdf").exists()  # the first copy is kept
+
+
+def test_a_source_changed_since_it_was_read_is_left_alone(tmp_path: Path) -> None:
+    where = placement(tmp_path, after_success="delete")
+    done = make_source(tmp_path)
+    (tmp_path / "drop/sub/a.pdf").write_bytes(b"%PDF new version")
+    assert dispose_source(done, where) == "kept"
+    assert (tmp_path / "drop/sub/a.pdf").exists()
+
+
+def test_delete_never_removes_a_failed_source(tmp_path: Path) -> None:
+    where = placement(tmp_path, after_success="delete")
+    failed = make_source(tmp_path)
+    failed = job(outcome="failed", size=failed.size, mtime_ns=failed.mtime_ns)
+    assert dispose_source(failed, where) == "kept"
+    assert (tmp_path / "drop/sub/a.pdf").exists()

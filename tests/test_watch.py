@@ -1,0 +1,104 @@
+"""Finding documents: the stability rule (pure), and the folder watcher on real files."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from watcher.config import DEFAULT_INCLUDE
+from watcher.filters import FileFilter
+from watcher.watch import FileStat, FolderWatcher, StabilityTracker
+
+
+def test_a_file_is_stable_only_after_settle_seconds_without_change() -> None:
+    tracker = StabilityTracker(settle_seconds=2.0)
+    a, b = FileStat(10, 1), FileStat(20, 2)
+    assert not tracker.observe("x", a, now=0.0)
+    assert not tracker.observe("x", a, now=1.9)
+    assert not tracker.observe("x", b, now=1.95)  # grew: the wait starts again
+    assert tracker.next_check() == 3.95
+    assert not tracker.observe("x", b, now=3.0)
+    assert tracker.observe("x", b, now=3.95)
+    assert tracker.paths() == []
+
+
+def test_a_vanished_file_is_forgotten() -> None:
+    tracker = StabilityTracker(settle_seconds=1.0)
+    tracker.observe("x", FileStat(1, 1), now=0.0)
+    assert not tracker.observe("x", None, now=0.5)
+    assert tracker.paths() == [] and tracker.next_check() is None
+
+
+def test_zero_settle_takes_a_file_at_first_sight() -> None:
+    assert StabilityTracker(settle_seconds=0).observe("x", FileStat(1, 1), now=0.0)
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, str, int]] = []
+
+    def __call__(self, relative: str, sha256: str, size: int, mtime_ns: int) -> None:
+        self.queued.append((relative, sha256, size))
+
+
+def make_watcher(root: Path, collector: Collector, recursive: bool = True) -> FolderWatcher:
+    return FolderWatcher(
+        "p", root, recursive=recursive, file_filter=FileFilter(include=tuple(DEFAULT_INCLUDE)),
+        settle_seconds=0.0, known={}, enqueue=collector, wake=threading.Event(),
+    )  # fmt: skip
+
+
+def test_scan_takes_regular_files_and_skips_the_rest(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not yours")
+    root = tmp_path / "drop"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.pdf").write_bytes(b"%PDF")
+    (root / "sub" / "b.txt").write_text("hello")
+    (root / "c.pdf.part").write_bytes(b"half")
+    (root / "a.pdf.json").write_text("{}")
+    (root / "escape.txt").symlink_to(outside / "secret.txt")
+    (root / "linked-dir").symlink_to(outside)
+    (root / "inside-link.txt").symlink_to(root / "sub" / "b.txt")
+    (root / "broken.txt").symlink_to(root / "nowhere.txt")
+    os.mkfifo(root / "pipe.txt")
+    (root / "folder.pdf").mkdir()
+    collector = Collector()
+    make_watcher(root, collector).scan(now=0.0)
+    taken = sorted(relative for relative, _, _ in collector.queued)
+    assert taken == ["a.pdf", "inside-link.txt", "sub/b.txt"]
+
+
+def test_non_recursive_watch_ignores_subfolders(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "top.txt").write_text("x")
+    (tmp_path / "sub" / "low.txt").write_text("y")
+    collector = Collector()
+    make_watcher(tmp_path, collector, recursive=False).scan(now=0.0)
+    assert [r for r, _, _ in collector.queued] == ["top.txt"]
+
+
+def test_known_files_with_the_same_stat_are_not_hashed_again(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    collector = Collector()
+    watcher = make_watcher(tmp_path, collector)
+    watcher.scan(now=0.0)
+    watcher.scan(now=1.0)
+    assert len(collector.queued) == 1
+    time.sleep(0.01)
+    (tmp_path / "a.txt").write_text("changed")
+    watcher.scan(now=2.0)
+    assert [size for _, _, size in collector.queued] == [1, 7]
+
+
+def test_hints_for_a_new_folder_list_it(tmp_path: Path) -> None:
+    collector = Collector()
+    watcher = make_watcher(tmp_path, collector)
+    (tmp_path / "new" / "deep").mkdir(parents=True)
+    (tmp_path / "new" / "deep" / "d.txt").write_text("d")
+    watcher.hint(str(tmp_path / "new"))
+    watcher.step(now=0.0)
+    assert [r for r, _, _ in collector.queued] == ["new/deep/d.txt"]
