@@ -113,6 +113,11 @@ class ApiConfig(_Strict):
     execution_deadline_seconds: float = Field(
         6 * 3600.0, gt=0, description="An execution running longer than this is given up."
     )
+    on_unknown_outcome: Literal["resubmit", "hold"] = Field(
+        "resubmit",
+        description="An upload that may or may not have reached the server: send it again "
+        "(risking a second execution) or hold the job for an operator.",
+    )
 
     @field_validator("tags")
     @classmethod

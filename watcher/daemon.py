@@ -72,14 +72,17 @@ class Daemon:
     def start(self, watch_events: bool = True) -> None:
         """Recover, scan, and start every loop. Returns once the daemon is up."""
         # SQLite serves one daemon process, so every `submitting` row is an interrupted upload.
-        released = self.store.release_stale_claims(everything=self.store.is_sqlite)
+        hold = [n for n, p in self.pipelines.items() if p.config.api.on_unknown_outcome == "hold"]
+        released = self.store.release_stale_claims(everything=self.store.is_sqlite, hold=hold)
         if released:
             log.warning("uploads interrupted by the last stop are queued again", jobs=released)
         now = time.time()
+        # With SQLite we are the only writer, so every temp file of ours is a crash's leftover.
+        temp_age = 0.0 if self.store.is_sqlite else STALE_TEMP_SECONDS
         for name, pipeline in self.pipelines.items():
             for folder in {pipeline.placement.watch_dir, pipeline.placement.output_dir}:
                 if folder is not None and folder.exists():
-                    remove_stale_temps(folder, STALE_TEMP_SECONDS, now)
+                    remove_stale_temps(folder, temp_age, now)
             self.watchers[name] = self._make_watcher(pipeline)
         if watch_events:
             self._start_observers()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+from watcher.crashpoints import crash_point
 from watcher.jobs import Job
 from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.output import dispose_source, write_result
@@ -45,7 +46,7 @@ class Finisher:
         written = troubled = 0
         for job in self.store.claim_stored_results(BATCH, list(self.pipelines)):
             try:
-                bind_job(pipeline=job.pipeline, job_id=job.id, path=job.relative_path,
+                bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path,
                          execution_id=job.execution_id)  # fmt: skip
                 if self.finish(job, self.pipelines[job.pipeline]):
                     written += 1
@@ -66,6 +67,7 @@ class Finisher:
             disposal = dispose_source(job, pipeline.placement)
         except OSError as exc:
             disposal = f"left in place ({exc.strerror})"
+        crash_point("after_dispose")
         self.store.mark_finished(job)
         self.outcomes[job.outcome or "failed"] += 1
         if job.outcome == "success":

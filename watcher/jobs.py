@@ -23,18 +23,26 @@ class JobState(StrEnum):
     DONE = "done"  # result file written, source kept, moved or deleted
     FAILED = "failed"  # error file written; an operator may retry it
     SKIPPED = "skipped"  # the file vanished or changed before upload; last_error says which
+    HELD = "held"  # the upload's outcome is unknown and the policy is "hold": an operator decides
 
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.SUBMITTING}),
     JobState.SUBMITTING: frozenset(
-        {JobState.SUBMITTED, JobState.QUEUED, JobState.RESULT_STORED, JobState.SKIPPED}
+        {
+            JobState.SUBMITTED,
+            JobState.QUEUED,
+            JobState.RESULT_STORED,
+            JobState.SKIPPED,
+            JobState.HELD,
+        }
     ),
     JobState.SUBMITTED: frozenset({JobState.SUBMITTED, JobState.RESULT_STORED, JobState.QUEUED}),
     JobState.RESULT_STORED: frozenset({JobState.DONE, JobState.FAILED}),
     JobState.DONE: frozenset(),
     JobState.FAILED: frozenset({JobState.QUEUED}),
     JobState.SKIPPED: frozenset({JobState.QUEUED}),
+    JobState.HELD: frozenset({JobState.QUEUED, JobState.RESULT_STORED}),
 }
 IN_FLIGHT = (JobState.SUBMITTING, JobState.SUBMITTED)
 UNFINISHED = (JobState.QUEUED, JobState.SUBMITTING, JobState.SUBMITTED, JobState.RESULT_STORED)
@@ -74,10 +82,15 @@ class Job:
         return self.relative_path.rsplit("/", 1)[-1]
 
     @property
+    def display_path(self) -> str:
+        """The relative path as text for people and JSON: bytes that are not UTF-8 as \\xNN."""
+        raw = self.relative_path.encode("utf-8", errors="surrogateescape")
+        return raw.decode("utf-8", errors="backslashreplace")
+
+    @property
     def upload_name(self) -> str:
-        """The name sent to the API: the file name, made valid UTF-8 if the bytes were not."""
-        raw = self.file_name.encode("utf-8", errors="surrogateescape")
-        return raw.decode("utf-8", errors="replace")
+        """The name sent to the API (and matched in its answer): the file name as text."""
+        return self.display_path.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,9 @@ class RetryPolicy:
     poll_growth: float = 1.6
     execution_deadline_seconds: float = 6 * 3600.0
     paused_recheck_seconds: float = 60.0
+    # An upload whose outcome is unknown (timeout or connection lost after sending):
+    # "resubmit" risks a second execution, "hold" waits for an operator.
+    on_unknown_outcome: Literal["resubmit", "hold"] = "resubmit"
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,12 @@ def decide_after_submit(
             pause_pipeline=True,
             refund_attempt=True,
         )
+    if outcome.kind is SubmitKind.UNKNOWN and policy.on_unknown_outcome == "hold":
+        return Decision(JobState.HELD, error=f"upload outcome unknown ({outcome.error}); held")
+    if outcome.rate_limited:
+        # The server is full, not the document at fault: back off without using up attempts.
+        delay = backoff_seconds(1 + min(attempts, 5), policy, rng)
+        return Decision(JobState.QUEUED, delay, outcome.error, refund_attempt=True)
     return _again_or_give_up(outcome.error, attempts, policy, rng)
 
 

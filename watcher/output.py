@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from watcher.crashpoints import crash_point
 from watcher.filters import ERROR_SUFFIX, RESULT_SUFFIX
 from watcher.jobs import Job
 from watcher.unstract import find_file_item
@@ -51,7 +52,7 @@ def result_document(job: Job, backend: str) -> dict[str, Any]:
     item = find_file_item(job.result_body, job.upload_name) or {}
     success = job.outcome == "success"
     return {
-        "source": job.relative_path,
+        "source": job.display_path,
         "sha256": job.sha256,
         "size": job.size,
         "status": "success" if success else "failed",
@@ -74,11 +75,13 @@ def write_atomically(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        crash_point("after_result_temp")
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    crash_point("after_result_replace")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -91,7 +94,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def write_result(job: Job, placement: Placement, backend: str) -> Path:
     document = result_document(job, backend)
-    data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8", "surrogateescape")
+    data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
     target = placement.result_path(job)
     write_atomically(target, data + b"\n")
     placement.stale_result_path(job).unlink(missing_ok=True)

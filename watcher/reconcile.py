@@ -10,6 +10,7 @@ import random
 import threading
 
 from watcher.backend import PollKind
+from watcher.crashpoints import crash_point
 from watcher.jobs import Job, JobState, decide_after_poll
 from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.runtime import Pipeline
@@ -62,7 +63,7 @@ class Reconciler:
                 bind_job(
                     pipeline=job.pipeline,
                     job_id=job.id,
-                    path=job.relative_path,
+                    path=job.display_path,
                     execution_id=job.execution_id,
                 )
                 self.poll(job, self.pipelines[job.pipeline], now)
@@ -73,6 +74,8 @@ class Reconciler:
     def poll(self, job: Job, pipeline: Pipeline, now: float) -> None:
         assert job.execution_id is not None
         outcome = pipeline.backend.poll(job.execution_id)
+        if outcome.kind in TERMINAL_KINDS:
+            crash_point("after_poll")
         elapsed = now - (job.submitted_at or now)
         decision = decide_after_poll(outcome, job, elapsed, pipeline.policy, self.rng)
         body = outcome.body if outcome.kind in TERMINAL_KINDS else None

@@ -25,11 +25,32 @@ class Pipeline:
     placement: Placement
     paused_until: float = 0.0
     paused_reason: str = ""
+    allowed_in_flight: float = 0.0  # lowered by 429s, grows back with accepted uploads
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.allowed_in_flight = float(self.config.api.max_in_flight)
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def in_flight_limit(self) -> int:
+        return max(1, int(self.allowed_in_flight))
+
+    def on_rate_limited(self) -> None:
+        """The server is at its concurrency limit: halve ours (AIMD, as TCP does)."""
+        with self._lock:
+            self.allowed_in_flight = max(1.0, self.allowed_in_flight / 2)
+        log.warning("API at its concurrency limit (429); fewer uploads at once",
+                    pipeline=self.name, in_flight_limit=self.in_flight_limit())  # fmt: skip
+
+    def on_accepted(self) -> None:
+        with self._lock:
+            ceiling = float(self.config.api.max_in_flight)
+            self.allowed_in_flight = min(
+                ceiling, self.allowed_in_flight + 1 / self.allowed_in_flight
+            )
 
     def is_paused(self, now: float | None = None) -> bool:
         return self.paused_until > (time.monotonic() if now is None else now)
@@ -71,6 +92,7 @@ def build_pipeline(config: PipelineConfig) -> Pipeline:
         poll_initial_seconds=api.poll_initial_seconds,
         poll_max_seconds=api.poll_max_seconds,
         execution_deadline_seconds=api.execution_deadline_seconds,
+        on_unknown_outcome=api.on_unknown_outcome,
     )
     placement = Placement(
         watch_dir=config.watch_dir.resolve(),

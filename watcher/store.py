@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib.resources import as_file, files
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from watcher.jobs import IN_FLIGHT, UNFINISHED, Decision, Job, JobState
@@ -29,7 +31,8 @@ jobs = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("pipeline", sa.String(64), nullable=False),
-    sa.Column("relative_path", sa.Text, nullable=False),
+    sa.Column("relative_path", sa.Text, nullable=False),  # valid UTF-8 (see _db_path)
+    sa.Column("relative_path_raw", sa.LargeBinary),  # the name's bytes, if not valid UTF-8
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("mtime_ns", sa.BigInteger, nullable=False),
@@ -83,6 +86,7 @@ class Store:
         self._lock: AbstractContextManager[Any] = (
             threading.Lock() if self.is_sqlite else nullcontext()
         )
+        self._insert = sqlite_insert if self.is_sqlite else postgresql_insert
         self._now = (
             sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)", sa.Double)
             if self.is_sqlite
@@ -122,13 +126,19 @@ class Store:
     def known_files(self, pipeline: str) -> dict[str, KnownFile]:
         """Newest version of every path of a pipeline, for the watcher's change check."""
         query = (
-            sa.select(jobs.c.relative_path, jobs.c.sha256, jobs.c.size, jobs.c.mtime_ns)
+            sa.select(jobs.c.relative_path, jobs.c.relative_path_raw, jobs.c.sha256,
+                      jobs.c.size, jobs.c.mtime_ns)
             .where(jobs.c.pipeline == pipeline)
             .order_by(jobs.c.id)
-        )
+        )  # fmt: skip
         with self._tx() as conn:
             rows = conn.execute(query).all()
-        return {row.relative_path: KnownFile(row.sha256, row.size, row.mtime_ns) for row in rows}
+        return {
+            _fs_path(row.relative_path, row.relative_path_raw): KnownFile(
+                row.sha256, row.size, row.mtime_ns
+            )
+            for row in rows
+        }
 
     def enqueue(
         self, pipeline: str, relative_path: str, sha256: str, size: int, mtime_ns: int
@@ -137,9 +147,10 @@ class Store:
 
         A known version gets its size and mtime refreshed so the next scan skips it cheaply.
         """
+        path, raw = _db_path(relative_path)
         key = (
             (jobs.c.pipeline == pipeline)
-            & (jobs.c.relative_path == relative_path)
+            & (jobs.c.relative_path == path)
             & (jobs.c.sha256 == sha256)
         )
         with self._tx() as conn:
@@ -147,12 +158,14 @@ class Store:
             if known.rowcount:
                 return None
             values = dict(
-                pipeline=pipeline, relative_path=relative_path, sha256=sha256, size=size,
-                mtime_ns=mtime_ns, state=JobState.QUEUED.value, next_attempt_at=self._now,
-                created_at=self._now, updated_at=self._now,
+                pipeline=pipeline, relative_path=path, relative_path_raw=raw, sha256=sha256,
+                size=size, mtime_ns=mtime_ns, state=JobState.QUEUED.value,
+                next_attempt_at=self._now, created_at=self._now, updated_at=self._now,
             )  # fmt: skip
-            inserted = conn.execute(sa.insert(jobs).values(**values)).inserted_primary_key
-            return int(inserted[0]) if inserted else None
+            # Another instance watching the same share may insert the same document first.
+            insert = self._insert(jobs).values(**values).on_conflict_do_nothing()
+            row = conn.execute(insert.returning(jobs.c.id)).first()
+            return int(row[0]) if row else None
 
     # -- upload --------------------------------------------------------------------------------
 
@@ -252,28 +265,41 @@ class Store:
 
     # -- recovery and counts -------------------------------------------------------------------
 
-    def release_stale_claims(self, everything: bool = False) -> int:
+    def release_stale_claims(self, everything: bool = False, hold: Sequence[str] = ()) -> int:
         """Put back jobs whose upload was interrupted (lease expired, or all at a lone start).
 
-        Such a POST may have reached the server: it is submitted again, which is the one
-        window where a document can be executed twice (README, "What happens when...").
+        Such a POST may have reached the server. It is submitted again, the one window where
+        a document can be executed twice, unless its pipeline is in `hold`: then it waits for
+        an operator (README, "What happens when...").
         """
         stale = sa.true() if everything else jobs.c.lease_until < self._now
+        held = jobs.c.pipeline.in_(list(hold))
+        interrupted = (jobs.c.state == JobState.SUBMITTING.value) & stale
         with self._tx() as conn:
-            result = conn.execute(
+            resubmitted = conn.execute(
                 sa.update(jobs)
-                .where(jobs.c.state == JobState.SUBMITTING.value)
-                .where(stale)
+                .where(interrupted & ~held)
                 .values(
                     state=JobState.QUEUED.value,
-                    lease_owner=None,
-                    lease_until=None,
                     next_attempt_at=self._now,
                     last_error="upload interrupted; outcome unknown, submitting again",
+                    lease_owner=None,
+                    lease_until=None,
                     updated_at=self._now,
                 )
-            )
-        return int(result.rowcount)
+            ).rowcount
+            kept = conn.execute(
+                sa.update(jobs)
+                .where(interrupted & held)
+                .values(
+                    state=JobState.HELD.value,
+                    last_error="upload interrupted; outcome unknown, held for an operator",
+                    lease_owner=None,
+                    lease_until=None,
+                    updated_at=self._now,
+                )
+            ).rowcount
+        return int(resubmitted) + int(kept)
 
     def unfinished_count(self, pipelines: list[str]) -> int:
         query = (
@@ -307,7 +333,7 @@ class Store:
             "last_http_status": http_status,
             "updated_at": self._now,
         }
-        if decision.state is JobState.QUEUED:
+        if decision.state in (JobState.QUEUED, JobState.HELD):
             values.update(
                 next_attempt_at=self._now + decision.delay_seconds,
                 lease_owner=None,
@@ -335,7 +361,8 @@ class Store:
 def _to_job(row: sa.Row[Any]) -> Job:
     m = row._mapping
     return Job(
-        id=m["id"], pipeline=m["pipeline"], relative_path=m["relative_path"],
+        id=m["id"], pipeline=m["pipeline"],
+        relative_path=_fs_path(m["relative_path"], m["relative_path_raw"]),
         sha256=m["sha256"], size=m["size"], mtime_ns=m["mtime_ns"], state=JobState(m["state"]),
         attempts=m["attempts"], execution_id=m["execution_id"], poll_count=m["poll_count"],
         outcome=m["outcome"],
@@ -344,6 +371,21 @@ def _to_job(row: sa.Row[Any]) -> Job:
         lease_owner=m["lease_owner"], created_at=m["created_at"],
         submitted_at=m["submitted_at"], updated_at=m["updated_at"],
     )  # fmt: skip
+
+
+def _db_path(relative_path: str) -> tuple[str, bytes | None]:
+    """A path as the database keeps it: valid UTF-8 text, plus the raw bytes if it was not.
+
+    File names are bytes on Linux; a name that is not UTF-8 reaches us with surrogate escapes,
+    which neither SQLite nor PostgreSQL text can hold.
+    """
+    raw = relative_path.encode("utf-8", errors="surrogateescape")
+    text = raw.decode("utf-8", errors="backslashreplace")
+    return text, (raw if text != relative_path else None)
+
+
+def _fs_path(text: str, raw: bytes | None) -> str:
+    return raw.decode("utf-8", errors="surrogateescape") if raw is not None else text
 
 
 def _create_engine(url: str, busy_timeout_seconds: float) -> Engine:

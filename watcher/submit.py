@@ -8,6 +8,7 @@ import random
 import threading
 
 from watcher.backend import SubmitKind, SubmitOutcome, Upload
+from watcher.crashpoints import crash_point
 from watcher.jobs import Decision, Job, JobState, decide_after_submit
 from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.runtime import Pipeline
@@ -47,16 +48,14 @@ class Uploader:
                 self.work.wait(IDLE_WAIT_SECONDS)
                 continue
             try:
-                bind_job(pipeline=job.pipeline, job_id=job.id, path=job.relative_path)
+                bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path)
                 self.upload(job, self.pipelines[job.pipeline])
             finally:
                 unbind_job()
 
     def _limits(self) -> dict[str, int]:
         return {
-            name: p.config.api.max_in_flight
-            for name, p in self.pipelines.items()
-            if not p.is_paused()
+            name: p.in_flight_limit() for name, p in self.pipelines.items() if not p.is_paused()
         }
 
     def upload(self, job: Job, pipeline: Pipeline) -> None:
@@ -65,6 +64,7 @@ class Uploader:
             return
         content_type = mimetypes.guess_type(job.file_name)[0] or "application/octet-stream"
         outcome = pipeline.backend.submit(Upload(job.upload_name, content, content_type))
+        crash_point("after_post")
         decision = decide_after_submit(outcome, job.attempts, pipeline.policy, self.rng)
         if not self.store.record_submit(job, decision, outcome.http_status):
             log.warning("lost the claim on this job while uploading; another worker has it")
@@ -106,13 +106,18 @@ class Uploader:
     def _after(self, decision: Decision, outcome: SubmitOutcome, pipeline: Pipeline) -> None:
         if decision.state is JobState.SUBMITTED:
             log.info("submitted", execution_id=outcome.execution_id)
+            pipeline.on_accepted()
             self.submitted.set()
+        elif decision.state is JobState.HELD:
+            log.error("upload outcome unknown; job held for an operator", error=outcome.error)
         elif decision.state is JobState.RESULT_STORED:
             log.warning("document refused by the API", error=decision.error)
             self.finished.set()
         elif decision.pause_pipeline:
             pipeline.pause(outcome.error or f"HTTP {outcome.http_status}", decision.delay_seconds)
         else:
+            if outcome.rate_limited:
+                pipeline.on_rate_limited()
             unknown = outcome.kind is SubmitKind.UNKNOWN
             log.warning(
                 "upload failed; will retry",

@@ -17,6 +17,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("pipeline", sa.String(64), nullable=False),
         sa.Column("relative_path", sa.Text, nullable=False),
+        sa.Column("relative_path_raw", sa.LargeBinary),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("size", sa.BigInteger, nullable=False),
         sa.Column("mtime_ns", sa.BigInteger, nullable=False),
