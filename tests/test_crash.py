@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from harness import KEY_ENV, api_key, deployment_url, results_under, sha256, wait_for, write_config
+
 from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
 from watcher.output import TEMP_SUFFIX
 
