@@ -141,3 +141,21 @@ def test_check_config_never_prints_the_key(
     assert "config OK" in out.out
     assert KEY not in out.out + out.err
     assert os.environ["INVOICES_API_KEY"] == KEY
+
+
+def test_a_literal_key_in_a_readable_config_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "drop").mkdir()
+    text = EXAMPLE.read_text().replace("/srv/drop/invoices", str(tmp_path / "drop"))
+    text = text.replace('api_key_env = "INVOICES_API_KEY"', f'api_key = "{KEY}"')
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    path.chmod(0o644)
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pipelines[0].api.api_key" in out and "readable by other users" in out
+    assert KEY not in out
+    path.chmod(0o600)
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "readable" not in capsys.readouterr().out

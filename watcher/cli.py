@@ -36,8 +36,11 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    settings = config_module.load(_config_path(args))
+    path = _config_path(args)
+    settings = config_module.load(path)
     configure(settings.daemon.log_level, settings.daemon.log_format)
+    for warning in config_module.secret_warnings(settings, path):
+        log.warning(warning)
     return settings
 
 
@@ -104,7 +107,10 @@ def _background(target: Callable[[], None]) -> threading.Thread:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = config_module.load(_config_path(args))
+    path = _config_path(args)
+    settings = config_module.load(path)
+    for warning in config_module.secret_warnings(settings, path):
+        print(f"warning: {warning}")
     for pipeline in settings.pipelines:
         api = pipeline.api
         print(f"pipeline {pipeline.name}: {pipeline.watch_dir} -> {api.kind} {api.url}")

@@ -165,10 +165,15 @@ class ApiConfig(_Strict):
         return SecretStr(key.strip())
 
 
-def _read_key_file(name: str) -> str:
+def _key_file_path(name: str) -> Path:
     path = Path(name)
     if not path.is_absolute() and os.environ.get("CREDENTIALS_DIRECTORY"):
         path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
+    return path
+
+
+def _read_key_file(name: str) -> str:
+    path = _key_file_path(name)
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -301,20 +306,32 @@ def check_environment(settings: Settings) -> None:
             pipeline.api.resolve_key()
         except ConfigError as exc:
             raise ConfigError(f"{key}.api: {exc}") from None
-        _check_key_file_permissions(pipeline.api, key)
     _check_no_overlap(settings)
 
 
-def _check_key_file_permissions(api: ApiConfig, key: str) -> None:
-    if not api.api_key_file:
-        return
-    path = Path(api.api_key_file)
-    if path.is_absolute() and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
-        from watcher.logs import get_logger
+def secret_warnings(settings: Settings, config_path: Path | None) -> list[str]:
+    """Keys that people other than the daemon's user can read: worth a warning, not a refusal."""
+    warnings = []
+    for index, pipeline in enumerate(settings.pipelines):
+        api = pipeline.api
+        if api.api_key and config_path is not None and _readable_by_others(config_path):
+            warnings.append(
+                f"pipelines[{index}].api.api_key: {config_path} holds a literal API key and is "
+                "readable by other users; chmod 600 it or use api_key_env / api_key_file"
+            )
+        if api.api_key_file and _readable_by_others(_key_file_path(api.api_key_file)):
+            warnings.append(
+                f"pipelines[{index}].api.api_key_file: the key file is readable by other "
+                "users; chmod 600 it"
+            )
+    return warnings
 
-        get_logger().warning(
-            "api key file is readable by others", key=f"{key}.api_key_file", path=str(path)
-        )
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
+    except OSError:
+        return False
 
 
 def _check_no_overlap(settings: Settings) -> None:

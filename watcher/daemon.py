@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from watcher.config import Settings
+from watcher.filters import as_text
 from watcher.finish import Finisher
 from watcher.logs import get_logger
 from watcher.output import remove_stale_temps
@@ -123,6 +124,12 @@ class Daemon:
             pipeline.backend.close()
         log.info("stopped")
 
+    def resume_pipeline(self, name: str) -> None:
+        """Lift a pause (after a reload fixed the key, or by hand): its queued jobs go now."""
+        self.pipelines[name].resume()
+        self.store.make_queued_due(name)
+        self.work.set()
+
     def wait_until_drained(self, poll_seconds: float = 0.2) -> None:
         """Block until nothing is pending, in flight or unwritten (`run --once`)."""
         self._initial_scan_done.wait()
@@ -185,7 +192,7 @@ class Daemon:
         def enqueue(relative: str, sha256: str, size: int, mtime_ns: int) -> None:
             job_id = self.store.enqueue(config.name, relative, sha256, size, mtime_ns)
             if job_id is not None:
-                log.info("queued", pipeline=config.name, path=relative, job_id=job_id)
+                log.info("queued", pipeline=config.name, path=as_text(relative), job_id=job_id)
                 self.work.set()
 
         return FolderWatcher(

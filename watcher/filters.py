@@ -22,6 +22,15 @@ RESULT_SUFFIX = ".json"
 ERROR_SUFFIX = ".error.json"
 
 
+def as_text(path: str) -> str:
+    """A path as text for logs, JSON and the database: bytes that are not UTF-8 become \\xNN.
+
+    Linux file names are bytes; Python hands undecodable ones over with surrogate escapes, which
+    no JSON encoder, terminal or database text column accepts.
+    """
+    return path.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+
+
 @dataclass(frozen=True)
 class FileFilter:
     include: tuple[str, ...]

@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 
 from watcher.crashpoints import crash_point
+from watcher.filters import as_text
 from watcher.jobs import Job
 from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.output import dispose_source, write_result
@@ -71,7 +72,9 @@ class Finisher:
         self.store.mark_finished(job)
         self.outcomes[job.outcome or "failed"] += 1
         if job.outcome == "success":
-            log.info("result written", result_file=str(target), source=disposal)
+            log.info("result written", result_file=as_text(str(target)), source=as_text(disposal))
         else:
-            log.warning("error file written", result_file=str(target), error=job.last_error)
+            log.warning(
+                "error file written", result_file=as_text(str(target)), error=job.last_error
+            )
         return True

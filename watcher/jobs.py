@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome
+from watcher.filters import as_text
 from watcher.unstract import find_file_item
 
 
@@ -84,13 +85,13 @@ class Job:
     @property
     def display_path(self) -> str:
         """The relative path as text for people and JSON: bytes that are not UTF-8 as \\xNN."""
-        raw = self.relative_path.encode("utf-8", errors="surrogateescape")
-        return raw.decode("utf-8", errors="backslashreplace")
+        return as_text(self.relative_path)
 
     @property
     def upload_name(self) -> str:
-        """The name sent to the API (and matched in its answer): the file name as text."""
-        return self.display_path.rsplit("/", 1)[-1]
+        """The name sent to the API and matched in its answer: valid UTF-8, bad bytes as U+FFFD."""
+        raw = self.file_name.encode("utf-8", errors="surrogateescape")
+        return raw.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)

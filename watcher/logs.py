@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
 
+from watcher.filters import as_text
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}  # fmt: skip
+
+
+def _printable(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Make every string printable: a file name that is not UTF-8 must not kill a loop."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = as_text(value)
+    return event
 
 
 def configure(level: str = "info", log_format: str = "json") -> None:
@@ -28,6 +39,7 @@ def configure(level: str = "info", log_format: str = "json") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _printable,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),

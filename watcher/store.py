@@ -9,6 +9,7 @@ Times are epoch seconds from the database clock, so instances on several hosts a
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -22,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
+from watcher.filters import as_text
 from watcher.jobs import IN_FLIGHT, UNFINISHED, Decision, Job, JobState
 
 metadata = sa.MetaData()
@@ -219,6 +221,17 @@ class Store:
         values = {"state": JobState.SKIPPED.value, "last_error": reason, "finished_at": self._now}
         return self._fenced_update(job, JobState.SUBMITTING, values)
 
+    def make_queued_due(self, pipeline: str) -> int:
+        """Queued jobs of a pipeline may go now (after a pause ends); return how many."""
+        with self._tx() as conn:
+            result = conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.pipeline == pipeline)
+                .where(jobs.c.state == JobState.QUEUED.value)
+                .values(next_attempt_at=self._now)
+            )
+        return int(result.rowcount)
+
     # -- reconcile -----------------------------------------------------------------------------
 
     def due_polls(self, limit: int, pipelines: list[str]) -> list[Job]:
@@ -379,9 +392,8 @@ def _db_path(relative_path: str) -> tuple[str, bytes | None]:
     File names are bytes on Linux; a name that is not UTF-8 reaches us with surrogate escapes,
     which neither SQLite nor PostgreSQL text can hold.
     """
-    raw = relative_path.encode("utf-8", errors="surrogateescape")
-    text = raw.decode("utf-8", errors="backslashreplace")
-    return text, (raw if text != relative_path else None)
+    text = as_text(relative_path)
+    return text, (os.fsencode(relative_path) if text != relative_path else None)
 
 
 def _fs_path(text: str, raw: bytes | None) -> str:

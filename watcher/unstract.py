@@ -107,14 +107,19 @@ def _item_errors(message: Any) -> str:
 
 
 def find_file_item(body: Any, file_name: str) -> dict[str, Any] | None:
-    """The per-file item of a terminal body that belongs to `file_name` (matched by name)."""
+    """The per-file item of a terminal body that belongs to `file_name`.
+
+    Items are matched by name. We send one file per execution, so a lone item is ours even if
+    the server changed its name on the way (some servers cut names at a backslash).
+    """
     message = body.get("message") if isinstance(body, dict) else None
     if not isinstance(message, list):
         return None
-    for item in message:
-        if isinstance(item, dict) and item.get("file") == file_name:
+    items = [item for item in message if isinstance(item, dict)]
+    for item in items:
+        if item.get("file") == file_name:
             return item
-    return None
+    return items[0] if len(items) == 1 else None
 
 
 class UnstractClient:

@@ -19,7 +19,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from watcher.filters import FileFilter
+from watcher.filters import FileFilter, as_text
 from watcher.logs import get_logger
 from watcher.store import KnownFile
 
@@ -175,7 +175,7 @@ class FolderWatcher:
         try:
             sha256, size = sha256_of(self.root / relative)
         except OSError as exc:
-            self.log.warning("cannot read file", path=relative, error=exc.strerror)
+            self.log.warning("cannot read file", path=as_text(relative), error=exc.strerror)
             return
         if self._stat(relative) != stat or size != stat.size:
             self.hint(str(self.root / relative))  # written to while we read: wait again
@@ -188,7 +188,9 @@ class FolderWatcher:
         path = self.root / relative
         try:
             if path.is_symlink() and not self._inside(path.resolve()):
-                self.log.warning("ignoring symlink that leads out of watch_dir", path=relative)
+                self.log.warning(
+                    "ignoring symlink that leads out of watch_dir", path=as_text(relative)
+                )
                 return None
             info = path.stat()
         except OSError:
@@ -210,7 +212,7 @@ class FolderWatcher:
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            self.log.warning("cannot list folder", folder=str(folder), error=exc.strerror)
+            self.log.warning("cannot list folder", folder=as_text(str(folder)), error=exc.strerror)
             return
         for entry in entries:
             relative = Path(entry.path).relative_to(self.root).as_posix()

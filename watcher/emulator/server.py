@@ -2,8 +2,8 @@
 
 Each emulated API is an `App` (a function from `Request` to `Response`) mounted under a
 path prefix: the Unstract API deployment under `/deployment/api/`, the emulator's own
-control endpoints under `/_emulator/`. A later API (LLMWhisperer v2 under `/api/v2/`) is
-added with `EmulatorServer.mount`.
+control endpoints under `/_emulator/`. LLMWhisperer v2 is added under `/api/v2/` (and its
+controls under `/_emulator/llmwhisperer/`) with `mount_llmwhisperer`, which uses `mount`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .llmwhisperer import LLMWhispererEmulator, mount_llmwhisperer
 from .responses import (
     FieldError,
     Request,
@@ -258,9 +259,15 @@ def serve_forever(
     *,
     on_ready: Callable[[str], None] | None = None,
     log_requests: bool = False,
+    llmwhisperer: LLMWhispererEmulator | None = None,
 ) -> None:
-    """Serve in the calling thread until interrupted; `on_ready` gets the base URL."""
+    """Serve in the calling thread until interrupted; `on_ready` gets the base URL.
+
+    With `llmwhisperer`, the same server also answers LLMWhisperer v2 under /api/v2/.
+    """
     server = EmulatorServer(emulator, host, port, log_requests=log_requests)
+    if llmwhisperer is not None:
+        mount_llmwhisperer(server, llmwhisperer)
     if on_ready is not None:
         on_ready(server.base_url)
     try:

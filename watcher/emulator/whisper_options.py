@@ -146,7 +146,9 @@ def _check_choice(name: str, raw: str | None, choices: tuple[str, ...]) -> None:
         raise OptionError(f"Invalid value for {name}: '{raw}'. Allowed values: {allowed}")
 
 
-def _check_number(name: str, raw: str | None, integer: bool = False, fraction: bool = False) -> None:
+def _check_number(
+    name: str, raw: str | None, integer: bool = False, fraction: bool = False
+) -> None:
     if raw is None:
         return
     try:
