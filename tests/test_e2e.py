@@ -270,3 +270,17 @@ def test_the_polling_observer_for_network_shares(
             (tmp_path / "drop" / f"{index}.txt").write_bytes(document(index))
         wait_for(lambda: daemon.progress().finished == 3, what="three results")
     assert len(results_under(tmp_path / "drop")) == 3
+
+
+def test_run_once_on_a_terminal_shows_a_progress_bar(
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+) -> None:
+    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+    for index in range(6):
+        (tmp_path / "drop" / f"{index}.txt").write_bytes(document(index))
+    inner = f"{sys.executable} -m watcher.cli run --once --config {config} 2>&1"
+    # `script` gives the command a pseudo-terminal, as an operator's shell would.
+    done = subprocess.run(["script", "-qec", inner, "/dev/null"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, KEY_ENV: api_key()})  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "documents: 100%" in done.stdout and "6/6" in done.stdout

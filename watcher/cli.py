@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ EXIT_DOCUMENTS_FAILED = 1  # run --once: at least one document ended with an err
 EXIT_CONFIG = 2  # the config (or the command line) is wrong
 EXIT_UNAVAILABLE = 69  # the database cannot be reached
 EXIT_SOFTWARE = 70  # a daemon loop crashed (systemd restarts us)
+EXIT_PIPELINE_PAUSED = 75  # run --once: the API refused a pipeline's key or deployment
 
 log = get_logger()
 
@@ -71,6 +73,7 @@ def run_daemon(settings: Settings, store: Store, once: bool) -> int:
     daemon.start(watch_events=not once)
     if once:
         _drain_with_progress(daemon)
+        paused = daemon.paused_pipelines()
         daemon.stop()
     else:
         while not daemon.stop_event.wait(1.0):
@@ -78,6 +81,11 @@ def run_daemon(settings: Settings, store: Store, once: bool) -> int:
     daemon.join()
     if daemon.failure is not None:
         return EXIT_SOFTWARE
+    if once and paused:
+        for name, reason in paused.items():
+            print(f"unstract-watcher: pipeline {name} paused: {reason}; its documents stay "
+                  "queued until the key or URL is fixed", file=sys.stderr)  # fmt: skip
+        return EXIT_PIPELINE_PAUSED
     if once and daemon.progress().failed:
         return EXIT_DOCUMENTS_FAILED
     return EXIT_OK
@@ -89,14 +97,19 @@ def _drain_with_progress(daemon: Daemon) -> None:
         return
     from tqdm import tqdm
 
-    with tqdm(desc="documents", unit="doc", total=0) as bar:
+    # A pty that reports no size (ssh without a tty size, `script`) would hide tqdm's bar.
+    size = shutil.get_terminal_size()
+    with tqdm(desc="documents", unit="doc", ncols=max(size.columns, 40),
+              nrows=max(size.lines, 5)) as bar:  # fmt: skip
         waiter = _background(daemon.wait_until_drained)
-        while waiter.is_alive():
+        while True:
             figures = daemon.progress()
             bar.total = figures.finished + figures.unfinished
             bar.n = figures.finished
-            bar.set_postfix(failed=figures.failed)
+            bar.set_postfix(failed=figures.failed, refresh=False)
             bar.refresh()
+            if not waiter.is_alive():
+                break
             waiter.join(0.2)
 
 

@@ -131,11 +131,17 @@ class Daemon:
         self.work.set()
 
     def wait_until_drained(self, poll_seconds: float = 0.2) -> None:
-        """Block until nothing is pending, in flight or unwritten (`run --once`)."""
+        """Block until nothing is pending, in flight or unwritten (`run --once`), or until a
+        pipeline is paused (its documents would wait for a fix that `--once` cannot get)."""
         self._initial_scan_done.wait()
         while not self.stop_event.wait(poll_seconds):
+            if self.paused_pipelines():
+                return
             if self.progress().unfinished == 0 and not self._discovery_pending():
                 return
+
+    def paused_pipelines(self) -> dict[str, str]:
+        return {name: p.paused_reason for name, p in self.pipelines.items() if p.is_paused()}
 
     def progress(self) -> Progress:
         unfinished = self.store.unfinished_count(list(self.pipelines))

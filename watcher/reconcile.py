@@ -76,6 +76,7 @@ class Reconciler:
         outcome = pipeline.backend.poll(job.execution_id)
         if outcome.kind in TERMINAL_KINDS:
             crash_point("after_poll")
+        log.debug("polled", status=outcome.server_status, http_status=outcome.http_status)
         elapsed = now - (job.submitted_at or now)
         decision = decide_after_poll(outcome, job, elapsed, pipeline.policy, self.rng)
         body = outcome.body if outcome.kind in TERMINAL_KINDS else None

@@ -63,6 +63,7 @@ class Uploader:
         if content is None:
             return
         content_type = mimetypes.guess_type(job.file_name)[0] or "application/octet-stream"
+        log.debug("uploading", bytes=len(content), content_type=content_type, attempt=job.attempts)
         outcome = pipeline.backend.submit(Upload(job.upload_name, content, content_type))
         crash_point("after_post")
         decision = decide_after_submit(outcome, job.attempts, pipeline.policy, self.rng)
