@@ -236,6 +236,8 @@ def test_emulator_command_serves_the_demo_deployment(tmp_path: Path) -> None:
     try:
         assert process.stdout is not None
         assert "emulator on" in process.stdout.readline()
+        assert "/deployment/api/" in process.stdout.readline()
+        assert "/api/v2" in process.stdout.readline()
         import httpx
 
         url = f"http://127.0.0.1:{port}/deployment/api/{DEMO_ORG}/{DEMO_API}/"
@@ -284,3 +286,15 @@ def test_run_once_on_a_terminal_shows_a_progress_bar(
                           timeout=60, env={**os.environ, KEY_ENV: api_key()})  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:]
     assert "documents: 100%" in done.stdout and "6/6" in done.stdout
+
+
+def test_the_readme_demo_command(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "watcher.cli", "demo", "--dir", str(demo)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    unstract = results_under(demo / "results")
+    assert len(unstract) == 5 and all(r["status"] == "success" for r in unstract.values())
+    scans = results_under(demo / "scan-results")
+    assert len(scans) == 2 and all(r["backend"] == "llmwhisperer" for r in scans.values())
+    assert (demo / "scan-results" / "contract-page-1.txt.txt").read_text().startswith("SERVICE")

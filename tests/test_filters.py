@@ -47,3 +47,10 @@ def test_which_files_are_taken(file_filter: FileFilter, path: str, taken: bool) 
 )
 def test_which_folders_are_excluded(path: str, excluded: bool) -> None:
     assert WITH_EXCLUDES.excludes_dir(path) is excluded
+
+
+def test_text_results_beside_sources_are_not_inputs() -> None:
+    text = FileFilter(include=tuple(DEFAULT_INCLUDE), text_results=True)
+    assert not text.takes("scan.pdf.txt")  # the text we wrote for scan.pdf
+    assert text.takes("notes.txt")  # a text document of the user's
+    assert not text.takes("sub/a.png.txt")

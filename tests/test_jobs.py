@@ -85,11 +85,6 @@ OK_ITEM = {"file": "a.pdf", "status": "Success", "result": {"output": {}}, "erro
         (PollOutcome(PollKind.RUNNING, "EXECUTING", 422), JobState.SUBMITTED, None, ""),
         (PollOutcome(PollKind.RETRY, None, 502, "bad gateway"), JobState.SUBMITTED, None, "bad gateway"),
         (PollOutcome(PollKind.COMPLETED, "COMPLETED", 200, body=body(OK_ITEM)), JobState.RESULT_STORED, "success", ""),
-        (PollOutcome(PollKind.COMPLETED, "COMPLETED", 200,
-                     body=body({"file": "a.pdf", "status": "Failed", "error": "bad scan"})),
-         JobState.RESULT_STORED, "failed", "bad scan"),
-        (PollOutcome(PollKind.COMPLETED, "COMPLETED", 200, body=body({**OK_ITEM, "file": "b.pdf"}, {**OK_ITEM, "file": "c.pdf"})),
-         JobState.RESULT_STORED, "failed", "without a result"),
         (PollOutcome(PollKind.FAILED, "ERROR", 422, "bad scan",
                      body={"status": "ERROR", "message": [{"file": "a.pdf", "status": "Failed", "error": "bad scan"}]}),
          JobState.RESULT_STORED, "failed", "bad scan"),
@@ -107,13 +102,6 @@ def test_after_poll(
     assert decision.state is state
     assert decision.outcome == result
     assert error_part in decision.error
-
-
-def test_a_lone_item_is_ours_even_if_the_server_renamed_it() -> None:
-    renamed = PollOutcome(
-        PollKind.COMPLETED, "COMPLETED", 200, body=body({**OK_ITEM, "file": "b.pdf"})
-    )
-    assert decide_after_poll(renamed, job(), 1.0, POLICY, rng()).outcome == "success"
 
 
 def test_a_gone_result_is_resubmitted_only_a_bounded_number_of_times() -> None:

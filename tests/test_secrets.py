@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from harness import KEY_ENV, api_key, deployment_url, write_config
+
 from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
 
 

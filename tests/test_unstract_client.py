@@ -96,13 +96,36 @@ def test_429_lowers_nothing_by_itself_but_is_marked() -> None:
     ],
 )  # fmt: skip
 def test_poll_answers(status: int, body: bytes, kind: PollKind) -> None:
-    assert classify_poll(status, body).kind is kind
+    assert classify_poll(status, body, "a.pdf").kind is kind
 
 
 def test_failed_poll_carries_the_server_error_text() -> None:
-    outcome = classify_poll(422, status_body("ERROR", [ITEM_FAILED]))
+    outcome = classify_poll(422, status_body("ERROR", [ITEM_FAILED]), "a.pdf")
     assert outcome.error == "bad scan"
     assert outcome.body["message"][0]["file"] == "a.pdf"
+
+
+@pytest.mark.parametrize(
+    ("items", "kind", "error_part"),
+    [
+        ([ITEM_OK], PollKind.COMPLETED, ""),
+        ([{**ITEM_FAILED}], PollKind.FAILED, "bad scan"),  # COMPLETED, but our file failed
+        (
+            [{**ITEM_OK, "file": "b.pdf"}, {**ITEM_OK, "file": "c.pdf"}],
+            PollKind.FAILED,
+            "without a result",
+        ),
+        ([{**ITEM_OK, "file": "renamed.pdf"}], PollKind.COMPLETED, ""),  # a lone item is ours
+        ([{**ITEM_OK, "file": "b.pdf"}, ITEM_OK], PollKind.COMPLETED, ""),  # matched by name
+    ],
+)
+def test_our_file_is_picked_out_of_a_completed_execution(
+    items: list[dict[str, Any]], kind: PollKind, error_part: str
+) -> None:
+    outcome = classify_poll(200, status_body("COMPLETED", items), "a.pdf")
+    assert outcome.kind is kind
+    assert error_part in outcome.error
+    assert outcome.body == {"status": "COMPLETED", "message": items}  # stored as it came
 
 
 def _client(handler: Any, **kwargs: Any) -> UnstractClient:
@@ -146,7 +169,7 @@ def test_poll_asks_by_execution_id_and_include_flags() -> None:
         seen.append(request)
         return httpx.Response(422, content=status_body("EXECUTING", None))
 
-    assert _client(handler).poll(EXEC_ID).kind is PollKind.RUNNING
+    assert _client(handler).poll(EXEC_ID, "a.pdf").kind is PollKind.RUNNING
     assert seen[0].method == "GET"
     assert seen[0].url.params["execution_id"] == EXEC_ID
     assert seen[0].url.params["include_metadata"] == "true"
@@ -174,4 +197,4 @@ def test_transport_errors_on_poll_are_retried() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("no answer")
 
-    assert _client(handler).poll(EXEC_ID).kind is PollKind.RETRY
+    assert _client(handler).poll(EXEC_ID, "a.pdf").kind is PollKind.RETRY

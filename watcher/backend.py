@@ -22,8 +22,9 @@ class SubmitKind(StrEnum):
 
 class PollKind(StrEnum):
     RUNNING = "running"  # PENDING/EXECUTING (HTTP 422 on today's servers): poll again
-    COMPLETED = "completed"  # terminal, with the results body (read once: store it now)
-    FAILED = "failed"  # terminal ERROR/STOPPED, body holds the per-file errors
+    READY = "ready"  # finished; the result must be fetched with a separate, read-once call
+    COMPLETED = "completed"  # the document's result is in the body (read once: store it now)
+    FAILED = "failed"  # terminal failure of this document; error says why
     RESULT_GONE = "result_gone"  # 406 or COMPLETED with message null: results consumed/expired
     RETRY = "retry"  # transport error, 5xx, proxy page: no side effect, poll again later
     PIPELINE_BROKEN = "pipeline_broken"  # 401/403/404 of the deployment
@@ -37,6 +38,7 @@ class SubmitOutcome:
     http_status: int | None = None
     error: str = ""
     rate_limited: bool = False
+    retry_after_seconds: float | None = None  # the server's Retry-After, if it sent one
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,19 @@ class Upload:
 
 
 class Backend(Protocol):
-    """One remote API. Implementations never raise for HTTP or network trouble."""
+    """One remote API. Implementations never raise for HTTP or network trouble.
+
+    `poll` says where an execution stands; for an API whose results come from a separate,
+    read-once call (LLMWhisperer's retrieve) it answers READY and `fetch` makes that call.
+    Both are given the uploaded file name, to pick this document's part of the answer.
+    """
 
     name: str
 
     def submit(self, upload: Upload) -> SubmitOutcome: ...
 
-    def poll(self, execution_id: str) -> PollOutcome: ...
+    def poll(self, execution_id: str, file_name: str) -> PollOutcome: ...
+
+    def fetch(self, execution_id: str, file_name: str) -> PollOutcome: ...
 
     def close(self) -> None: ...

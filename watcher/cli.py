@@ -149,17 +149,27 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG, demo_emulator
+    from watcher.emulator import (
+        DEMO_API,
+        DEMO_KEY,
+        DEMO_ORG,
+        LLMW_DEMO_KEY,
+        demo_emulator,
+        llmwhisperer_demo_emulator,
+    )  # fmt: skip
     from watcher.emulator.server import serve_forever
 
-    emulator = demo_emulator(execution_seconds=args.execution_seconds)
-    emulator.org_limit = args.org_limit
-    print(f"Unstract API emulator on http://{args.host}:{args.port}", flush=True)
-    print(f'  url = "http://{args.host}:{args.port}/deployment/api/{DEMO_ORG}/{DEMO_API}/"')
-    print(f"  key = {DEMO_KEY} (a demo key; put it in the variable named by api_key_env)")
+    emulator = demo_emulator(execution_seconds=args.execution_seconds, org_limit=args.org_limit)
+    whisperer = llmwhisperer_demo_emulator(
+        processing_seconds=args.execution_seconds, status_generation=args.status_generation
+    )
+    base = f"http://{args.host}:{args.port}"
+    print(f"API emulator on {base} (demo keys; put them in the variable named by api_key_env)")
+    print(f'  Unstract:     url = "{base}/deployment/api/{DEMO_ORG}/{DEMO_API}/"  key {DEMO_KEY}')
+    print(f'  LLMWhisperer: url = "{base}/api/v2"  key {LLMW_DEMO_KEY}')
     print("Stop it with Ctrl-C.", flush=True)
     try:
-        serve_forever(emulator, args.host, args.port)
+        serve_forever(emulator, args.host, args.port, llmwhisperer=whisperer)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
@@ -207,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="how long each emulated execution runs")  # fmt: skip
     emulator.add_argument("--org-limit", type=int, default=20,
                           help="concurrent executions allowed before 429")  # fmt: skip
+    emulator.add_argument("--status-generation", choices=["current", "legacy"], default="current",
+                          help="which LLMWhisperer status vocabulary to speak")  # fmt: skip
     emulator.set_defaults(func=cmd_emulator)
 
     demo = sub.add_parser("demo", help="try it: sample documents, the emulator and SQLite")

@@ -12,14 +12,16 @@ import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -85,17 +87,15 @@ class DaemonConfig(_Strict):
     )
 
 
-class ApiConfig(_Strict):
-    kind: Literal["unstract"] = Field("unstract", description="Which API: unstract.")
-    url: str = Field(description="The API deployment URL: https://HOST/deployment/api/ORG/API/")
+class _ApiBase(_Strict):
+    """What every API kind shares: the key, HTTP timeouts, polling and retry limits."""
+
     api_key_env: str = Field("", description="Name of the environment variable holding the key.")
     api_key_file: str = Field(
         "", description="File holding the key; relative paths are looked up in "
         "$CREDENTIALS_DIRECTORY (systemd LoadCredential)."
     )  # fmt: skip
     api_key: SecretStr = Field(SecretStr(""), description="The key itself (prefer the two above).")
-    tags: list[str] = Field(default_factory=list, description="At most one tag per execution.")
-    include_metadata: bool = Field(False, description="Ask for LLM usage and cost metadata.")
     max_in_flight: int = Field(
         10, ge=1, le=100, description="Executions of this pipeline running at once."
     )
@@ -118,6 +118,32 @@ class ApiConfig(_Strict):
         description="An upload that may or may not have reached the server: send it again "
         "(risking a second execution) or hold the job for an operator.",
     )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Self:
+        given = [bool(self.api_key_env), bool(self.api_key_file), bool(self.api_key)]
+        if sum(given) != 1:
+            raise ValueError("set exactly one of api_key_env, api_key_file or api_key")
+        return self
+
+    def resolve_key(self) -> SecretStr:
+        """The API key, from wherever the config says; raises ConfigError naming the key."""
+        if self.api_key:
+            key = self.api_key.get_secret_value()
+        elif self.api_key_env:
+            key = os.environ.get(self.api_key_env, "")
+            if not key:
+                raise ConfigError(f"environment variable {self.api_key_env} is empty or unset")
+        else:
+            key = _read_key_file(self.api_key_file)
+        return SecretStr(key.strip())
+
+
+class UnstractApiConfig(_ApiBase):
+    kind: Literal["unstract"] = Field("unstract", description="Which API: unstract.")
+    url: str = Field(description="The API deployment URL: https://HOST/deployment/api/ORG/API/")
+    tags: list[str] = Field(default_factory=list, description="At most one tag per execution.")
+    include_metadata: bool = Field(False, description="Ask for LLM usage and cost metadata.")
 
     @field_validator("tags")
     @classmethod
@@ -145,24 +171,73 @@ class ApiConfig(_Strict):
             )
         return url if url.endswith("/") else url + "/"
 
-    @model_validator(mode="after")
-    def _one_key_source(self) -> ApiConfig:
-        given = [bool(self.api_key_env), bool(self.api_key_file), bool(self.api_key)]
-        if sum(given) != 1:
-            raise ValueError("set exactly one of api_key_env, api_key_file or api_key")
-        return self
 
-    def resolve_key(self) -> SecretStr:
-        """The API key, from wherever the config says; raises ConfigError naming the key."""
-        if self.api_key:
-            key = self.api_key.get_secret_value()
-        elif self.api_key_env:
-            key = os.environ.get(self.api_key_env, "")
-            if not key:
-                raise ConfigError(f"environment variable {self.api_key_env} is empty or unset")
-        else:
-            key = _read_key_file(self.api_key_file)
-        return SecretStr(key.strip())
+class LLMWhispererApiConfig(_ApiBase):
+    """LLMWhisperer v2 text extraction; option names and defaults are the service's own."""
+
+    kind: Literal["llmwhisperer"] = Field(description="Which API: llmwhisperer.")
+    url: str = Field(
+        "https://llmwhisperer-api.us-central.unstract.com/api/v2",
+        description="The v2 base URL (…/api/v2); eu-west and self-hosted servers have their own.",
+    )
+    mode: Literal[
+        "native_text", "low_cost", "high_quality", "form", "table", "document_insights", "excel"
+    ] = Field("form", description="Extraction mode (billed per page per mode).")
+    output_mode: Literal["layout_preserving", "text"] = Field(
+        "layout_preserving", description="Keep the page layout, or plain text."
+    )
+    page_separator: str = Field("<<<", description="Put between pages in the text.")
+    pages_to_extract: str = Field(
+        "", pattern=r"^[0-9,\- ]*$", description="Pages like '1-5,7,21-'; '' = all."
+    )
+    tag: str = Field("default", max_length=100, description="Usage tag for auditing.")
+    lang: str = Field("eng", description="Language hint.")
+    median_filter_size: int = Field(0, ge=0, description="Denoise (low_cost mode only).")
+    gaussian_blur_radius: float = Field(0.0, ge=0, description="Denoise (low_cost mode only).")
+    line_splitter_tolerance: float = Field(0.4, ge=0, description="Line split, x char height.")
+    line_splitter_strategy: Literal["left-priority", "mid-priority", "right-priority"] = Field(
+        "left-priority", description="How lines are split."
+    )
+    horizontal_stretch_factor: float = Field(1.0, gt=0, description=">1 separates columns.")
+    mark_vertical_lines: bool = Field(False, description="Reproduce vertical lines.")
+    mark_horizontal_lines: bool = Field(False, description="Reproduce horizontal lines.")
+    add_line_nos: bool = Field(False, description="Number the lines (and keep line metadata).")
+    write_text_file: bool = Field(
+        False, description="Also write <name>.txt with the extracted text beside the JSON."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _base_shape(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.path.rstrip("/").endswith("/api/v2"):
+            raise ValueError("must be the v2 base URL, e.g. https://HOST/api/v2")
+        return url.rstrip("/")
+
+    def options(self) -> dict[str, str]:
+        """The query options to send: the ones that differ from the service's defaults."""
+        skip = {"kind", "url", "write_text_file", *_ApiBase.model_fields}
+        sent = {"mode": self.mode, "output_mode": self.output_mode, "tag": self.tag}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if name not in skip and value != field.default:
+                sent[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        if "page_separator" in sent:
+            sent["page_seperator"] = sent["page_separator"]  # older services read only this
+        return sent
+
+
+def _api_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", "unstract"))
+    return str(getattr(value, "kind", "unstract"))
+
+
+ApiConfig = Annotated[
+    Annotated[UnstractApiConfig, Tag("unstract")]
+    | Annotated[LLMWhispererApiConfig, Tag("llmwhisperer")],
+    Discriminator(_api_kind),
+]
 
 
 def _key_file_path(name: str) -> Path:
@@ -225,6 +300,7 @@ class PipelineConfig(_Strict):
             include=tuple(self.include),
             exclude=tuple(self.exclude),
             results_beside_sources=self.output_dir == "",
+            text_results=getattr(self.api, "write_text_file", False),
         )
 
 
@@ -283,10 +359,14 @@ def from_mapping(raw: dict[str, Any], source: str = "config") -> Settings:
 def _explain(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for error in exc.errors():
-        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        # The union's tags ("unstract", "llmwhisperer") are not keys of the file: drop them.
+        loc = [p for p in error["loc"] if p not in ("unstract", "llmwhisperer")]
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (misspelt?); see config.example.toml"
+        elif error["type"] == "union_tag_invalid":
+            key, message = f"{key}.kind", "must be 'unstract' or 'llmwhisperer'"
         elif error["type"] == "missing":
             message = "required key is missing"
         lines.append(f"  {key.lstrip('.') or '(top level)'}: {message}")

@@ -77,6 +77,10 @@ class Daemon:
         released = self.store.release_stale_claims(everything=self.store.is_sqlite, hold=hold)
         if released:
             log.warning("uploads interrupted by the last stop are queued again", jobs=released)
+        fetches = self.store.release_interrupted_fetches(everything=self.store.is_sqlite)
+        if fetches:
+            log.warning("result fetches interrupted by the last stop are checked again",
+                        jobs=fetches)  # fmt: skip
         now = time.time()
         # With SQLite we are the only writer, so every temp file of ours is a crash's leftover.
         temp_age = 0.0 if self.store.is_sqlite else STALE_TEMP_SECONDS

@@ -13,6 +13,12 @@ from watcher import config as config_module
 from watcher.logs import configure
 from watcher.store import Store
 
+SCANS = {
+    "scans/delivery-note-77.txt": "DELIVERY NOTE 77\nShipped: 3 pallets\nSigned: J. Doe\n",
+    "scans/contract-page-1.txt": "SERVICE AGREEMENT\nThis agreement is made between ACME and\n"
+    "Blue River on 1 November 2026.\n\fPage 2: terms and conditions.\n",
+}
+
 SAMPLES = {
     "invoice-0001.txt": "INVOICE 0001\nACME Tools Ltd\nDate: 2026-11-02\n"
     "2 x Hammer @ 12.50\n1 x Saw @ 30.00\nTotal: 55.00 EUR\n",
@@ -23,6 +29,7 @@ SAMPLES = {
     "2026-11-09,Blue River,42.00\n2026-11-14,City Cabs,23.80\n",
     "scanned-letter.pdf": "",  # filled with a one-page PDF below
 }
+
 
 CONFIG = """\
 # Written by `unstract-watcher demo`. Try: unstract-watcher run --once --config {config}
@@ -47,6 +54,21 @@ api_key_env = "DEMO_UNSTRACT_API_KEY"
 tags = ["demo"]
 include_metadata = true
 max_in_flight = 4
+poll_initial_seconds = 0.2
+
+# Scanned pages go to LLMWhisperer for text extraction instead.
+[[pipelines]]
+name = "scans"
+watch_dir = "{scans}"
+settle_seconds = 0.2
+output_dir = "{scan_results}"
+
+[pipelines.api]
+kind = "llmwhisperer"
+url = "{llmw_url}"
+api_key_env = "DEMO_LLMWHISPERER_API_KEY"
+mode = "high_quality"
+write_text_file = true
 poll_initial_seconds = 0.2
 """
 
@@ -77,8 +99,8 @@ def tiny_pdf(text: str) -> bytes:
     return bytes(out)
 
 
-def write_samples(inbox: Path) -> None:
-    for name, text in SAMPLES.items():
+def write_samples(inbox: Path, samples: dict[str, str]) -> None:
+    for name, text in samples.items():
         path = inbox / name
         path.parent.mkdir(parents=True, exist_ok=True)
         content = tiny_pdf("Dear customer, your order 4711 has shipped.") if not text else text
@@ -87,21 +109,36 @@ def write_samples(inbox: Path) -> None:
 
 def run_demo(folder: Path) -> int:
     from watcher.cli import run_daemon
-    from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG, EmulatorServer, demo_emulator
+    from watcher.emulator import (
+        DEMO_API,
+        DEMO_KEY,
+        DEMO_ORG,
+        LLMW_DEMO_KEY,
+        EmulatorServer,
+        demo_emulator,
+        llmwhisperer_demo_emulator,
+    )  # fmt: skip
+    from watcher.emulator.llmwhisperer import llmwhisperer_url, mount_llmwhisperer
 
     folder = folder.resolve()
     inbox, results = folder / "inbox", folder / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    write_samples(inbox)
+    scans, scan_results = folder / "scans", folder / "scan-results"
+    for created in (results, scan_results):
+        created.mkdir(parents=True, exist_ok=True)
+    write_samples(inbox, SAMPLES)
+    write_samples(folder, SCANS)
     server = EmulatorServer(demo_emulator(execution_seconds=0.5), host="127.0.0.1", port=0)
+    mount_llmwhisperer(server, llmwhisperer_demo_emulator(processing_seconds=0.5))
     server.start()
     try:
         config_path = folder / "config.toml"
         config_path.write_text(CONFIG.format(
             config=config_path, state=folder / "state.db", inbox=inbox, results=results,
-            url=server.deployment_url(DEMO_ORG, DEMO_API),
+            url=server.deployment_url(DEMO_ORG, DEMO_API), scans=scans,
+            scan_results=scan_results, llmw_url=llmwhisperer_url(server),
         ))  # fmt: skip
         os.environ["DEMO_UNSTRACT_API_KEY"] = DEMO_KEY
+        os.environ["DEMO_LLMWHISPERER_API_KEY"] = LLMW_DEMO_KEY
         settings = config_module.load(config_path)
         configure(settings.daemon.log_level, settings.daemon.log_format)
         store = Store(settings.database.url)
@@ -112,8 +149,9 @@ def run_demo(folder: Path) -> int:
             store.close()
     finally:
         server.stop()
-    print(f"\nResults in {results}:")
-    for path in sorted(results.rglob("*.json")):
-        print(f"  {path.relative_to(results)}")
-    print(f"Config used: {config_path} (the emulator it named has stopped)")
+    for title, where in (("Unstract results", results), ("LLMWhisperer results", scan_results)):
+        print(f"\n{title} in {where}:")
+        for path in sorted(where.rglob("*.*")):
+            print(f"  {path.relative_to(where)}")
+    print(f"\nConfig used: {config_path} (the emulator it named has stopped)")
     return code

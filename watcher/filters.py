@@ -37,9 +37,17 @@ class FileFilter:
     exclude: tuple[str, ...] = ()
     # Results written beside their sources end in .json, so .json is never an input there.
     results_beside_sources: bool = True
+    # LLMWhisperer pipelines may also write `<name>.txt`: a .txt named after a document is ours.
+    text_results: bool = False
 
     def takes(self, relative_path: str) -> bool:
         """True if the file at this relative path (with `/` separators) is a document to take."""
+        if self.results_beside_sources and self.text_results and relative_path.endswith(".txt"):
+            if self._takes(relative_path.removesuffix(".txt")):
+                return False
+        return self._takes(relative_path)
+
+    def _takes(self, relative_path: str) -> bool:
         path = relative_path.lower()
         parts = path.split("/")
         name = parts[-1]

@@ -13,13 +13,13 @@ from typing import Any, Literal
 
 from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome
 from watcher.filters import as_text
-from watcher.unstract import find_file_item
 
 
 class JobState(StrEnum):
     QUEUED = "queued"  # stable and hashed; waits for an upload worker (and next_attempt_at)
     SUBMITTING = "submitting"  # claimed by an upload worker; the POST may be on the wire
     SUBMITTED = "submitted"  # the server accepted it; execution_id recorded; being polled
+    FETCHING = "fetching"  # a read-once result is being fetched; if cut off, poll to see
     RESULT_STORED = "result_stored"  # outcome and server body stored in the row; file not written
     DONE = "done"  # result file written, source kept, moved or deleted
     FAILED = "failed"  # error file written; an operator may retry it
@@ -38,15 +38,18 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.HELD,
         }
     ),
-    JobState.SUBMITTED: frozenset({JobState.SUBMITTED, JobState.RESULT_STORED, JobState.QUEUED}),
+    JobState.SUBMITTED: frozenset(
+        {JobState.SUBMITTED, JobState.FETCHING, JobState.RESULT_STORED, JobState.QUEUED}
+    ),
+    JobState.FETCHING: frozenset({JobState.SUBMITTED, JobState.RESULT_STORED, JobState.QUEUED}),
     JobState.RESULT_STORED: frozenset({JobState.DONE, JobState.FAILED}),
     JobState.DONE: frozenset(),
     JobState.FAILED: frozenset({JobState.QUEUED}),
     JobState.SKIPPED: frozenset({JobState.QUEUED}),
     JobState.HELD: frozenset({JobState.QUEUED, JobState.RESULT_STORED}),
 }
-IN_FLIGHT = (JobState.SUBMITTING, JobState.SUBMITTED)
-UNFINISHED = (JobState.QUEUED, JobState.SUBMITTING, JobState.SUBMITTED, JobState.RESULT_STORED)
+IN_FLIGHT = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.FETCHING)
+UNFINISHED = (*IN_FLIGHT, JobState.QUEUED, JobState.RESULT_STORED)
 
 Outcome = Literal["success", "failed"]
 
@@ -155,7 +158,8 @@ def decide_after_submit(
         return Decision(JobState.HELD, error=f"upload outcome unknown ({outcome.error}); held")
     if outcome.rate_limited:
         # The server is full, not the document at fault: back off without using up attempts.
-        delay = backoff_seconds(1 + min(attempts, 5), policy, rng)
+        delay = max(backoff_seconds(1 + min(attempts, 5), policy, rng),
+                    outcome.retry_after_seconds or 0.0)  # fmt: skip
         return Decision(JobState.QUEUED, delay, outcome.error, refund_attempt=True)
     return _again_or_give_up(outcome.error, attempts, policy, rng)
 
@@ -165,11 +169,9 @@ def decide_after_poll(
 ) -> Decision:
     kind = outcome.kind
     if kind is PollKind.COMPLETED:
-        return _completed(outcome.body, job.upload_name)
+        return Decision(JobState.RESULT_STORED, outcome="success")
     if kind is PollKind.FAILED:
-        item = find_file_item(outcome.body, job.upload_name)
-        error = (item or {}).get("error") or outcome.error or f"execution {outcome.server_status}"
-        return _failed(str(error))
+        return _failed(outcome.error or f"execution {outcome.server_status}")
     if kind in (PollKind.RESULT_GONE, PollKind.LOST):
         return _again_or_give_up(f"{outcome.error}; submitting again", job.attempts, policy, rng)
     if kind is PollKind.PIPELINE_BROKEN:
@@ -182,15 +184,6 @@ def decide_after_poll(
             f"{policy.execution_deadline_seconds:.0f} s (last status {outcome.server_status})"
         )
     return Decision(JobState.SUBMITTED, poll_delay_seconds(job.poll_count, policy), outcome.error)
-
-
-def _completed(body: Any, upload_name: str) -> Decision:
-    item = find_file_item(body, upload_name)
-    if item is None:
-        return _failed(f"the execution completed without a result for {upload_name!r}")
-    if item.get("status") != "Success" or item.get("error"):
-        return _failed(str(item.get("error") or f"file status {item.get('status')}"))
-    return Decision(JobState.RESULT_STORED, outcome="success")
 
 
 def _failed(error: str) -> Decision:

@@ -17,6 +17,7 @@ from typing import Any
 from watcher.crashpoints import crash_point
 from watcher.filters import ERROR_SUFFIX, RESULT_SUFFIX
 from watcher.jobs import Job
+from watcher.llmwhisperer import result_text
 from watcher.unstract import find_file_item
 
 # Specific enough that the startup sweep never touches a temp file of anyone else.
@@ -31,6 +32,7 @@ class Placement:
     output_dir: Path | None  # None: beside the source
     after_success: str  # keep | move | delete
     archive_dir: Path | None
+    text_file: bool = False  # LLMWhisperer: also <name>.txt with the extracted text
 
     def source(self, job: Job) -> Path:
         return self.watch_dir / job.relative_path
@@ -49,20 +51,28 @@ class Placement:
 
 def result_document(job: Job, backend: str) -> dict[str, Any]:
     """The JSON written for a job whose outcome is stored; pure."""
-    item = find_file_item(job.result_body, job.upload_name) or {}
     success = job.outcome == "success"
-    return {
+    if backend == "llmwhisperer":
+        result = job.result_body if success else None
+        metadata = result.get("metadata") if isinstance(result, dict) else None
+    else:
+        item = find_file_item(job.result_body, job.upload_name) or {}
+        result, metadata = item.get("result"), item.get("metadata")
+    document: dict[str, Any] = {
         "source": job.display_path,
         "sha256": job.sha256,
         "size": job.size,
         "status": "success" if success else "failed",
         "backend": backend,
         "execution_id": job.execution_id,
-        "result": item.get("result"),
-        "metadata": item.get("metadata"),
-        "error": None if success else (job.last_error or item.get("error") or "unknown error"),
+        "result": result,
+        "metadata": metadata,
+        "error": None if success else (job.last_error or "unknown error"),
         "attempts": job.attempts,
     }
+    if backend == "llmwhisperer":
+        document["whisper_hash"] = job.execution_id
+    return document
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -96,6 +106,10 @@ def write_result(job: Job, placement: Placement, backend: str) -> Path:
     document = result_document(job, backend)
     data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
     target = placement.result_path(job)
+    text = result_text(job.result_body) if placement.text_file else None
+    if text is not None and job.outcome == "success":
+        write_atomically(target.with_name(target.name.removesuffix(RESULT_SUFFIX) + ".txt"),
+                         text.encode("utf-8"))  # fmt: skip
     write_atomically(target, data + b"\n")
     placement.stale_result_path(job).unlink(missing_ok=True)
     return target

@@ -73,14 +73,20 @@ class Reconciler:
 
     def poll(self, job: Job, pipeline: Pipeline, now: float) -> None:
         assert job.execution_id is not None
-        outcome = pipeline.backend.poll(job.execution_id)
+        outcome = pipeline.backend.poll(job.execution_id, job.upload_name)
+        log.debug("polled", status=outcome.server_status, http_status=outcome.http_status)
+        fetching = outcome.kind is PollKind.READY
+        if fetching:
+            # A read-once fetch: commit that it is under way, so a crash mid-fetch is known.
+            if not self.store.begin_fetch(job):
+                return
+            outcome = pipeline.backend.fetch(job.execution_id, job.upload_name)
         if outcome.kind in TERMINAL_KINDS:
             crash_point("after_poll")
-        log.debug("polled", status=outcome.server_status, http_status=outcome.http_status)
         elapsed = now - (job.submitted_at or now)
         decision = decide_after_poll(outcome, job, elapsed, pipeline.policy, self.rng)
         body = outcome.body if outcome.kind in TERMINAL_KINDS else None
-        if not self.store.record_poll(job, decision, outcome.http_status, body):
+        if not self.store.record_poll(job, decision, outcome.http_status, body, fetching):
             log.warning("job changed while it was polled; leaving it to its new owner")
             return
         if decision.pause_pipeline:

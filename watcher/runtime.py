@@ -6,10 +6,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from watcher.backend import Backend
-from watcher.config import PipelineConfig
+from watcher.config import LLMWhispererApiConfig, PipelineConfig, UnstractApiConfig
 from watcher.jobs import RetryPolicy
+from watcher.llmwhisperer import LLMWhispererClient
 from watcher.logs import get_logger
 from watcher.output import Placement
 from watcher.unstract import UnstractClient
@@ -76,17 +78,20 @@ class Pipeline:
             self.paused_until = 0.0
 
 
-def build_pipeline(config: PipelineConfig) -> Pipeline:
-    api = config.api
-    backend = UnstractClient(
-        api.url,
-        api.resolve_key(),
-        tags=api.tags,
-        include_metadata=api.include_metadata,
+def build_backend(api: UnstractApiConfig | LLMWhispererApiConfig) -> Backend:
+    timeouts: dict[str, Any] = dict(
         connect_timeout=api.connect_timeout_seconds,
         read_timeout=api.read_timeout_seconds,
         max_connections=api.max_in_flight + 4,
     )
+    if isinstance(api, LLMWhispererApiConfig):
+        return LLMWhispererClient(api.url, api.resolve_key(), options=api.options(), **timeouts)
+    return UnstractClient(api.url, api.resolve_key(), tags=api.tags,
+                          include_metadata=api.include_metadata, **timeouts)  # fmt: skip
+
+
+def build_pipeline(config: PipelineConfig) -> Pipeline:
+    api = config.api
     policy = RetryPolicy(
         max_attempts=api.max_attempts,
         poll_initial_seconds=api.poll_initial_seconds,
@@ -99,5 +104,6 @@ def build_pipeline(config: PipelineConfig) -> Pipeline:
         output_dir=Path(config.output_dir).resolve() if config.output_dir != "" else None,
         after_success=config.after_success,
         archive_dir=Path(config.archive_dir).resolve() if config.archive_dir != "" else None,
+        text_file=getattr(api, "write_text_file", False),
     )
-    return Pipeline(config, backend, policy, placement)
+    return Pipeline(config, build_backend(api), policy, placement)

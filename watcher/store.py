@@ -221,6 +221,20 @@ class Store:
         values = {"state": JobState.SKIPPED.value, "last_error": reason, "finished_at": self._now}
         return self._fenced_update(job, JobState.SUBMITTING, values)
 
+    def release_interrupted_fetches(self, everything: bool = False) -> int:
+        """Fetches cut off by a crash go back to polling: the status says if the result is
+        still there (fetch again) or gone (submit again)."""
+        stale = sa.true() if everything else jobs.c.updated_at < self._now - SUBMIT_LEASE_SECONDS
+        with self._tx() as conn:
+            result = conn.execute(
+                sa.update(jobs)
+                .where((jobs.c.state == JobState.FETCHING.value) & stale)
+                .values(state=JobState.SUBMITTED.value, next_poll_at=self._now,
+                        last_error="result fetch interrupted; checking the status",
+                        updated_at=self._now)
+            )  # fmt: skip
+        return int(result.rowcount)
+
     def make_queued_due(self, pipeline: str) -> int:
         """Queued jobs of a pipeline may go now (after a pause ends); return how many."""
         with self._tx() as conn:
@@ -246,17 +260,28 @@ class Store:
         with self._tx() as conn:
             return [_to_job(row) for row in conn.execute(query).all()]
 
+    def begin_fetch(self, job: Job) -> bool:
+        """Mark that a read-once result is being fetched, before the request is sent."""
+        values = {"state": JobState.FETCHING.value, "updated_at": self._now}
+        return self._fenced_update(job, JobState.SUBMITTED, values)
+
     def record_poll(
-        self, job: Job, decision: Decision, http_status: int | None, body: Any = None
+        self,
+        job: Job,
+        decision: Decision,
+        http_status: int | None,
+        body: Any = None,
+        fetching: bool = False,
     ) -> bool:
-        """Apply a poll's decision. A terminal body is stored in the same transaction."""
+        """Apply a poll's (or a fetch's) decision. A result is stored in the same transaction."""
         values: dict[str, Any] = self._decision_values(decision, http_status)
         values["poll_count"] = jobs.c.poll_count + 1
         if body is not None:
             values["result_body"] = json.dumps(body)
         if decision.state is JobState.QUEUED:
             values["execution_id"] = None
-        return self._fenced_update(job, JobState.SUBMITTED, values)
+        expected = JobState.FETCHING if fetching else JobState.SUBMITTED
+        return self._fenced_update(job, expected, values)
 
     # -- output --------------------------------------------------------------------------------
 

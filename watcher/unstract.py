@@ -10,6 +10,7 @@ the HTTP code alone: a running execution answers 422 (section 8). `classify_subm
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -70,11 +71,11 @@ def classify_submit(status_code: int, content: bytes) -> SubmitOutcome:
     return SubmitOutcome(SubmitKind.RETRY, None, status_code, error or f"HTTP {status_code}")
 
 
-def classify_poll(status_code: int, content: bytes) -> PollOutcome:
-    """What a Status API answer says about a submitted execution."""
+def classify_poll(status_code: int, content: bytes, file_name: str) -> PollOutcome:
+    """What a Status API answer says about the document `file_name` of an execution."""
     body = decode_json(content)
     if isinstance(body, dict) and isinstance(body.get("status"), str) and "errors" not in body:
-        return _classify_execution_body(status_code, body)
+        return _for_file(_classify_execution_body(status_code, body), file_name)
     error = std_error_text(body) or _short(content) or f"HTTP {status_code}"
     if status_code in (401, 403) or (status_code == 404 and "API not found" in error):
         return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, error)
@@ -96,6 +97,22 @@ def _classify_execution_body(status_code: int, body: dict[str, Any]) -> PollOutc
         return PollOutcome(PollKind.FAILED, status, status_code, _item_errors(message), body)
     # PENDING, EXECUTING, or a status this client does not know yet: still running.
     return PollOutcome(PollKind.RUNNING, status, status_code)
+
+
+def _for_file(outcome: PollOutcome, file_name: str) -> PollOutcome:
+    """A terminal answer holds one item per file: this document's item decides its outcome."""
+    if outcome.kind not in (PollKind.COMPLETED, PollKind.FAILED):
+        return outcome
+    item = find_file_item(outcome.body, file_name)
+    if item is None:
+        error = outcome.error or (
+            f"the execution ended ({outcome.server_status}) without a result for {file_name!r}"
+        )
+        return replace(outcome, kind=PollKind.FAILED, error=error)
+    if item.get("status") != "Success" or item.get("error"):
+        error = str(item.get("error") or f"file status {item.get('status')}")
+        return replace(outcome, kind=PollKind.FAILED, error=error)
+    return replace(outcome, kind=PollKind.COMPLETED, error="")
 
 
 def _item_errors(message: Any) -> str:
@@ -156,23 +173,27 @@ class UnstractClient:
         try:
             response = self._client.post(self._url, data=self._form, files=files)
         except NOT_SENT_ERRORS as exc:
-            return SubmitOutcome(SubmitKind.RETRY, error=_transport_error(exc))
+            return SubmitOutcome(SubmitKind.RETRY, error=transport_error(exc))
         except httpx.HTTPError as exc:
-            return SubmitOutcome(SubmitKind.UNKNOWN, error=_transport_error(exc))
+            return SubmitOutcome(SubmitKind.UNKNOWN, error=transport_error(exc))
         return classify_submit(response.status_code, response.content)
 
-    def poll(self, execution_id: str) -> PollOutcome:
+    def poll(self, execution_id: str, file_name: str) -> PollOutcome:
         params = {"execution_id": execution_id, "include_metadata": self._include_metadata}
         try:
             response = self._client.get(self._url, params=params)
         except httpx.HTTPError as exc:
-            return PollOutcome(PollKind.RETRY, error=_transport_error(exc))
-        return classify_poll(response.status_code, response.content)
+            return PollOutcome(PollKind.RETRY, error=transport_error(exc))
+        return classify_poll(response.status_code, response.content, file_name)
+
+    def fetch(self, execution_id: str, file_name: str) -> PollOutcome:
+        # The Status API delivers results in its terminal answer; there is nothing to fetch.
+        return PollOutcome(PollKind.RETRY, error="the Unstract API has no separate fetch")
 
     def close(self) -> None:
         self._client.close()
 
 
-def _transport_error(exc: httpx.HTTPError) -> str:
+def transport_error(exc: httpx.HTTPError) -> str:
     # The exception text never holds headers, so the key cannot leak through it.
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

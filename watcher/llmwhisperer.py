@@ -1,0 +1,157 @@
+"""LLMWhisperer v2: submit (POST /whisper), status (GET /whisper-status), retrieve (read once).
+
+The service answers in two generations of statuses (llmwhisperer-v2.md section 2.2); the
+client accepts the union. Retrieve deletes the text on the server, so it is never repeated
+blindly: after any doubt the status is asked first (`retrieved` means the text is gone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome, Upload
+from watcher.unstract import NOT_SENT_ERRORS, decode_json, transport_error
+
+RUNNING_STATUSES = {"accepted", "processing"}
+READY_STATUSES = {"processed", "webhook_retries_exceeded"}
+GONE_STATUSES = {"retrieved", "delivered"}
+BROKEN_CODES = {401, 402, 403, 404}
+
+
+def _message(body: Any, content: bytes) -> str:
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return content[:200].decode("utf-8", errors="replace").strip()
+
+
+def _retry_after(headers: httpx.Headers | None) -> float | None:
+    try:
+        return float(headers["Retry-After"]) if headers and "Retry-After" in headers else None
+    except ValueError:
+        return None
+
+
+def classify_submit(
+    status_code: int, content: bytes, headers: httpx.Headers | None = None
+) -> SubmitOutcome:
+    """What an answer to POST /whisper means for the document sent."""
+    body = decode_json(content)
+    error = _message(body, content) or f"HTTP {status_code}"
+    if status_code in (200, 202) and isinstance(body, dict) and body.get("whisper_hash"):
+        return SubmitOutcome(SubmitKind.ACCEPTED, str(body["whisper_hash"]), status_code)
+    if status_code == 429:
+        return SubmitOutcome(SubmitKind.RETRY, None, status_code, error, rate_limited=True,
+                             retry_after_seconds=_retry_after(headers))  # fmt: skip
+    if status_code in BROKEN_CODES:
+        return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
+    if status_code in (400, 413, 415):
+        return SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, status_code, error)
+    return SubmitOutcome(SubmitKind.RETRY, None, status_code, error)
+
+
+def classify_status(status_code: int, content: bytes) -> PollOutcome:
+    """What an answer to GET /whisper-status says about a whisper."""
+    body = decode_json(content)
+    status = body.get("status") if isinstance(body, dict) else None
+    message = _message(body, content)
+    if status_code in (401, 403):
+        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, message)
+    if isinstance(status, str) and status_code in (200, 400):
+        return _classify_status_value(status, status_code, message)
+    if status_code in (400, 404) and body is not None:
+        return PollOutcome(PollKind.LOST, None, status_code, message or "whisper not found")
+    return PollOutcome(PollKind.RETRY, None, status_code, message or f"HTTP {status_code}")
+
+
+def _classify_status_value(status: str, status_code: int, message: str) -> PollOutcome:
+    if status in READY_STATUSES:
+        return PollOutcome(PollKind.READY, status, status_code)
+    if status in GONE_STATUSES:
+        return PollOutcome(PollKind.RESULT_GONE, status, status_code, "text already retrieved")
+    if status == "unknown":
+        return PollOutcome(PollKind.LOST, status, status_code, message or "whisper hash unknown")
+    if status in ("failed", "error") or "error" in status:
+        return PollOutcome(PollKind.FAILED, status, status_code, message or status)
+    # accepted, processing, stage_*, or a status this client does not know yet: still running.
+    return PollOutcome(PollKind.RUNNING, status, status_code)
+
+
+def classify_retrieve(status_code: int, content: bytes) -> PollOutcome:
+    """What an answer to GET /whisper-retrieve means. Anything unclear sends us back to the
+    status endpoint, which knows whether the text is still there."""
+    body = decode_json(content)
+    message = _message(body, content)
+    if status_code == 200 and isinstance(body, dict) and "result_text" in body:
+        return PollOutcome(PollKind.COMPLETED, "processed", status_code, body=body)
+    if status_code in (401, 403):
+        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, message)
+    if status_code == 400 and "already delivered" in message:
+        return PollOutcome(PollKind.RESULT_GONE, "retrieved", status_code, message)
+    if status_code == 404 or (status_code == 400 and "not found" in message.lower()):
+        return PollOutcome(PollKind.LOST, None, status_code, message)
+    return PollOutcome(PollKind.RETRY, None, status_code, message or f"HTTP {status_code}")
+
+
+class LLMWhispererClient:
+    """The httpx implementation of `Backend` for LLMWhisperer v2 (one pooled client)."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: SecretStr,
+        *,
+        options: dict[str, str],
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.name = "llmwhisperer"
+        self._options = options
+        self._client = httpx.Client(
+            base_url=url.rstrip("/") + "/",
+            headers={"unstract-key": api_key.get_secret_value()},
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def submit(self, upload: Upload) -> SubmitOutcome:
+        params = {**self._options, "file_name": upload.file_name}
+        headers = {"Content-Type": "application/octet-stream"}
+        try:
+            response = self._client.post(
+                "whisper", params=params, content=upload.content, headers=headers
+            )
+        except NOT_SENT_ERRORS as exc:
+            return SubmitOutcome(SubmitKind.RETRY, error=transport_error(exc))
+        except httpx.HTTPError as exc:
+            return SubmitOutcome(SubmitKind.UNKNOWN, error=transport_error(exc))
+        return classify_submit(response.status_code, response.content, response.headers)
+
+    def poll(self, execution_id: str, file_name: str) -> PollOutcome:
+        return self._get("whisper-status", execution_id, classify_status)
+
+    def fetch(self, execution_id: str, file_name: str) -> PollOutcome:
+        return self._get("whisper-retrieve", execution_id, classify_retrieve)
+
+    def _get(self, path: str, whisper_hash: str, classify: Any) -> PollOutcome:
+        try:
+            response = self._client.get(path, params={"whisper_hash": whisper_hash})
+        except httpx.HTTPError as exc:
+            return PollOutcome(PollKind.RETRY, error=transport_error(exc))
+        outcome: PollOutcome = classify(response.status_code, response.content)
+        return outcome
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def result_text(body: Any) -> str | None:
+    """The extracted text of a stored retrieve answer."""
+    text = body.get("result_text") if isinstance(body, dict) else None
+    return text if isinstance(text, str) else None
