@@ -65,7 +65,7 @@ def test_execution_id_is_recorded_and_polls_come_due(store: Store) -> None:
     job = store.claim_for_upload("me", {"p": 5})
     assert job is not None
     assert store.record_submit(job, Decision(JobState.SUBMITTED, 0.0, execution_id="e-1"), 200)
-    due = store.due_polls(10, ["p"])
+    due = store.claim_due_polls("me", 10, ["p"])
     assert [(j.execution_id, j.state) for j in due] == [("e-1", JobState.SUBMITTED)]
     # The fence: the same claim cannot be applied twice.
     assert not store.record_submit(job, Decision(JobState.SUBMITTED, 0.0, execution_id="e-2"), 200)
@@ -76,11 +76,11 @@ def test_terminal_body_is_stored_with_the_outcome(store: Store) -> None:
     job = store.claim_for_upload("me", {"p": 5})
     assert job is not None
     store.record_submit(job, Decision(JobState.SUBMITTED, 0.0, execution_id="e-1"), 200)
-    polled = store.due_polls(10, ["p"])[0]
+    polled = store.claim_due_polls("me", 10, ["p"])[0]
     body = {"status": "COMPLETED", "message": [{"file": "a.pdf", "status": "Success"}]}
     decision = Decision(JobState.RESULT_STORED, outcome="success")
     assert store.record_poll(polled, decision, 200, body)
-    stored = store.claim_stored_results(10, ["p"])
+    stored = store.claim_stored_results("me", 10, ["p"])
     assert stored[0].result_body == body and stored[0].outcome == "success"
     assert store.mark_finished(stored[0])
     assert store.list_jobs("p")[0].state is JobState.DONE
@@ -102,8 +102,8 @@ def test_a_retry_waits_for_its_time(store: Store) -> None:
 def test_interrupted_uploads_are_released(store: Store) -> None:
     store.enqueue("p", "a.pdf", SHA_A, 1, 1)
     assert store.claim_for_upload("dead-instance", {"p": 5}) is not None
-    assert store.release_stale_claims() == 0  # the lease is still valid
-    assert store.release_stale_claims(everything=True) == 1
+    assert store.release_claims() == (0, 0)  # the lease is still valid
+    assert store.release_claims(owner="dead-instance") == (1, 0)  # its own earlier life
     job = store.list_jobs("p")[0]
     assert job.state is JobState.QUEUED and "outcome unknown" in job.last_error
 
@@ -111,3 +111,78 @@ def test_interrupted_uploads_are_released(store: Store) -> None:
 def test_upgrade_is_repeatable(store: Store) -> None:
     store.upgrade()
     assert store.list_jobs() == []
+
+
+def submitted(store: Store, name: str = "a.pdf", execution_id: str = "e-1") -> None:
+    store.enqueue("p", name, SHA_A, 1, 1)
+    job = store.claim_for_upload("uploader", {"p": 50})
+    assert job is not None
+    store.record_submit(job, Decision(JobState.SUBMITTED, 0.0, execution_id=execution_id), 200)
+
+
+def test_each_due_execution_is_polled_by_one_instance_at_a_time(store: Store) -> None:
+    for index in range(6):
+        submitted(store, f"{index}.pdf", f"e-{index}")
+    first = store.claim_due_polls("instance-a", 4, ["p"])
+    second = store.claim_due_polls("instance-b", 10, ["p"])
+    assert len(first) == 4 and len(second) == 2
+    assert not {j.id for j in first} & {j.id for j in second}
+    assert store.claim_due_polls("instance-c", 10, ["p"]) == []  # all held by a lease
+
+
+def test_a_dead_pollers_executions_are_taken_over_after_its_lease(store: Store) -> None:
+    submitted(store)
+    dead = store.claim_due_polls("dead", 10, ["p"])[0]
+    with store.engine.begin() as conn:  # the lease runs out: move time instead of sleeping
+        conn.execute(sa.update(jobs).values(next_poll_at=jobs.c.next_poll_at - 10_000))
+    alive = store.claim_due_polls("alive", 10, ["p"])[0]
+    body = {"status": "COMPLETED", "message": [{"file": "a.pdf", "status": "Success"}]}
+    # The dead instance wakes up with the result: its write is fenced off, but the result it
+    # read once is kept by execution id for the instance that owns the job now.
+    stored = Decision(JobState.RESULT_STORED, outcome="success")
+    assert not store.record_poll(dead, stored, 200, body)
+    assert store.stored_result("e-1") == ("success", "", body)
+    assert store.record_poll(alive, Decision(JobState.SUBMITTED, 1.0), 406)
+    assert store.list_jobs()[0].state is JobState.SUBMITTED
+
+
+def test_stored_results_are_written_by_one_instance(store: Store) -> None:
+    submitted(store)
+    polled = store.claim_due_polls("me", 10, ["p"])[0]
+    store.record_poll(polled, Decision(JobState.RESULT_STORED, outcome="success"), 200, {"x": 1})
+    mine = store.claim_stored_results("writer-a", 10, ["p"])
+    assert len(mine) == 1 and store.claim_stored_results("writer-b", 10, ["p"]) == []
+    assert store.mark_finished(mine[0])
+
+
+def test_two_instances_discovering_the_same_file_make_one_job(db_url: str) -> None:
+    stores = [Store(db_url) for _ in range(2)]
+    stores[0].upgrade()
+    ids: list[int | None] = []
+    threads = [threading.Thread(target=lambda s=s: ids.append(s.enqueue("p", "a.pdf", SHA_A, 1, 1)))
+               for s in stores for _ in range(4)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len([i for i in ids if i is not None]) == 1
+    assert len(stores[0].list_jobs()) == 1
+    for opened in stores:
+        opened.close()
+
+
+def test_a_lone_restart_releases_every_claim(store: Store) -> None:
+    submitted(store, "polled.pdf", "e-1")
+    submitted(store, "written.pdf", "e-2")
+    store.enqueue("p", "held.pdf", SHA_A, 1, 1)
+    assert store.claim_for_upload("old", {"p": 50}) is not None
+    polled, written = store.claim_due_polls("old", 10, ["p"])
+    store.record_poll(written, Decision(JobState.RESULT_STORED, outcome="success"), 200, {"x": 1})
+    assert store.claim_stored_results("old", 10, ["p"])
+    assert store.release_claims(everything=True, hold=["p"]) == (1, 0)
+    assert store.claim_due_polls("new", 10, ["p"])[0].id == polled.id  # due again at once
+    assert [j.relative_path for j in store.claim_stored_results("new", 10, ["p"])] == [
+        "written.pdf"
+    ]
+    held = next(j for j in store.list_jobs() if j.relative_path == "held.pdf")
+    assert held.state is JobState.HELD  # the pipeline holds interrupted uploads

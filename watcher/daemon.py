@@ -23,7 +23,7 @@ from watcher.filters import as_text
 from watcher.finish import Finisher
 from watcher.logs import get_logger
 from watcher.output import remove_stale_temps
-from watcher.reconcile import Reconciler
+from watcher.reconcile import Reconciler, report_released
 from watcher.runtime import Pipeline, build_pipeline
 from watcher.store import Store
 from watcher.submit import Uploader
@@ -31,6 +31,7 @@ from watcher.watch import FolderWatcher, start_observer
 
 log = get_logger()
 STALE_TEMP_SECONDS = 300.0
+LEASE_MARGIN_SECONDS = 10.0
 DISCOVERY_MAX_WAIT_SECONDS = 1.0
 
 
@@ -61,7 +62,12 @@ class Daemon:
         self.pipelines = {p.name: pipeline_factory(p) for p in settings.pipelines}
         self.watchers: dict[str, FolderWatcher] = {}
         self.observers: list[Any] = []
-        self.finisher = Finisher(store, self.pipelines, self.stop_event, self.finished)
+        self.finisher = Finisher(store, self.pipelines, self.owner, self.stop_event, self.finished)
+        # A claim outlives the longest HTTP call it covers, so a live instance never loses one.
+        store.lease_seconds = LEASE_MARGIN_SECONDS + max(
+            p.config.api.connect_timeout_seconds + p.config.api.read_timeout_seconds
+            for p in self.pipelines.values()
+        )
         self.failure: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self._uploaders: list[threading.Thread] = []
@@ -72,15 +78,11 @@ class Daemon:
 
     def start(self, watch_events: bool = True) -> None:
         """Recover, scan, and start every loop. Returns once the daemon is up."""
-        # SQLite serves one daemon process, so every `submitting` row is an interrupted upload.
-        hold = [n for n, p in self.pipelines.items() if p.config.api.on_unknown_outcome == "hold"]
-        released = self.store.release_stale_claims(everything=self.store.is_sqlite, hold=hold)
-        if released:
-            log.warning("uploads interrupted by the last stop are queued again", jobs=released)
-        fetches = self.store.release_interrupted_fetches(everything=self.store.is_sqlite)
-        if fetches:
-            log.warning("result fetches interrupted by the last stop are checked again",
-                        jobs=fetches)  # fmt: skip
+        # SQLite serves one daemon process: every claim in it is a leftover of the last run.
+        uploads, fetches = self.store.release_claims(
+            everything=self.store.is_sqlite, owner=self.owner, hold=self.hold_pipelines()
+        )
+        report_released(uploads, fetches)
         now = time.time()
         # With SQLite we are the only writer, so every temp file of ours is a crash's leftover.
         temp_age = 0.0 if self.store.is_sqlite else STALE_TEMP_SECONDS
@@ -98,12 +100,16 @@ class Daemon:
                 self.work, self.submitted, self.finished,
             )  # fmt: skip
             self._uploaders.append(self._spawn(f"upload-{index}", uploader.run))
-        reconciler = Reconciler(
-            self.store, self.pipelines, self.stop_event, self.submitted, self.finished, self.work
-        )
+        reconciler = Reconciler(self.store, self.pipelines, self.owner, self.stop_event,
+                                self.submitted, self.finished, self.work)  # fmt: skip
+        reconciler.hold = self.hold_pipelines()
         self._spawn("reconcile", reconciler.run)
         self._spawn("finish", self.finisher.run)
         log.info("started", pipelines=list(self.pipelines), instance=self.owner)
+
+    def hold_pipelines(self) -> list[str]:
+        """Pipelines whose interrupted uploads wait for an operator instead of a resubmit."""
+        return [n for n, p in self.pipelines.items() if p.config.api.on_unknown_outcome == "hold"]
 
     def stop(self) -> None:
         """Ask every loop to stop; idempotent and safe from a signal handler."""

@@ -24,11 +24,13 @@ class Finisher:
         self,
         store: Store,
         pipelines: dict[str, Pipeline],
+        owner: str,
         stop: threading.Event,
         finished: threading.Event,
     ) -> None:
         self.store = store
         self.pipelines = pipelines
+        self.owner = owner
         self.stop = stop
         self.finished = finished
         self.outcomes: Counter[str] = Counter()  # this process's finished jobs, by outcome
@@ -45,7 +47,7 @@ class Finisher:
     def finish_stored(self) -> tuple[int, int]:
         """Write files for stored outcomes; return (finished, could not write)."""
         written = troubled = 0
-        for job in self.store.claim_stored_results(BATCH, list(self.pipelines)):
+        for job in self.store.claim_stored_results(self.owner, BATCH, list(self.pipelines)):
             try:
                 bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path,
                          execution_id=job.execution_id)  # fmt: skip

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+from typing import Any
 
 from watcher.backend import PollKind
 from watcher.crashpoints import crash_point
-from watcher.jobs import Job, JobState, decide_after_poll
+from watcher.jobs import Decision, Job, JobState, Outcome, decide_after_poll
 from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.runtime import Pipeline
 from watcher.store import Store
@@ -19,7 +21,15 @@ from watcher.store import Store
 log = get_logger()
 BATCH = 64
 IDLE_WAIT_SECONDS = 0.5
+SWEEP_SECONDS = 10.0
 TERMINAL_KINDS = (PollKind.COMPLETED, PollKind.FAILED)
+
+
+def report_released(uploads: int, fetches: int) -> None:
+    if uploads:
+        log.warning("uploads interrupted by the last stop are queued again", jobs=uploads)
+    if fetches:
+        log.warning("result fetches interrupted by the last stop are checked again", jobs=fetches)
 
 
 class Reconciler:
@@ -27,6 +37,7 @@ class Reconciler:
         self,
         store: Store,
         pipelines: dict[str, Pipeline],
+        owner: str,
         stop: threading.Event,
         submitted: threading.Event,
         finished: threading.Event,
@@ -34,7 +45,10 @@ class Reconciler:
     ) -> None:
         self.store = store
         self.pipelines = pipelines
+        self.owner = owner
         self.stop = stop
+        self._next_sweep = 0.0
+        self.hold: list[str] = []  # pipelines whose interrupted uploads are held
         self.submitted = submitted
         self.work = work
         self.finished = finished
@@ -43,8 +57,19 @@ class Reconciler:
     def run(self) -> None:
         while not self.stop.is_set():
             self.submitted.clear()
+            self.sweep()
             if not self.poll_due():
                 self.submitted.wait(self._idle_wait())
+
+    def sweep(self) -> None:
+        """Take back what an instance that died had claimed, once its leases ran out."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + SWEEP_SECONDS
+        uploads, fetches = self.store.release_claims(hold=self.hold)
+        report_released(uploads, fetches)
+        if uploads:
+            self.work.set()
 
     def _idle_wait(self) -> float:
         smallest = min((p.policy.poll_initial_seconds for p in self.pipelines.values()), default=1)
@@ -52,7 +77,7 @@ class Reconciler:
 
     def poll_due(self) -> int:
         """Poll every execution whose next poll is due; return how many were polled."""
-        due = self.store.due_polls(BATCH, list(self.pipelines))
+        due = self.store.claim_due_polls(self.owner, BATCH, list(self.pipelines))
         if not due:
             return 0
         now = self.store.now()
@@ -86,6 +111,8 @@ class Reconciler:
         elapsed = now - (job.submitted_at or now)
         decision = decide_after_poll(outcome, job, elapsed, pipeline.policy, self.rng)
         body = outcome.body if outcome.kind in TERMINAL_KINDS else None
+        if outcome.kind in (PollKind.RESULT_GONE, PollKind.LOST):
+            decision, body = self._stored_instead(job, decision, body)
         if not self.store.record_poll(job, decision, outcome.http_status, body, fetching):
             log.warning("job changed while it was polled; leaving it to its new owner")
             return
@@ -100,3 +127,14 @@ class Reconciler:
             self.work.set()
         elif outcome.kind is PollKind.RETRY:
             log.warning("status poll failed; will poll again", error=outcome.error)
+
+    def _stored_instead(self, job: Job, decision: Decision, body: Any) -> tuple[Decision, Any]:
+        """The server says the result is gone: another instance may have read and kept it."""
+        assert job.execution_id is not None
+        stored = self.store.stored_result(job.execution_id)
+        if stored is None:
+            return decision, body
+        outcome, error, stored_body = stored
+        log.info("result already read by another instance; using its stored copy")
+        kept: Outcome = "success" if outcome == "success" else "failed"
+        return Decision(JobState.RESULT_STORED, error=error, outcome=kept), stored_body

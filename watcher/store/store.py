@@ -1,9 +1,9 @@
-"""The durable job table. The only module that speaks SQL; rows leave it as frozen `Job`s.
+"""The durable job table's queries, named by intent. Rows leave as frozen `Job`s.
 
-SQLite (default) runs in WAL mode with a busy timeout, and every transaction starts with
-`BEGIN IMMEDIATE` so a reader never has to upgrade its lock mid-transaction (the
-SQLITE_BUSY_SNAPSHOT trap, reliability-notes B8); within this process one lock serialises them.
-Times are epoch seconds from the database clock, so instances on several hosts agree.
+With SQLite, one lock in this process serialises transactions (each a `BEGIN IMMEDIATE`).
+With PostgreSQL, several instances share the table: claims use `FOR UPDATE SKIP LOCKED` and
+leases, and every state change is fenced on (state, attempt, owner). Times are epoch seconds
+from the database clock, so instances on several hosts agree.
 """
 
 from __future__ import annotations
@@ -23,44 +23,11 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
-from watcher.filters import as_text
 from watcher.jobs import IN_FLIGHT, UNFINISHED, Decision, Job, JobState
+from watcher.store.schema import create_engine, db_path, fs_path, jobs, results, to_job
 
-metadata = sa.MetaData()
-
-jobs = sa.Table(
-    "jobs",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("pipeline", sa.String(64), nullable=False),
-    sa.Column("relative_path", sa.Text, nullable=False),  # valid UTF-8 (see _db_path)
-    sa.Column("relative_path_raw", sa.LargeBinary),  # the name's bytes, if not valid UTF-8
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("next_attempt_at", sa.Double, nullable=False),
-    sa.Column("execution_id", sa.String(64)),
-    sa.Column("poll_count", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("next_poll_at", sa.Double),
-    sa.Column("outcome", sa.String(16)),
-    sa.Column("result_body", sa.Text),
-    sa.Column("last_http_status", sa.Integer),
-    sa.Column("last_error", sa.Text, nullable=False, server_default=""),
-    sa.Column("lease_owner", sa.String(128)),
-    sa.Column("lease_until", sa.Double),
-    sa.Column("created_at", sa.Double, nullable=False),
-    sa.Column("submitted_at", sa.Double),
-    sa.Column("updated_at", sa.Double, nullable=False),
-    sa.Column("finished_at", sa.Double),
-    sa.UniqueConstraint("pipeline", "relative_path", "sha256", name="uq_jobs_document"),
-)
-sa.Index("ix_jobs_state_due", jobs.c.state, jobs.c.next_attempt_at)
-sa.Index("ix_jobs_poll_due", jobs.c.state, jobs.c.next_poll_at)
-sa.Index("ix_jobs_path", jobs.c.pipeline, jobs.c.relative_path)
-
-SUBMIT_LEASE_SECONDS = 300.0
+DEFAULT_LEASE_SECONDS = 300.0
+CLAIM_LOCK_KEY = 0x5557_6174  # PostgreSQL advisory lock: one instance counts in-flight at a time
 
 
 @dataclass(frozen=True)
@@ -77,14 +44,19 @@ class StoreError(Exception):
 
 
 class Store:
-    def __init__(self, url: str, busy_timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self, url: str, busy_timeout_seconds: float = 30.0, lease_seconds: float = 300.0
+    ) -> None:
         self.url = url
+        # How long a claim (an upload, a poll, a fetch, a file write) is ours; past it, another
+        # instance may take the job over. Longer than any single HTTP call.
+        self.lease_seconds = lease_seconds
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             database = sa.engine.make_url(url).database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = _create_engine(url, busy_timeout_seconds)
+        self.engine = create_engine(url, busy_timeout_seconds)
         self._lock: AbstractContextManager[Any] = (
             threading.Lock() if self.is_sqlite else nullcontext()
         )
@@ -136,7 +108,7 @@ class Store:
         with self._tx() as conn:
             rows = conn.execute(query).all()
         return {
-            _fs_path(row.relative_path, row.relative_path_raw): KnownFile(
+            fs_path(row.relative_path, row.relative_path_raw): KnownFile(
                 row.sha256, row.size, row.mtime_ns
             )
             for row in rows
@@ -149,7 +121,7 @@ class Store:
 
         A known version gets its size and mtime refreshed so the next scan skips it cheaply.
         """
-        path, raw = _db_path(relative_path)
+        path, raw = db_path(relative_path)
         key = (
             (jobs.c.pipeline == pipeline)
             & (jobs.c.relative_path == path)
@@ -174,6 +146,9 @@ class Store:
     def claim_for_upload(self, owner: str, limits: Mapping[str, int]) -> Job | None:
         """Take the next due queued job of a pipeline that has room for another execution."""
         with self._tx() as conn:
+            if not self.is_sqlite:
+                # Instances count in-flight executions one at a time: max_in_flight holds for all.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
             busy: dict[str, int] = dict(
                 conn.execute(
                     sa.select(jobs.c.pipeline, sa.func.count())
@@ -201,12 +176,12 @@ class Store:
                     state=JobState.SUBMITTING.value,
                     attempts=jobs.c.attempts + 1,
                     lease_owner=owner,
-                    lease_until=self._now + SUBMIT_LEASE_SECONDS,
+                    lease_until=self._now + self.lease_seconds,
                     updated_at=self._now,
                 )
                 .returning(*jobs.c)
             ).first()
-        return _to_job(row) if row else None
+        return to_job(row) if row else None
 
     def record_submit(self, job: Job, decision: Decision, http_status: int | None) -> bool:
         """Apply what the upload worker decided; fenced on the claim. False if it was lost."""
@@ -221,20 +196,6 @@ class Store:
         values = {"state": JobState.SKIPPED.value, "last_error": reason, "finished_at": self._now}
         return self._fenced_update(job, JobState.SUBMITTING, values)
 
-    def release_interrupted_fetches(self, everything: bool = False) -> int:
-        """Fetches cut off by a crash go back to polling: the status says if the result is
-        still there (fetch again) or gone (submit again)."""
-        stale = sa.true() if everything else jobs.c.updated_at < self._now - SUBMIT_LEASE_SECONDS
-        with self._tx() as conn:
-            result = conn.execute(
-                sa.update(jobs)
-                .where((jobs.c.state == JobState.FETCHING.value) & stale)
-                .values(state=JobState.SUBMITTED.value, next_poll_at=self._now,
-                        last_error="result fetch interrupted; checking the status",
-                        updated_at=self._now)
-            )  # fmt: skip
-        return int(result.rowcount)
-
     def make_queued_due(self, pipeline: str) -> int:
         """Queued jobs of a pipeline may go now (after a pause ends); return how many."""
         with self._tx() as conn:
@@ -248,21 +209,30 @@ class Store:
 
     # -- reconcile -----------------------------------------------------------------------------
 
-    def due_polls(self, limit: int, pipelines: list[str]) -> list[Job]:
-        query = (
-            sa.select(jobs)
+    def claim_due_polls(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
+        """Take executions whose next poll is due. Moving next_poll_at a lease ahead keeps
+        other instances off them until we record the answer (or die)."""
+        due = (
+            sa.select(jobs.c.id)
             .where(jobs.c.state == JobState.SUBMITTED.value)
             .where(jobs.c.next_poll_at <= self._now)
             .where(jobs.c.pipeline.in_(pipelines))
             .order_by(jobs.c.next_poll_at)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         )
+        claim = dict(lease_owner=owner, lease_until=self._now + self.lease_seconds,
+                     next_poll_at=self._now + self.lease_seconds)  # fmt: skip
         with self._tx() as conn:
-            return [_to_job(row) for row in conn.execute(query).all()]
+            rows = conn.execute(
+                sa.update(jobs).where(jobs.c.id.in_(due)).values(**claim).returning(*jobs.c)
+            ).all()
+        return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
     def begin_fetch(self, job: Job) -> bool:
         """Mark that a read-once result is being fetched, before the request is sent."""
-        values = {"state": JobState.FETCHING.value, "updated_at": self._now}
+        values = {"state": JobState.FETCHING.value, "updated_at": self._now,
+                  "lease_until": self._now + self.lease_seconds}  # fmt: skip
         return self._fenced_update(job, JobState.SUBMITTED, values)
 
     def record_poll(
@@ -273,7 +243,8 @@ class Store:
         body: Any = None,
         fetching: bool = False,
     ) -> bool:
-        """Apply a poll's (or a fetch's) decision. A result is stored in the same transaction."""
+        """Apply a poll's (or a fetch's) decision. A result is stored in the same transaction,
+        also in `results` by execution id, kept even if the job was taken over meanwhile."""
         values: dict[str, Any] = self._decision_values(decision, http_status)
         values["poll_count"] = jobs.c.poll_count + 1
         if body is not None:
@@ -281,20 +252,50 @@ class Store:
         if decision.state is JobState.QUEUED:
             values["execution_id"] = None
         expected = JobState.FETCHING if fetching else JobState.SUBMITTED
-        return self._fenced_update(job, expected, values)
+        with self._tx() as conn:
+            if body is not None and decision.outcome is not None and job.execution_id:
+                kept = dict(
+                    execution_id=job.execution_id, job_id=job.id, outcome=decision.outcome,
+                    error=decision.error, body=values["result_body"], created_at=self._now,
+                )  # fmt: skip
+                conn.execute(self._insert(results).values(**kept).on_conflict_do_nothing())
+            return self._fenced(conn, job, expected, values)
+
+    def stored_result(self, execution_id: str) -> tuple[str, str, Any] | None:
+        """(outcome, error, body) of an execution's terminal answer, if one was ever stored."""
+        query = sa.select(results.c.outcome, results.c.error, results.c.body).where(
+            results.c.execution_id == execution_id
+        )
+        with self._tx() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return row.outcome, row.error, json.loads(row.body) if row.body else None
 
     # -- output --------------------------------------------------------------------------------
 
-    def claim_stored_results(self, limit: int, pipelines: list[str]) -> list[Job]:
-        query = (
-            sa.select(jobs)
+    def claim_stored_results(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
+        """Take jobs whose outcome is stored, to write their files (one instance per job)."""
+        free = (
+            (jobs.c.lease_owner.is_(None))
+            | (jobs.c.lease_until.is_(None))
+            | (jobs.c.lease_until < self._now)
+        )
+        ready = (
+            sa.select(jobs.c.id)
             .where(jobs.c.state == JobState.RESULT_STORED.value)
             .where(jobs.c.pipeline.in_(pipelines))
+            .where(free)
             .order_by(jobs.c.id)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         )
+        claim = dict(lease_owner=owner, lease_until=self._now + self.lease_seconds)
         with self._tx() as conn:
-            return [_to_job(row) for row in conn.execute(query).all()]
+            rows = conn.execute(
+                sa.update(jobs).where(jobs.c.id.in_(ready)).values(**claim).returning(*jobs.c)
+            ).all()
+        return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
     def mark_finished(self, job: Job) -> bool:
         state = JobState.DONE if job.outcome == "success" else JobState.FAILED
@@ -303,40 +304,59 @@ class Store:
 
     # -- recovery and counts -------------------------------------------------------------------
 
-    def release_stale_claims(self, everything: bool = False, hold: Sequence[str] = ()) -> int:
-        """Put back jobs whose upload was interrupted (lease expired, or all at a lone start).
+    def release_claims(
+        self, everything: bool = False, owner: str | None = None, hold: Sequence[str] = ()
+    ) -> tuple[int, int]:
+        """Take back the claims of instances that are gone: those whose lease ran out, those of
+        `owner` (this instance's earlier life), or all (SQLite: we are the only instance).
+        Return (interrupted uploads, interrupted fetches).
 
-        Such a POST may have reached the server. It is submitted again, the one window where
-        a document can be executed twice, unless its pipeline is in `hold`: then it waits for
-        an operator (README, "What happens when...").
+        An interrupted upload may have reached the server. It is submitted again, the one
+        window where a document can be executed twice, unless its pipeline is in `hold`: then
+        it waits for an operator (README, "What happens when..."). An interrupted fetch goes
+        back to polling: the status says whether the result is still there.
         """
-        stale = sa.true() if everything else jobs.c.lease_until < self._now
-        held = jobs.c.pipeline.in_(list(hold))
-        interrupted = (jobs.c.state == JobState.SUBMITTING.value) & stale
+        gone = sa.true() if everything else jobs.c.lease_until < self._now
+        if owner is not None and not everything:
+            gone = gone | (jobs.c.lease_owner == owner)
+        free = dict(lease_owner=None, lease_until=None, updated_at=self._now)
         with self._tx() as conn:
-            resubmitted = conn.execute(
+            uploads = self._requeue_uploads(conn, gone, hold)
+            fetches = conn.execute(
                 sa.update(jobs)
-                .where(interrupted & ~held)
-                .values(
-                    state=JobState.QUEUED.value,
-                    next_attempt_at=self._now,
-                    last_error="upload interrupted; outcome unknown, submitting again",
-                    lease_owner=None,
-                    lease_until=None,
-                    updated_at=self._now,
-                )
-            ).rowcount
-            kept = conn.execute(
+                .where((jobs.c.state == JobState.FETCHING.value) & gone)
+                .values(state=JobState.SUBMITTED.value, next_poll_at=self._now,
+                        last_error="result fetch interrupted; checking the status", **free)
+            ).rowcount  # fmt: skip
+            conn.execute(
                 sa.update(jobs)
-                .where(interrupted & held)
-                .values(
-                    state=JobState.HELD.value,
-                    last_error="upload interrupted; outcome unknown, held for an operator",
-                    lease_owner=None,
-                    lease_until=None,
-                    updated_at=self._now,
-                )
-            ).rowcount
+                .where((jobs.c.state == JobState.SUBMITTED.value) & gone)
+                .where(jobs.c.lease_until.is_not(None))
+                .values(next_poll_at=self._now, **free)
+            )
+            conn.execute(
+                sa.update(jobs)
+                .where((jobs.c.state == JobState.RESULT_STORED.value) & gone)
+                .values(**free)
+            )
+        return uploads, int(fetches)
+
+    def _requeue_uploads(self, conn: Connection, gone: Any, hold: Sequence[str]) -> int:
+        interrupted = (jobs.c.state == JobState.SUBMITTING.value) & gone
+        held = jobs.c.pipeline.in_(list(hold))
+        free = dict(lease_owner=None, lease_until=None, updated_at=self._now)
+        resubmitted = conn.execute(
+            sa.update(jobs)
+            .where(interrupted & ~held)
+            .values(state=JobState.QUEUED.value, next_attempt_at=self._now,
+                    last_error="upload interrupted; outcome unknown, submitting again", **free)
+        ).rowcount  # fmt: skip
+        kept = conn.execute(
+            sa.update(jobs)
+            .where(interrupted & held)
+            .values(state=JobState.HELD.value,
+                    last_error="upload interrupted; outcome unknown, held for an operator", **free)
+        ).rowcount  # fmt: skip
         return int(resubmitted) + int(kept)
 
     def unfinished_count(self, pipelines: list[str]) -> int:
@@ -360,7 +380,7 @@ class Store:
         if pipeline is not None:
             query = query.where(jobs.c.pipeline == pipeline)
         with self._tx() as conn:
-            return [_to_job(row) for row in conn.execute(query).all()]
+            return [to_job(row) for row in conn.execute(query).all()]
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -384,66 +404,24 @@ class Store:
         return values
 
     def _fenced_update(self, job: Job, expected: JobState, values: dict[str, Any]) -> bool:
-        """Update only if the row is still in `expected` state at the same attempt."""
         with self._tx() as conn:
-            result = conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job.id)
-                .where(jobs.c.state == expected.value)
-                .where(jobs.c.attempts == job.attempts)
-                .values(**values)
-            )
+            return self._fenced(conn, job, expected, values)
+
+    @staticmethod
+    def _fenced(conn: Connection, job: Job, expected: JobState, values: dict[str, Any]) -> bool:
+        """Update only if the row is still as we claimed it: same state, attempt and owner.
+        An instance whose lease ran out and was taken over changes nothing."""
+        owner = (
+            jobs.c.lease_owner.is_(None)
+            if job.lease_owner is None
+            else jobs.c.lease_owner == job.lease_owner
+        )
+        result = conn.execute(
+            sa.update(jobs)
+            .where(jobs.c.id == job.id)
+            .where(jobs.c.state == expected.value)
+            .where(jobs.c.attempts == job.attempts)
+            .where(owner)
+            .values(**values)
+        )
         return bool(result.rowcount)
-
-
-def _to_job(row: sa.Row[Any]) -> Job:
-    m = row._mapping
-    return Job(
-        id=m["id"], pipeline=m["pipeline"],
-        relative_path=_fs_path(m["relative_path"], m["relative_path_raw"]),
-        sha256=m["sha256"], size=m["size"], mtime_ns=m["mtime_ns"], state=JobState(m["state"]),
-        attempts=m["attempts"], execution_id=m["execution_id"], poll_count=m["poll_count"],
-        outcome=m["outcome"],
-        result_body=json.loads(m["result_body"]) if m["result_body"] else None,
-        last_http_status=m["last_http_status"], last_error=m["last_error"],
-        lease_owner=m["lease_owner"], created_at=m["created_at"],
-        submitted_at=m["submitted_at"], updated_at=m["updated_at"],
-    )  # fmt: skip
-
-
-def _db_path(relative_path: str) -> tuple[str, bytes | None]:
-    """A path as the database keeps it: valid UTF-8 text, plus the raw bytes if it was not.
-
-    File names are bytes on Linux; a name that is not UTF-8 reaches us with surrogate escapes,
-    which neither SQLite nor PostgreSQL text can hold.
-    """
-    text = as_text(relative_path)
-    return text, (os.fsencode(relative_path) if text != relative_path else None)
-
-
-def _fs_path(text: str, raw: bytes | None) -> str:
-    return raw.decode("utf-8", errors="surrogateescape") if raw is not None else text
-
-
-def _create_engine(url: str, busy_timeout_seconds: float) -> Engine:
-    if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True)
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False})
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take over transaction control from pysqlite so BEGIN IMMEDIATE is ours to emit.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds * 1000)}")
-        # FULL: a result that the API hands out once must survive a power cut once committed.
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine

@@ -1,0 +1,144 @@
+"""Benchmark of unstract-watcher: the real daemon against the emulator, both as processes.
+
+    .venv/bin/python bench/run.py                  # full run (a few minutes), figures vs targets
+    .venv/bin/python bench/run.py --smoke          # tiny sizes for CI (< 1 min), nothing judged
+    .venv/bin/python bench/run.py --only latency,restart
+
+Prints a table, then one JSON line with every figure. Exit code: 0 when every scenario finished
+(1 if one did not; with --fail-on-miss also 1 when a figure misses its target; 130 on Ctrl-C).
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from harness import Processes
+from report import Figure, Report
+from scenarios import (
+    FULL,
+    SMOKE,
+    Context,
+    emulator_alone,
+    latency,
+    memory_and_idle,
+    polls,
+    restart,
+    saturation,
+    throughput,
+)
+
+Scenario = Callable[[Context], list[Figure]]
+SCENARIOS: dict[str, Scenario] = {
+    "emulator": emulator_alone,
+    "throughput": throughput,
+    "saturation": saturation,
+    "polls": polls,
+    "latency": latency,
+    "memory": memory_and_idle,  # also measures idle CPU, and leaves the tree for restart
+    "restart": restart,
+}
+ALIASES = {"idle": "memory"}
+SETTLE_SECONDS = 0.3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    names = ", ".join([*SCENARIOS, *ALIASES])
+    parser = argparse.ArgumentParser(description="Benchmark the unstract-watcher daemon.")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; timings not judged")
+    parser.add_argument("--only", default="", help=f"comma-separated scenarios: {names}")
+    parser.add_argument("--workdir", help="where to work (default: a new temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
+    parser.add_argument("--json", dest="json_path", help="also write the JSON line to this file")
+    parser.add_argument(
+        "--fail-on-miss", action="store_true", help="exit 1 when a figure misses its target"
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=SETTLE_SECONDS,
+        help="the daemon's settle_seconds in every scenario",
+    )
+    return parser.parse_args(argv)
+
+
+def selected(only: str) -> list[str]:
+    if not only:
+        return list(SCENARIOS)
+    wanted = {ALIASES.get(name.strip(), name.strip()) for name in only.split(",") if name.strip()}
+    unknown = wanted - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    return [name for name in SCENARIOS if name in wanted]  # in the usual order
+
+
+def run_scenario(ctx: Context, report: Report, name: str) -> None:
+    ctx.say(f"{name}: starting")
+    started = time.monotonic()
+    try:
+        report.add(SCENARIOS[name](ctx))
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        report.errors[name] = f"{type(exc).__name__}: {exc}"
+    ctx.say(f"{name}: done in {time.monotonic() - started:.1f} s")
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = selected(args.only)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unstract-watcher-bench-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    procs = Processes()
+    ctx = Context(workdir, procs, SMOKE if args.smoke else FULL, args.settle_seconds)
+    report = Report(smoke=args.smoke)
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    interrupted = False
+    try:
+        for name in names:
+            run_scenario(ctx, report, name)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("[bench] interrupted; stopping the daemon and the emulator", file=sys.stderr)
+    finally:
+        procs.stop_all()
+        if args.keep:
+            print(f"[bench] work folder kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report.seconds = time.monotonic() - started
+    report.problems.extend(ctx.problems)
+    return _print(report, args, interrupted)
+
+
+def _print(report: Report, args: argparse.Namespace, interrupted: bool) -> int:
+    line = json.dumps(report.as_json(), ensure_ascii=False)
+    print(report.table())
+    print(line, flush=True)
+    if args.json_path:
+        Path(args.json_path).write_text(line + "\n")
+    if interrupted:
+        return 130
+    if report.errors:
+        return 1
+    judged = not report.smoke
+    missed = any(f.verdict(judged) == "miss" for f in report.figures)
+    return 1 if args.fail_on_miss and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

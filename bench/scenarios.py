@@ -1,0 +1,527 @@
+"""The scenarios: each starts what it needs, measures, stops it, and returns its figures."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import (
+    PYTHON,
+    BenchError,
+    Daemon,
+    Emulator,
+    Layout,
+    Processes,
+    child_env,
+    cpu_seconds,
+    doc_names,
+    drop,
+    error_files,
+    log_problems,
+    make_documents,
+    mtime,
+    percentile,
+    start_daemon,
+    start_emulator,
+    wait_for_results,
+    wait_until,
+)
+from report import Figure, Target
+from restart_state import FOLDER_DOCS, grow
+
+BENCH_DIR = Path(__file__).resolve().parent
+SERVER_LIMIT = 20  # the emulator's org limit, and the pipeline's max_in_flight
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sizes:
+    emulator_seconds: float
+    emulator_threads: int
+    throughput_docs: int
+    saturation_docs: int
+    saturation_execution_seconds: float
+    polls_docs: int
+    polls_execution_seconds: float
+    latency_docs: int
+    memory_batches: int
+    memory_batch_docs: int
+    idle_seconds: float
+    restart_docs: int
+    restart_seed_docs: int  # processed for real when the memory scenario did not run
+    stall_seconds: float  # a scenario fails when no result came for this long
+
+
+FULL = Sizes(5.0, 8, 1000, 400, 2.0, 60, 5.0, 30, 5, 1000, 60.0, 50_000, 1000, 90.0)
+SMOKE = Sizes(1.0, 4, 50, 40, 0.5, 10, 1.0, 3, 2, 100, 5.0, 2000, 100, 30.0)
+
+
+@dataclass
+class Context:
+    workdir: Path
+    procs: Processes
+    sizes: Sizes
+    settle_seconds: float
+    processed: Layout | None = None  # a tree of processed documents, for the restart test
+    problems: list[str] = field(default_factory=list)
+
+    def home(self, scenario: str) -> Path:
+        folder = self.workdir / scenario
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def say(self, text: str) -> None:
+        print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+    def finish_daemon(self, scenario: str, daemon: Daemon) -> None:
+        """Stop it with SIGTERM as systemd would; note a bad exit and warning lines."""
+        started = time.monotonic()
+        code = self.procs.stop(daemon.proc, timeout=60.0)
+        took = time.monotonic() - started
+        if code != 0:
+            self.problems.append(f"{scenario}: daemon exited {code} on SIGTERM")
+        if took > 5.0:
+            self.problems.append(f"{scenario}: daemon took {took:.1f} s to stop on SIGTERM")
+        self.problems.extend(f"{scenario}: {p}" for p in log_problems(daemon))
+
+
+@dataclass
+class Run:
+    emulator: Emulator
+    daemon: Daemon
+    layout: Layout
+
+    def drop_batch(self, folder: str, count: int, prefix: str = "doc") -> float:
+        return drop(self.layout.watch_dir / folder, doc_names(count, prefix), make_documents(count))
+
+    def results(self, folder: str, count: int, stall_seconds: float) -> list[Path]:
+        return wait_for_results(self.layout.output_dir / folder, count, self.daemon, stall_seconds)
+
+
+@contextmanager
+def running(
+    ctx: Context, scenario: str, execution_seconds: float, folders: Sequence[str] = ()
+) -> Iterator[Run]:
+    """The emulator and a warmed-up daemon (one document processed), stopped afterwards."""
+    home = ctx.home(scenario)
+    emulator = start_emulator(ctx.procs, home / "emulator.log", execution_seconds, SERVER_LIMIT)
+    layout = Layout(home, emulator.deployment_url, ctx.settle_seconds, SERVER_LIMIT)
+    for folder in (*folders, "warmup"):
+        (layout.watch_dir / folder).mkdir(parents=True, exist_ok=True)
+    daemon = start_daemon(ctx.procs, layout)
+    ctx.say(f"{scenario}: daemon pid {daemon.pid}, emulator pid {emulator.proc.pid}, in {home}")
+    run = Run(emulator, daemon, layout)
+    try:
+        run.drop_batch("warmup", 1, "warm")
+        run.results("warmup", 1, ctx.sizes.stall_seconds)
+        yield run
+    finally:
+        ctx.finish_daemon(scenario, daemon)
+        ctx.procs.stop(emulator.proc)
+
+
+def _check_no_errors(results: Sequence[Path], scenario: str) -> None:
+    failed = error_files(results)
+    if failed:
+        raise BenchError(f"{scenario}: {len(failed)} documents got an error file, e.g. {failed[0]}")
+
+
+# -- the emulator alone ---------------------------------------------------------------------
+
+
+def emulator_alone(ctx: Context) -> list[Figure]:
+    """POST + GET pairs per second that the emulator serves to a client process of its own."""
+    sizes = ctx.sizes
+    home = ctx.home("emulator")
+    emulator = start_emulator(ctx.procs, home / "emulator.log", 0.0, 1_000_000)
+    args = [
+        PYTHON,
+        str(BENCH_DIR / "emulator_client.py"),
+        "--url",
+        emulator.deployment_url,
+        "--seconds",
+        str(sizes.emulator_seconds),
+        "--threads",
+        str(sizes.emulator_threads),
+    ]
+    try:
+        answer = subprocess.run(
+            args,
+            env=child_env(),
+            capture_output=True,
+            check=True,
+            timeout=sizes.emulator_seconds + 60,
+        )
+    finally:
+        ctx.procs.stop(emulator.proc)
+    counts = json.loads(answer.stdout)
+    pairs_per_second = counts["pairs"] / counts["seconds"]
+    note = (
+        f"{sizes.emulator_threads} client threads in a separate process; "
+        f"{counts['errors']} errors; each document needs 1 POST + at least 1 GET"
+    )
+    return [
+        Figure(
+            "emulator",
+            "emulator_requests_per_s",
+            "requests/s served (POST+GET)",
+            2 * pairs_per_second,
+            "req/s",
+            note=note,
+        ),
+        Figure(
+            "emulator",
+            "emulator_pairs_per_s",
+            "POST+GET pairs/s (= docs/s ceiling)",
+            pairs_per_second,
+            "pairs/s",
+        ),
+    ]
+
+
+# -- throughput, saturation, polls ----------------------------------------------------------
+
+
+def throughput(ctx: Context) -> list[Figure]:
+    """Documents per second, first drop to last result file, executions that end at once."""
+    count = ctx.sizes.throughput_docs
+    with running(ctx, "throughput", 0.0, ["batch"]) as run:
+        cpu_daemon, cpu_emulator = run.daemon.cpu_seconds(), cpu_seconds(run.emulator.proc.pid)
+        started = run.drop_batch("batch", count)
+        results = run.results("batch", count, ctx.sizes.stall_seconds)
+        cpu_daemon = run.daemon.cpu_seconds() - cpu_daemon
+        cpu_emulator = cpu_seconds(run.emulator.proc.pid) - cpu_emulator
+    _check_no_errors(results, "throughput")
+    elapsed = max(mtime(p) for p in results) - started
+    note = (
+        f"{count} docs of 4 KiB dropped at once; max_in_flight = org limit = {SERVER_LIMIT}; "
+        f"includes settle_seconds = {ctx.settle_seconds}"
+    )
+    return [
+        Figure(
+            "throughput",
+            "throughput_docs_per_s",
+            f"docs/s ({count} docs, 0 s executions)",
+            count / elapsed,
+            "docs/s",
+            Target(">=", 150),
+            note,
+        ),
+        Figure(
+            "throughput",
+            "throughput_daemon_cpu_ms_per_doc",
+            "daemon CPU per document",
+            1000 * cpu_daemon / count,
+            "ms",
+        ),
+        Figure(
+            "throughput",
+            "throughput_emulator_cpu_ms_per_doc",
+            "emulator CPU per document",
+            1000 * cpu_emulator / count,
+            "ms",
+        ),
+    ]
+
+
+def saturation(ctx: Context) -> list[Figure]:
+    """Total time over the ideal when executions, not the daemon, should be the limit."""
+    count, seconds = ctx.sizes.saturation_docs, ctx.sizes.saturation_execution_seconds
+    with running(ctx, "saturation", seconds, ["batch"]) as run:
+        started = run.drop_batch("batch", count)
+        results = run.results("batch", count, ctx.sizes.stall_seconds + seconds)
+        stats = run.emulator.stats()
+    _check_no_errors(results, "saturation")
+    total = max(mtime(p) for p in results) - started
+    ideal = count * seconds / SERVER_LIMIT
+    label = f"total / ideal ({count} x {seconds:g} s / {SERVER_LIMIT})"
+    return [
+        Figure(
+            "saturation",
+            "saturation_ratio",
+            label,
+            total / ideal,
+            "",
+            Target("<=", 1.15),
+            f"total {total:.1f} s, ideal {ideal:.1f} s",
+        ),
+        Figure(
+            "saturation",
+            "saturation_max_concurrent",
+            "peak executions on the server",
+            max(stats["max_concurrent"].values()),
+            "",
+        ),
+        Figure("saturation", "saturation_rate_limited", "429 answers", stats["rate_limited"], ""),
+    ]
+
+
+def polls(ctx: Context) -> list[Figure]:
+    """Status GETs per document, and result file time minus the server's completion time."""
+    count, seconds = ctx.sizes.polls_docs, ctx.sizes.polls_execution_seconds
+    with running(ctx, "polls", seconds, ["batch"]) as run:
+        run.drop_batch("batch", count)
+        results = run.results("batch", count, ctx.sizes.stall_seconds + seconds)
+        stats = run.emulator.stats()
+    _check_no_errors(results, "polls")
+    gets, delays = [], []
+    for path in results:
+        execution_id = json.loads(path.read_text())["execution_id"]
+        gets.append(stats["gets_by_execution"].get(execution_id, 0))
+        delays.append(mtime(path) - stats["completed_at"][execution_id])
+    note = f"{count} docs, {seconds:g} s executions, max_in_flight {SERVER_LIMIT}"
+    return [
+        Figure(
+            "polls",
+            "polls_per_doc",
+            f"status polls per doc ({seconds:g} s executions)",
+            statistics.mean(gets),
+            "",
+            Target("<=", 4),
+            note,
+        ),
+        Figure("polls", "polls_per_doc_max", "status polls, most for one doc", max(gets), ""),
+        Figure(
+            "polls",
+            "completion_delay_p50_s",
+            "completion → result file, p50",
+            percentile(delays, 0.5),
+            "s",
+        ),
+        Figure(
+            "polls",
+            "completion_delay_p95_s",
+            "completion → result file, p95",
+            percentile(delays, 0.95),
+            "s",
+            Target("<", 1.0),
+        ),
+    ]
+
+
+# -- latency --------------------------------------------------------------------------------
+
+
+def latency(ctx: Context) -> list[Figure]:
+    """One document at a time: drop → result file, minus settle_seconds."""
+    count = ctx.sizes.latency_docs
+    rng = random.Random(20240601)
+    samples: list[float] = []
+    with running(ctx, "latency", 0.0, ["single"]) as run:
+        folder, output = run.layout.watch_dir / "single", run.layout.output_dir / "single"
+        for name, content in zip(doc_names(count), make_documents(count), strict=True):
+            time.sleep(rng.uniform(0.05, 0.3))  # do not line up with the daemon's own timers
+            dropped = drop(folder, [name], [content])
+            result = _wait_for_result(output / name, ctx.sizes.stall_seconds, run.daemon)
+            samples.append(mtime(result) - dropped - ctx.settle_seconds)
+    note = f"{count} docs one at a time, 0 s executions, settle_seconds = {ctx.settle_seconds}"
+    return [
+        Figure(
+            "latency",
+            "latency_p50_ms",
+            "drop → result - settle, p50",
+            1000 * percentile(samples, 0.5),
+            "ms",
+            Target("<", 150),
+            note,
+        ),
+        Figure(
+            "latency",
+            "latency_p95_ms",
+            "drop → result - settle, p95",
+            1000 * percentile(samples, 0.95),
+            "ms",
+            Target("<", 400),
+        ),
+    ]
+
+
+def _wait_for_result(source: Path, timeout: float, daemon: Daemon) -> Path:
+    """The result file of one document, as soon as it appears (an error file fails)."""
+    result = source.with_name(f"{source.name}.json")
+    failed = source.with_name(f"{source.name}.error.json")
+    wait_until(
+        lambda: result.exists() or failed.exists(),
+        timeout,
+        f"the result of {source.name}",
+        alive=daemon.proc,
+        step=0.002,
+    )
+    if failed.exists():
+        raise BenchError(f"{source.name} got an error file")
+    return result
+
+
+# -- memory and idle ------------------------------------------------------------------------
+
+
+def memory_and_idle(ctx: Context) -> list[Figure]:
+    """Peak RSS over batches of documents, then CPU while idle with them in the tree."""
+    sizes = ctx.sizes
+    folders = [f"batch-{index}" for index in range(sizes.memory_batches)]
+    peaks: list[int] = []
+    with running(ctx, "memory", 0.0, folders) as run:
+        for folder in folders:
+            run.drop_batch(folder, sizes.memory_batch_docs)
+            _check_no_errors(
+                run.results(folder, sizes.memory_batch_docs, sizes.stall_seconds), "memory"
+            )
+            peaks.append(run.daemon.status_kib("VmHWM"))
+        rss_end = run.daemon.status_kib("VmRSS")
+        idle_cpu = _idle_cpu(ctx, run.daemon)
+        ctx.processed = run.layout
+    first, total = sizes.memory_batch_docs, sizes.memory_batch_docs * sizes.memory_batches
+    growth = 100 * (peaks[-1] - peaks[0]) / peaks[0]
+    per_minute = 60 * idle_cpu / sizes.idle_seconds
+    peak_note = (
+        f"VmHWM after each batch of {first} (MiB): "
+        f"{', '.join(f'{p / 1024:.0f}' for p in peaks)}; VmRSS at the end "
+        f"{rss_end / 1024:.0f} MiB"
+    )
+    return [
+        Figure(
+            "memory",
+            "peak_rss_mb",
+            f"peak RSS (VmHWM), {total} docs",
+            peaks[-1] / 1024,
+            "MiB",
+            Target("<", 120),
+            peak_note,
+        ),
+        Figure(
+            "memory",
+            "peak_rss_at_first_batch_mb",
+            f"peak RSS after {first} docs",
+            peaks[0] / 1024,
+            "MiB",
+        ),
+        Figure(
+            "memory",
+            "rss_growth_pct",
+            f"peak RSS growth {first} → {total} docs",
+            growth,
+            "%",
+            Target("<=", 10),
+            "flat = grows at most 10 %",
+        ),
+        Figure(
+            "idle",
+            "idle_cpu_s_per_min",
+            f"idle CPU with {total + 1} docs in the tree",
+            per_minute,
+            "s/min",
+            Target("<", 0.3),
+            f"utime+stime over {sizes.idle_seconds:g} s, scaled to a minute",
+        ),
+    ]
+
+
+def _idle_cpu(ctx: Context, daemon: Daemon) -> float:
+    time.sleep(2.0)  # let the last loops go back to sleep
+    ctx.say(f"idle: measuring CPU of pid {daemon.pid} for {ctx.sizes.idle_seconds:g} s")
+    before = daemon.cpu_seconds()
+    time.sleep(ctx.sizes.idle_seconds)
+    return daemon.cpu_seconds() - before
+
+
+# -- restart --------------------------------------------------------------------------------
+
+
+def restart(ctx: Context) -> list[Figure]:
+    """Start with a big processed tree: to the `started` log line, and to a new doc's result."""
+    sizes = ctx.sizes
+    layout = ctx.processed or _seed(ctx)
+    built = time.monotonic()
+    added = grow(layout, sizes.restart_docs)
+    ctx.say(f"restart: {added} processed documents cloned in {time.monotonic() - built:.1f} s")
+    new_doc = "fresh/new-000000.pdf"
+    drop(layout.watch_dir / "fresh", [new_doc.split("/")[1]], make_documents(1))
+    emulator = start_emulator(ctx.procs, layout.home / "emulator-restart.log", 0.0, SERVER_LIMIT)
+    daemon = start_daemon(
+        ctx.procs, layout.with_url(emulator.deployment_url, "info"), "daemon-restart.log"
+    )
+    ctx.say(f"restart: daemon pid {daemon.pid} over {sizes.restart_docs} processed documents")
+    try:
+        results = wait_for_results(layout.output_dir / "fresh", 1, daemon, sizes.stall_seconds)
+        ready = mtime(results[0]) - daemon.started_at - layout.settle_seconds
+        started_line = daemon.event_time("started")
+        read_mib = daemon.io_bytes("rchar") / MIB
+        rss = daemon.status_kib("VmRSS") / 1024
+        posts = emulator.stats()["posts"]
+    finally:
+        ctx.finish_daemon("restart", daemon)
+        ctx.procs.stop(emulator.proc)
+    started = float("nan") if started_line is None else started_line - daemon.started_at
+    tree_mib = (sizes.restart_docs * 4096) / MIB
+    return [
+        Figure(
+            "restart",
+            "restart_ready_s",
+            "start → new doc's result - settle",
+            ready,
+            "s",
+            Target("<", 5),
+            f"the reported figure: {sizes.restart_docs} processed docs in tree and database; "
+            "the new doc was dropped before the start, so this includes the startup scan",
+        ),
+        Figure(
+            "restart",
+            "restart_started_log_s",
+            "start → `started` log line",
+            started,
+            "s",
+            Target("<", 5),
+            "logged before the startup scan runs",
+        ),
+        Figure(
+            "restart",
+            "restart_read_mib",
+            "bytes read by the daemon until ready",
+            read_mib,
+            "MiB",
+            note=f"the sources alone are {tree_mib:.0f} MiB: less means no re-hash",
+        ),
+        Figure(
+            "restart",
+            "restart_reuploads",
+            "documents uploaded again",
+            posts - 1,
+            "",
+            Target("==", 0),
+        ),
+        Figure("restart", "restart_rss_mb", "RSS when ready", rss, "MiB"),
+    ]
+
+
+def _seed(ctx: Context) -> Layout:
+    """Process a few documents for real with `run --once` (when `memory` did not run)."""
+    count = ctx.sizes.restart_seed_docs
+    home = ctx.home("restart")
+    emulator = start_emulator(ctx.procs, home / "emulator-seed.log", 0.0, SERVER_LIMIT)
+    layout = Layout(home, emulator.deployment_url, ctx.settle_seconds, SERVER_LIMIT)
+    layout.write_config()
+    for start in range(0, count, FOLDER_DOCS):
+        chunk = min(FOLDER_DOCS, count - start)
+        drop(
+            layout.watch_dir / f"seed-{start // FOLDER_DOCS:03d}",
+            doc_names(chunk, f"seed-{start:06d}"),
+            make_documents(chunk),
+        )
+    ctx.say(f"restart: processing {count} seed documents with run --once")
+    daemon = start_daemon(ctx.procs, layout, "daemon-seed.log", once=True)
+    try:
+        code = daemon.proc.wait(timeout=max(120.0, count * 0.5))
+    finally:
+        ctx.procs.stop(daemon.proc)
+        ctx.procs.stop(emulator.proc)
+    if code != 0:
+        raise BenchError(f"run --once over the seed documents exited {code}")
+    return layout

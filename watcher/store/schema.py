@@ -1,0 +1,118 @@
+"""The job table's schema, how rows become `Job`s, and the engine set-up per database.
+
+SQLite (default) runs in WAL mode with a busy timeout, and every transaction starts with
+`BEGIN IMMEDIATE` so a reader never has to upgrade its lock mid-transaction (the
+SQLITE_BUSY_SNAPSHOT trap, reliability-notes B8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from watcher.filters import as_text
+from watcher.jobs import Job, JobState
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pipeline", sa.String(64), nullable=False),
+    sa.Column("relative_path", sa.Text, nullable=False),  # valid UTF-8 (see _db_path)
+    sa.Column("relative_path_raw", sa.LargeBinary),  # the name's bytes, if not valid UTF-8
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Double, nullable=False),
+    sa.Column("execution_id", sa.String(64)),
+    sa.Column("poll_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_poll_at", sa.Double),
+    sa.Column("outcome", sa.String(16)),
+    sa.Column("result_body", sa.Text),
+    sa.Column("last_http_status", sa.Integer),
+    sa.Column("last_error", sa.Text, nullable=False, server_default=""),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_until", sa.Double),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("submitted_at", sa.Double),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double),
+    sa.UniqueConstraint("pipeline", "relative_path", "sha256", name="uq_jobs_document"),
+)
+sa.Index("ix_jobs_state_due", jobs.c.state, jobs.c.next_attempt_at)
+sa.Index("ix_jobs_poll_due", jobs.c.state, jobs.c.next_poll_at)
+sa.Index("ix_jobs_path", jobs.c.pipeline, jobs.c.relative_path)
+
+# Terminal answers kept by execution id, written even when the job's row was taken over by
+# another instance meanwhile: a result that the API hands out once is never thrown away.
+results = sa.Table(
+    "results",
+    metadata,
+    sa.Column("execution_id", sa.String(200), primary_key=True),
+    sa.Column("job_id", sa.Integer, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text, nullable=False, server_default=""),
+    sa.Column("body", sa.Text),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+
+
+def to_job(row: sa.Row[Any]) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"], pipeline=m["pipeline"],
+        relative_path=fs_path(m["relative_path"], m["relative_path_raw"]),
+        sha256=m["sha256"], size=m["size"], mtime_ns=m["mtime_ns"], state=JobState(m["state"]),
+        attempts=m["attempts"], execution_id=m["execution_id"], poll_count=m["poll_count"],
+        outcome=m["outcome"],
+        result_body=json.loads(m["result_body"]) if m["result_body"] else None,
+        last_http_status=m["last_http_status"], last_error=m["last_error"],
+        lease_owner=m["lease_owner"], created_at=m["created_at"],
+        submitted_at=m["submitted_at"], updated_at=m["updated_at"],
+    )  # fmt: skip
+
+
+def db_path(relative_path: str) -> tuple[str, bytes | None]:
+    """A path as the database keeps it: valid UTF-8 text, plus the raw bytes if it was not.
+
+    File names are bytes on Linux; a name that is not UTF-8 reaches us with surrogate escapes,
+    which neither SQLite nor PostgreSQL text can hold.
+    """
+    text = as_text(relative_path)
+    return text, (os.fsencode(relative_path) if text != relative_path else None)
+
+
+def fs_path(text: str, raw: bytes | None) -> str:
+    return raw.decode("utf-8", errors="surrogateescape") if raw is not None else text
+
+
+def create_engine(url: str, busy_timeout_seconds: float) -> Engine:
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from pysqlite so BEGIN IMMEDIATE is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds * 1000)}")
+        # FULL: a result that the API hands out once must survive a power cut once committed.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
