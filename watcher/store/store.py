@@ -277,8 +277,9 @@ class Store:
     def claim_stored_results(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
         """Take jobs whose outcome is stored, to write their files (one instance per job)."""
         free = (
-            (jobs.c.lease_owner.is_(None))
-            | (jobs.c.lease_until.is_(None))
+            jobs.c.lease_owner.is_(None)
+            | (jobs.c.lease_owner == owner)  # ours, e.g. a write that failed on a full disk
+            | jobs.c.lease_until.is_(None)
             | (jobs.c.lease_until < self._now)
         )
         ready = (
