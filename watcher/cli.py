@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from watcher import commands
 from watcher import config as config_module
 from watcher.config import ConfigError, Settings
 from watcher.daemon import Daemon
@@ -24,6 +25,7 @@ from watcher.store import Store, StoreError
 
 EXIT_OK = 0
 EXIT_DOCUMENTS_FAILED = 1  # run --once: at least one document ended with an error file
+EXIT_NOT_FOUND = 1  # jobs show / retry: no such job
 EXIT_CONFIG = 2  # the config (or the command line) is wrong
 EXIT_UNAVAILABLE = 69  # the database cannot be reached
 EXIT_SOFTWARE = 70  # a daemon loop crashed (systemd restarts us)
@@ -148,6 +150,62 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _operator_store(args: argparse.Namespace) -> Store:
+    settings = config_module.load(_config_path(args))
+    return _open_store(settings)
+
+
+def _filters(args: argparse.Namespace) -> dict[str, object]:
+    try:
+        since = commands.parse_since(args.since)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return {"state": getattr(args, "state", None), "pipeline": args.pipeline, "since": since,
+            "limit": getattr(args, "limit", None)}  # fmt: skip
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = _operator_store(args)
+    print(commands.status(store, args.json))
+    store.close()
+    return EXIT_OK
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    store = _operator_store(args)
+    print(commands.jobs_list(store, _filters(args), args.json))
+    store.close()
+    return EXIT_OK
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    store = _operator_store(args)
+    shown = commands.jobs_show(store, args.id, args.json)
+    store.close()
+    if shown is None:
+        print(f"unstract-watcher: no job {args.id}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    print(shown)
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if (args.id is None) == (args.pipeline is None):
+        raise ConfigError("retry: give a job id, or --pipeline NAME to retry all its failed jobs")
+    store = _operator_store(args)
+    count = commands.retry(store, args.id, args.pipeline)
+    store.close()
+    print(f"{count} job(s) queued again")
+    return EXIT_OK if count else EXIT_NOT_FOUND
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    store = _operator_store(args)
+    sys.stdout.write(commands.report(store, _filters(args), args.format))
+    store.close()
+    return EXIT_OK
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     from watcher.emulator import (
         DEMO_API,
@@ -220,6 +278,41 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--status-generation", choices=["current", "legacy"], default="current",
                           help="which LLMWhisperer status vocabulary to speak")  # fmt: skip
     emulator.set_defaults(func=cmd_emulator)
+
+    status = sub.add_parser("status", help="per pipeline: jobs by state, in flight, paused")
+    status.add_argument("--config", help=config_help)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    jobs = sub.add_parser("jobs", help="look at jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    listing = jobs_sub.add_parser("list", help="jobs, newest first")
+    listing.add_argument("--config", help=config_help)
+    listing.add_argument("--state", help="queued, submitting, submitted, fetching, "
+                         "result_stored, done, failed, skipped or held")  # fmt: skip
+    listing.add_argument("--pipeline")
+    listing.add_argument("--since", help="created within 30m / 2h / 7d, or since an ISO date")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=cmd_jobs_list)
+    show = jobs_sub.add_parser("show", help="one job, with the stored API answer (--json)")
+    show.add_argument("id", type=int)
+    show.add_argument("--config", help=config_help)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_jobs_show)
+
+    retry = sub.add_parser("retry", help="queue a failed, skipped or held job again")
+    retry.add_argument("id", type=int, nargs="?", help="the job id (see jobs list)")
+    retry.add_argument("--pipeline", help="instead of an id: every failed job of a pipeline")
+    retry.add_argument("--config", help=config_help)
+    retry.set_defaults(func=cmd_retry)
+
+    report = sub.add_parser("report", help="CSV or JSON of documents: status, times, costs")
+    report.add_argument("--config", help=config_help)
+    report.add_argument("--format", choices=["csv", "json"], default="csv")
+    report.add_argument("--pipeline")
+    report.add_argument("--since", help="created within 30m / 2h / 7d, or since an ISO date")
+    report.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="try it: sample documents, the emulator and SQLite")
     demo.add_argument("--dir", default="unstract-watcher-demo", help="where the demo works")

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from watcher.config import Settings
@@ -26,6 +27,7 @@ from watcher.output import remove_stale_temps
 from watcher.reconcile import Reconciler, report_released
 from watcher.runtime import Pipeline, build_pipeline
 from watcher.store import Store
+from watcher.store.operator import record_pause
 from watcher.submit import Uploader
 from watcher.watch import FolderWatcher, start_observer
 
@@ -87,6 +89,8 @@ class Daemon:
         # With SQLite we are the only writer, so every temp file of ours is a crash's leftover.
         temp_age = 0.0 if self.store.is_sqlite else STALE_TEMP_SECONDS
         for name, pipeline in self.pipelines.items():
+            record_pause(self.store, name, "")
+            pipeline.on_pause_change = partial(record_pause, self.store)
             for folder in {pipeline.placement.watch_dir, pipeline.placement.output_dir}:
                 if folder is not None and folder.exists():
                     remove_stale_temps(folder, temp_age, now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class Pipeline:
     paused_until: float = 0.0
     paused_reason: str = ""
     allowed_in_flight: float = 0.0  # lowered by 429s, grows back with accepted uploads
+    on_pause_change: Callable[[str, str], None] | None = None  # (name, reason or "")
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -67,15 +69,21 @@ class Pipeline:
                     pipeline=self.name,
                     reason=reason,
                 )
+            changed = reason != self.paused_reason
             self.paused_reason = reason
             self.paused_until = time.monotonic() + seconds
+        if changed and self.on_pause_change is not None:
+            self.on_pause_change(self.name, reason)
 
     def resume(self) -> None:
         with self._lock:
-            if self.paused_reason:
-                log.info("pipeline resumed", pipeline=self.name)
+            was_paused = bool(self.paused_reason)
             self.paused_reason = ""
             self.paused_until = 0.0
+        if was_paused:
+            log.info("pipeline resumed", pipeline=self.name)
+            if self.on_pause_change is not None:
+                self.on_pause_change(self.name, "")
 
 
 def build_backend(api: UnstractApiConfig | LLMWhispererApiConfig) -> Backend:

@@ -51,6 +51,15 @@ sa.Index("ix_jobs_state_due", jobs.c.state, jobs.c.next_attempt_at)
 sa.Index("ix_jobs_poll_due", jobs.c.state, jobs.c.next_poll_at)
 sa.Index("ix_jobs_path", jobs.c.pipeline, jobs.c.relative_path)
 
+# What `unstract-watcher status` shows of a pipeline that the daemon keeps in memory.
+pipeline_state = sa.Table(
+    "pipeline_state",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("paused_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
 # Terminal answers kept by execution id, written even when the job's row was taken over by
 # another instance meanwhile: a result that the API hands out once is never thrown away.
 results = sa.Table(

@@ -369,20 +369,6 @@ class Store:
         with self._tx() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def counts_by_state(self) -> dict[tuple[str, str], int]:
-        query = sa.select(jobs.c.pipeline, jobs.c.state, sa.func.count()).group_by(
-            jobs.c.pipeline, jobs.c.state
-        )
-        with self._tx() as conn:
-            return {(row[0], row[1]): int(row[2]) for row in conn.execute(query).all()}
-
-    def list_jobs(self, pipeline: str | None = None) -> list[Job]:
-        query = sa.select(jobs).order_by(jobs.c.id)
-        if pipeline is not None:
-            query = query.where(jobs.c.pipeline == pipeline)
-        with self._tx() as conn:
-            return [to_job(row) for row in conn.execute(query).all()]
-
     # -- helpers -------------------------------------------------------------------------------
 
     def _decision_values(self, decision: Decision, http_status: int | None) -> dict[str, Any]:
