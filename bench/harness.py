@@ -170,6 +170,9 @@ def start_emulator(
 # -- the daemon -----------------------------------------------------------------------------
 
 
+Override = tuple[str, str, Any]  # (table: daemon | pipeline | api, key, value)
+
+
 @dataclass(frozen=True)
 class Layout:
     """One daemon's world: its folders, database and config, under one scenario folder."""
@@ -179,6 +182,7 @@ class Layout:
     settle_seconds: float
     max_in_flight: int = 20
     log_level: str = "warning"
+    overrides: tuple[Override, ...] = ()  # --set: config keys changed for a what-if run
 
     @property
     def watch_dir(self) -> Path:
@@ -199,32 +203,42 @@ class Layout:
     def with_url(self, url: str, log_level: str | None = None) -> Layout:
         return replace(self, url=url, log_level=log_level or self.log_level)
 
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """The config's keys (documented in config.example.toml); the rest keep defaults."""
+        tables: dict[str, dict[str, Any]] = {
+            "daemon": {"log_level": self.log_level, "log_format": "json"},
+            "pipeline": {
+                "name": "bench",
+                "watch_dir": str(self.watch_dir),
+                "output_dir": str(self.output_dir),
+                "settle_seconds": self.settle_seconds,
+            },
+            "api": {
+                "url": self.url,
+                "api_key_env": KEY_ENV,
+                "tags": ["bench"],
+                "max_in_flight": self.max_in_flight,
+            },
+        }
+        for table, key, value in self.overrides:
+            tables[table][key] = value
+        return tables
+
     def write_config(self) -> Path:
-        """A config with the documented keys; everything not named keeps its default."""
         self.watch_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        text = f"""\
-[database]
-url = {json.dumps(f"sqlite:///{self.db_path}")}
-
-[daemon]
-log_level = {json.dumps(self.log_level)}
-log_format = "json"
-
-[[pipelines]]
-name = "bench"
-watch_dir = {json.dumps(str(self.watch_dir))}
-output_dir = {json.dumps(str(self.output_dir))}
-settle_seconds = {self.settle_seconds}
-
-[pipelines.api]
-url = {json.dumps(self.url)}
-api_key_env = {json.dumps(KEY_ENV)}
-tags = ["bench"]
-max_in_flight = {self.max_in_flight}
-"""
-        self.config_path.write_text(text)
+        tables = self.tables()
+        lines = ["[database]", f"url = {json.dumps(f'sqlite:///{self.db_path}')}", "[daemon]"]
+        lines += _toml_pairs(tables["daemon"]) + ["[[pipelines]]"]
+        lines += _toml_pairs(tables["pipeline"]) + ["[pipelines.api]"]
+        lines += _toml_pairs(tables["api"])
+        self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
+
+
+def _toml_pairs(table: dict[str, Any]) -> list[str]:
+    """key = value lines; JSON spells strings, numbers, booleans and lists as TOML does."""
+    return [f"{key} = {json.dumps(value)}" for key, value in table.items()]
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,8 +75,10 @@ class Context:
     problems: list[str] = field(default_factory=list)
 
     def home(self, scenario: str) -> Path:
+        """A fresh folder for one scenario (what an earlier run left there is removed)."""
         folder = self.workdir / scenario
-        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
         return folder
 
     def say(self, text: str) -> None:

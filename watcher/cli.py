@@ -57,14 +57,25 @@ def _open_store(settings: Settings) -> Store:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args)
     store = _open_store(settings)
+    path = _config_path(args)
     try:
-        return run_daemon(settings, store, once=args.once)
+        return run_daemon(settings, store, once=args.once,
+                          load_settings=lambda: config_module.load(path))  # fmt: skip
     finally:
         store.close()
 
 
-def run_daemon(settings: Settings, store: Store, once: bool) -> int:
+def run_daemon(
+    settings: Settings,
+    store: Store,
+    once: bool,
+    load_settings: Callable[[], Settings] | None = None,
+) -> int:
     daemon = Daemon(settings, store)
+
+    def on_reload(_signum: int, _frame: FrameType | None) -> None:
+        log.info("reload requested", signal="SIGHUP")
+        daemon.reload_requested.set()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stop requested", signal=signal.Signals(signum).name)
@@ -72,14 +83,14 @@ def run_daemon(settings: Settings, store: Store, once: bool) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_reload)
     daemon.start(watch_events=not once)
     if once:
         _drain_with_progress(daemon)
         paused = daemon.paused_pipelines()
         daemon.stop()
     else:
-        while not daemon.stop_event.wait(1.0):
-            pass
+        daemon.serve(load_settings or (lambda: settings))
     daemon.join()
     if daemon.failure is not None:
         return EXIT_SOFTWARE

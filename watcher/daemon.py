@@ -14,12 +14,13 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from watcher.config import Settings
+from watcher.config import ConfigError, Settings
 from watcher.filters import as_text
 from watcher.finish import Finisher
 from watcher.logs import get_logger
@@ -27,12 +28,14 @@ from watcher.output import remove_stale_temps
 from watcher.reconcile import Reconciler, report_released
 from watcher.runtime import Pipeline, build_pipeline
 from watcher.store import Store
-from watcher.store.operator import record_pause
+from watcher.store.operator import record_pause, summaries
 from watcher.submit import Uploader
+from watcher.systemd import notify, watchdog_interval
 from watcher.watch import FolderWatcher, start_observer
 
 log = get_logger()
 STALE_TEMP_SECONDS = 300.0
+STATUS_SECONDS = 10.0
 LEASE_MARGIN_SECONDS = 10.0
 DISCOVERY_MAX_WAIT_SECONDS = 1.0
 
@@ -61,7 +64,12 @@ class Daemon:
         self.submitted = threading.Event()  # an execution id was recorded
         self.finished = threading.Event()  # an outcome was stored
         self.discovery_wake = threading.Event()
+        self._factory = pipeline_factory
         self.pipelines = {p.name: pipeline_factory(p) for p in settings.pipelines}
+        self.reload_requested = threading.Event()
+        self._loops: list[Any] = []  # loop objects with a last_beat, for the watchdog
+        self._discovery_beat = time.monotonic()
+        self._retired: list[Pipeline] = []  # replaced by a reload; closed at the end
         self.watchers: dict[str, FolderWatcher] = {}
         self.observers: list[Any] = []
         self.finisher = Finisher(store, self.pipelines, self.owner, self.stop_event, self.finished)
@@ -90,7 +98,7 @@ class Daemon:
         temp_age = 0.0 if self.store.is_sqlite else STALE_TEMP_SECONDS
         for name, pipeline in self.pipelines.items():
             record_pause(self.store, name, "")
-            pipeline.on_pause_change = partial(record_pause, self.store)
+            pipeline.on_pause_change = partial(record_pause, self.store, name)
             for folder in {pipeline.placement.watch_dir, pipeline.placement.output_dir}:
                 if folder is not None and folder.exists():
                     remove_stale_temps(folder, temp_age, now)
@@ -104,11 +112,14 @@ class Daemon:
                 self.work, self.submitted, self.finished,
             )  # fmt: skip
             self._uploaders.append(self._spawn(f"upload-{index}", uploader.run))
+            self._loops.append(uploader)
         reconciler = Reconciler(self.store, self.pipelines, self.owner, self.stop_event,
                                 self.submitted, self.finished, self.work)  # fmt: skip
         reconciler.hold = self.hold_pipelines()
         self._spawn("reconcile", reconciler.run)
         self._spawn("finish", self.finisher.run)
+        self._loops += [reconciler, self.finisher]
+        self._reconciler = reconciler
         log.info("started", pipelines=list(self.pipelines), instance=self.owner)
 
     def hold_pipelines(self) -> list[str]:
@@ -134,7 +145,7 @@ class Daemon:
         cut_off = [t.name for t in self._uploaders if t.is_alive()]
         if cut_off:
             log.warning("uploads still running at the drain limit; they resume on next start")
-        for pipeline in self.pipelines.values():
+        for pipeline in [*self.pipelines.values(), *self._retired]:
             pipeline.backend.close()
         log.info("stopped")
 
@@ -179,15 +190,15 @@ class Daemon:
             self.stop()
 
     def _discover(self) -> None:
-        rescan_at = {name: 0.0 for name in self.watchers}
+        rescan_at: dict[str, float] = {}
         while not self.stop_event.is_set():
             self.discovery_wake.clear()
             self._discovering.set()
-            now = time.monotonic()
-            for name, watcher in self.watchers.items():
-                if now >= rescan_at[name]:
+            now = self._discovery_beat = time.monotonic()
+            for name, watcher in list(self.watchers.items()):
+                if now >= rescan_at.get(name, 0.0):
                     watcher.scan(now)
-                    rescan_at[name] = now + self.pipelines[name].config.rescan_seconds
+                    rescan_at[name] = now + watcher.rescan_seconds
                 watcher.step(now)
             self._initial_scan_done.set()
             self._discovering.clear()
@@ -196,6 +207,7 @@ class Daemon:
     def _discovery_wait(self, rescan_at: dict[str, float]) -> float:
         checks = [w.next_check() for w in self.watchers.values()]
         moments = [c for c in checks if c is not None] + list(rescan_at.values())
+        moments.append(time.monotonic() + DISCOVERY_MAX_WAIT_SECONDS)
         wait = min(moments, default=time.monotonic() + 1) - time.monotonic()
         return min(DISCOVERY_MAX_WAIT_SECONDS, max(0.01, wait))
 
@@ -215,7 +227,7 @@ class Daemon:
                 log.info("queued", pipeline=config.name, path=as_text(relative), job_id=job_id)
                 self.work.set()
 
-        return FolderWatcher(
+        watcher = FolderWatcher(
             config.name,
             pipeline.placement.watch_dir,
             recursive=config.recursive,
@@ -225,9 +237,11 @@ class Daemon:
             enqueue=enqueue,
             wake=self.discovery_wake,
         )
+        watcher.rescan_seconds = config.rescan_seconds
+        return watcher
 
     def _start_observers(self) -> None:
-        for name, watcher in self.watchers.items():
+        for name, watcher in list(self.watchers.items()):
             config = self.pipelines[name].config
             polling = config.observer == "polling"
             try:
@@ -242,3 +256,78 @@ class Daemon:
                 )
                 observer = start_observer(watcher, True, config.polling_interval_seconds)
             self.observers.append(observer)
+
+    # -- serving: systemd, watchdog, reload ----------------------------------------------------
+
+    def serve(self, load_settings: Callable[[], Settings]) -> None:
+        """The main loop until stopped: READY, STATUS and WATCHDOG pings while every loop goes
+        round, and a reload when SIGHUP asked for one."""
+        notify("READY=1", f"STATUS={self.status_line()}")
+        interval = min(1.0, watchdog_interval() or 1.0)
+        next_status = time.monotonic() + STATUS_SECONDS
+        while not self.stop_event.wait(interval):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload(load_settings)
+            hung = self.hung_loops()
+            if hung:  # no ping: systemd's watchdog restarts a hung daemon
+                log.error("daemon loops are stuck; withholding the watchdog ping", loops=hung)
+            else:
+                notify("WATCHDOG=1")
+            if time.monotonic() >= next_status:
+                notify(f"STATUS={self.status_line()}")
+                next_status = time.monotonic() + STATUS_SECONDS
+        notify("STOPPING=1")
+
+    def hung_loops(self) -> list[str]:
+        """Loops that died or have not gone round for longer than any HTTP call may take."""
+        limit = time.monotonic() - self.store.lease_seconds
+        hung = [t.name for t in self._threads if not t.is_alive()]
+        hung += [f"observer of {o.name}" for o in self.observers if not o.is_alive()]
+        hung += [type(loop).__name__ for loop in self._loops if loop.last_beat < limit]
+        if self._discovery_beat < limit:
+            hung.append("discovery")
+        return hung
+
+    def status_line(self) -> str:
+        totals: Counter[str] = Counter()
+        for summary in summaries(self.store):
+            totals.update(summary.counts)
+            totals["in flight"] += summary.in_flight
+        paused = ", ".join(self.paused_pipelines())
+        figures = ", ".join(f"{totals[k]} {k}" for k in ("queued", "in flight", "done", "failed"))
+        return figures + (f"; paused: {paused}" if paused else "")
+
+    def reload(self, load_settings: Callable[[], Settings]) -> bool:
+        """Re-read the config; pipelines are rebuilt (keys re-read, pauses lifted) without
+        touching queued or in-flight jobs. A config that does not load changes nothing."""
+        notify(
+            "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
+        try:
+            settings = load_settings()
+            fresh = {p.name: self._factory(p) for p in settings.pipelines}
+        except ConfigError as exc:
+            log.error("reload refused; the running config stays", error=str(exc))
+            notify("READY=1")
+            return False
+        for observer in self.observers:
+            observer.stop()
+        old = dict(self.pipelines)
+        self._retired += old.values()
+        self.pipelines.update(fresh)
+        for name in set(old) - set(fresh):
+            del self.pipelines[name]
+        self.settings = settings
+        self.watchers = {name: self._make_watcher(p) for name, p in fresh.items()}
+        self.observers = []
+        self._start_observers()
+        for name, pipeline in fresh.items():
+            pipeline.on_pause_change = partial(record_pause, self.store, name)
+            record_pause(self.store, name, "")
+            self.store.make_queued_due(name)
+        self._reconciler.hold = self.hold_pipelines()
+        self.work.set()
+        log.info("config reloaded", pipelines=sorted(fresh), removed=sorted(set(old) - set(fresh)))
+        notify("READY=1", f"STATUS={self.status_line()}")
+        return True

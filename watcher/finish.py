@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 from watcher.crashpoints import crash_point
@@ -34,10 +35,12 @@ class Finisher:
         self.stop = stop
         self.finished = finished
         self.outcomes: Counter[str] = Counter()  # this process's finished jobs, by outcome
+        self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.finished.clear()
+            self.last_beat = time.monotonic()
             written, troubled = self.finish_stored()
             if troubled:
                 self.stop.wait(DISK_TROUBLE_WAIT_SECONDS)
@@ -51,7 +54,10 @@ class Finisher:
             try:
                 bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path,
                          execution_id=job.execution_id)  # fmt: skip
-                if self.finish(job, self.pipelines[job.pipeline]):
+                pipeline = self.pipelines.get(job.pipeline)
+                if pipeline is None:  # removed by a reload; its jobs wait for it
+                    continue
+                if self.finish(job, pipeline):
                     written += 1
                 else:
                     troubled += 1

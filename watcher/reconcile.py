@@ -48,6 +48,7 @@ class Reconciler:
         self.owner = owner
         self.stop = stop
         self._next_sweep = 0.0
+        self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
         self.hold: list[str] = []  # pipelines whose interrupted uploads are held
         self.submitted = submitted
         self.work = work
@@ -57,6 +58,7 @@ class Reconciler:
     def run(self) -> None:
         while not self.stop.is_set():
             self.submitted.clear()
+            self.last_beat = time.monotonic()
             self.sweep()
             if not self.poll_due():
                 self.submitted.wait(self._idle_wait())
@@ -72,7 +74,8 @@ class Reconciler:
             self.work.set()
 
     def _idle_wait(self) -> float:
-        smallest = min((p.policy.poll_initial_seconds for p in self.pipelines.values()), default=1)
+        pipelines = list(self.pipelines.values())
+        smallest = min((p.policy.poll_initial_seconds for p in pipelines), default=1)
         return min(IDLE_WAIT_SECONDS, smallest / 2)
 
     def poll_due(self) -> int:
@@ -91,7 +94,9 @@ class Reconciler:
                     path=job.display_path,
                     execution_id=job.execution_id,
                 )
-                self.poll(job, self.pipelines[job.pipeline], now)
+                pipeline = self.pipelines.get(job.pipeline)
+                if pipeline is not None:  # None: removed by a reload; its jobs wait for it
+                    self.poll(job, pipeline, now)
             finally:
                 unbind_job()
         return len(due)

@@ -29,7 +29,7 @@ class Pipeline:
     paused_until: float = 0.0
     paused_reason: str = ""
     allowed_in_flight: float = 0.0  # lowered by 429s, grows back with accepted uploads
-    on_pause_change: Callable[[str, str], None] | None = None  # (name, reason or "")
+    on_pause_change: Callable[[str], None] | None = None  # called with the reason, or ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -73,7 +73,7 @@ class Pipeline:
             self.paused_reason = reason
             self.paused_until = time.monotonic() + seconds
         if changed and self.on_pause_change is not None:
-            self.on_pause_change(self.name, reason)
+            self.on_pause_change(reason)
 
     def resume(self) -> None:
         with self._lock:
@@ -83,7 +83,7 @@ class Pipeline:
         if was_paused:
             log.info("pipeline resumed", pipeline=self.name)
             if self.on_pause_change is not None:
-                self.on_pause_change(self.name, "")
+                self.on_pause_change("")
 
 
 def build_backend(api: UnstractApiConfig | LLMWhispererApiConfig) -> Backend:

@@ -6,6 +6,7 @@ import hashlib
 import mimetypes
 import random
 import threading
+import time
 
 from watcher.backend import SubmitKind, SubmitOutcome, Upload
 from watcher.crashpoints import crash_point
@@ -39,23 +40,32 @@ class Uploader:
         self.submitted = submitted
         self.finished = finished
         self.rng = random.Random()
+        self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.work.clear()
+            self.last_beat = time.monotonic()
             job = self.store.claim_for_upload(self.owner, self._limits())
             if job is None:
                 self.work.wait(IDLE_WAIT_SECONDS)
                 continue
+            pipeline = self.pipelines.get(job.pipeline)
+            if pipeline is None:  # removed by a reload since the claim: put the job back
+                self.store.record_submit(job, Decision(JobState.QUEUED, refund_attempt=True), None)
+                continue
             try:
                 bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path)
-                self.upload(job, self.pipelines[job.pipeline])
+                self.upload(job, pipeline)
             finally:
                 unbind_job()
 
     def _limits(self) -> dict[str, int]:
         return {
-            name: p.in_flight_limit() for name, p in self.pipelines.items() if not p.is_paused()
+            # list(): a reload may swap pipelines while we look (the copy is atomic in CPython)
+            name: p.in_flight_limit()
+            for name, p in list(self.pipelines.items())
+            if not p.is_paused()
         }
 
     def upload(self, job: Job, pipeline: Pipeline) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ from watcher.store import KnownFile
 
 log = get_logger()
 HASH_CHUNK = 1024 * 1024
+# watchdog's inotify backend warns when a watch for a just-created subfolder is registered
+# twice in a race (new folder events vs. its recursive walk); the watch works either way.
+warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class FolderWatcher:
         self._wake = wake
         self._hints: set[str] = set()
         self._hints_lock = threading.Lock()
+        self.rescan_seconds = 300.0
         self.log = log.bind(pipeline=name)
 
     # -- events (watchdog's thread) -------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""Running as a service, without systemd itself: the unit file, notifications over a real
+NOTIFY_SOCKET datagram socket, the watchdog, SIGHUP reloads and SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import api_key, deployment_url, results_under, wait_for, write_config
+from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+
+UNIT = Path(__file__).parent.parent / "deploy" / "systemd" / "unstract-watcher.service"
+
+
+@pytest.fixture
+def emulator() -> UnstractEmulator:
+    return demo_emulator(execution_seconds=0.1)
+
+
+@pytest.fixture
+def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
+    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
+        yield started
+
+
+def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is needed (Debian package systemd)"
+    unit = tmp_path / "unstract-watcher.service"
+    executable = Path(sys.executable).parent / "unstract-watcher"
+    unit.write_text(UNIT.read_text().replace(
+        "/opt/unstract-watcher/.venv/bin/unstract-watcher", str(executable)))  # fmt: skip
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = UNIT.read_text()
+    for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "LoadCredential=",
+                      "StateDirectory=", "ConfigurationDirectory=", "ProtectSystem=strict",
+                      "ReadWritePaths=", "NoNewPrivileges=yes", "PrivateTmp=yes", "User="):  # fmt: skip
+        assert directive in text
+
+
+class Notifications:
+    """The systemd side of sd_notify: a datagram socket that collects what the daemon says."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.seen: list[str] = []
+
+    def collect(self) -> list[str]:
+        while True:
+            try:
+                self.seen.extend(self.sock.recv(4096).decode().splitlines())
+            except TimeoutError:
+                return self.seen
+
+    def wait_for(self, prefix: str, after: int = 0, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [line for line in self.collect()[after:] if line.startswith(prefix)]
+            if found:
+                return found[0]
+        raise AssertionError(f"no {prefix} from the daemon; saw {self.seen[-10:]}")
+
+
+def test_notifications_watchdog_reload_and_stop(
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+) -> None:
+    key_file = tmp_path / "unstract.key"
+    key_file.write_text("00000000-0000-4000-8000-000000000000")  # wrong: the pipeline pauses
+    key_file.chmod(0o600)
+    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+                          api={"api_key_env": "", "api_key_file": str(key_file)})  # fmt: skip
+    (tmp_path / "drop" / "a.txt").write_bytes(b"waits for a good key")
+    notes = Notifications(tmp_path / "notify.sock")
+    env = {**os.environ, "NOTIFY_SOCKET": str(notes.path), "WATCHDOG_USEC": "1000000"}
+    process = subprocess.Popen([sys.executable, "-m", "watcher.cli", "run", "--config", str(config)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        notes.wait_for("READY=1")
+        notes.wait_for("WATCHDOG=1")  # pinged while every loop goes round
+        assert notes.wait_for("STATUS=").startswith("STATUS=")
+        wait_for(lambda: "paused" in " ".join(notes.collect()), timeout=30, what="paused status")
+
+        mark = len(notes.collect())
+        config.write_text(config.read_text().replace("settle_seconds", "settle_secs"))
+        process.send_signal(signal.SIGHUP)  # a broken config is refused, the old one stays
+        notes.wait_for("RELOADING=1", after=mark)
+        notes.wait_for("READY=1", after=mark)
+        config.write_text(config.read_text().replace("settle_secs", "settle_seconds"))
+
+        key_file.write_text(api_key())  # the operator fixes the key, then reloads
+        mark = len(notes.collect())
+        process.send_signal(signal.SIGHUP)
+        notes.wait_for("READY=1", after=mark)
+        wait_for(lambda: "a.txt.json" in results_under(tmp_path / "drop"), what="the document")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    notes.wait_for("STOPPING=1")
+    notes.sock.close()
+    assert "reload refused" in stderr and "settle_secs" in stderr
+    assert "config reloaded" in stderr
+    assert api_key() not in stderr
+
+
+def test_a_reload_adds_and_removes_pipelines_without_losing_jobs(
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness import KEY_ENV, running_daemon
+    from watcher import config as config_module
+
+    monkeypatch.setenv(KEY_ENV, api_key())
+    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "b.txt").write_bytes(b"second pipeline")
+    with running_daemon(config) as daemon:
+        (tmp_path / "drop" / "a.txt").write_bytes(b"first pipeline")
+        wait_for(lambda: daemon.progress().finished == 1, what="the first pipeline's document")
+        text = config.read_text()
+        extra = text[text.index("[[pipelines]]"):].replace('name = "docs"', 'name = "second"')
+        config.write_text(text + "\n" + extra.replace(str(tmp_path / "drop"), str(second)))
+        assert daemon.reload(lambda: config_module.load(config))
+        wait_for(lambda: daemon.progress().finished == 2, what="the added pipeline's document")
+        assert sorted(daemon.pipelines) == ["docs", "second"]
+    assert "b.txt.json" in results_under(second)
