@@ -228,10 +228,16 @@ class Layout:
         self.watch_dir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         tables = self.tables()
-        lines = ["[database]", f"url = {json.dumps(f'sqlite:///{self.db_path}')}", "[daemon]"]
-        lines += _toml_pairs(tables["daemon"]) + ["[[pipelines]]"]
-        lines += _toml_pairs(tables["pipeline"]) + ["[pipelines.api]"]
-        lines += _toml_pairs(tables["api"])
+        lines = [
+            "[database]",
+            f"url = {json.dumps(f'sqlite:///{self.db_path}')}",
+            "[daemon]",
+            *_toml_pairs(tables["daemon"]),
+            "[[pipelines]]",
+            *_toml_pairs(tables["pipeline"]),
+            "[pipelines.api]",
+            *_toml_pairs(tables["api"]),
+        ]
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
 

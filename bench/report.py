@@ -51,6 +51,7 @@ class Figure:
 @dataclass
 class Report:
     smoke: bool
+    settings: dict[str, object] = field(default_factory=dict)  # non-standard settings (--set)
     figures: list[Figure] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # scenario -> why it did not finish
     problems: list[str] = field(default_factory=list)  # daemon warnings, exit codes, ...
@@ -67,6 +68,7 @@ class Report:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "seconds": round(self.seconds, 1),
+            "settings": self.settings,
             "figures": {f.key: _rounded(f.value) for f in self.figures},
             "verdicts": {f.key: f.verdict(judged) for f in self.figures if f.target},
             "errors": self.errors,
@@ -93,6 +95,8 @@ class Report:
             lines.append(f"  ! {scenario} did not finish: {error}")
         for problem in self.problems:
             lines.append(f"  ! {problem}")
+        if self.settings:
+            lines.append(f"  (what-if run, non-standard settings: {self.settings})")
         if self.smoke:
             lines.append("  (smoke run: tiny sizes, timings are not judged)")
         return "\n".join(lines)

@@ -18,15 +18,17 @@ import signal
 import sys
 import tempfile
 import time
+import tomllib
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from harness import Processes
+from harness import Override, Processes
 from report import Figure, Report
 from scenarios import (
     FULL,
+    SERVER_LIMIT,
     SMOKE,
     Context,
     emulator_alone,
@@ -64,12 +66,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fail-on-miss", action="store_true", help="exit 1 when a figure misses its target"
     )
     parser.add_argument(
+        "--org-limit",
+        type=int,
+        default=SERVER_LIMIT,
+        help="the emulator's concurrent executions per organisation",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        type=override,
+        help="what-if: change a config key (TABLE: daemon, pipeline or api; VALUE in TOML), "
+        "e.g. --set api.poll_initial_seconds=0.05",
+    )
+    parser.add_argument(
         "--settle-seconds",
         type=float,
         default=SETTLE_SECONDS,
         help="the daemon's settle_seconds in every scenario",
     )
     return parser.parse_args(argv)
+
+
+def override(text: str) -> Override:
+    """TABLE.KEY=VALUE from the command line; VALUE is TOML (a bare word is a string)."""
+    name, separator, raw = text.partition("=")
+    table, dot, key = name.partition(".")
+    if not (separator and dot and key) or table not in ("daemon", "pipeline", "api"):
+        raise argparse.ArgumentTypeError(f"expected daemon|pipeline|api.KEY=VALUE, not {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return table, key, value
 
 
 def selected(only: str) -> list[str]:
@@ -93,6 +124,16 @@ def run_scenario(ctx: Context, report: Report, name: str) -> None:
     ctx.say(f"{name}: done in {time.monotonic() - started:.1f} s")
 
 
+def _settings(args: argparse.Namespace) -> dict[str, object]:
+    """What the run used, when it differs from the benchmark's standard settings."""
+    settings: dict[str, object] = {f"{t}.{k}": v for t, k, v in args.overrides}
+    if args.org_limit != SERVER_LIMIT:
+        settings["emulator.org_limit"] = args.org_limit
+    if args.settle_seconds != SETTLE_SECONDS:
+        settings["pipeline.settle_seconds"] = args.settle_seconds
+    return settings
+
+
 def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -103,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unstract-watcher-bench-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     procs = Processes()
-    ctx = Context(workdir, procs, SMOKE if args.smoke else FULL, args.settle_seconds)
-    report = Report(smoke=args.smoke)
+    sizes = SMOKE if args.smoke else FULL
+    ctx = Context(workdir, procs, sizes, args.settle_seconds, args.org_limit, tuple(args.overrides))
+    report = Report(smoke=args.smoke, settings=_settings(args))
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     interrupted = False

@@ -20,6 +20,7 @@ from harness import (
     Daemon,
     Emulator,
     Layout,
+    Override,
     Processes,
     child_env,
     cpu_seconds,
@@ -71,8 +72,17 @@ class Context:
     procs: Processes
     sizes: Sizes
     settle_seconds: float
+    org_limit: int = SERVER_LIMIT  # the emulator's concurrent executions per organisation
+    overrides: tuple[Override, ...] = ()  # config keys changed with --set
     processed: Layout | None = None  # a tree of processed documents, for the restart test
     problems: list[str] = field(default_factory=list)
+
+    def layout(self, home: Path, url: str) -> Layout:
+        return Layout(home, url, self.settle_seconds, SERVER_LIMIT, overrides=self.overrides)
+
+    def limits(self) -> str:
+        in_flight = self.layout(self.workdir, "").tables()["api"]["max_in_flight"]
+        return f"max_in_flight {in_flight}, org limit {self.org_limit}"
 
     def home(self, scenario: str) -> Path:
         """A fresh folder for one scenario (what an earlier run left there is removed)."""
@@ -115,8 +125,8 @@ def running(
 ) -> Iterator[Run]:
     """The emulator and a warmed-up daemon (one document processed), stopped afterwards."""
     home = ctx.home(scenario)
-    emulator = start_emulator(ctx.procs, home / "emulator.log", execution_seconds, SERVER_LIMIT)
-    layout = Layout(home, emulator.deployment_url, ctx.settle_seconds, SERVER_LIMIT)
+    emulator = start_emulator(ctx.procs, home / "emulator.log", execution_seconds, ctx.org_limit)
+    layout = ctx.layout(home, emulator.deployment_url)
     for folder in (*folders, "warmup"):
         (layout.watch_dir / folder).mkdir(parents=True, exist_ok=True)
     daemon = start_daemon(ctx.procs, layout)
@@ -205,7 +215,7 @@ def throughput(ctx: Context) -> list[Figure]:
     _check_no_errors(results, "throughput")
     elapsed = max(mtime(p) for p in results) - started
     note = (
-        f"{count} docs of 4 KiB dropped at once; max_in_flight = org limit = {SERVER_LIMIT}; "
+        f"{count} docs of 4 KiB dropped at once; {ctx.limits()}; "
         f"includes settle_seconds = {ctx.settle_seconds}"
     )
     return [
@@ -244,8 +254,8 @@ def saturation(ctx: Context) -> list[Figure]:
         stats = run.emulator.stats()
     _check_no_errors(results, "saturation")
     total = max(mtime(p) for p in results) - started
-    ideal = count * seconds / SERVER_LIMIT
-    label = f"total / ideal ({count} x {seconds:g} s / {SERVER_LIMIT})"
+    ideal = count * seconds / ctx.org_limit
+    label = f"total / ideal ({count} x {seconds:g} s / {ctx.org_limit})"
     return [
         Figure(
             "saturation",
@@ -280,7 +290,7 @@ def polls(ctx: Context) -> list[Figure]:
         execution_id = json.loads(path.read_text())["execution_id"]
         gets.append(stats["gets_by_execution"].get(execution_id, 0))
         delays.append(mtime(path) - stats["completed_at"][execution_id])
-    note = f"{count} docs, {seconds:g} s executions, max_in_flight {SERVER_LIMIT}"
+    note = f"{count} docs, {seconds:g} s executions, {ctx.limits()}"
     return [
         Figure(
             "polls",
@@ -447,7 +457,7 @@ def restart(ctx: Context) -> list[Figure]:
     ctx.say(f"restart: {added} processed documents cloned in {time.monotonic() - built:.1f} s")
     new_doc = "fresh/new-000000.pdf"
     drop(layout.watch_dir / "fresh", [new_doc.split("/")[1]], make_documents(1))
-    emulator = start_emulator(ctx.procs, layout.home / "emulator-restart.log", 0.0, SERVER_LIMIT)
+    emulator = start_emulator(ctx.procs, layout.home / "emulator-restart.log", 0.0, ctx.org_limit)
     daemon = start_daemon(
         ctx.procs, layout.with_url(emulator.deployment_url, "info"), "daemon-restart.log"
     )
@@ -508,8 +518,8 @@ def _seed(ctx: Context) -> Layout:
     """Process a few documents for real with `run --once` (when `memory` did not run)."""
     count = ctx.sizes.restart_seed_docs
     home = ctx.home("restart")
-    emulator = start_emulator(ctx.procs, home / "emulator-seed.log", 0.0, SERVER_LIMIT)
-    layout = Layout(home, emulator.deployment_url, ctx.settle_seconds, SERVER_LIMIT)
+    emulator = start_emulator(ctx.procs, home / "emulator-seed.log", 0.0, ctx.org_limit)
+    layout = ctx.layout(home, emulator.deployment_url)
     layout.write_config()
     for start in range(0, count, FOLDER_DOCS):
         chunk = min(FOLDER_DOCS, count - start)

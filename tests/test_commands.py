@@ -12,8 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import (
+    KEY_ENV,
+    api_key,
+    deployment_url,
+    results_under,
+    running_daemon,
+    wait_for,
+    write_config,
+)
 
-from harness import KEY_ENV, api_key, deployment_url, results_under, running_daemon, wait_for, write_config
 from watcher.commands import parse_since
 from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
 
@@ -90,7 +98,9 @@ def test_a_paused_pipeline_shows_why(
     assert "PAUSED" in shown.stdout and "Unauthorized" in shown.stdout
 
 
-def test_retry_needs_an_id_or_a_pipeline(tmp_path: Path, server: EmulatorServer, sqlite_url: str) -> None:
+def test_retry_needs_an_id_or_a_pipeline(
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+) -> None:
     config = write_config(tmp_path, deployment_url(server), sqlite_url)
     done = cli(config, "retry")
     assert done.returncode == 2 and "give a job id" in done.stderr

@@ -32,7 +32,8 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_example_loads_and_documents_every_key(tmp_path: Path) -> None:
     settings = config.from_mapping(example(tmp_path))
     text = EXAMPLE.read_text()
-    models = [config.DatabaseConfig, config.DaemonConfig, config.PipelineConfig,
+    models = [config.DatabaseConfig, config.DaemonConfig, config.MetricsConfig,
+              config.PipelineConfig,
               config.UnstractApiConfig, config.LLMWhispererApiConfig]  # fmt: skip
     for model in models:
         for name in model.model_fields:

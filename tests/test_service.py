@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from harness import api_key, deployment_url, results_under, wait_for, write_config
+
 from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
 
 UNIT = Path(__file__).parent.parent / "deploy" / "systemd" / "unstract-watcher.service"
@@ -120,6 +120,7 @@ def test_a_reload_adds_and_removes_pipelines_without_losing_jobs(
     tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from harness import KEY_ENV, running_daemon
+
     from watcher import config as config_module
 
     monkeypatch.setenv(KEY_ENV, api_key())
@@ -131,9 +132,42 @@ def test_a_reload_adds_and_removes_pipelines_without_losing_jobs(
         (tmp_path / "drop" / "a.txt").write_bytes(b"first pipeline")
         wait_for(lambda: daemon.progress().finished == 1, what="the first pipeline's document")
         text = config.read_text()
-        extra = text[text.index("[[pipelines]]"):].replace('name = "docs"', 'name = "second"')
+        extra = text[text.index("[[pipelines]]") :].replace('name = "docs"', 'name = "second"')
         config.write_text(text + "\n" + extra.replace(str(tmp_path / "drop"), str(second)))
         assert daemon.reload(lambda: config_module.load(config))
         wait_for(lambda: daemon.progress().finished == 2, what="the added pipeline's document")
         assert sorted(daemon.pipelines) == ["docs", "second"]
     assert "b.txt.json" in results_under(second)
+
+
+def test_metrics_and_health_over_http(
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+    from harness import KEY_ENV, running_daemon
+
+    monkeypatch.setenv(KEY_ENV, api_key())
+    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+                          api={"include_metadata": True})  # fmt: skip
+    config.write_text(config.read_text() + "\n[metrics]\nenabled = true\nport = 0\n")
+    for index in range(3):
+        (tmp_path / "drop" / f"{index}.txt").write_bytes(b"document %d" % index)
+    (tmp_path / "drop" / "bad.txt").write_bytes(b"EMULATOR-FAIL")
+    with running_daemon(config) as daemon:
+        wait_for(lambda: daemon.progress().finished == 4, what="four documents")
+        base = f"http://127.0.0.1:{daemon.metrics_server.server_port}"
+        scraped = httpx.get(f"{base}/metrics").text
+        health = httpx.get(f"{base}/healthz")
+        assert health.status_code == 200 and health.json() == {"ok": True, "problems": []}
+        daemon._discovery_beat = 0.0  # as if discovery had hung for a long time
+        sick = httpx.get(f"{base}/healthz")
+    lines = set(scraped.splitlines())
+    assert 'unstract_watcher_documents{pipeline="docs",state="done"} 3.0' in lines
+    assert 'unstract_watcher_documents{pipeline="docs",state="failed"} 1.0' in lines
+    assert 'unstract_watcher_uploads_total{outcome="accepted",pipeline="docs"} 4.0' in lines
+    assert 'unstract_watcher_results_total{outcome="success",pipeline="docs"} 3.0' in lines
+    assert 'unstract_watcher_result_seconds_count{pipeline="docs"} 4.0' in lines
+    assert 'unstract_watcher_in_flight{pipeline="docs"} 0.0' in lines
+    cost = [line for line in lines if line.startswith("unstract_watcher_llm_cost_dollars_total")]
+    assert cost and float(cost[0].split()[-1]) > 0
+    assert sick.status_code == 503 and "stuck: discovery" in sick.json()["problems"]

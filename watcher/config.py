@@ -76,8 +76,10 @@ class DaemonConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level that is logged."
     )
-    log_format: Literal["json", "console"] = Field(
-        "json", description="json: one JSON object per line; console: for people."
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description="json: one JSON object per line; console: for people; "
+        "auto: console on a terminal, json otherwise (journald, files).",
     )
     instance_id: str = Field(
         "", description="Name of this instance in leases; '' = hostname and process id."
@@ -85,6 +87,12 @@ class DaemonConfig(_Strict):
     drain_seconds: float = Field(
         20.0, ge=0, le=600, description="On SIGTERM, how long in-flight uploads may finish."
     )
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = Field(False, description="Serve Prometheus /metrics and /healthz.")
+    host: str = Field("127.0.0.1", description="Listen address (loopback unless you mean it).")
+    port: int = Field(9464, ge=0, le=65535, description="Listen port (0 = any free port).")
 
 
 class _ApiBase(_Strict):
@@ -313,6 +321,7 @@ class Settings(BaseSettings):
 
     database: DatabaseConfig = Field(default_factory=lambda: DatabaseConfig.model_validate({}))
     daemon: DaemonConfig = Field(default_factory=lambda: DaemonConfig.model_validate({}))
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig.model_validate({}))
     pipelines: list[PipelineConfig] = Field(min_length=1, description="One per drop folder.")
 
     @classmethod

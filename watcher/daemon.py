@@ -24,6 +24,7 @@ from watcher.config import ConfigError, Settings
 from watcher.filters import as_text
 from watcher.finish import Finisher
 from watcher.logs import get_logger
+from watcher.metrics import Metrics, serve_metrics
 from watcher.output import remove_stale_temps
 from watcher.reconcile import Reconciler, report_released
 from watcher.runtime import Pipeline, build_pipeline
@@ -72,7 +73,10 @@ class Daemon:
         self._retired: list[Pipeline] = []  # replaced by a reload; closed at the end
         self.watchers: dict[str, FolderWatcher] = {}
         self.observers: list[Any] = []
+        self.metrics = Metrics(store)
+        self.metrics_server: Any = None
         self.finisher = Finisher(store, self.pipelines, self.owner, self.stop_event, self.finished)
+        self.finisher.metrics = self.metrics
         # A claim outlives the longest HTTP call it covers, so a live instance never loses one.
         store.lease_seconds = LEASE_MARGIN_SECONDS + max(
             p.config.api.connect_timeout_seconds + p.config.api.read_timeout_seconds
@@ -111,15 +115,21 @@ class Daemon:
                 self.store, self.pipelines, self.owner, self.stop_event,
                 self.work, self.submitted, self.finished,
             )  # fmt: skip
+            uploader.metrics = self.metrics
             self._uploaders.append(self._spawn(f"upload-{index}", uploader.run))
             self._loops.append(uploader)
         reconciler = Reconciler(self.store, self.pipelines, self.owner, self.stop_event,
                                 self.submitted, self.finished, self.work)  # fmt: skip
         reconciler.hold = self.hold_pipelines()
+        reconciler.metrics = self.metrics
         self._spawn("reconcile", reconciler.run)
         self._spawn("finish", self.finisher.run)
         self._loops += [reconciler, self.finisher]
         self._reconciler = reconciler
+        if self.settings.metrics.enabled:
+            listen = self.settings.metrics
+            self.metrics_server = serve_metrics(self.metrics, listen.host, listen.port,
+                                                self.health_problems)  # fmt: skip
         log.info("started", pipelines=list(self.pipelines), instance=self.owner)
 
     def hold_pipelines(self) -> list[str]:
@@ -145,6 +155,9 @@ class Daemon:
         cut_off = [t.name for t in self._uploaders if t.is_alive()]
         if cut_off:
             log.warning("uploads still running at the drain limit; they resume on next start")
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         for pipeline in [*self.pipelines.values(), *self._retired]:
             pipeline.backend.close()
         log.info("stopped")
@@ -278,6 +291,15 @@ class Daemon:
                 notify(f"STATUS={self.status_line()}")
                 next_status = time.monotonic() + STATUS_SECONDS
         notify("STOPPING=1")
+
+    def health_problems(self) -> list[str]:
+        """What /healthz reports: an unreachable database, stuck loops, dead watchers."""
+        problems = []
+        try:
+            self.store.now()
+        except Exception as exc:  # any database error means unhealthy, whatever its type
+            problems.append(f"database: {type(exc).__name__}")
+        return problems + [f"stuck: {name}" for name in self.hung_loops()]
 
     def hung_loops(self) -> list[str]:
         """Loops that died or have not gone round for longer than any HTTP call may take."""

@@ -5,19 +5,27 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 from watcher.crashpoints import crash_point
 from watcher.filters import as_text
 from watcher.jobs import Job
 from watcher.logs import bind_job, get_logger, unbind_job
+from watcher.metrics import Metrics
 from watcher.output import dispose_source, write_result
 from watcher.runtime import Pipeline
 from watcher.store import Store
+from watcher.unstract import find_file_item
 
 log = get_logger()
 BATCH = 64
 IDLE_WAIT_SECONDS = 0.5
 DISK_TROUBLE_WAIT_SECONDS = 5.0
+
+
+def _usage_metadata(job: Job) -> Any:
+    item = find_file_item(job.result_body, job.upload_name)
+    return item.get("metadata") if item else None
 
 
 class Finisher:
@@ -35,6 +43,7 @@ class Finisher:
         self.stop = stop
         self.finished = finished
         self.outcomes: Counter[str] = Counter()  # this process's finished jobs, by outcome
+        self.metrics = Metrics()  # the daemon hands its own in
         self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
 
     def run(self) -> None:
@@ -79,6 +88,7 @@ class Finisher:
         crash_point("after_dispose")
         self.store.mark_finished(job)
         self.outcomes[job.outcome or "failed"] += 1
+        self._count(job, pipeline)
         if job.outcome == "success":
             log.info("result written", result_file=as_text(str(target)), source=as_text(disposal))
         else:
@@ -86,3 +96,12 @@ class Finisher:
                 "error file written", result_file=as_text(str(target)), error=job.last_error
             )
         return True
+
+    def _count(self, job: Job, pipeline: Pipeline) -> None:
+        outcome = job.outcome or "failed"
+        self.metrics.results.labels(pipeline.name, outcome).inc()
+        self.metrics.latency.labels(pipeline.name).observe(max(0.0, time.time() - job.created_at))
+        if outcome == "failed":
+            self.metrics.errors.labels(pipeline.name, "document_failed").inc()
+        else:
+            self.metrics.record_usage(pipeline.name, _usage_metadata(job))

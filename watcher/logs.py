@@ -28,6 +28,8 @@ def _printable(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> M
 
 
 def configure(level: str = "info", log_format: str = "json") -> None:
+    if log_format == "auto":
+        log_format = "console" if sys.stderr.isatty() else "json"
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if log_format == "json"

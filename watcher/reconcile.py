@@ -15,6 +15,7 @@ from watcher.backend import PollKind
 from watcher.crashpoints import crash_point
 from watcher.jobs import Decision, Job, JobState, Outcome, decide_after_poll
 from watcher.logs import bind_job, get_logger, unbind_job
+from watcher.metrics import Metrics
 from watcher.runtime import Pipeline
 from watcher.store import Store
 
@@ -50,6 +51,7 @@ class Reconciler:
         self._next_sweep = 0.0
         self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
         self.hold: list[str] = []  # pipelines whose interrupted uploads are held
+        self.metrics = Metrics()  # the daemon hands its own in
         self.submitted = submitted
         self.work = work
         self.finished = finished
@@ -121,6 +123,9 @@ class Reconciler:
         if not self.store.record_poll(job, decision, outcome.http_status, body, fetching):
             log.warning("job changed while it was polled; leaving it to its new owner")
             return
+        self.metrics.polls.labels(pipeline.name, outcome.kind.value).inc()
+        if outcome.kind is PollKind.RETRY:
+            self.metrics.retries.labels(pipeline.name, "poll").inc()
         if decision.pause_pipeline:
             pipeline.pause(outcome.error, decision.delay_seconds)
         if decision.state is JobState.RESULT_STORED:

@@ -12,6 +12,7 @@ from watcher.backend import SubmitKind, SubmitOutcome, Upload
 from watcher.crashpoints import crash_point
 from watcher.jobs import Decision, Job, JobState, decide_after_submit
 from watcher.logs import bind_job, get_logger, unbind_job
+from watcher.metrics import Metrics
 from watcher.runtime import Pipeline
 from watcher.store import Store
 
@@ -40,6 +41,7 @@ class Uploader:
         self.submitted = submitted
         self.finished = finished
         self.rng = random.Random()
+        self.metrics = Metrics()  # the daemon hands its own in
         self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
 
     def run(self) -> None:
@@ -111,10 +113,16 @@ class Uploader:
     def _fail(self, job: Job, error: str) -> None:
         decision = Decision(JobState.RESULT_STORED, error=error, outcome="failed")
         self.store.record_submit(job, decision, None)
+        self.metrics.errors.labels(job.pipeline, "bad_file").inc()
         log.warning("document failed before upload", error=error)
         self.finished.set()
 
     def _after(self, decision: Decision, outcome: SubmitOutcome, pipeline: Pipeline) -> None:
+        self.metrics.uploads.labels(pipeline.name, outcome.kind.value).inc()
+        if outcome.rate_limited:
+            self.metrics.rate_limited.labels(pipeline.name).inc()
+        if decision.state is JobState.QUEUED and not decision.pause_pipeline:
+            self.metrics.retries.labels(pipeline.name, "upload").inc()
         if decision.state is JobState.SUBMITTED:
             log.info("submitted", execution_id=outcome.execution_id)
             pipeline.on_accepted()

@@ -369,6 +369,13 @@ class Store:
         with self._tx() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def list_jobs(self, pipeline: str | None = None) -> list[Job]:
+        query = sa.select(jobs).order_by(jobs.c.id)
+        if pipeline is not None:
+            query = query.where(jobs.c.pipeline == pipeline)
+        with self._tx() as conn:
+            return [to_job(row) for row in conn.execute(query).all()]
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _decision_values(self, decision: Decision, http_status: int | None) -> dict[str, Any]:

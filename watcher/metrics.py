@@ -1,0 +1,114 @@
+"""Prometheus metrics and a health endpoint, served on an optional HTTP listener.
+
+Counters are bumped by the loops as things happen; the figures that live in the database
+(documents by state, in flight, paused) are read from it at scrape time, so every instance
+reports the same truth.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from watcher.logs import get_logger
+from watcher.store import Store
+from watcher.store.operator import summaries
+
+log = get_logger()
+PREFIX = "unstract_watcher_"
+LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
+
+
+class Metrics:
+    def __init__(self, store: Store | None = None) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["pipeline"]
+        r = self.registry
+        self.uploads = Counter(PREFIX + "uploads", "Uploads by outcome", [*labels, "outcome"],
+                               registry=r)  # fmt: skip
+        self.polls = Counter(PREFIX + "polls", "Status polls by answer", [*labels, "answer"],
+                             registry=r)  # fmt: skip
+        self.retries = Counter(PREFIX + "retries", "Retries by stage", [*labels, "stage"],
+                               registry=r)  # fmt: skip
+        self.rate_limited = Counter(PREFIX + "rate_limited", "429 answers", labels, registry=r)
+        self.errors = Counter(PREFIX + "errors", "Errors by kind", [*labels, "kind"], registry=r)
+        self.results = Counter(PREFIX + "results", "Result files by outcome",
+                               [*labels, "outcome"], registry=r)  # fmt: skip
+        self.latency = Histogram(PREFIX + "result_seconds", "From queued to result file",
+                                 labels, buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.cost = Counter(PREFIX + "llm_cost_dollars", "LLM cost reported by the API", labels,
+                            registry=r)  # fmt: skip
+        self.tokens = Counter(PREFIX + "llm_tokens", "LLM tokens reported by the API", labels,
+                              registry=r)  # fmt: skip
+        if store is not None:
+            r.register(_TableCollector(store))
+
+    def record_usage(self, pipeline: str, metadata: Any) -> None:
+        """Add the usage block of a result's metadata (include_metadata = true), if any."""
+        usage = metadata.get("usage") if isinstance(metadata, dict) else None
+        if not isinstance(usage, dict):
+            return
+        try:
+            self.cost.labels(pipeline).inc(float(usage.get("cost_in_dollars") or 0))
+            self.tokens.labels(pipeline).inc(float(usage.get("total_tokens") or 0))
+        except (TypeError, ValueError):
+            return
+
+
+class _TableCollector(Collector):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        documents = GaugeMetricFamily(PREFIX + "documents", "Jobs by state",
+                                      labels=["pipeline", "state"])  # fmt: skip
+        in_flight = GaugeMetricFamily(PREFIX + "in_flight", "Executions running",
+                                      labels=["pipeline"])  # fmt: skip
+        paused = GaugeMetricFamily(PREFIX + "paused", "1 if the pipeline is paused",
+                                   labels=["pipeline"])  # fmt: skip
+        for summary in summaries(self.store):
+            for state, count in summary.counts.items():
+                documents.add_metric([summary.name, state], count)
+            in_flight.add_metric([summary.name], summary.in_flight)
+            paused.add_metric([summary.name], 1.0 if summary.paused_reason else 0.0)
+        yield from (documents, in_flight, paused)
+
+
+def serve_metrics(
+    metrics: Metrics, host: str, port: int, health: Callable[[], list[str]]
+) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz in a daemon thread; `health` returns what is broken."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._reply(200, generate_latest(metrics.registry), "text/plain; version=0.0.4")
+            elif self.path in ("/healthz", "/health"):
+                problems = health()
+                body = json.dumps({"ok": not problems, "problems": problems}).encode()
+                self._reply(503 if problems else 200, body, "application/json")
+            else:
+                self._reply(404, b"not found\n", "text/plain")
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # scrapes every few seconds would flood the log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics listening", url=f"http://{host}:{server.server_port}/metrics")
+    return server
