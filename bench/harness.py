@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
@@ -293,7 +296,11 @@ class Daemon:
 
 
 def start_daemon(
-    procs: Processes, layout: Layout, log_name: str = "daemon.log", once: bool = False
+    procs: Processes,
+    layout: Layout,
+    log_name: str = "daemon.log",
+    once: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Daemon:
     config = layout.write_config()
     log_path = layout.home / log_name
@@ -301,7 +308,44 @@ def start_daemon(
     if once:
         args.append("--once")
     started_at = time.time()
-    return Daemon(procs.spawn(args, log_path), log_path, started_at)
+    return Daemon(procs.spawn(args, log_path, child_env(env)), log_path, started_at)
+
+
+class NotifyListener:
+    """A $NOTIFY_SOCKET of our own, as systemd gives a Type=notify service: records when the
+    daemon first says READY=1 (sd_notify)."""
+
+    def __init__(self) -> None:
+        self._folder = Path(tempfile.mkdtemp(prefix="uwb-notify-"))  # short: sun_path limit
+        self.path = self._folder / "notify.sock"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(self.path))
+        self._sock.settimeout(0.1)
+        self.ready_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": str(self.path)}
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self.ready_at is None and b"READY=1" in data.split(b"\n"):
+                self.ready_at = time.time()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
 
 
 def log_problems(daemon: Daemon, limit: int = 3) -> list[str]:

@@ -29,8 +29,9 @@ def write_config(
                       "rescan_seconds": 30.0, **(pipeline or {})}  # fmt: skip
     api_table = {"url": url, "api_key_env": KEY_ENV, "tags": ["tests"], "max_in_flight": 10,
                  "poll_initial_seconds": 0.1, "poll_max_seconds": 1.0, **(api or {})}  # fmt: skip
+    # A stable instance id: a restart takes back its own claims at once (on PostgreSQL too).
     daemon_table = {"upload_workers": 4, "log_format": "json", "log_level": "info",
-                    "drain_seconds": 5.0, **(daemon or {})}  # fmt: skip
+                    "drain_seconds": 5.0, "instance_id": "test-instance", **(daemon or {})}  # fmt: skip
     lines = [f"[database]\nurl = {json.dumps(db_url)}\n", "[daemon]", *_pairs(daemon_table),
              "\n[[pipelines]]", *_pairs(pipeline_table), "\n[pipelines.api]", *_pairs(api_table)]  # fmt: skip
     path = folder / "config.toml"

@@ -42,12 +42,12 @@ def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
 
 
 def test_odd_files_and_names(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str,
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"private, outside the drop folder")
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           pipeline={"max_file_bytes": 1000})  # fmt: skip
     drop = tmp_path / "drop"
     (drop / "a").mkdir()
@@ -85,7 +85,7 @@ def test_odd_files_and_names(
 
 
 def test_unreadable_file_is_logged_and_retried_later(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, server: EmulatorServer, db_url: str, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     # As root (CI) no permission bit stops a read, so the refusal is faked at the one call.
@@ -98,7 +98,7 @@ def test_unreadable_file_is_logged_and_retried_later(
         return real_sha256_of(path)
 
     monkeypatch.setattr(watch, "sha256_of", sha256_of)
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           pipeline={"rescan_seconds": 0.5})  # fmt: skip
     (tmp_path / "drop" / "locked.txt").write_bytes(b"locked")
     (tmp_path / "drop" / "open.txt").write_bytes(b"open")
@@ -112,10 +112,10 @@ def test_unreadable_file_is_logged_and_retried_later(
 
 @pytest.mark.parametrize("change", ["vanish", "rewrite"])
 def test_a_file_that_changes_before_upload_is_not_sent(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str,
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
     change: str,
 ) -> None:  # fmt: skip
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           daemon={"upload_workers": 1})  # fmt: skip
     source = tmp_path / "drop" / "a.txt"
     source.write_bytes(b"as it was hashed")
@@ -142,7 +142,7 @@ def test_a_file_that_changes_before_upload_is_not_sent(
 
 
 def test_a_full_disk_delays_the_result_file_and_loses_nothing(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
@@ -157,7 +157,7 @@ def test_a_full_disk_delays_the_result_file_and_loses_nothing(
                     handle.write(b"\0" * 4096)
             except OSError:
                 pass
-        config = write_config(tmp_path, deployment_url(server), sqlite_url,
+        config = write_config(tmp_path, deployment_url(server), db_url,
                               pipeline={"output_dir": str(results)})  # fmt: skip
         (tmp_path / "drop" / "a.txt").write_bytes(b"result needs room")
         with running_daemon(config) as daemon:

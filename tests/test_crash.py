@@ -95,11 +95,11 @@ def assert_each_document_once(results: Path, documents: dict[str, str]) -> None:
     ],
 )
 def test_crash_at_each_step_then_restart(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str,
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
     crash_at: str, may_repeat: bool,
 ) -> None:  # fmt: skip
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           pipeline={"output_dir": str(results), "after_success": "move",
                                     "archive_dir": str(tmp_path / "archive")},
                           daemon={"upload_workers": 1})  # fmt: skip
@@ -126,10 +126,10 @@ def test_crash_at_each_step_then_restart(
 
 
 def test_kill_9_repeatedly_under_load(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           pipeline={"output_dir": str(results)},
                           daemon={"upload_workers": 4})  # fmt: skip
     documents = drop_documents(tmp_path / "drop", 300)
@@ -154,11 +154,11 @@ def test_kill_9_repeatedly_under_load(
 
 
 def test_sigterm_drains_and_the_next_start_resumes(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.deployment("org_demo", "invoices").execution_seconds = 2.0
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           pipeline={"output_dir": str(results)})  # fmt: skip
     documents = drop_documents(tmp_path / "drop", 12)
     process = subprocess.Popen(daemon_command(config, once=False), env=environment(),

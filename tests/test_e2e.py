@@ -58,10 +58,10 @@ def slow_write(path: Path, content: bytes, pieces: int, pause: float) -> None:
 
 
 def test_fifty_documents_plus_old_ones_plus_a_slow_one(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           pipeline={"output_dir": str(results)})  # fmt: skip
     drop = tmp_path / "drop"
     for index in range(5):  # there before the daemon starts
@@ -95,9 +95,9 @@ def test_fifty_documents_plus_old_ones_plus_a_slow_one(
 
 
 def test_results_beside_sources_are_never_ingested_again(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           pipeline={"rescan_seconds": 0.5})  # fmt: skip
     drop = tmp_path / "drop"
     with running_daemon(config) as daemon:
@@ -112,9 +112,9 @@ def test_results_beside_sources_are_never_ingested_again(
 
 
 def test_same_content_again_is_skipped_changed_content_is_processed(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
-    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+    config = write_config(tmp_path, deployment_url(server), db_url)
     source = tmp_path / "drop" / "a.txt"
     with running_daemon(config) as daemon:
         source.write_bytes(b"version one")
@@ -131,9 +131,9 @@ def test_same_content_again_is_skipped_changed_content_is_processed(
 
 
 def test_a_failed_file_gets_an_error_file_with_the_server_text(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
-    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+    config = write_config(tmp_path, deployment_url(server), db_url)
     drop = tmp_path / "drop"
     (drop / "good.txt").write_bytes(b"fine")
     (drop / "bad.txt").write_bytes(b"this one says EMULATOR-FAIL")
@@ -149,10 +149,10 @@ def test_a_failed_file_gets_an_error_file_with_the_server_text(
 
 
 def test_a_result_that_is_gone_is_resubmitted_and_never_written_as_success(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.result_ttl_seconds = 0  # every result has expired by the first poll
-    config = write_config(tmp_path, deployment_url(server), sqlite_url, api={"max_attempts": 2})
+    config = write_config(tmp_path, deployment_url(server), db_url, api={"max_attempts": 2})
     (tmp_path / "drop" / "a.txt").write_bytes(b"soon gone")
     with running_daemon(config) as daemon:
         wait_for(lambda: daemon.progress().finished == 1, timeout=60, what="the give-up")
@@ -164,10 +164,10 @@ def test_a_result_that_is_gone_is_resubmitted_and_never_written_as_success(
 
 @pytest.mark.parametrize("policy", ["move", "delete"])
 def test_after_success_moves_or_deletes_the_source(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str, policy: str
+    tmp_path: Path, server: EmulatorServer, db_url: str, policy: str
 ) -> None:
     archive = tmp_path / "archive"
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           pipeline={"after_success": policy, "archive_dir": str(archive),
                                     "output_dir": str(tmp_path / "out")})  # fmt: skip
     drop = tmp_path / "drop"
@@ -186,11 +186,11 @@ def test_after_success_moves_or_deletes_the_source(
 
 
 def test_a_bad_key_pauses_the_pipeline_and_keeps_the_documents(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str,
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv(KEY_ENV, "00000000-0000-4000-8000-000000000000")
-    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+    config = write_config(tmp_path, deployment_url(server), db_url)
     for index in range(12):
         (tmp_path / "drop" / f"{index}.txt").write_bytes(document(index))
     with running_daemon(config) as daemon:
@@ -206,8 +206,8 @@ def test_a_bad_key_pauses_the_pipeline_and_keeps_the_documents(
     assert not results_under(tmp_path / "drop")
 
 
-def test_run_once_as_a_process(tmp_path: Path, server: EmulatorServer, sqlite_url: str) -> None:
-    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+def test_run_once_as_a_process(tmp_path: Path, server: EmulatorServer, db_url: str) -> None:
+    config = write_config(tmp_path, deployment_url(server), db_url)
     for index in range(8):
         (tmp_path / "drop" / f"{index}.txt").write_bytes(document(index))
     command = [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)]
@@ -251,9 +251,9 @@ def test_emulator_command_serves_the_demo_deployment(tmp_path: Path) -> None:
 
 
 def test_the_rescan_finds_files_no_event_reported(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           pipeline={"rescan_seconds": 0.5})  # fmt: skip
     with running_daemon(config, watch_events=False) as daemon:
         time.sleep(0.3)  # after the startup scan
@@ -263,9 +263,9 @@ def test_the_rescan_finds_files_no_event_reported(
 
 
 def test_the_polling_observer_for_network_shares(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
+    config = write_config(tmp_path, deployment_url(server), db_url,
                           pipeline={"observer": "polling", "polling_interval_seconds": 0.2})  # fmt: skip
     with running_daemon(config) as daemon:
         for index in range(3):
@@ -275,9 +275,9 @@ def test_the_polling_observer_for_network_shares(
 
 
 def test_run_once_on_a_terminal_shows_a_progress_bar(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
-    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+    config = write_config(tmp_path, deployment_url(server), db_url)
     for index in range(6):
         (tmp_path / "drop" / f"{index}.txt").write_bytes(document(index))
     inner = f"{sys.executable} -m watcher.cli run --once --config {config} 2>&1"

@@ -72,11 +72,11 @@ def successes(tmp_path: Path) -> list[str]:
     ],
 )
 def test_transient_faults_are_retried_without_duplicates(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str,
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
     fault: dict[str, Any],
 ) -> None:  # fmt: skip
     emulator.set_faults(**fault)
-    jobs = run_documents(tmp_path, server, sqlite_url, 4)
+    jobs = run_documents(tmp_path, server, db_url, 4)
     assert successes(tmp_path) == [f"{i}.txt.json" for i in range(4)]
     executions = emulator.stats().posts_by_sha256
     for job in jobs:
@@ -87,29 +87,29 @@ def test_transient_faults_are_retried_without_duplicates(
 
 
 def test_a_500_after_the_server_acted_may_duplicate_but_never_loses(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(post_error_after_create=1)
-    jobs = run_documents(tmp_path, server, sqlite_url, 3)
+    jobs = run_documents(tmp_path, server, db_url, 3)
     assert successes(tmp_path) == [f"{i}.txt.json" for i in range(3)]
     assert sum(emulator.stats().posts_by_sha256.values()) == 4  # the one 500 was re-sent
     assert sorted(j.attempts for j in jobs) == [1, 1, 2]
 
 
 def test_a_dropped_connection_is_resubmitted_by_default(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(post_drop_after_create=1)
-    run_documents(tmp_path, server, sqlite_url, 2)
+    run_documents(tmp_path, server, db_url, 2)
     assert successes(tmp_path) == ["0.txt.json", "1.txt.json"]
     assert sum(emulator.stats().posts_by_sha256.values()) == 3
 
 
 def test_a_dropped_connection_is_held_when_the_policy_says_hold(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(post_drop_after_create=1)
-    jobs = run_documents(tmp_path, server, sqlite_url, 1, api={"on_unknown_outcome": "hold"},
+    jobs = run_documents(tmp_path, server, db_url, 1, api={"on_unknown_outcome": "hold"},
                          until="held")  # fmt: skip
     assert [(j.state, j.attempts) for j in jobs] == [(JobState.HELD, 1)]
     assert "outcome unknown" in jobs[0].last_error
@@ -118,30 +118,30 @@ def test_a_dropped_connection_is_held_when_the_policy_says_hold(
 
 
 def test_a_slow_server_beyond_the_read_timeout_is_an_unknown_outcome(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(slow_seconds=1.5)
-    jobs = run_documents(tmp_path, server, sqlite_url, 1,
+    jobs = run_documents(tmp_path, server, db_url, 1,
                          api={"on_unknown_outcome": "hold", "read_timeout_seconds": 0.5},
                          until="held")  # fmt: skip
     assert "ReadTimeout" in jobs[0].last_error
 
 
 def test_a_stalled_execution_hits_its_deadline_and_says_so(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.deployment(DEMO_ORG, DEMO_API).stall = True
-    run_documents(tmp_path, server, sqlite_url, 1, api={"execution_deadline_seconds": 1.0})
+    run_documents(tmp_path, server, db_url, 1, api={"execution_deadline_seconds": 1.0})
     error = results_under(tmp_path / "drop")["0.txt.error.json"]
     assert "did not finish within 1 s" in error["error"]
     assert "EXECUTING" in error["error"]
 
 
 def test_the_concurrency_limit_is_respected_and_costs_no_attempts(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.org_limit = 3
-    jobs = run_documents(tmp_path, server, sqlite_url, 12, api={"max_in_flight": 10})
+    jobs = run_documents(tmp_path, server, db_url, 12, api={"max_in_flight": 10})
     assert len(successes(tmp_path)) == 12
     stats = emulator.stats()
     assert stats.rate_limited > 0
@@ -151,10 +151,10 @@ def test_the_concurrency_limit_is_respected_and_costs_no_attempts(
 
 
 def test_an_inactive_deployment_pauses_instead_of_failing_documents(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.deployment(DEMO_ORG, DEMO_API).active = False
-    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+    config = write_config(tmp_path, deployment_url(server), db_url)
     (tmp_path / "drop" / "a.txt").write_bytes(b"waiting")
     with running_daemon(config) as daemon:
         wait_for(lambda: daemon.pipelines["docs"].is_paused(), what="the pause")

@@ -91,9 +91,9 @@ poll_max_seconds = 0.5
 
 def test_both_kinds_side_by_side(
     tmp_path: Path, server: EmulatorServer, unstract: UnstractEmulator,
-    whisperer: LLMWhispererEmulator, sqlite_url: str,
+    whisperer: LLMWhispererEmulator, db_url: str,
 ) -> None:  # fmt: skip
-    config = two_pipelines(tmp_path, server, sqlite_url, write_text_file=True, mode="high_quality")
+    config = two_pipelines(tmp_path, server, db_url, write_text_file=True, mode="high_quality")
     for index in range(5):
         (tmp_path / "invoices" / f"inv-{index}.txt").write_bytes(b"invoice %d" % index)
         (tmp_path / "scans" / f"scan-{index}.txt").write_bytes(b"scanned page %d\n" % index)
@@ -122,10 +122,10 @@ def test_both_kinds_side_by_side(
 
 
 def test_a_retrieve_lost_after_the_text_was_deleted_is_resubmitted(
-    tmp_path: Path, server: EmulatorServer, whisperer: LLMWhispererEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, whisperer: LLMWhispererEmulator, db_url: str
 ) -> None:
     whisperer.set_faults(retrieve_error_after_delete=1)
-    config = two_pipelines(tmp_path, server, sqlite_url)
+    config = two_pipelines(tmp_path, server, db_url)
     (tmp_path / "scans" / "a.txt").write_bytes(b"read once")
     with running_daemon(config) as daemon:
         wait_for(lambda: daemon.progress().finished == 1, what="the document")
@@ -134,10 +134,10 @@ def test_a_retrieve_lost_after_the_text_was_deleted_is_resubmitted(
 
 
 def test_a_retrieve_that_failed_before_deleting_is_fetched_again_not_resubmitted(
-    tmp_path: Path, server: EmulatorServer, whisperer: LLMWhispererEmulator, sqlite_url: str
+    tmp_path: Path, server: EmulatorServer, whisperer: LLMWhispererEmulator, db_url: str
 ) -> None:
     whisperer.set_faults(retrieve_error_before_delete=1)
-    config = two_pipelines(tmp_path, server, sqlite_url)
+    config = two_pipelines(tmp_path, server, db_url)
     (tmp_path / "scans" / "a.txt").write_bytes(b"read once")
     with running_daemon(config) as daemon:
         wait_for(lambda: daemon.progress().finished == 1, what="the document")
@@ -148,10 +148,10 @@ def test_a_retrieve_that_failed_before_deleting_is_fetched_again_not_resubmitted
 
 
 def test_a_bad_llmwhisperer_key_pauses_only_its_pipeline(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: EmulatorServer, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(LLMW_KEY_ENV, "not-a-key")
-    config = two_pipelines(tmp_path, server, sqlite_url)
+    config = two_pipelines(tmp_path, server, db_url)
     (tmp_path / "scans" / "a.txt").write_bytes(b"waits")
     (tmp_path / "invoices" / "b.txt").write_bytes(b"goes through")
     with running_daemon(config) as daemon:

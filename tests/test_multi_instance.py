@@ -47,6 +47,7 @@ def test_three_instances_one_killed(
     config = write_config(
         tmp_path, deployment_url(server), postgres_url,
         pipeline={"output_dir": str(results), "rescan_seconds": 5.0},
+        daemon={"instance_id": ""},  # hostname:pid, a different one for each process
         api={"max_in_flight": 12, "read_timeout_seconds": 3.0, "connect_timeout_seconds": 1.0},
     )  # fmt: skip
     drop = tmp_path / "drop"
@@ -68,12 +69,15 @@ def test_three_instances_one_killed(
         wait_for(lambda: len(results_under(results)) == 200, timeout=120, what="all 200 results")
         time.sleep(1.0)
     finally:
+        if processes[0].poll() is None:
+            processes[0].kill()
+            processes[0].wait(10)
         for process in processes[1:]:
             process.send_signal(signal.SIGTERM)
-        for process in processes[1:]:
-            assert process.wait(30) == 0
+        codes = [process.wait(30) for process in processes[1:]]
         for handle in handles:
             handle.close()
+    assert codes == [0, 0], [log.read_text()[-3000:] for log in logs[1:]]
     found = results_under(results)
     assert sorted(found) == sorted(f"{name}.json" for name in documents)
     assert all(found[f"{n}.json"]["sha256"] == digest for n, digest in documents.items())

@@ -131,3 +131,12 @@ def test_delete_never_removes_a_failed_source(tmp_path: Path) -> None:
     failed = job(outcome="failed", size=failed.size, mtime_ns=failed.mtime_ns)
     assert dispose_source(failed, where) == "kept"
     assert (tmp_path / "drop/sub/a.pdf").exists()
+
+
+def test_a_restart_sweeps_its_own_young_temps_but_not_other_instances(tmp_path: Path) -> None:
+    mine = tmp_path / f".r.json.aaaa1111-1a2b3c4d{TEMP_SUFFIX}"
+    other = tmp_path / f".s.json.bbbb2222-1a2b3c4d{TEMP_SUFFIX}"
+    for temp in (mine, other):
+        temp.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path, 300.0, now=mine.stat().st_mtime, own_tag="aaaa1111") == 1
+    assert not mine.exists() and other.exists()  # another instance may be writing it now

@@ -10,17 +10,18 @@ An upload cut off by the drain limit stays `submitting` and is sent again on the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from watcher.config import ConfigError, Settings
+from watcher.config import ConfigError, PipelineConfig, Settings
 from watcher.filters import as_text
 from watcher.finish import Finisher
 from watcher.logs import get_logger
@@ -55,7 +56,7 @@ class Daemon:
         self,
         settings: Settings,
         store: Store,
-        pipeline_factory: Callable[[Any], Pipeline] = build_pipeline,
+        pipeline_factory: Callable[[PipelineConfig], Pipeline] = build_pipeline,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -65,8 +66,9 @@ class Daemon:
         self.submitted = threading.Event()  # an execution id was recorded
         self.finished = threading.Event()  # an outcome was stored
         self.discovery_wake = threading.Event()
-        self._factory = pipeline_factory
-        self.pipelines = {p.name: pipeline_factory(p) for p in settings.pipelines}
+        self.temp_tag = hashlib.sha256(self.owner.encode()).hexdigest()[:8]
+        self._pipeline_factory = pipeline_factory
+        self.pipelines = {p.name: self._build(p) for p in settings.pipelines}
         self.reload_requested = threading.Event()
         self._loops: list[Any] = []  # loop objects with a last_beat, for the watchdog
         self._discovery_beat = time.monotonic()
@@ -105,7 +107,7 @@ class Daemon:
             pipeline.on_pause_change = partial(record_pause, self.store, name)
             for folder in {pipeline.placement.watch_dir, pipeline.placement.output_dir}:
                 if folder is not None and folder.exists():
-                    remove_stale_temps(folder, temp_age, now)
+                    remove_stale_temps(folder, temp_age, now, own_tag=self.temp_tag)
             self.watchers[name] = self._make_watcher(pipeline)
         if watch_events:
             self._start_observers()
@@ -131,6 +133,11 @@ class Daemon:
             self.metrics_server = serve_metrics(self.metrics, listen.host, listen.port,
                                                 self.health_problems)  # fmt: skip
         log.info("started", pipelines=list(self.pipelines), instance=self.owner)
+
+    def _build(self, config: PipelineConfig) -> Pipeline:
+        pipeline = self._pipeline_factory(config)
+        pipeline.placement = replace(pipeline.placement, temp_tag=self.temp_tag)
+        return pipeline
 
     def hold_pipelines(self) -> list[str]:
         """Pipelines whose interrupted uploads wait for an operator instead of a resubmit."""
@@ -328,7 +335,7 @@ class Daemon:
         )
         try:
             settings = load_settings()
-            fresh = {p.name: self._factory(p) for p in settings.pipelines}
+            fresh = {p.name: self._build(p) for p in settings.pipelines}
         except ConfigError as exc:
             log.error("reload refused; the running config stays", error=str(exc))
             notify("READY=1")

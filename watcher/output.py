@@ -33,6 +33,7 @@ class Placement:
     after_success: str  # keep | move | delete
     archive_dir: Path | None
     text_file: bool = False  # LLMWhisperer: also <name>.txt with the extracted text
+    temp_tag: str = "x"  # this instance's mark in temp names, so its restart can sweep them
 
     def source(self, job: Job) -> Path:
         return self.watch_dir / job.relative_path
@@ -75,10 +76,10 @@ def result_document(job: Job, backend: str) -> dict[str, Any]:
     return document
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, temp_tag: str = "x") -> None:
     """Temp file in the same folder, fsync, rename over the target, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    temp = path.with_name(f".{path.name}.{temp_tag}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -109,8 +110,8 @@ def write_result(job: Job, placement: Placement, backend: str) -> Path:
     text = result_text(job.result_body) if placement.text_file else None
     if text is not None and job.outcome == "success":
         write_atomically(target.with_name(target.name.removesuffix(RESULT_SUFFIX) + ".txt"),
-                         text.encode("utf-8"))  # fmt: skip
-    write_atomically(target, data + b"\n")
+                         text.encode("utf-8"), placement.temp_tag)  # fmt: skip
+    write_atomically(target, data + b"\n", placement.temp_tag)
     placement.stale_result_path(job).unlink(missing_ok=True)
     return target
 
@@ -150,12 +151,17 @@ def _free_name(target: Path, job_id: int) -> Path:
     return target.with_name(f"{target.stem}.{job_id}{target.suffix}")
 
 
-def remove_stale_temps(folder: Path, older_than_seconds: float, now: float) -> int:
-    """Delete our own temp files left by a crash mid-write; return how many."""
+def remove_stale_temps(
+    folder: Path, older_than_seconds: float, now: float, own_tag: str | None = None
+) -> int:
+    """Delete temp files left by a crash mid-write: this instance's own (`own_tag`), and any
+    older than `older_than_seconds` (another instance may be writing a young one); return
+    how many."""
     removed = 0
     for temp in folder.rglob(f".*{TEMP_SUFFIX}"):
         try:
-            if temp.is_file() and now - temp.stat().st_mtime > older_than_seconds:
+            mine = own_tag is not None and f".{own_tag}-" in temp.name
+            if temp.is_file() and (mine or now - temp.stat().st_mtime > older_than_seconds):
                 temp.unlink()
                 removed += 1
         except OSError:

@@ -28,6 +28,7 @@ from watcher.store.schema import create_engine, db_path, fs_path, jobs, results,
 
 DEFAULT_LEASE_SECONDS = 300.0
 CLAIM_LOCK_KEY = 0x5557_6174  # PostgreSQL advisory lock: one instance counts in-flight at a time
+MIGRATION_LOCK_KEY = 0x5557_6D67  # ... and one instance runs the migrations at a time
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,15 @@ class Store:
 
         try:
             with as_file(files("watcher._migrations")) as folder, self._tx() as conn:
+                if not self.is_sqlite:  # instances starting together migrate one at a time
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
                 config = Config()
                 config.set_main_option("script_location", str(folder))
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
-        except sa.exc.OperationalError as exc:
-            raise StoreError(str(exc.orig).strip()) from None
+        except sa.exc.SQLAlchemyError as exc:
+            detail = getattr(exc, "orig", None) or exc
+            raise StoreError(str(detail).strip().splitlines()[0]) from None
 
     def close(self) -> None:
         self.engine.dispose()
