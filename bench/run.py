@@ -59,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark the unstract-watcher daemon.")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; timings not judged")
     parser.add_argument("--only", default="", help=f"comma-separated scenarios: {names}")
-    parser.add_argument("--workdir", help="where to work (default: a new temp folder)")
+    parser.add_argument(
+        "--workdir", help="where to work, kept afterwards (default: a new temp folder, removed)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
     parser.add_argument("--json", dest="json_path", help="also write the JSON line to this file")
     parser.add_argument(
@@ -141,30 +143,38 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = selected(args.only)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unstract-watcher-bench-")).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored
+        signal.signal(signum, _terminate)
     procs = Processes()
-    sizes = SMOKE if args.smoke else FULL
-    ctx = Context(workdir, procs, sizes, args.settle_seconds, args.org_limit, tuple(args.overrides))
     report = Report(smoke=args.smoke, settings=_settings(args))
-    signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     interrupted = False
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unstract-watcher-bench-")).resolve()
+    ctx = Context(workdir, procs, SMOKE if args.smoke else FULL, args.settle_seconds,
+                  args.org_limit, tuple(args.overrides))  # fmt: skip
     try:
+        workdir.mkdir(parents=True, exist_ok=True)
         for name in names:
             run_scenario(ctx, report, name)
     except KeyboardInterrupt:
         interrupted = True
         print("[bench] interrupted; stopping the daemon and the emulator", file=sys.stderr)
     finally:
-        procs.stop_all()
-        if args.keep:
-            print(f"[bench] work folder kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        _clean_up(procs, workdir, remove=not (args.keep or args.workdir))
     report.seconds = time.monotonic() - started
     report.problems.extend(ctx.problems)
     return _print(report, args, interrupted)
+
+
+def _clean_up(procs: Processes, workdir: Path, remove: bool) -> None:
+    """Stop every child (a second Ctrl-C must not cut this short), then drop our temp folder."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    procs.stop_all()
+    if remove:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"[bench] work folder kept: {workdir}", file=sys.stderr)
 
 
 def _print(report: Report, args: argparse.Namespace, interrupted: bool) -> int:

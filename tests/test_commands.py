@@ -112,3 +112,14 @@ def test_retry_needs_an_id_or_a_pipeline(
 )
 def test_since(text: str | None, expected: float | None) -> None:
     assert parse_since(text, now=1000.0) == expected
+
+
+def test_a_second_daemon_on_the_same_sqlite_file_is_refused(
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+) -> None:
+    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+    with running_daemon(config):
+        second = cli(config, "run", "--once")
+        status = cli(config, "status")
+    assert second.returncode == 69 and "another unstract-watcher daemon" in second.stderr
+    assert status.returncode == 0  # operator commands work beside the daemon

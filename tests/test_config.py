@@ -161,3 +161,24 @@ def test_a_literal_key_in_a_readable_config_is_warned_about(
     path.chmod(0o600)
     assert main(["check-config", "--config", str(path)]) == 0
     assert "readable" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad_key", [f"{KEY}\nsecond line", f"\ufeff{KEY}é", f"{KEY} {KEY}"])
+def test_a_key_a_header_cannot_carry_is_refused_without_showing_it(
+    tmp_path: Path, bad_key: str
+) -> None:
+    (tmp_path / "key").write_text(bad_key)
+    raw = example(tmp_path)
+    del raw["pipelines"][0]["api"]["api_key_env"]
+    raw["pipelines"][0]["api"]["api_key_file"] = str(tmp_path / "key")
+    with pytest.raises(config.ConfigError) as caught:
+        config.from_mapping(raw)
+    assert "line breaks or non-ASCII" in str(caught.value) and KEY not in str(caught.value)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_key(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(f"\ufeff{KEY}\n")
+    raw = example(tmp_path)
+    del raw["pipelines"][0]["api"]["api_key_env"]
+    raw["pipelines"][0]["api"]["api_key_file"] = str(tmp_path / "key")
+    assert config.from_mapping(raw).pipelines[0].api.resolve_key().get_secret_value() == KEY

@@ -69,6 +69,7 @@ def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
         (400, js({"message": "Whisper job not found for the provided whisper hash"}), PollKind.LOST),
         (401, js({"message": "bad key"}), PollKind.PIPELINE_BROKEN),
         (500, b"oops", PollKind.RETRY),
+        (404, js({"message": "no Route matched"}), PollKind.RETRY),  # a gateway, not the service
         (429, js({"message": "slow down"}), PollKind.RETRY),
     ],
 )  # fmt: skip
@@ -93,6 +94,7 @@ RETRIEVED = {"result_text": "Hello <<<", "confidence_metadata": [], "line_metada
         (404, js({"message": "Whisper job unknown"}), PollKind.LOST),
         (400, js({"message": "Whisper not found"}), PollKind.LOST),
         (500, b"oops", PollKind.RETRY),  # maybe deleted, maybe not: ask the status first
+        (404, b"<html>404 Not Found</html>", PollKind.RETRY),  # a proxy page: ask the status
         (401, js({"message": "bad key"}), PollKind.PIPELINE_BROKEN),
     ],
 )

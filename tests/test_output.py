@@ -90,7 +90,7 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temp(
 
 
 def test_stale_temps_are_swept_and_nothing_else(tmp_path: Path) -> None:
-    ours = tmp_path / f".r.json.1a2b3c4d{TEMP_SUFFIX}"
+    ours = tmp_path / f".uw.1a2b3c4d-0123456789ab{TEMP_SUFFIX}"
     theirs = tmp_path / ".editor.tmp"
     ours.write_bytes(b"x")
     theirs.write_bytes(b"y")
@@ -134,9 +134,17 @@ def test_delete_never_removes_a_failed_source(tmp_path: Path) -> None:
 
 
 def test_a_restart_sweeps_its_own_young_temps_but_not_other_instances(tmp_path: Path) -> None:
-    mine = tmp_path / f".r.json.aaaa1111-1a2b3c4d{TEMP_SUFFIX}"
-    other = tmp_path / f".s.json.bbbb2222-1a2b3c4d{TEMP_SUFFIX}"
+    mine = tmp_path / f".uw.aaaa1111-1a2b3c4d{TEMP_SUFFIX}"
+    other = tmp_path / f".uw.bbbb2222-1a2b3c4d{TEMP_SUFFIX}"
     for temp in (mine, other):
         temp.write_bytes(b"x")
     assert remove_stale_temps(tmp_path, 300.0, now=mine.stat().st_mtime, own_tag="aaaa1111") == 1
     assert not mine.exists() and other.exists()  # another instance may be writing it now
+
+
+def test_a_source_name_near_the_limit_still_gets_its_result(tmp_path: Path) -> None:
+    long_name = "é" * 122 + ".pdf"  # 248 bytes: + ".error.json" would pass the 255-byte limit
+    failed = job(relative_path=long_name, outcome="failed", last_error="x")
+    target = write_result(failed, placement(tmp_path), "unstract")
+    assert target.exists() and target.name.endswith(f"~{failed.id}.error.json")
+    assert json.loads(target.read_text())["source"] == long_name

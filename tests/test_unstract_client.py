@@ -91,6 +91,7 @@ def test_429_lowers_nothing_by_itself_but_is_marked() -> None:
         (401, std_error("Unauthorized"), PollKind.PIPELINE_BROKEN),
         (403, std_error("Missing api key"), PollKind.PIPELINE_BROKEN),
         (500, std_error("Server Error (500)", "server_error"), PollKind.RETRY),
+        (404, b'{"message": "no Route matched with those values"}', PollKind.RETRY),  # a gateway
         (502, b"<html>502 Bad Gateway</html>", PollKind.RETRY),
         (504, b"", PollKind.RETRY),
     ],

@@ -102,3 +102,21 @@ def test_hints_for_a_new_folder_list_it(tmp_path: Path) -> None:
     watcher.hint(str(tmp_path / "new"))
     watcher.step(now=0.0)
     assert [r for r, _, _ in collector.queued] == ["new/deep/d.txt"]
+
+
+def test_files_under_symlinked_folders_are_not_taken(tmp_path: Path) -> None:
+    outside = tmp_path / "home"
+    outside.mkdir()
+    (outside / "private.pdf").write_bytes(b"%PDF private")
+    root = tmp_path / "drop"
+    root.mkdir()
+    (root / "a.pdf").write_bytes(b"%PDF")
+    (root / "link").symlink_to(outside)
+    (root / "loop").symlink_to(root)
+    collector = Collector()
+    watcher = make_watcher(root, collector)
+    for hinted in ("link/private.pdf", "loop/a.pdf", "loop/loop/a.pdf"):
+        watcher.hint(str(root / hinted))  # as the polling observer would report them
+    watcher.scan(now=0.0)
+    watcher.step(now=0.0)
+    assert [r for r, _, _ in collector.queued] == ["a.pdf"]

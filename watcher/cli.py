@@ -22,6 +22,7 @@ from watcher.config import ConfigError, Settings
 from watcher.daemon import Daemon
 from watcher.logs import configure, get_logger
 from watcher.store import Store, StoreError
+from watcher.store.operator import held_jobs
 
 EXIT_OK = 0
 EXIT_DOCUMENTS_FAILED = 1  # run --once: at least one document ended with an error file
@@ -73,12 +74,11 @@ def run_daemon(
 ) -> int:
     daemon = Daemon(settings, store)
 
+    # Signal handlers only set events: logging here could deadlock on the log's own lock.
     def on_reload(_signum: int, _frame: FrameType | None) -> None:
-        log.info("reload requested", signal="SIGHUP")
         daemon.reload_requested.set()
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stop requested", signal=signal.Signals(signum).name)
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
         daemon.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -99,7 +99,11 @@ def run_daemon(
             print(f"unstract-watcher: pipeline {name} paused: {reason}; its documents stay "
                   "queued until the key or URL is fixed", file=sys.stderr)  # fmt: skip
         return EXIT_PIPELINE_PAUSED
-    if once and daemon.progress().failed:
+    held = held_jobs(store, list(daemon.pipelines))
+    if once and held:
+        print(f"unstract-watcher: {held} job(s) held with an unknown upload outcome; see "
+              "`jobs list --state held`", file=sys.stderr)  # fmt: skip
+    if once and (daemon.progress().failed or held):
         return EXIT_DOCUMENTS_FAILED
     return EXIT_OK
 
@@ -162,7 +166,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _operator_store(args: argparse.Namespace) -> Store:
-    settings = config_module.load(_config_path(args))
+    # Operator commands need the database, not the API keys (which only the service can read).
+    settings = config_module.load(_config_path(args), check_environment_too=False)
     return _open_store(settings)
 
 

@@ -82,7 +82,8 @@ def job_record(job: Job) -> dict[str, Any]:
 def cost_of(job: Job) -> float | None:
     """LLM cost reported by the API for this document (with include_metadata), if any."""
     item = find_file_item(job.result_body, job.upload_name) or {}
-    usage = (item.get("metadata") or {}).get("usage") if isinstance(item, dict) else None
+    metadata = item.get("metadata")
+    usage = metadata.get("usage") if isinstance(metadata, dict) else None
     try:
         return float(usage["cost_in_dollars"]) if isinstance(usage, dict) else None
     except (KeyError, TypeError, ValueError):

@@ -144,7 +144,11 @@ class _ApiBase(_Strict):
                 raise ConfigError(f"environment variable {self.api_key_env} is empty or unset")
         else:
             key = _read_key_file(self.api_key_file)
-        return SecretStr(key.strip())
+        key = key.strip().lstrip("\ufeff").strip()  # editors add a byte-order mark
+        if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+            # An HTTP header cannot carry it, and httpx would quote it in its error.
+            raise ConfigError("the API key has spaces, line breaks or non-ASCII characters")
+        return SecretStr(key)
 
 
 class UnstractApiConfig(_ApiBase):
@@ -345,7 +349,7 @@ class Settings(BaseSettings):
         return self
 
 
-def load(path: Path) -> Settings:
+def load(path: Path, check_environment_too: bool = True) -> Settings:
     """Read, validate and check the config; raise ConfigError with a message for people."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -353,15 +357,20 @@ def load(path: Path) -> Settings:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return from_mapping(raw, source=str(path))
+    return from_mapping(raw, source=str(path), check_environment_too=check_environment_too)
 
 
-def from_mapping(raw: dict[str, Any], source: str = "config") -> Settings:
+def from_mapping(
+    raw: dict[str, Any], source: str = "config", check_environment_too: bool = True
+) -> Settings:
+    """Validate a parsed config. The environment checks (folders exist, keys resolve) are
+    skipped for the operator's commands, which need only the database URL."""
     try:
         settings = Settings(**raw)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
-    check_environment(settings)
+    if check_environment_too:
+        check_environment(settings)
     return settings
 
 

@@ -38,6 +38,7 @@ from watcher.watch import FolderWatcher, start_observer
 log = get_logger()
 STALE_TEMP_SECONDS = 300.0
 STATUS_SECONDS = 10.0
+HUNG_AFTER_LEASES = 3
 LEASE_MARGIN_SECONDS = 10.0
 DISCOVERY_MAX_WAIT_SECONDS = 1.0
 
@@ -70,6 +71,7 @@ class Daemon:
         self._pipeline_factory = pipeline_factory
         self.pipelines = {p.name: self._build(p) for p in settings.pipelines}
         self.reload_requested = threading.Event()
+        self._scan_all = threading.Event()
         self._loops: list[Any] = []  # loop objects with a last_beat, for the watchdog
         self._discovery_beat = time.monotonic()
         self._retired: list[Pipeline] = []  # replaced by a reload; closed at the end
@@ -86,7 +88,6 @@ class Daemon:
         )
         self.failure: BaseException | None = None
         self._threads: list[threading.Thread] = []
-        self._uploaders: list[threading.Thread] = []
         self._initial_scan_done = threading.Event()
         self._discovering = threading.Event()  # set while a discovery pass runs
 
@@ -94,6 +95,7 @@ class Daemon:
 
     def start(self, watch_events: bool = True) -> None:
         """Recover, scan, and start every loop. Returns once the daemon is up."""
+        self.store.lock_for_daemon()
         # SQLite serves one daemon process: every claim in it is a leftover of the last run.
         uploads, fetches = self.store.release_claims(
             everything=self.store.is_sqlite, owner=self.owner, hold=self.hold_pipelines()
@@ -118,7 +120,7 @@ class Daemon:
                 self.work, self.submitted, self.finished,
             )  # fmt: skip
             uploader.metrics = self.metrics
-            self._uploaders.append(self._spawn(f"upload-{index}", uploader.run))
+            self._spawn(f"upload-{index}", uploader.run)
             self._loops.append(uploader)
         reconciler = Reconciler(self.store, self.pipelines, self.owner, self.stop_event,
                                 self.submitted, self.finished, self.work)  # fmt: skip
@@ -126,6 +128,7 @@ class Daemon:
         reconciler.metrics = self.metrics
         self._spawn("reconcile", reconciler.run)
         self._spawn("finish", self.finisher.run)
+        self._spawn("heartbeat", self._renew_leases)
         self._loops += [reconciler, self.finisher]
         self._reconciler = reconciler
         if self.settings.metrics.enabled:
@@ -153,15 +156,15 @@ class Daemon:
         """Wait for the loops in the documented order, then close clients and the store."""
         for observer in self.observers:
             observer.stop()
+        # Uploads, polls and fetches under way get drain_seconds to finish: a poll or fetch
+        # that returns a read-once result must still be able to store it.
         deadline = time.monotonic() + self.settings.daemon.drain_seconds
-        for thread in self._uploaders:
-            thread.join(max(0.0, deadline - time.monotonic()))
         for thread in self._threads:
-            if thread not in self._uploaders:
-                thread.join(5.0)
-        cut_off = [t.name for t in self._uploaders if t.is_alive()]
+            thread.join(max(1.0, deadline - time.monotonic()))
+        cut_off = [t.name for t in self._threads if t.is_alive()]
         if cut_off:
-            log.warning("uploads still running at the drain limit; they resume on next start")
+            log.warning("work still running at the drain limit; it resumes on the next start",
+                        loops=cut_off)  # fmt: skip
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
@@ -209,11 +212,19 @@ class Daemon:
             self.failure = exc
             self.stop()
 
+    def _renew_leases(self) -> None:
+        """Side loop: keep this instance's claims alive at a third of the lease."""
+        while not self.stop_event.wait(self.store.lease_seconds / 3):
+            self.store.renew_leases(self.owner)
+
     def _discover(self) -> None:
         rescan_at: dict[str, float] = {}
         while not self.stop_event.is_set():
             self.discovery_wake.clear()
             self._discovering.set()
+            if self._scan_all.is_set():  # new watchers after a reload: list their trees now
+                self._scan_all.clear()
+                rescan_at.clear()
             now = self._discovery_beat = time.monotonic()
             for name, watcher in list(self.watchers.items()):
                 if now >= rescan_at.get(name, 0.0):
@@ -258,7 +269,11 @@ class Daemon:
             wake=self.discovery_wake,
         )
         watcher.rescan_seconds = config.rescan_seconds
+        watcher.on_progress = self._discovery_progress
         return watcher
+
+    def _discovery_progress(self) -> None:
+        self._discovery_beat = time.monotonic()
 
     def _start_observers(self) -> None:
         for name, watcher in list(self.watchers.items()):
@@ -288,6 +303,7 @@ class Daemon:
         while not self.stop_event.wait(interval):
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
+                log.info("reload requested")
                 self.reload(load_settings)
             hung = self.hung_loops()
             if hung:  # no ping: systemd's watchdog restarts a hung daemon
@@ -298,6 +314,7 @@ class Daemon:
                 notify(f"STATUS={self.status_line()}")
                 next_status = time.monotonic() + STATUS_SECONDS
         notify("STOPPING=1")
+        log.info("stop requested")
 
     def health_problems(self) -> list[str]:
         """What /healthz reports: an unreachable database, stuck loops, dead watchers."""
@@ -309,8 +326,9 @@ class Daemon:
         return problems + [f"stuck: {name}" for name in self.hung_loops()]
 
     def hung_loops(self) -> list[str]:
-        """Loops that died or have not gone round for longer than any HTTP call may take."""
-        limit = time.monotonic() - self.store.lease_seconds
+        """Loops that died, or have not moved on for far longer than one HTTP call or one
+        file may take (each loop beats per item, not only per round)."""
+        limit = time.monotonic() - HUNG_AFTER_LEASES * self.store.lease_seconds
         hung = [t.name for t in self._threads if not t.is_alive()]
         hung += [f"observer of {o.name}" for o in self.observers if not o.is_alive()]
         hung += [type(loop).__name__ for loop in self._loops if loop.last_beat < limit]
@@ -336,8 +354,9 @@ class Daemon:
         try:
             settings = load_settings()
             fresh = {p.name: self._build(p) for p in settings.pipelines}
-        except ConfigError as exc:
-            log.error("reload refused; the running config stays", error=str(exc))
+        except Exception as exc:  # whatever the new config breaks, the running one stays
+            error = str(exc) if isinstance(exc, ConfigError) else type(exc).__name__
+            log.error("reload refused; the running config stays", error=error)
             notify("READY=1")
             return False
         for observer in self.observers:
@@ -351,6 +370,8 @@ class Daemon:
         self.watchers = {name: self._make_watcher(p) for name, p in fresh.items()}
         self.observers = []
         self._start_observers()
+        self._scan_all.set()
+        self.discovery_wake.set()
         for name, pipeline in fresh.items():
             pipeline.on_pause_change = partial(record_pause, self.store, name)
             record_pause(self.store, name, "")

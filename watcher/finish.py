@@ -63,6 +63,7 @@ class Finisher:
             try:
                 bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path,
                          execution_id=job.execution_id)  # fmt: skip
+                self.last_beat = time.monotonic()
                 pipeline = self.pipelines.get(job.pipeline)
                 if pipeline is None:  # removed by a reload; its jobs wait for it
                     continue

@@ -34,6 +34,12 @@ def _retry_after(headers: httpx.Headers | None) -> float | None:
         return None
 
 
+def _says_unknown(message: str) -> bool:
+    """The service's own words for a hash it does not know (not a proxy's 404 page)."""
+    lowered = message.lower()
+    return "whisper" in lowered and ("not found" in lowered or "unknown" in lowered)
+
+
 def classify_submit(
     status_code: int, content: bytes, headers: httpx.Headers | None = None
 ) -> SubmitOutcome:
@@ -47,6 +53,8 @@ def classify_submit(
                              retry_after_seconds=_retry_after(headers))  # fmt: skip
     if status_code in BROKEN_CODES:
         return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
+    if status_code == 504:  # the gateway gave up; the whisper may exist
+        return SubmitOutcome(SubmitKind.UNKNOWN, None, status_code, error)
     if status_code in (400, 413, 415):
         return SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, status_code, error)
     return SubmitOutcome(SubmitKind.RETRY, None, status_code, error)
@@ -61,8 +69,8 @@ def classify_status(status_code: int, content: bytes) -> PollOutcome:
         return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, message)
     if isinstance(status, str) and status_code in (200, 400):
         return _classify_status_value(status, status_code, message)
-    if status_code in (400, 404) and body is not None:
-        return PollOutcome(PollKind.LOST, None, status_code, message or "whisper not found")
+    if status_code in (400, 404) and _says_unknown(message):
+        return PollOutcome(PollKind.LOST, None, status_code, message)
     return PollOutcome(PollKind.RETRY, None, status_code, message or f"HTTP {status_code}")
 
 
@@ -90,7 +98,7 @@ def classify_retrieve(status_code: int, content: bytes) -> PollOutcome:
         return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, message)
     if status_code == 400 and "already delivered" in message:
         return PollOutcome(PollKind.RESULT_GONE, "retrieved", status_code, message)
-    if status_code == 404 or (status_code == 400 and "not found" in message.lower()):
+    if status_code in (400, 404) and _says_unknown(message):
         return PollOutcome(PollKind.LOST, None, status_code, message)
     return PollOutcome(PollKind.RETRY, None, status_code, message or f"HTTP {status_code}")
 

@@ -22,6 +22,7 @@ from watcher.unstract import find_file_item
 
 # Specific enough that the startup sweep never touches a temp file of anyone else.
 TEMP_SUFFIX = ".unstract-watcher.tmp"
+NAME_MAX = 255  # bytes in one file name on Linux file systems
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,21 @@ class Placement:
 
     def result_path(self, job: Job) -> Path:
         suffix = RESULT_SUFFIX if job.outcome == "success" else ERROR_SUFFIX
-        folder = self.output_dir if self.output_dir is not None else self.watch_dir
-        return folder / (job.relative_path + suffix)
+        return self._beside(job, suffix)
 
     def stale_result_path(self, job: Job) -> Path:
         """The other kind of file for the same source (a success clears an old error file)."""
         suffix = ERROR_SUFFIX if job.outcome == "success" else RESULT_SUFFIX
+        return self._beside(job, suffix)
+
+    def _beside(self, job: Job, suffix: str) -> Path:
         folder = self.output_dir if self.output_dir is not None else self.watch_dir
-        return folder / (job.relative_path + suffix)
+        target = folder / (job.relative_path + suffix)
+        if len(os.fsencode(target.name)) <= NAME_MAX:
+            return target
+        # A source name near the file-system limit: shorten it, keep it unique by job id.
+        stem = os.fsencode(target.name)[: NAME_MAX - 40].decode("utf-8", "ignore")
+        return target.with_name(f"{stem}~{job.id}{suffix}")
 
 
 def result_document(job: Job, backend: str) -> dict[str, Any]:
@@ -79,7 +87,8 @@ def result_document(job: Job, backend: str) -> dict[str, Any]:
 def write_atomically(path: Path, data: bytes, temp_tag: str = "x") -> None:
     """Temp file in the same folder, fsync, rename over the target, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{temp_tag}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    # Short, whatever the target's name: a long source name must not make the temp too long.
+    temp = path.with_name(f".uw.{temp_tag}-{secrets.token_hex(6)}{TEMP_SUFFIX}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         with os.fdopen(fd, "wb") as handle:

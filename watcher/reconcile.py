@@ -89,6 +89,7 @@ class Reconciler:
         for job in due:
             if self.stop.is_set():
                 break
+            self.last_beat = time.monotonic()
             try:
                 bind_job(
                     pipeline=job.pipeline,

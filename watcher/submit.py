@@ -20,6 +20,26 @@ log = get_logger()
 IDLE_WAIT_SECONDS = 0.5
 
 
+# What the Unstract server accepts (unstract-api-behaviour.md section 3); it silently skips any
+# other declared type, so those go as application/octet-stream and the server sniffs them.
+ACCEPTED_TYPES = {
+    "text/plain", "application/pdf", "image/jpeg", "image/png", "image/tiff", "image/bmp",
+    "image/gif", "image/webp", "application/json", "text/csv", "application/msword",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.ms-excel", "application/vnd.ms-excel.sheet.macroenabled.12",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.oasis.opendocument.text", "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.presentation",
+}  # fmt: skip
+
+
+def upload_content_type(file_name: str) -> str:
+    guessed = mimetypes.guess_type(file_name)[0]
+    return guessed if guessed in ACCEPTED_TYPES else "application/octet-stream"
+
+
 class Uploader:
     """One upload worker thread's loop. Several share the store, the pipelines and the events."""
 
@@ -74,7 +94,7 @@ class Uploader:
         content = self._read(job, pipeline)
         if content is None:
             return
-        content_type = mimetypes.guess_type(job.file_name)[0] or "application/octet-stream"
+        content_type = upload_content_type(job.file_name)
         log.debug("uploading", bytes=len(content), content_type=content_type, attempt=job.attempts)
         outcome = pipeline.backend.submit(Upload(job.upload_name, content, content_type))
         crash_point("after_post")
@@ -126,6 +146,8 @@ class Uploader:
         if decision.state is JobState.SUBMITTED:
             log.info("submitted", execution_id=outcome.execution_id)
             pipeline.on_accepted()
+            if pipeline.paused_reason:  # the API takes our uploads again: the pause is over
+                pipeline.resume()
             self.submitted.set()
         elif decision.state is JobState.HELD:
             log.error("upload outcome unknown; job held for an operator", error=outcome.error)

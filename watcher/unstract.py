@@ -28,7 +28,7 @@ BROKEN_PIPELINE_CODES = {401, 403, 404}
 def decode_json(content: bytes) -> Any:
     try:
         return json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -53,8 +53,12 @@ def classify_submit(status_code: int, content: bytes) -> SubmitOutcome:
     body = decode_json(content)
     error = std_error_text(body) or _short(content)
     message = body.get("message") if isinstance(body, dict) else None
-    if status_code == 200 and isinstance(message, dict) and message.get("execution_id"):
+    accepted = status_code == 200 and isinstance(message, dict) and message.get("execution_id")
+    if accepted and isinstance(message, dict) and message.get("execution_status") != "ERROR":
         return SubmitOutcome(SubmitKind.ACCEPTED, str(message["execution_id"]), status_code)
+    if status_code == 504:
+        # A gateway gave up waiting: the server may have created the execution meanwhile.
+        return SubmitOutcome(SubmitKind.UNKNOWN, None, status_code, error or "gateway timeout")
     if status_code == 429:
         return SubmitOutcome(SubmitKind.RETRY, None, status_code, error, rate_limited=True)
     if status_code in BROKEN_PIPELINE_CODES:
@@ -79,7 +83,9 @@ def classify_poll(status_code: int, content: bytes, file_name: str) -> PollOutco
     error = std_error_text(body) or _short(content) or f"HTTP {status_code}"
     if status_code in (401, 403) or (status_code == 404 and "API not found" in error):
         return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, error)
-    if body is not None and status_code in (400, 404):
+    if status_code in (400, 404) and ("does not exist" in error or "execution_id" in error):
+        # The server's own answer about this id (section 8); any other 400/404, such as a
+        # gateway's, is not proof that the execution is gone.
         return PollOutcome(PollKind.LOST, None, status_code, error)
     return PollOutcome(PollKind.RETRY, None, status_code, error)
 
@@ -195,5 +201,6 @@ class UnstractClient:
 
 
 def transport_error(exc: httpx.HTTPError) -> str:
-    # The exception text never holds headers, so the key cannot leak through it.
+    if isinstance(exc, httpx.LocalProtocolError):
+        return type(exc).__name__  # its text may quote a header, the key included
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

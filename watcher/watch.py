@@ -115,6 +115,8 @@ class FolderWatcher:
         self._hints: set[str] = set()
         self._hints_lock = threading.Lock()
         self.rescan_seconds = 300.0
+        self._warned: set[str] = set()  # paths already reported, so a rescan does not repeat
+        self.on_progress: Callable[[], None] = lambda: None  # the daemon's hang check
         self.log = log.bind(pipeline=name)
 
     # -- events (watchdog's thread) -------------------------------------------------------------
@@ -161,6 +163,7 @@ class FolderWatcher:
         return self.tracker.next_check()
 
     def _consider(self, relative: str, now: float) -> None:
+        self.on_progress()
         if not self.filter.takes(relative):
             return
         stat = self._stat(relative)
@@ -192,10 +195,10 @@ class FolderWatcher:
         """Stat of a regular file inside the root, following only symlinks that stay inside."""
         path = self.root / relative
         try:
+            if path.parent.resolve() != path.parent:
+                return None  # under a symlinked folder (the polling observer follows them)
             if path.is_symlink() and not self._inside(path.resolve()):
-                self.log.warning(
-                    "ignoring symlink that leads out of watch_dir", path=as_text(relative)
-                )
+                self._warn_once(relative, "ignoring symlink that leads out of watch_dir")
                 return None
             info = path.stat()
         except OSError:
@@ -203,6 +206,11 @@ class FolderWatcher:
         if not os.path.isfile(path):
             return None
         return FileStat(info.st_size, info.st_mtime_ns)
+
+    def _warn_once(self, relative: str, message: str) -> None:
+        if relative not in self._warned:
+            self._warned.add(relative)
+            self.log.warning(message, path=as_text(relative))
 
     def _inside(self, path: Path) -> bool:
         return path == self.root or path.is_relative_to(self.root)

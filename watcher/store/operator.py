@@ -55,8 +55,11 @@ def get_job(store: Store, job_id: int) -> Job | None:
 
 
 def retry_jobs(store: Store, *, job_id: int | None = None, pipeline: str | None = None) -> int:
-    """Queue failed, skipped or held jobs again with fresh attempts; return how many."""
-    query = sa.update(jobs).where(jobs.c.state.in_([s.value for s in RETRYABLE]))
+    """Queue one failed, skipped or held job, or every failed job of a pipeline, again with
+    fresh attempts; return how many. Held jobs are never retried wholesale: each may already
+    run on the server, and an operator decides one by one."""
+    states = RETRYABLE if job_id is not None else (JobState.FAILED,)
+    query = sa.update(jobs).where(jobs.c.state.in_([s.value for s in states]))
     if job_id is not None:
         query = query.where(jobs.c.id == job_id)
     if pipeline is not None:
@@ -103,6 +106,16 @@ def summaries(store: Store) -> list[PipelineSummary]:
         )
         for name in names
     ]
+
+
+def held_jobs(store: Store, pipelines: list[str]) -> int:
+    query = (
+        sa.select(sa.func.count())
+        .where(jobs.c.state == JobState.HELD.value)
+        .where(jobs.c.pipeline.in_(pipelines))
+    )
+    with store._tx() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def record_pause(store: Store, name: str, reason: str) -> None:

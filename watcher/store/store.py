@@ -8,15 +8,18 @@ from the database clock, so instances on several hosts agree.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -24,9 +27,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from watcher.jobs import IN_FLIGHT, UNFINISHED, Decision, Job, JobState
+from watcher.logs import get_logger
 from watcher.store.schema import create_engine, db_path, fs_path, jobs, results, to_job
 
 DEFAULT_LEASE_SECONDS = 300.0
+TRANSIENT_RETRIES = 8  # about a minute of backoff
+P = ParamSpec("P")
+T = TypeVar("T")
+log = get_logger()
 CLAIM_LOCK_KEY = 0x5557_6174  # PostgreSQL advisory lock: one instance counts in-flight at a time
 MIGRATION_LOCK_KEY = 0x5557_6D67  # ... and one instance runs the migrations at a time
 
@@ -38,6 +46,29 @@ class KnownFile:
     sha256: str
     size: int
     mtime_ns: int
+
+
+def retry_transient(method: Callable[P, T]) -> Callable[P, T]:
+    """Retry a write on a transient database error (lost connection, failover, a lock held
+    past busy_timeout), so an execution id or a read-once result in hand is not dropped.
+    A retry after a commit whose answer was lost meets the fence and changes nothing."""
+
+    @functools.wraps(method)
+    def retried(*args: P.args, **kwargs: P.kwargs) -> T:
+        delay = 0.5
+        for attempt in range(TRANSIENT_RETRIES):
+            try:
+                return method(*args, **kwargs)
+            except sa.exc.OperationalError as exc:
+                if attempt == TRANSIENT_RETRIES - 1:
+                    raise
+                log.warning("database error; retrying", error=str(exc.orig).strip()[:200],
+                            retry_in_seconds=delay)  # fmt: skip
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    return retried
 
 
 class StoreError(Exception):
@@ -87,7 +118,25 @@ class Store:
             detail = getattr(exc, "orig", None) or exc
             raise StoreError(str(detail).strip().splitlines()[0]) from None
 
+    def lock_for_daemon(self) -> None:
+        """SQLite serves one daemon: refuse a second one on the same file (an operator's
+        `run --once` beside the service would take over the service's claims)."""
+        database = sa.engine.make_url(self.url).database
+        if not self.is_sqlite or not database or database == ":memory:":
+            return
+        self._lock_file = open(f"{database}.lock", "a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StoreError(
+                f"another unstract-watcher daemon is using {database}; stop it first "
+                "(operator commands such as status and retry work beside it)"
+            ) from None
+
     def close(self) -> None:
+        if getattr(self, "_lock_file", None) is not None:
+            self._lock_file.close()
         self.engine.dispose()
 
     @contextmanager
@@ -118,6 +167,7 @@ class Store:
             for row in rows
         }
 
+    @retry_transient
     def enqueue(
         self, pipeline: str, relative_path: str, sha256: str, size: int, mtime_ns: int
     ) -> int | None:
@@ -187,6 +237,7 @@ class Store:
             ).first()
         return to_job(row) if row else None
 
+    @retry_transient
     def record_submit(self, job: Job, decision: Decision, http_status: int | None) -> bool:
         """Apply what the upload worker decided; fenced on the claim. False if it was lost."""
         values: dict[str, Any] = self._decision_values(decision, http_status)
@@ -196,9 +247,26 @@ class Store:
             values["attempts"] = jobs.c.attempts - 1
         return self._fenced_update(job, JobState.SUBMITTING, values)
 
+    @retry_transient
     def skip(self, job: Job, reason: str) -> bool:
         values = {"state": JobState.SKIPPED.value, "last_error": reason, "finished_at": self._now}
         return self._fenced_update(job, JobState.SUBMITTING, values)
+
+    def renew_leases(self, owner: str) -> int:
+        """Extend every claim this instance holds (a live instance never loses one, however
+        slow an upload is); a claimed poll's next_poll_at moves with its lease."""
+        mine = (jobs.c.lease_owner == owner) & jobs.c.lease_until.is_not(None)
+        renewed = self._now + self.lease_seconds
+        with self._tx() as conn:
+            count = conn.execute(
+                sa.update(jobs).where(mine & (jobs.c.state != JobState.SUBMITTED.value))
+                .values(lease_until=renewed)
+            ).rowcount  # fmt: skip
+            count += conn.execute(
+                sa.update(jobs).where(mine & (jobs.c.state == JobState.SUBMITTED.value))
+                .values(lease_until=renewed, next_poll_at=renewed)
+            ).rowcount  # fmt: skip
+        return int(count)
 
     def make_queued_due(self, pipeline: str) -> int:
         """Queued jobs of a pipeline may go now (after a pause ends); return how many."""
@@ -233,12 +301,14 @@ class Store:
             ).all()
         return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
+    @retry_transient
     def begin_fetch(self, job: Job) -> bool:
         """Mark that a read-once result is being fetched, before the request is sent."""
         values = {"state": JobState.FETCHING.value, "updated_at": self._now,
                   "lease_until": self._now + self.lease_seconds}  # fmt: skip
         return self._fenced_update(job, JobState.SUBMITTED, values)
 
+    @retry_transient
     def record_poll(
         self,
         job: Job,
@@ -302,6 +372,7 @@ class Store:
             ).all()
         return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
+    @retry_transient
     def mark_finished(self, job: Job) -> bool:
         state = JobState.DONE if job.outcome == "success" else JobState.FAILED
         values = {"state": state.value, "finished_at": self._now, "lease_owner": None}
