@@ -17,6 +17,7 @@ from watcher.jobs import (
     can_move,
     decide_after_poll,
     decide_after_submit,
+    next_poll_seconds,
     poll_delay_seconds,
 )
 
@@ -134,3 +135,15 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
         samples = [backoff_seconds(attempt, policy, generator) for _ in range(50)]
         assert all(ceiling / 2 <= s <= ceiling for s in samples)
         assert len(set(samples)) > 1  # jitter spreads retries of many documents
+
+
+def test_with_a_typical_duration_the_first_poll_comes_just_before_it() -> None:
+    policy = RetryPolicy(poll_initial_seconds=0.25, poll_max_seconds=30.0)
+    schedule, elapsed = [], 0.0
+    while elapsed < 6.0:  # a 5 s execution, typical duration 5 s
+        elapsed += next_poll_seconds(elapsed, len(schedule), 5.0, policy)
+        schedule.append(round(elapsed, 2))
+    assert schedule == [4.5, 5.0, 5.5, 6.0]  # done by the poll at 5.0: 2 polls, no delay
+    assert next_poll_seconds(0.0, 0, None, policy) == 0.25  # no estimate yet
+    assert next_poll_seconds(0.0, 0, 0.01, policy) == 0.05  # instant executions: 50 ms
+    assert next_poll_seconds(100.0, 40, 5.0, policy) == 30.0  # a straggler: back to the cap

@@ -28,7 +28,7 @@ from watcher.logs import get_logger
 from watcher.metrics import Metrics, serve_metrics
 from watcher.output import remove_stale_temps
 from watcher.reconcile import Reconciler, report_released
-from watcher.runtime import Pipeline, build_pipeline
+from watcher.runtime import Pipeline, WorkSignal, build_pipeline
 from watcher.store import Store
 from watcher.store.operator import record_pause, summaries
 from watcher.submit import Uploader
@@ -63,7 +63,7 @@ class Daemon:
         self.store = store
         self.owner = settings.daemon.instance_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stop_event = threading.Event()
-        self.work = threading.Event()  # a job may be ready for upload
+        self.work = WorkSignal(settings.daemon.upload_workers)  # a job may be ready for upload
         self.submitted = threading.Event()  # an execution id was recorded
         self.finished = threading.Event()  # an outcome was stored
         self.discovery_wake = threading.Event()
@@ -149,7 +149,8 @@ class Daemon:
     def stop(self) -> None:
         """Ask every loop to stop; idempotent and safe from a signal handler."""
         self.stop_event.set()
-        for event in (self.work, self.submitted, self.finished, self.discovery_wake):
+        self.work.wake_all()
+        for event in (self.submitted, self.finished, self.discovery_wake):
             event.set()
 
     def join(self) -> None:
@@ -310,7 +311,7 @@ class Daemon:
                 log.error("daemon loops are stuck; withholding the watchdog ping", loops=hung)
             else:
                 notify("WATCHDOG=1")
-            if time.monotonic() >= next_status:
+            if time.monotonic() >= next_status and os.environ.get("NOTIFY_SOCKET"):
                 notify(f"STATUS={self.status_line()}")
                 next_status = time.monotonic() + STATUS_SECONDS
         notify("STOPPING=1")

@@ -19,7 +19,7 @@ from watcher.unstract import find_file_item
 
 log = get_logger()
 BATCH = 64
-IDLE_WAIT_SECONDS = 0.5
+IDLE_WAIT_SECONDS = 2.0  # an outcome stored by this process wakes us sooner
 DISK_TROUBLE_WAIT_SECONDS = 5.0
 
 

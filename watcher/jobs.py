@@ -14,6 +14,12 @@ from typing import Any, Literal
 from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome
 from watcher.filters import as_text
 
+EARLY_FRACTION = 0.9  # first poll at 90 % of the typical execution time
+STEP_FRACTION = 0.1  # then a poll every 10 % of it ...
+LATE_FACTOR = 2.0  # ... until twice the typical time has passed
+GROWTH = 0.5  # after that, wait half the execution's age
+MIN_POLL_GAP_SECONDS = 0.05
+
 
 class JobState(StrEnum):
     QUEUED = "queued"  # stable and hashed; waits for an upload worker (and next_attempt_at)
@@ -137,13 +143,37 @@ def poll_delay_seconds(poll_count: int, policy: RetryPolicy) -> float:
     return min(policy.poll_max_seconds, delay)
 
 
+def next_poll_seconds(
+    elapsed: float, poll_count: int, expected: float | None, policy: RetryPolicy
+) -> float:
+    """Seconds until the next poll of an execution submitted `elapsed` seconds ago.
+
+    Without an estimate, gaps grow from poll_initial_seconds. With `expected` (how long this
+    pipeline's executions typically take), the first poll comes just before that, then short
+    steps until well past it, then growing gaps again for the odd long one. Counting from the
+    submission, not from the last answer, keeps the schedule from drifting.
+    """
+    if expected is None:
+        return poll_delay_seconds(poll_count, policy)
+    early = EARLY_FRACTION * expected
+    if elapsed < early:
+        return max(MIN_POLL_GAP_SECONDS, early - elapsed)
+    if elapsed < LATE_FACTOR * expected + policy.poll_initial_seconds:
+        step = STEP_FRACTION * expected
+        return min(policy.poll_max_seconds, max(MIN_POLL_GAP_SECONDS, step))
+    return min(policy.poll_max_seconds, max(policy.poll_initial_seconds, GROWTH * elapsed))
+
+
 def decide_after_submit(
-    outcome: SubmitOutcome, attempts: int, policy: RetryPolicy, rng: random.Random
+    outcome: SubmitOutcome,
+    attempts: int,
+    policy: RetryPolicy,
+    rng: random.Random,
+    expected: float | None = None,
 ) -> Decision:
     if outcome.kind is SubmitKind.ACCEPTED:
-        return Decision(
-            JobState.SUBMITTED, policy.poll_initial_seconds, execution_id=outcome.execution_id
-        )
+        first = next_poll_seconds(0.0, 0, expected, policy)
+        return Decision(JobState.SUBMITTED, first, execution_id=outcome.execution_id)
     if outcome.kind is SubmitKind.DOCUMENT_FAILED:
         return _failed(f"the API refused the document: {outcome.error}")
     if outcome.kind is SubmitKind.PIPELINE_BROKEN:
@@ -165,7 +195,12 @@ def decide_after_submit(
 
 
 def decide_after_poll(
-    outcome: PollOutcome, job: Job, elapsed_seconds: float, policy: RetryPolicy, rng: random.Random
+    outcome: PollOutcome,
+    job: Job,
+    elapsed_seconds: float,
+    policy: RetryPolicy,
+    rng: random.Random,
+    expected: float | None = None,
 ) -> Decision:
     kind = outcome.kind
     if kind is PollKind.COMPLETED:
@@ -183,7 +218,8 @@ def decide_after_poll(
             f"execution {job.execution_id} did not finish within "
             f"{policy.execution_deadline_seconds:.0f} s (last status {outcome.server_status})"
         )
-    return Decision(JobState.SUBMITTED, poll_delay_seconds(job.poll_count, policy), outcome.error)
+    delay = next_poll_seconds(elapsed_seconds, job.poll_count, expected, policy)
+    return Decision(JobState.SUBMITTED, delay, outcome.error)
 
 
 def _failed(error: str) -> Decision:

@@ -16,12 +16,13 @@ from watcher.crashpoints import crash_point
 from watcher.jobs import Decision, Job, JobState, Outcome, decide_after_poll
 from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.metrics import Metrics
-from watcher.runtime import Pipeline
+from watcher.runtime import Pipeline, WorkSignal
 from watcher.store import Store
 
 log = get_logger()
 BATCH = 64
-IDLE_WAIT_SECONDS = 0.5
+MAX_IDLE_SECONDS = 2.0
+MIN_WAIT_SECONDS = 0.01
 SWEEP_SECONDS = 10.0
 TERMINAL_KINDS = (PollKind.COMPLETED, PollKind.FAILED)
 
@@ -42,7 +43,7 @@ class Reconciler:
         stop: threading.Event,
         submitted: threading.Event,
         finished: threading.Event,
-        work: threading.Event,
+        work: WorkSignal,
     ) -> None:
         self.store = store
         self.pipelines = pipelines
@@ -62,8 +63,17 @@ class Reconciler:
             self.submitted.clear()
             self.last_beat = time.monotonic()
             self.sweep()
-            if not self.poll_due():
-                self.submitted.wait(self._idle_wait())
+            wait = self._idle_wait()
+            if wait > 0 or not self.poll_due():
+                self.submitted.wait(max(wait, MIN_WAIT_SECONDS))
+
+    def _idle_wait(self) -> float:
+        """Sleep until the earliest poll is due (a new submission wakes us sooner); other
+        instances' work and leases that run out are noticed within MAX_IDLE_SECONDS."""
+        due_in = self.store.next_poll_due_in(list(self.pipelines))
+        if due_in is None:
+            return MAX_IDLE_SECONDS
+        return min(MAX_IDLE_SECONDS, max(0.0, due_in))
 
     def sweep(self) -> None:
         """Take back what an instance that died had claimed, once its leases ran out."""
@@ -74,11 +84,6 @@ class Reconciler:
         report_released(uploads, fetches)
         if uploads:
             self.work.set()
-
-    def _idle_wait(self) -> float:
-        pipelines = list(self.pipelines.values())
-        smallest = min((p.policy.poll_initial_seconds for p in pipelines), default=1)
-        return min(IDLE_WAIT_SECONDS, smallest / 2)
 
     def poll_due(self) -> int:
         """Poll every execution whose next poll is due; return how many were polled."""
@@ -117,7 +122,10 @@ class Reconciler:
         if outcome.kind in TERMINAL_KINDS:
             crash_point("after_poll")
         elapsed = now - (job.submitted_at or now)
-        decision = decide_after_poll(outcome, job, elapsed, pipeline.policy, self.rng)
+        expected = pipeline.expected_execution_seconds
+        decision = decide_after_poll(outcome, job, elapsed, pipeline.policy, self.rng, expected)
+        if outcome.kind in (*TERMINAL_KINDS, PollKind.READY) or fetching:
+            pipeline.observe_execution(elapsed)
         body = outcome.body if outcome.kind in TERMINAL_KINDS else None
         if outcome.kind in (PollKind.RESULT_GONE, PollKind.LOST):
             decision, body = self._stored_instead(job, decision, body)

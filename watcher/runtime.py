@@ -18,6 +18,36 @@ from watcher.output import Placement
 from watcher.unstract import UnstractClient
 
 log = get_logger()
+EWMA_WEIGHT = 0.2
+
+
+class WorkSignal:
+    """Wakes one idle upload worker per piece of new work (an Event would wake them all, and
+    all but one would find nothing to claim). Pending wake-ups are capped at the workers."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._cap = max(1, workers)
+
+    def set(self) -> None:
+        with self._cond:
+            self._pending = min(self._cap, self._pending + 1)
+            self._cond.notify(1)
+
+    def wake_all(self) -> None:
+        with self._cond:
+            self._pending = self._cap
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        with self._cond:
+            if not self._pending:
+                self._cond.wait(timeout)
+            if self._pending:
+                self._pending -= 1
+                return True
+            return False
 
 
 @dataclass
@@ -29,6 +59,9 @@ class Pipeline:
     paused_until: float = 0.0
     paused_reason: str = ""
     allowed_in_flight: float = 0.0  # lowered by 429s, grows back with accepted uploads
+    # How long this pipeline's executions typically take (moving average), to poll when
+    # they are likely done rather than on a fixed schedule. None until one has ended.
+    expected_execution_seconds: float | None = None
     on_pause_change: Callable[[str], None] | None = None  # called with the reason, or ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -38,6 +71,14 @@ class Pipeline:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def observe_execution(self, seconds: float) -> None:
+        """An execution ended after `seconds` (as first seen by a poll)."""
+        with self._lock:
+            previous = self.expected_execution_seconds
+            self.expected_execution_seconds = (
+                seconds if previous is None else previous + EWMA_WEIGHT * (seconds - previous)
+            )
 
     def in_flight_limit(self) -> int:
         return max(1, int(self.allowed_in_flight))

@@ -13,11 +13,11 @@ from watcher.crashpoints import crash_point
 from watcher.jobs import Decision, Job, JobState, decide_after_submit
 from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.metrics import Metrics
-from watcher.runtime import Pipeline
+from watcher.runtime import Pipeline, WorkSignal
 from watcher.store import Store
 
 log = get_logger()
-IDLE_WAIT_SECONDS = 0.5
+MAX_IDLE_SECONDS = 2.0
 
 
 # What the Unstract server accepts (unstract-api-behaviour.md section 3); it silently skips any
@@ -49,7 +49,7 @@ class Uploader:
         pipelines: dict[str, Pipeline],
         owner: str,
         stop: threading.Event,
-        work: threading.Event,
+        work: WorkSignal,
         submitted: threading.Event,
         finished: threading.Event,
     ) -> None:
@@ -66,11 +66,14 @@ class Uploader:
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.work.clear()
             self.last_beat = time.monotonic()
-            job = self.store.claim_for_upload(self.owner, self._limits())
+            limits = self._limits()
+            wait = self._idle_wait(limits)  # a read: no write lock while there is nothing to do
+            job = self.store.claim_for_upload(self.owner, limits) if wait <= 0 else None
             if job is None:
-                self.work.wait(IDLE_WAIT_SECONDS)
+                # Due work we could not claim means every pipeline is at max_in_flight: a
+                # freed slot wakes us (WorkSignal), so wait long.
+                self.work.wait(MAX_IDLE_SECONDS if wait <= 0 else wait)
                 continue
             pipeline = self.pipelines.get(job.pipeline)
             if pipeline is None:  # removed by a reload since the claim: put the job back
@@ -81,6 +84,12 @@ class Uploader:
                 self.upload(job, pipeline)
             finally:
                 unbind_job()
+
+    def _idle_wait(self, limits: dict[str, int]) -> float:
+        """Until the next retry is due; new work wakes one worker sooner. Other instances'
+        work and freed slots are noticed within MAX_IDLE_SECONDS."""
+        due_in = self.store.next_attempt_due_in(list(limits)) if limits else None
+        return MAX_IDLE_SECONDS if due_in is None else min(MAX_IDLE_SECONDS, due_in)
 
     def _limits(self) -> dict[str, int]:
         return {
@@ -98,7 +107,8 @@ class Uploader:
         log.debug("uploading", bytes=len(content), content_type=content_type, attempt=job.attempts)
         outcome = pipeline.backend.submit(Upload(job.upload_name, content, content_type))
         crash_point("after_post")
-        decision = decide_after_submit(outcome, job.attempts, pipeline.policy, self.rng)
+        decision = decide_after_submit(outcome, job.attempts, pipeline.policy, self.rng,
+                                       pipeline.expected_execution_seconds)  # fmt: skip
         if not self.store.record_submit(job, decision, outcome.http_status):
             log.warning("lost the claim on this job while uploading; another worker has it")
             return

@@ -144,6 +144,14 @@ class Store:
         with self._lock, self.engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only transaction: no write lock (WAL readers never wait for the writer)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(read_only=True)
+            with conn.begin():
+                yield conn
+
     def now(self) -> float:
         with self._tx() as conn:
             return float(conn.execute(sa.select(self._now)).scalar_one())
@@ -267,6 +275,20 @@ class Store:
                 .values(lease_until=renewed, next_poll_at=renewed)
             ).rowcount  # fmt: skip
         return int(count)
+
+    def next_attempt_due_in(self, pipelines: list[str]) -> float | None:
+        """Seconds until the earliest queued job may be uploaded (<= 0: now); None: none."""
+        return self._due_in(jobs.c.next_attempt_at, JobState.QUEUED, pipelines)
+
+    def next_poll_due_in(self, pipelines: list[str]) -> float | None:
+        """Seconds until the earliest status poll is due (<= 0: now); None: none."""
+        return self._due_in(jobs.c.next_poll_at, JobState.SUBMITTED, pipelines)
+
+    def _due_in(self, column: Any, state: JobState, pipelines: list[str]) -> float | None:
+        query = sa.select(sa.func.min(column) - self._now).where(jobs.c.state == state.value)
+        with self._read() as conn:
+            due = conn.execute(query.where(jobs.c.pipeline.in_(pipelines))).scalar_one()
+        return None if due is None else float(due)
 
     def make_queued_due(self, pipeline: str) -> int:
         """Queued jobs of a pipeline may go now (after a pause ends); return how many."""
@@ -441,7 +463,7 @@ class Store:
             .where(jobs.c.state.in_([s.value for s in UNFINISHED]))
             .where(jobs.c.pipeline.in_(pipelines))
         )
-        with self._tx() as conn:
+        with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
     def list_jobs(self, pipeline: str | None = None) -> list[Job]:
