@@ -145,5 +145,5 @@ def test_with_a_typical_duration_the_first_poll_comes_just_before_it() -> None:
         schedule.append(round(elapsed, 2))
     assert schedule == [4.5, 5.0, 5.5, 6.0]  # done by the poll at 5.0: 2 polls, no delay
     assert next_poll_seconds(0.0, 0, None, policy) == 0.25  # no estimate yet
-    assert next_poll_seconds(0.0, 0, 0.01, policy) == 0.05  # instant executions: 50 ms
+    assert next_poll_seconds(0.0, 0, 0.01, policy) == 0.02  # instant executions: 20 ms
     assert next_poll_seconds(100.0, 40, 5.0, policy) == 30.0  # a straggler: back to the cap

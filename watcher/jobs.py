@@ -18,7 +18,7 @@ EARLY_FRACTION = 0.9  # first poll at 90 % of the typical execution time
 STEP_FRACTION = 0.1  # then a poll every 10 % of it ...
 LATE_FACTOR = 2.0  # ... until twice the typical time has passed
 GROWTH = 0.5  # after that, wait half the execution's age
-MIN_POLL_GAP_SECONDS = 0.05
+MIN_POLL_GAP_SECONDS = 0.02
 
 
 class JobState(StrEnum):

@@ -125,7 +125,12 @@ class Reconciler:
         expected = pipeline.expected_execution_seconds
         decision = decide_after_poll(outcome, job, elapsed, pipeline.policy, self.rng, expected)
         if outcome.kind in (*TERMINAL_KINDS, PollKind.READY) or fetching:
-            pipeline.observe_execution(elapsed)
+            # It ended between the previous poll and this one: take the middle, so the
+            # estimate does not creep upward by the polling lag.
+            previous = (
+                job.updated_at - job.submitted_at if job.poll_count and job.submitted_at else 0.0
+            )
+            pipeline.observe_execution((max(0.0, previous) + elapsed) / 2)
         body = outcome.body if outcome.kind in TERMINAL_KINDS else None
         if outcome.kind in (PollKind.RESULT_GONE, PollKind.LOST):
             decision, body = self._stored_instead(job, decision, body)
