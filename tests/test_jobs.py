@@ -19,6 +19,7 @@ from watcher.jobs import (
     decide_after_submit,
     next_poll_seconds,
     poll_delay_seconds,
+    updated_estimate,
 )
 
 POLICY = RetryPolicy(max_attempts=3, execution_deadline_seconds=600)
@@ -147,3 +148,63 @@ def test_with_a_typical_duration_the_first_poll_comes_just_before_it() -> None:
     assert next_poll_seconds(0.0, 0, None, policy) == 0.25  # no estimate yet
     assert next_poll_seconds(0.0, 0, 0.01, policy) == 0.02  # instant executions: 20 ms
     assert next_poll_seconds(100.0, 40, 5.0, policy) == 30.0  # a straggler: back to the cap
+
+
+def _simulate(
+    durations: list[float], lag: float, side_by_side: int = 1
+) -> tuple[list[int], list[float]]:
+    """Executions of the given durations, `side_by_side` at a time (each group submitted
+    together and so polled on one schedule), polled `lag` seconds late, the estimate learnt
+    as the reconciler learns it: polls per execution, and delays."""
+    policy = RetryPolicy(poll_initial_seconds=0.25, poll_max_seconds=30.0)
+    expected: float | None = None
+    polls, delays = [], []
+    for duration in durations:
+        elapsed, previous, count = 0.0, None, 0
+        while True:
+            elapsed += next_poll_seconds(elapsed, count, expected, policy) + lag
+            count += 1
+            if elapsed >= duration:
+                break
+            previous = elapsed
+        for _ in range(side_by_side):
+            expected = updated_estimate(expected, elapsed, previous)
+        polls.append(count)
+        delays.append(elapsed - duration)
+    return polls, delays
+
+
+def test_the_learnt_schedule_needs_few_polls_and_does_not_creep() -> None:
+    for side_by_side in (1, 20):
+        polls, delays = _simulate([5.0] * 200, lag=0.03, side_by_side=side_by_side)
+        assert sum(polls[20:]) / 180 <= 3.0
+        assert max(delays[20:]) < 1.0  # about one step of 10 %, however long it runs
+        assert max(delays[-20:]) < 1.0  # no creep by the lag over 200 rounds
+
+
+def test_instant_executions_are_polled_at_once() -> None:
+    polls, delays = _simulate([0.005] * 100, lag=0.01)
+    assert polls[-20:] == [1] * 20
+    assert max(delays[-20:]) < 0.15
+
+
+def test_a_slower_or_faster_service_is_followed() -> None:
+    for side_by_side in (1, 20):
+        durations = [2.0] * 50 + [8.0] * 50 + [1.0] * 150
+        polls, delays = _simulate(durations, 0.03, side_by_side)
+        assert max(delays[90:100]) < 1.0  # caught up with the slowdown
+        assert max(delays[-10:]) < 0.3  # and with the speed-up
+        assert sum(polls[-10:]) / 10 <= 3.0
+
+
+def test_executions_ending_side_by_side_do_not_drag_the_estimate_down() -> None:
+    polls, _ = _simulate([5.0] * 10, lag=0.03, side_by_side=20)
+    assert max(polls[1:]) <= 3
+
+
+def test_the_estimate_takes_what_is_known() -> None:
+    assert updated_estimate(None, 5.5, 5.0) == 5.25  # ended in between: the middle
+    assert updated_estimate(5.0, 6.0, 5.5) == 5.0 + 0.2 * 0.75  # averaged in
+    assert updated_estimate(None, 0.25, None) == 0.25  # ended by the first poll: at most that
+    assert updated_estimate(5.0, 4.5, None) == 4.5
+    assert updated_estimate(5.0, 5.2, None) == 5.0  # a late first poll says nothing new

@@ -14,11 +14,12 @@ from typing import Any, Literal
 from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome
 from watcher.filters import as_text
 
-EARLY_FRACTION = 0.9  # first poll at 90 % of the typical execution time
+EARLY_FRACTION = 0.9  # first poll a little before the typical execution time
 STEP_FRACTION = 0.1  # then a poll every 10 % of it ...
 LATE_FACTOR = 2.0  # ... until twice the typical time has passed
 GROWTH = 0.5  # after that, wait half the execution's age
 MIN_POLL_GAP_SECONDS = 0.02
+EWMA_WEIGHT = 0.2  # how much one execution moves the typical execution time
 
 
 class JobState(StrEnum):
@@ -149,9 +150,9 @@ def next_poll_seconds(
     """Seconds until the next poll of an execution submitted `elapsed` seconds ago.
 
     Without an estimate, gaps grow from poll_initial_seconds. With `expected` (how long this
-    pipeline's executions typically take), the first poll comes just before that, then short
-    steps until well past it, then growing gaps again for the odd long one. Counting from the
-    submission, not from the last answer, keeps the schedule from drifting.
+    pipeline's executions typically take), the first poll comes a little before
+    that, then short steps until well past it, then growing gaps again for the odd long one.
+    Counting from the submission, not from the last answer, keeps the schedule from drifting.
     """
     if expected is None:
         return poll_delay_seconds(poll_count, policy)
@@ -162,6 +163,23 @@ def next_poll_seconds(
         step = STEP_FRACTION * expected
         return min(policy.poll_max_seconds, max(MIN_POLL_GAP_SECONDS, step))
     return min(policy.poll_max_seconds, max(policy.poll_initial_seconds, GROWTH * elapsed))
+
+
+def updated_estimate(expected: float | None, ended_by: float, polled_before: float | None) -> float:
+    """A pipeline's typical execution time, after an execution was seen ended when asked
+    `ended_by` seconds after its submission.
+
+    After a poll that saw it running (`polled_before`), it ended in between: the middle of
+    the two is averaged in (so the estimate does not creep upward by how late polls run).
+    Ended by its first poll, which comes a little before the estimate, it took at most
+    `ended_by`: the estimate drops to that at once, which follows a service that got faster
+    within a few documents; executions that ended side by side all say the same and do
+    not pull it down once each.
+    """
+    if polled_before is None:
+        return ended_by if expected is None else min(expected, ended_by)
+    sample = (max(0.0, polled_before) + ended_by) / 2
+    return sample if expected is None else expected + EWMA_WEIGHT * (sample - expected)
 
 
 def decide_after_submit(

@@ -13,7 +13,13 @@ from typing import Any
 
 from watcher.backend import PollKind
 from watcher.crashpoints import crash_point
-from watcher.jobs import Decision, Job, JobState, Outcome, decide_after_poll
+from watcher.jobs import (
+    Decision,
+    Job,
+    JobState,
+    Outcome,
+    decide_after_poll,
+)
 from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.metrics import Metrics
 from watcher.runtime import Pipeline, WorkSignal
@@ -59,12 +65,14 @@ class Reconciler:
         self.rng = random.Random()
 
     def run(self) -> None:
+        busy = False  # the last round polled something: look for more straight away
         while not self.stop.is_set():
             self.submitted.clear()
             self.last_beat = time.monotonic()
             self.sweep()
-            wait = self._idle_wait()
-            if wait > 0 or not self.poll_due():
+            wait = 0.0 if busy else self._idle_wait()  # a read: no write lock when idle
+            busy = wait <= 0 and self.poll_due() > 0
+            if not busy:
                 self.submitted.wait(max(wait, MIN_WAIT_SECONDS))
 
     def _idle_wait(self) -> float:
@@ -90,7 +98,8 @@ class Reconciler:
         due = self.store.claim_due_polls(self.owner, BATCH, list(self.pipelines))
         if not due:
             return 0
-        now = self.store.now()
+        # The database's clock, read once and carried on by ours (submitted_at is its time).
+        clock_offset = self.store.now() - time.monotonic()
         for job in due:
             if self.stop.is_set():
                 break
@@ -104,13 +113,14 @@ class Reconciler:
                 )
                 pipeline = self.pipelines.get(job.pipeline)
                 if pipeline is not None:  # None: removed by a reload; its jobs wait for it
-                    self.poll(job, pipeline, now)
+                    self.poll(job, pipeline, clock_offset)
             finally:
                 unbind_job()
         return len(due)
 
-    def poll(self, job: Job, pipeline: Pipeline, now: float) -> None:
+    def poll(self, job: Job, pipeline: Pipeline, clock_offset: float) -> None:
         assert job.execution_id is not None
+        asked_at = time.monotonic() + clock_offset
         outcome = pipeline.backend.poll(job.execution_id, job.upload_name)
         log.debug("polled", status=outcome.server_status, http_status=outcome.http_status)
         fetching = outcome.kind is PollKind.READY
@@ -121,16 +131,13 @@ class Reconciler:
             outcome = pipeline.backend.fetch(job.execution_id, job.upload_name)
         if outcome.kind in TERMINAL_KINDS:
             crash_point("after_poll")
+        now = time.monotonic() + clock_offset
         elapsed = now - (job.submitted_at or now)
         expected = pipeline.expected_execution_seconds
         decision = decide_after_poll(outcome, job, elapsed, pipeline.policy, self.rng, expected)
         if outcome.kind in (*TERMINAL_KINDS, PollKind.READY) or fetching:
-            # It ended between the previous poll and this one: take the middle, so the
-            # estimate does not creep upward by the polling lag.
-            previous = (
-                job.updated_at - job.submitted_at if job.poll_count and job.submitted_at else 0.0
-            )
-            pipeline.observe_execution((max(0.0, previous) + elapsed) / 2)
+            # Ended by the time we asked: the answer's round trip is not execution time.
+            self._learn_duration(job, pipeline, asked_at - (job.submitted_at or asked_at))
         body = outcome.body if outcome.kind in TERMINAL_KINDS else None
         if outcome.kind in (PollKind.RESULT_GONE, PollKind.LOST):
             decision, body = self._stored_instead(job, decision, body)
@@ -151,6 +158,13 @@ class Reconciler:
             self.work.set()
         elif outcome.kind is PollKind.RETRY:
             log.warning("status poll failed; will poll again", error=outcome.error)
+
+    @staticmethod
+    def _learn_duration(job: Job, pipeline: Pipeline, elapsed: float) -> None:
+        polled_before = None  # when a poll last saw it running
+        if job.poll_count and job.submitted_at is not None:
+            polled_before = job.updated_at - job.submitted_at
+        pipeline.observe_execution(elapsed, polled_before)
 
     def _stored_instead(self, job: Job, decision: Decision, body: Any) -> tuple[Decision, Any]:
         """The server says the result is gone: another instance may have read and kept it."""

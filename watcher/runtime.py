@@ -11,14 +11,13 @@ from typing import Any
 
 from watcher.backend import Backend
 from watcher.config import LLMWhispererApiConfig, PipelineConfig, UnstractApiConfig
-from watcher.jobs import RetryPolicy
+from watcher.jobs import RetryPolicy, updated_estimate
 from watcher.llmwhisperer import LLMWhispererClient
 from watcher.logs import get_logger
 from watcher.output import Placement
 from watcher.unstract import UnstractClient
 
 log = get_logger()
-EWMA_WEIGHT = 0.2
 
 
 class WorkSignal:
@@ -72,12 +71,11 @@ class Pipeline:
     def name(self) -> str:
         return self.config.name
 
-    def observe_execution(self, seconds: float) -> None:
-        """An execution ended after `seconds` (as first seen by a poll)."""
+    def observe_execution(self, ended_by: float, polled_before: float | None) -> None:
+        """An execution was seen ended when asked `ended_by` seconds after submission."""
         with self._lock:
-            previous = self.expected_execution_seconds
-            self.expected_execution_seconds = (
-                seconds if previous is None else previous + EWMA_WEIGHT * (seconds - previous)
+            self.expected_execution_seconds = updated_estimate(
+                self.expected_execution_seconds, ended_by, polled_before
             )
 
     def in_flight_limit(self) -> int:

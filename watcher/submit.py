@@ -65,11 +65,14 @@ class Uploader:
         self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
 
     def run(self) -> None:
+        busy = False  # the last claim found work: try the next one straight away
         while not self.stop.is_set():
             self.last_beat = time.monotonic()
             limits = self._limits()
-            wait = self._idle_wait(limits)  # a read: no write lock while there is nothing to do
+            # A read first when idle: no write lock while there is nothing to do.
+            wait = 0.0 if busy else self._idle_wait(limits)
             job = self.store.claim_for_upload(self.owner, limits) if wait <= 0 else None
+            busy = job is not None
             if job is None:
                 # Due work we could not claim means every pipeline is at max_in_flight: a
                 # freed slot wakes us (WorkSignal), so wait long.

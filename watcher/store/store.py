@@ -153,7 +153,7 @@ class Store:
                 yield conn
 
     def now(self) -> float:
-        with self._tx() as conn:
+        with self._read() as conn:
             return float(conn.execute(sa.select(self._now)).scalar_one())
 
     # -- discovery -----------------------------------------------------------------------------
@@ -166,7 +166,7 @@ class Store:
             .where(jobs.c.pipeline == pipeline)
             .order_by(jobs.c.id)
         )  # fmt: skip
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(query).all()
         return {
             fs_path(row.relative_path, row.relative_path_raw): KnownFile(
@@ -362,7 +362,7 @@ class Store:
         query = sa.select(results.c.outcome, results.c.error, results.c.body).where(
             results.c.execution_id == execution_id
         )
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(query).first()
         if row is None:
             return None
