@@ -150,9 +150,9 @@ def next_poll_seconds(
     """Seconds until the next poll of an execution submitted `elapsed` seconds ago.
 
     Without an estimate, gaps grow from poll_initial_seconds. With `expected` (how long this
-    pipeline's executions typically take), the first poll comes a little before
-    that, then short steps until well past it, then growing gaps again for the odd long one.
-    Counting from the submission, not from the last answer, keeps the schedule from drifting.
+    pipeline's executions typically take), the first poll comes a little before that, then
+    short steps until well past it, then growing gaps again for the odd long one. Counting
+    from the submission, not from the last answer, keeps the schedule from drifting.
     """
     if expected is None:
         return poll_delay_seconds(poll_count, policy)

@@ -13,13 +13,7 @@ from typing import Any
 
 from watcher.backend import PollKind
 from watcher.crashpoints import crash_point
-from watcher.jobs import (
-    Decision,
-    Job,
-    JobState,
-    Outcome,
-    decide_after_poll,
-)
+from watcher.jobs import Decision, Job, JobState, Outcome, decide_after_poll
 from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.metrics import Metrics
 from watcher.runtime import Pipeline, WorkSignal
