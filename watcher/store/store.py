@@ -77,7 +77,10 @@ class StoreError(Exception):
 
 class Store:
     def __init__(
-        self, url: str, busy_timeout_seconds: float = 30.0, lease_seconds: float = 300.0
+        self,
+        url: str,
+        busy_timeout_seconds: float = 30.0,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         self.url = url
         # How long a claim (an upload, a poll, a fetch, a file write) is ours; past it, another
@@ -97,6 +100,36 @@ class Store:
             sa.literal_column("((julianday('now') - 2440587.5) * 86400.0)", sa.Double)
             if self.is_sqlite
             else sa.literal_column("extract(epoch from clock_timestamp())::float8", sa.Double)
+        )
+
+        # Built once: the upload claim runs for every document, and building it (with all
+        # columns returned) cost more than running it.
+        self._in_flight_by_pipeline = (
+            sa.select(jobs.c.pipeline, sa.func.count())
+            .where(jobs.c.state.in_([s.value for s in IN_FLIGHT]))
+            .group_by(jobs.c.pipeline)
+        )
+        candidate = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.state == JobState.QUEUED.value)
+            .where(jobs.c.next_attempt_at <= self._now)
+            .where(jobs.c.pipeline.in_(sa.bindparam("open_pipelines", expanding=True)))
+            .order_by(jobs.c.next_attempt_at, jobs.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        self._claim_upload = (
+            sa.update(jobs)
+            .where(jobs.c.id == candidate)
+            .values(
+                state=JobState.SUBMITTING.value,
+                attempts=jobs.c.attempts + 1,
+                lease_owner=sa.bindparam("claim_owner"),
+                lease_until=self._now + self.lease_seconds,
+                updated_at=self._now,
+            )
+            .returning(*jobs.c)
         )
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -211,37 +244,12 @@ class Store:
             if not self.is_sqlite:
                 # Instances count in-flight executions one at a time: max_in_flight holds for all.
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
-            busy: dict[str, int] = dict(
-                conn.execute(
-                    sa.select(jobs.c.pipeline, sa.func.count())
-                    .where(jobs.c.state.in_([s.value for s in IN_FLIGHT]))
-                    .group_by(jobs.c.pipeline)
-                ).all()
-            )
+            busy: dict[str, int] = dict(conn.execute(self._in_flight_by_pipeline).all())
             open_pipelines = [p for p, limit in limits.items() if busy.get(p, 0) < limit]
             if not open_pipelines:
                 return None
-            candidate = (
-                sa.select(jobs.c.id)
-                .where(jobs.c.state == JobState.QUEUED.value)
-                .where(jobs.c.next_attempt_at <= self._now)
-                .where(jobs.c.pipeline.in_(open_pipelines))
-                .order_by(jobs.c.next_attempt_at, jobs.c.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-                .scalar_subquery()
-            )
             row = conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == candidate)
-                .values(
-                    state=JobState.SUBMITTING.value,
-                    attempts=jobs.c.attempts + 1,
-                    lease_owner=owner,
-                    lease_until=self._now + self.lease_seconds,
-                    updated_at=self._now,
-                )
-                .returning(*jobs.c)
+                self._claim_upload, {"claim_owner": owner, "open_pipelines": open_pipelines}
             ).first()
         return to_job(row) if row else None
 
