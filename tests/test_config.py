@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from watcher import config
 from watcher.cli import EXIT_CONFIG, main
+from watcher.emulator.whisper_options import OptionError, parse_pages
 
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
 KEY = "6f1c2a8e-3b7d-4c59-9e21-0d4b8a7f5c13"
@@ -182,3 +185,184 @@ def test_a_byte_order_mark_is_not_part_of_the_key(tmp_path: Path) -> None:
     del raw["pipelines"][0]["api"]["api_key_env"]
     raw["pipelines"][0]["api"]["api_key_file"] = str(tmp_path / "key")
     assert config.from_mapping(raw).pipelines[0].api.resolve_key().get_secret_value() == KEY
+
+
+def commented_llmwhisperer_api() -> dict[str, Any]:
+    """The example's commented LLMWhisperer API table, as it reads once uncommented."""
+    text = EXAMPLE.read_text().split('# kind = "llmwhisperer"')[1]
+    lines = [line[2:] for line in text.splitlines() if re.match(r"^# \w+ = ", line)]
+    return tomllib.loads("\n".join(lines))
+
+
+def test_the_example_shows_every_default() -> None:
+    raw = tomllib.loads(EXAMPLE.read_text())
+    pipeline = raw["pipelines"][0]
+    tables = [(config.DatabaseConfig, raw["database"]), (config.DaemonConfig, raw["daemon"]),
+              (config.MetricsConfig, raw["metrics"]), (config.PipelineConfig, pipeline),
+              (config.UnstractApiConfig, pipeline["api"]),
+              (config.LLMWhispererApiConfig, commented_llmwhisperer_api())]  # fmt: skip
+    for model, table in tables:
+        for name, value in table.items():
+            field = model.model_fields[name]
+            if field.is_required() or name == "api_key_env":  # marked as examples in the file
+                continue
+            assert value == field.get_default(call_default_factory=True), name
+    assert len(commented_llmwhisperer_api()) > 10
+
+
+@pytest.mark.parametrize("sub", ["processed", "failed"])
+def test_an_archive_whose_subfolder_is_watched_is_refused(tmp_path: Path, sub: str) -> None:
+    def archive_above(raw: dict[str, Any]) -> None:
+        (tmp_path / sub).mkdir()
+        raw["pipelines"][0].update(watch_dir=str(tmp_path / sub), after_success="move",
+                                   archive_dir=str(tmp_path))  # fmt: skip
+
+    message = bad(tmp_path, archive_above)
+    assert f"pipelines[0].archive_dir: {tmp_path / sub} is inside the watched folder" in message
+
+
+def test_an_archive_inside_the_watched_tree_needs_an_exclude(tmp_path: Path) -> None:
+    raw = example(tmp_path)
+    raw["pipelines"][0].update(after_success="move", archive_dir=str(tmp_path / "drop" / "old"))
+    with pytest.raises(config.ConfigError, match=r"pipelines\[0\]\.archive_dir"):
+        config.from_mapping(raw)
+    raw["pipelines"][0]["exclude"] = ["old/processed/*"]  # the archive itself is still watched
+    with pytest.raises(config.ConfigError, match=r"pipelines\[0\]\.archive_dir"):
+        config.from_mapping(raw)
+    for exclude in ("old", "old/", "old/*"):
+        raw["pipelines"][0]["exclude"] = [exclude]
+        assert config.from_mapping(raw).pipelines[0].exclude == [exclude]
+
+
+def test_a_table_variable_that_is_not_json_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("UNSTRACT_WATCHER_DAEMON", "x")
+    message = bad(tmp_path, lambda raw: None)
+    assert "environment variable UNSTRACT_WATCHER_DAEMON:" in message
+    assert "UNSTRACT_WATCHER_DAEMON__LOG_LEVEL" in message
+    path = tmp_path / "config.toml"
+    path.write_text(EXAMPLE.read_text().replace("/srv/drop/invoices", str(tmp_path / "drop")))
+    assert main(["check-config", "--config", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "UNSTRACT_WATCHER_DAEMON" in err and "Traceback" not in err
+    monkeypatch.setenv("UNSTRACT_WATCHER_DAEMON", '{"log_level": "debug"}')  # JSON works
+    assert config.from_mapping(example(tmp_path)).daemon.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    "variable", ["UNSTRACT_WATCHER_PIPELINES", "UNSTRACT_WATCHER_PIPELINES__0__NAME",
+                 "unstract_watcher_pipelines__0__api__api_key"],
+)  # fmt: skip
+def test_pipeline_variables_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "x")
+    message = bad(tmp_path, lambda raw: None)
+    assert f"environment variable {variable}: pipelines cannot be set" in message
+    assert "in the config file" in message and "api_key_env or api_key_file" in message
+
+
+def test_the_default_sqlite_path_is_absolute() -> None:
+    url = config.DatabaseConfig.model_validate({}).url
+    assert url == "sqlite:////var/lib/unstract-watcher/state.db"
+    assert make_url(url).database == "/var/lib/unstract-watcher/state.db"
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///var/lib/x/state.db", "sqlite:///state.db", "sqlite:///"]
+)
+def test_a_relative_sqlite_path_is_refused(tmp_path: Path, url: str) -> None:
+    message = bad(tmp_path, lambda raw: raw["database"].update(url=url))
+    assert "database.url:" in message and "relative path" in message
+    four = message.split("four slashes: ")[1]
+    assert four.startswith("sqlite:////") and (make_url(four).database or "").startswith("/")
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite:////tmp/state.db?timeout=5"])
+def test_absolute_and_in_memory_sqlite_urls_load(tmp_path: Path, url: str) -> None:
+    raw = example(tmp_path)
+    raw["database"]["url"] = url
+    assert config.from_mapping(raw).database.url == url
+
+
+def whisper_pages(tmp_path: Path, pages: str) -> dict[str, Any]:
+    raw = example(tmp_path)
+    raw["pipelines"][0]["api"] = {"kind": "llmwhisperer", "api_key_env": "INVOICES_API_KEY",
+                                  "pages_to_extract": pages}  # fmt: skip
+    return raw
+
+
+@pytest.mark.parametrize("pages", ["", "1", "1-5", "1-5,7,21-", "3-3", " 1-2 , 4", "007"])
+def test_page_ranges_the_emulator_takes_are_valid(tmp_path: Path, pages: str) -> None:
+    settings = config.from_mapping(whisper_pages(tmp_path, pages))
+    api = settings.pipelines[0].api
+    assert isinstance(api, config.LLMWhispererApiConfig)
+    parse_pages(api.options().get("pages_to_extract") or None)  # the emulator accepts it
+
+
+@pytest.mark.parametrize("pages", ["-", "1--2", "5-1", "1-5,", "0", "0-3", ",", "1,,2", " ",
+                                   "a", "-5", "1-2-3", "1 - 2"])  # fmt: skip
+def test_page_ranges_the_emulator_refuses_are_refused(tmp_path: Path, pages: str) -> None:
+    message = bad(tmp_path, lambda raw: raw.update(whisper_pages(tmp_path, pages)))
+    assert "pipelines[0].api.pages_to_extract:" in message and "counted from 1" in message
+    with pytest.raises(OptionError):
+        parse_pages(pages)
+
+
+def test_page_numbers_are_ascii_digits(tmp_path: Path) -> None:
+    message = bad(tmp_path, lambda raw: raw.update(whisper_pages(tmp_path, "\u0663")))
+    assert "pipelines[0].api.pages_to_extract:" in message
+
+
+def relative_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    raw = example(tmp_path)
+    del raw["pipelines"][0]["api"]["api_key_env"]
+    raw["pipelines"][0]["api"]["api_key_file"] = "invoices.key"
+    return raw
+
+
+def test_a_systemd_credential_is_refused_outside_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = relative_key_file(tmp_path, monkeypatch)
+    with pytest.raises(config.ConfigError) as caught:
+        config.from_mapping(raw)
+    assert "pipelines[0].api: api_key_file 'invoices.key'" in str(caught.value)
+    assert "$CREDENTIALS_DIRECTORY, which is not set" in str(caught.value)
+
+
+def test_check_config_notes_a_systemd_credential_instead_of_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = relative_key_file(tmp_path, monkeypatch)
+    settings = config.from_mapping(raw, skip_systemd_credentials=True)
+    assert config.credential_notes(settings) == [
+        "pipelines[0].api.api_key_file: invoices.key is provided by systemd LoadCredential= "
+        "when the service starts; not checked here"
+    ]
+    assert config.secret_warnings(settings, None) == []
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))  # under the service: checked
+    with pytest.raises(config.ConfigError, match="cannot read the key file"):
+        config.from_mapping(raw, skip_systemd_credentials=True)
+    (tmp_path / "invoices.key").write_text(KEY)
+    settings = config.from_mapping(raw, skip_systemd_credentials=True)
+    assert config.credential_notes(settings) == []
+
+
+def test_check_config_as_the_readme_runs_it_for_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    (tmp_path / "drop").mkdir()
+    text = EXAMPLE.read_text().replace("/srv/drop/invoices", str(tmp_path / "drop"))
+    text = text.replace('api_key_env = "INVOICES_API_KEY"', 'api_key_file = "invoices.key"')
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "note: pipelines[0].api.api_key_file: invoices.key is provided by systemd" in out
+    assert "config OK" in out
+    assert main(["run", "--once", "--config", str(path)]) == EXIT_CONFIG  # not the service
+    assert "CREDENTIALS_DIRECTORY" in capsys.readouterr().err

@@ -607,6 +607,34 @@ def test_fault_slow_unauthorized_and_stall(
     assert stalled not in emu.stats().completed_at
 
 
+def test_fault_webhook_retries_exceeded_legacy(attach: Attach, clock: FakeClock) -> None:
+    emu = make_emulator(clock, "legacy")
+    client = attach(emu)
+    emu.set_faults(webhook_retries_exceeded=1)
+    gave_up = whisper_hash(submit(client))
+    normal = whisper_hash(submit(client))
+    assert emu.faults.webhook_retries_exceeded == 0  # used up by the first whisper created
+    assert answer(status(client, gave_up)) == (200, {"status": "accepted"})
+    clock.advance(1.0)
+    assert answer(status(client, gave_up)) == (200, {"status": "webhook_retries_exceeded"})
+    assert emu.whisper_status(gave_up) == "webhook_retries_exceeded"
+    assert answer(status(client, normal)) == (200, {"status": "processed"})
+    # still available for manual retrieval (seed page), once
+    assert retrieve(client, gave_up).json()["result_text"].startswith("first page")
+    assert answer(status(client, gave_up))[1]["status"] == "retrieved"
+    assert answer(retrieve(client, gave_up)) == (400, {"message": "Whisper already delivered"})
+
+
+def test_fault_webhook_retries_exceeded_is_processed_in_the_current_generation(
+    client: httpx.Client, emu: LLMWhispererEmulator, clock: FakeClock
+) -> None:
+    emu.set_faults(webhook_retries_exceeded=1)
+    hash_ = whisper_hash(submit(client))
+    clock.advance(1.0)
+    assert answer(status(client, hash_))[1]["status"] == "processed"  # no such status in A
+    assert retrieve(client, hash_).status_code == 200
+
+
 def test_mounted_controls_over_http(emu: LLMWhispererEmulator) -> None:
     with EmulatorServer(UnstractEmulator()) as server, httpx.Client(timeout=10) as http:
         mount_llmwhisperer(server, emu)
@@ -621,6 +649,7 @@ def test_mounted_controls_over_http(emu: LLMWhispererEmulator) -> None:
             {"proxy_html": True},
             {"stall": 1},
             {"slow_seconds": "x"},
+            {"webhook_retries_exceeded": 1.5},
         ):
             assert answer(http.post(f"{control}/faults", json=bad))[0] == 400
         assert http.post(f"{control}/faults", content=b"[1]").status_code == 400

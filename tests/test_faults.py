@@ -18,8 +18,9 @@ from harness import (
     write_config,
 )
 
+from watcher.daemon import Daemon
 from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
-from watcher.jobs import JobState
+from watcher.jobs import Job, JobState
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +42,9 @@ def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
 def run_documents(
     tmp_path: Path, server: EmulatorServer, db: str, count: int, *, api: dict[str, Any] | None = None,
     until: str = "finished",
-) -> list[Any]:  # fmt: skip
-    """Drop `count` documents, run the daemon until they are finished; return the job rows."""
+) -> tuple[list[Job], Daemon]:  # fmt: skip
+    """Drop `count` documents, run the daemon until they are finished; return the job rows
+    and the stopped daemon (its pipelines and metrics stay readable)."""
     config = write_config(tmp_path, deployment_url(server), db,
                           api={"max_attempts": 5, **(api or {})})  # fmt: skip
     for index in range(count):
@@ -53,7 +55,12 @@ def run_documents(
         else:
             wait_for(lambda: any(j.state.value == until for j in daemon.store.list_jobs()),
                      timeout=60, what=until)  # fmt: skip
-        return daemon.store.list_jobs()
+        return daemon.store.list_jobs(), daemon
+
+
+def uploads(daemon: Daemon, outcome: str) -> float:
+    labels = {"pipeline": "docs", "outcome": outcome}
+    return daemon.metrics.registry.get_sample_value("unstract_watcher_uploads_total", labels) or 0
 
 
 def successes(tmp_path: Path) -> list[str]:
@@ -76,7 +83,7 @@ def test_transient_faults_are_retried_without_duplicates(
     fault: dict[str, Any],
 ) -> None:  # fmt: skip
     emulator.set_faults(**fault)
-    jobs = run_documents(tmp_path, server, db_url, 4)
+    jobs, _ = run_documents(tmp_path, server, db_url, 4)
     assert successes(tmp_path) == [f"{i}.txt.json" for i in range(4)]
     executions = emulator.stats().posts_by_sha256
     for job in jobs:
@@ -90,10 +97,24 @@ def test_a_500_after_the_server_acted_may_duplicate_but_never_loses(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(post_error_after_create=1)
-    jobs = run_documents(tmp_path, server, db_url, 3)
+    jobs, daemon = run_documents(tmp_path, server, db_url, 3)
     assert successes(tmp_path) == [f"{i}.txt.json" for i in range(3)]
-    assert sum(emulator.stats().posts_by_sha256.values()) == 4  # the one 500 was re-sent
+    assert uploads(daemon, "unknown") == 1  # the 500 was taken as "may exist", not "refused"
+    assert sum(emulator.stats().posts_by_sha256.values()) == 4  # and re-sent, as by default
     assert sorted(j.attempts for j in jobs) == [1, 1, 2]
+
+
+def test_a_500_after_the_server_acted_is_held_when_the_policy_says_hold(
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
+) -> None:
+    emulator.set_faults(post_error_after_create=1)
+    jobs, _ = run_documents(tmp_path, server, db_url, 1, api={"on_unknown_outcome": "hold"},
+                            until="held")  # fmt: skip
+    assert [(j.state, j.attempts) for j in jobs] == [(JobState.HELD, 1)]
+    assert "outcome unknown" in jobs[0].last_error and "Server Error (500)" in jobs[0].last_error
+    stats = emulator.stats()
+    assert (stats.posts, stats.executions_created) == (1, 1)  # never sent twice
+    assert not results_under(tmp_path / "drop")
 
 
 def test_a_dropped_connection_is_resubmitted_by_default(
@@ -109,8 +130,8 @@ def test_a_dropped_connection_is_held_when_the_policy_says_hold(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(post_drop_after_create=1)
-    jobs = run_documents(tmp_path, server, db_url, 1, api={"on_unknown_outcome": "hold"},
-                         until="held")  # fmt: skip
+    jobs, _ = run_documents(tmp_path, server, db_url, 1, api={"on_unknown_outcome": "hold"},
+                            until="held")  # fmt: skip
     assert [(j.state, j.attempts) for j in jobs] == [(JobState.HELD, 1)]
     assert "outcome unknown" in jobs[0].last_error
     assert emulator.stats().executions_created == 1  # never sent twice
@@ -121,9 +142,9 @@ def test_a_slow_server_beyond_the_read_timeout_is_an_unknown_outcome(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(slow_seconds=1.5)
-    jobs = run_documents(tmp_path, server, db_url, 1,
-                         api={"on_unknown_outcome": "hold", "read_timeout_seconds": 0.5},
-                         until="held")  # fmt: skip
+    jobs, _ = run_documents(tmp_path, server, db_url, 1,
+                            api={"on_unknown_outcome": "hold", "read_timeout_seconds": 0.5},
+                            until="held")  # fmt: skip
     assert "ReadTimeout" in jobs[0].last_error
 
 
@@ -137,17 +158,22 @@ def test_a_stalled_execution_hits_its_deadline_and_says_so(
     assert "EXECUTING" in error["error"]
 
 
-def test_the_concurrency_limit_is_respected_and_costs_no_attempts(
+def test_429s_halve_the_daemons_concurrency_and_cost_no_attempts(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.org_limit = 3
-    jobs = run_documents(tmp_path, server, db_url, 12, api={"max_in_flight": 10})
-    assert len(successes(tmp_path)) == 12
+    jobs, daemon = run_documents(tmp_path, server, db_url, 20, api={"max_in_flight": 10})
+    assert len(successes(tmp_path)) == 20
     stats = emulator.stats()
-    assert stats.rate_limited > 0
-    assert stats.max_concurrent[DEMO_ORG] <= 3
+    assert set(stats.posts_by_sha256.values()) == {1}  # one execution, one result per document
     assert all(j.attempts == 1 for j in jobs)  # a 429 is not the document's fault
-    assert set(stats.posts_by_sha256.values()) == {1}
+    assert stats.rate_limited > 0
+    # Halved at each 429 (10 -> 5 at most), grown back by 1/allowed per accept: 20 accepts
+    # take it to about 8, never back to 10.
+    assert daemon.pipelines["docs"].allowed_in_flight < 10
+    # Without the halving the workers send every queued document into the limit (about 15
+    # 429s here); with it, a few at the start. Retrying 429s without backoff: hundreds.
+    assert stats.rate_limited <= 10
 
 
 def test_an_inactive_deployment_pauses_instead_of_failing_documents(

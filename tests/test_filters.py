@@ -49,6 +49,49 @@ def test_which_folders_are_excluded(path: str, excluded: bool) -> None:
     assert WITH_EXCLUDES.excludes_dir(path) is excluded
 
 
+ARCHIVE = FileFilter(include=tuple(DEFAULT_INCLUDE), exclude=("archive",))
+ARCHIVE_SLASH = FileFilter(include=tuple(DEFAULT_INCLUDE), exclude=("archive/",))
+
+
+@pytest.mark.parametrize(
+    ("file_filter", "path", "taken"),
+    [
+        (ARCHIVE, "archive/processed/a.pdf", False),  # under an excluded folder
+        (ARCHIVE, "archive/a.pdf", False),
+        (ARCHIVE, "sub/archive/a.pdf", False),  # no `/`: matches a folder name at any depth
+        (ARCHIVE, "archived/a.pdf", True),
+        (ARCHIVE, "archive.pdf", True),
+        (ARCHIVE_SLASH, "archive/processed/a.pdf", False),
+        (ARCHIVE_SLASH, "sub/archive/a.pdf", True),  # with `/`: anchored at watch_dir
+        (WITH_EXCLUDES, "drafts/old/a.pdf", False),
+    ],
+)
+def test_files_under_excluded_folders_are_not_taken(
+    file_filter: FileFilter, path: str, taken: bool
+) -> None:
+    assert file_filter.takes(path) is taken
+
+
+@pytest.mark.parametrize("file_filter", [ARCHIVE, ARCHIVE_SLASH, WITH_EXCLUDES, BESIDE])
+@pytest.mark.parametrize(
+    "folder", ["archive", "archive/processed", "Archive/failed", "drafts", "drafts/x", ".cache"]
+)
+def test_an_excluded_folder_holds_nothing_that_is_taken(
+    file_filter: FileFilter, folder: str
+) -> None:
+    if file_filter.excludes_dir(folder):
+        assert not file_filter.takes(f"{folder}/a.pdf")
+        assert not file_filter.takes(f"{folder}/deeper/a.pdf")
+        assert file_filter.excludes_dir(f"{folder}/deeper")
+    else:
+        assert file_filter.takes(f"{folder}/a.pdf")
+
+
+def test_both_spellings_exclude_the_archive_folder() -> None:
+    assert ARCHIVE.excludes_dir("archive") and ARCHIVE_SLASH.excludes_dir("archive")
+    assert ARCHIVE.excludes_dir("archive/processed") and ARCHIVE_SLASH.excludes_dir("archive/")
+
+
 def test_text_results_beside_sources_are_not_inputs() -> None:
     text = FileFilter(include=tuple(DEFAULT_INCLUDE), text_results=True)
     assert not text.takes("scan.pdf.txt")  # the text we wrote for scan.pdf

@@ -35,8 +35,13 @@ def js(body: Any) -> bytes:
         (403, js({"message": "not entitled"}), SubmitKind.PIPELINE_BROKEN),
         (402, js({"message": "quota exceeded"}), SubmitKind.PIPELINE_BROKEN),
         (429, js({"message": "slow down"}), SubmitKind.RETRY),
-        (500, b"Internal Server Error", SubmitKind.RETRY),
+        # a 500 may follow the whisper's creation, and a 504 gateway gave up meanwhile
+        (500, js({"message": "Internal Server Error"}), SubmitKind.UNKNOWN),
+        (500, b"Internal Server Error", SubmitKind.UNKNOWN),
+        (504, b"<html>504 Gateway Time-out</html>", SubmitKind.UNKNOWN),
+        # a gateway with no service behind it: nothing was created
         (502, b"<html>502 Bad Gateway</html>", SubmitKind.RETRY),
+        (503, b"<html>503 Service Temporarily Unavailable</html>", SubmitKind.RETRY),
         (413, b"<html>413</html>", SubmitKind.DOCUMENT_FAILED),
     ],
 )  # fmt: skip
@@ -69,7 +74,12 @@ def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
         (400, js({"message": "Whisper job not found for the provided whisper hash"}), PollKind.LOST),
         (401, js({"message": "bad key"}), PollKind.PIPELINE_BROKEN),
         (500, b"oops", PollKind.RETRY),
-        (404, js({"message": "no Route matched"}), PollKind.RETRY),  # a gateway, not the service
+        # any JSON 404 of the status endpoint: the hash is unknown or expired (section 2.2)
+        (404, js({"message": "Whisper job unknown"}), PollKind.LOST),
+        (404, js({"message": "Record expired"}), PollKind.LOST),
+        (404, js({"detail": "Not Found"}), PollKind.LOST),
+        (404, b"<html>404 Not Found</html>", PollKind.RETRY),  # a proxy's page
+        (404, b"", PollKind.RETRY),
         (429, js({"message": "slow down"}), PollKind.RETRY),
     ],
 )  # fmt: skip
@@ -77,8 +87,19 @@ def test_status_answers(status: int, body: bytes, kind: PollKind) -> None:
     assert classify_status(status, body).kind is kind
 
 
-def test_a_failure_carries_the_service_message() -> None:
-    assert classify_status(200, js({"status": "error", "message": "bad scan"})).error == "bad scan"
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (200, js({"status": "error", "message": "bad scan"}), "bad scan"),
+        (400, js({"status": "error_ocr"}), "error_ocr"),  # no message: the status says it
+        (200, js({"status": "failed", "message": ""}), "failed"),
+        (200, js({"status": "unknown"}), "whisper hash unknown"),
+        (500, b"Internal Server Error", "Internal Server Error"),  # no JSON: an excerpt
+        (500, b"x" * 500, "x" * 200),
+    ],
+)
+def test_a_status_answer_says_why_in_words_not_json(status: int, body: bytes, error: str) -> None:
+    assert classify_status(status, body).error == error
 
 
 RETRIEVED = {"result_text": "Hello <<<", "confidence_metadata": [], "line_metadata": [],

@@ -27,6 +27,7 @@ from watcher.emulator import (
     llmwhisperer_demo_emulator,
 )
 from watcher.emulator.llmwhisperer import llmwhisperer_url, mount_llmwhisperer
+from watcher.jobs import JobState
 
 LLMW_KEY_ENV = "TEST_LLMWHISPERER_KEY"
 
@@ -159,4 +160,40 @@ def test_a_bad_llmwhisperer_key_pauses_only_its_pipeline(
         wait_for(lambda: daemon.progress().finished == 1, what="the other pipeline's document")
         assert not daemon.pipelines["invoices"].is_paused()
     assert list(results_under(tmp_path / "invoices")) == ["b.txt.json"]
+    assert not results_under(tmp_path / "scans")
+
+
+@pytest.mark.parametrize("whisperer", ["legacy"], indirect=True)
+def test_webhook_retries_exceeded_is_ready_and_the_text_is_retrieved_once(
+    tmp_path: Path, server: EmulatorServer, whisperer: LLMWhispererEmulator, db_url: str
+) -> None:
+    whisperer.set_faults(webhook_retries_exceeded=1)
+    config = two_pipelines(tmp_path, server, db_url)
+    (tmp_path / "scans" / "a.txt").write_bytes(b"the webhook gave up")
+    with running_daemon(config) as daemon:
+        wait_for(lambda: daemon.progress().finished == 1, what="the document")
+    result = results_under(tmp_path / "scans")["a.txt.json"]
+    assert result["status"] == "success"
+    assert "the webhook gave up" in result["result"]["result_text"]
+    stats = whisperer.stats()
+    assert whisperer.faults.webhook_retries_exceeded == 0  # this whisper reported it
+    assert stats.whispers_created == 1
+    assert dict(stats.retrieves_by_hash) == {result["whisper_hash"]: 1}
+
+
+@pytest.mark.parametrize("whisperer", ["current"], indirect=True)
+def test_a_500_after_the_whisper_was_created_is_held_when_the_policy_says_hold(
+    tmp_path: Path, server: EmulatorServer, whisperer: LLMWhispererEmulator, db_url: str
+) -> None:
+    whisperer.set_faults(post_error_after_create=1)
+    config = two_pipelines(tmp_path, server, db_url, on_unknown_outcome="hold")
+    (tmp_path / "scans" / "a.txt").write_bytes(b"billed once")
+    with running_daemon(config) as daemon:
+        wait_for(lambda: any(j.state is JobState.HELD for j in daemon.store.list_jobs()),
+                 what="the held job")  # fmt: skip
+        jobs = daemon.store.list_jobs("scans")
+    assert [(j.state, j.attempts) for j in jobs] == [(JobState.HELD, 1)]
+    assert "outcome unknown" in jobs[0].last_error
+    stats = whisperer.stats()
+    assert (stats.posts, stats.whispers_created) == (1, 1)  # never sent twice
     assert not results_under(tmp_path / "scans")

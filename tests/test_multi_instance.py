@@ -40,6 +40,7 @@ def events(log: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
+@pytest.mark.timeout(300)  # three daemon processes and a lease to run out, on two cores
 def test_three_instances_one_killed(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, postgres_url: str
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from watcher import output as output_module
 from watcher.jobs import Job, JobState
 from watcher.output import (
     TEMP_SUFFIX,
@@ -148,3 +150,42 @@ def test_a_source_name_near_the_limit_still_gets_its_result(tmp_path: Path) -> N
     target = write_result(failed, placement(tmp_path), "unstract")
     assert target.exists() and target.name.endswith(f"~{failed.id}.error.json")
     assert json.loads(target.read_text())["source"] == long_name
+
+
+def test_a_move_onto_another_file_system_never_leaves_half_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where = placement(tmp_path, after_success="move", archive_dir=tmp_path / "archive")
+    done = make_source(tmp_path)
+
+    def cross_device(source: Any, target: Any) -> None:  # rename(2) across mounts: EXDEV
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def copy_cut_off(source: Any, target: Any) -> None:
+        Path(target).write_bytes(b"%P")  # the process dies halfway through the copy
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(output_module.os, "rename", cross_device)
+    monkeypatch.setattr(output_module.shutil, "copy2", copy_cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        dispose_source(done, where)
+    processed = tmp_path / "archive/processed/sub"
+    assert not (processed / "a.pdf").exists() and list(processed.iterdir()) == []
+    assert (tmp_path / "drop/sub/a.pdf").read_bytes() == b"%PDF"  # the source is untouched
+    monkeypatch.undo()
+    monkeypatch.setattr(output_module.os, "rename", cross_device)
+    assert "moved" in dispose_source(done, where)
+    assert (processed / "a.pdf").read_bytes() == b"%PDF"
+    assert not (tmp_path / "drop/sub/a.pdf").exists()
+
+
+def test_a_source_reached_through_an_inner_symlink_is_disposed_of(tmp_path: Path) -> None:
+    where = placement(tmp_path, after_success="delete")
+    real = make_source(tmp_path)
+    link = tmp_path / "drop/sub/link.pdf"
+    link.symlink_to(tmp_path / "drop/sub/a.pdf")
+    seen = link.stat()  # what the watcher recorded: the target's size and mtime
+    linked = job(relative_path="sub/link.pdf", size=seen.st_size, mtime_ns=seen.st_mtime_ns)
+    assert dispose_source(linked, where) == "deleted"
+    assert not os.path.lexists(link)  # the link went; what it pointed to stays
+    assert (tmp_path / "drop/sub/a.pdf").stat().st_size == real.size

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from watcher.jobs import Decision, JobState
-from watcher.store import Store, jobs
+from watcher.store import Store, StoreError, jobs
+from watcher.store import store as store_module
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -186,3 +189,95 @@ def test_a_lone_restart_releases_every_claim(store: Store) -> None:
     ]
     held = next(j for j in store.list_jobs() if j.relative_path == "held.pdf")
     assert held.state is JobState.HELD  # the pipeline holds interrupted uploads
+
+
+def test_a_skipped_version_is_queued_again_when_it_comes_back(store: Store) -> None:
+    store.enqueue("p", "a.pdf", SHA_A, 1, 1)
+    job = store.claim_for_upload("me", {"p": 5})
+    assert job is not None and store.skip(job, "the file was removed before it could be uploaded")
+    assert store.claim_for_upload("me", {"p": 5}) is None
+    assert store.enqueue("p", "a.pdf", SHA_A, 1, 2) == job.id  # the same content is back
+    again = store.claim_for_upload("me", {"p": 5})
+    assert again is not None and again.id == job.id and again.last_error == ""
+    assert store.enqueue("p", "a.pdf", SHA_A, 1, 3) is None  # queued or on its way: known
+
+
+def test_the_upload_claim_uses_the_lease_set_after_construction(store: Store) -> None:
+    store.lease_seconds = 5000.0  # what the daemon sets from the HTTP timeouts
+    store.enqueue("p", "a.pdf", SHA_A, 1, 1)
+    assert store.claim_for_upload("me", {"p": 5}) is not None
+    with store.engine.connect() as conn:
+        lease_until = conn.execute(sa.select(jobs.c.lease_until)).scalar_one()
+    assert 4990 < lease_until - store.now() <= 5000
+
+
+def test_execution_ids_and_owners_of_any_length_are_kept(store: Store) -> None:
+    owner = "host-" + "x" * 300
+    store.enqueue("p", "a.pdf", SHA_A, 1, 1)
+    job = store.claim_for_upload(owner, {"p": 5})
+    assert job is not None
+    long_id = "whisper-" + "h" * 500
+    assert store.record_submit(job, Decision(JobState.SUBMITTED, 0.0, execution_id=long_id), 202)
+    polled = store.claim_due_polls(owner, 10, ["p"])[0]
+    assert polled.execution_id == long_id
+    assert store.record_poll(polled, Decision(JobState.RESULT_STORED, outcome="success"), 200, {})
+    assert store.stored_result(long_id) == ("success", "", {})
+
+
+def test_a_result_in_hand_is_stored_after_a_database_outage(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitted(store)
+    polled = store.claim_due_polls("me", 10, ["p"])[0]
+    real = store._record_poll
+    outage = iter([True, True, False])  # the database is down for two tries (a fault we
+    # cannot produce on the real server without stopping it for every other test)
+
+    def flaky(*args: Any) -> bool:
+        if next(outage):
+            raise sa.exc.OperationalError("UPDATE jobs", {}, Exception("server closed"))
+        return real(*args)
+
+    monkeypatch.setattr(store, "_record_poll", flaky)
+    monkeypatch.setattr(store_module, "OUTAGE_RETRY_SECONDS", 0.01)
+    body = {"status": "COMPLETED", "message": [{"file": "a.pdf", "status": "Success"}]}
+    assert store.record_poll(polled, Decision(JobState.RESULT_STORED, outcome="success"), 200, body)
+    assert store.list_jobs()[0].result_body == body
+
+
+def test_a_poll_without_a_result_gives_up_on_an_outage(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submitted(store)
+    polled = store.claim_due_polls("me", 10, ["p"])[0]
+
+    def down(*args: Any) -> bool:
+        raise sa.exc.OperationalError("UPDATE jobs", {}, Exception("server closed"))
+
+    monkeypatch.setattr(store, "_record_poll", down)
+    with pytest.raises(sa.exc.OperationalError):  # the loop waits it out (daemon._supervised)
+        store.record_poll(polled, Decision(JobState.SUBMITTED, 1.0), 422)
+
+
+@pytest.mark.postgres
+def test_one_instance_id_runs_once_on_postgresql(postgres_url: str) -> None:
+    first, second, other = (Store(postgres_url) for _ in range(3))
+    first.upgrade()
+    first.lock_for_daemon("host-a")
+    with pytest.raises(StoreError, match="instance_id 'host-a'"):
+        second.lock_for_daemon("host-a")
+    other.lock_for_daemon("host-b")  # another id may run beside it
+    first.close()
+    second.lock_for_daemon("host-a")  # free once the first instance is gone
+    for opened in (second, other):
+        opened.close()
+
+
+def test_sqlite_serves_one_daemon_per_file(sqlite_url: str) -> None:
+    first, second = Store(sqlite_url), Store(sqlite_url)
+    first.lock_for_daemon("a")
+    with pytest.raises(StoreError, match="another unstract-watcher daemon"):
+        second.lock_for_daemon("b")
+    first.close()
+    second.lock_for_daemon("b")
+    second.close()

@@ -48,11 +48,6 @@ ITEM_FAILED = {"file": "a.pdf", "status": "Failed", "result": None, "error": "ba
         (404, std_error("API not found or Inactive"), SubmitKind.PIPELINE_BROKEN),
         (422, std_error("Pipeline 'x' is inactive, please activate the pipeline"), SubmitKind.PIPELINE_BROKEN),
         (429, std_error("Organization has reached the maximum concurrent API requests limit (20/20). Please try again later."), SubmitKind.RETRY),
-        (422, exec_message("ERROR", error="staging failed"), SubmitKind.RETRY),
-        (500, std_error("Server Error (500)", "server_error"), SubmitKind.RETRY),
-        (500, b'{"detail": "Error processing the request."}', SubmitKind.RETRY),
-        (502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", SubmitKind.RETRY),
-        (503, b"<html>Service Unavailable</html>", SubmitKind.RETRY),
         (413, b"<html>413 Request Entity Too Large</html>", SubmitKind.DOCUMENT_FAILED),
     ],
 )  # fmt: skip
@@ -64,6 +59,36 @@ def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
         assert outcome.execution_id == EXEC_ID
     else:
         assert outcome.error  # every refusal says why
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        # the server said what it did: an ERROR execution, which gives no result
+        (422, exec_message("ERROR", error="staging failed"), SubmitKind.RETRY),
+        (500, exec_message("ERROR", error="TOOL_IMAGE_NOT_FOUND: tool x"), SubmitKind.RETRY),
+        (200, exec_message("ERROR", error=None), SubmitKind.RETRY),  # servers before 2026-02
+        # it may have created the execution before failing (sections 7 and 11)
+        (500, std_error("Server Error (500)", "server_error"), SubmitKind.UNKNOWN),
+        (500, std_error("A server error occurred.", "server_error"), SubmitKind.UNKNOWN),
+        (500, b'{"detail": "Error processing the request."}', SubmitKind.UNKNOWN),
+        (500, b"<html><title>KeyError at /deployment/api/</title></html>", SubmitKind.UNKNOWN),
+        (504, b"<html>504 Gateway Time-out</html>", SubmitKind.UNKNOWN),
+        (504, b"", SubmitKind.UNKNOWN),
+        (507, b"", SubmitKind.UNKNOWN),
+        # a gateway with no application behind it: nothing was created
+        (502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", SubmitKind.RETRY),
+        (503, b"<html>Service Unavailable</html>", SubmitKind.RETRY),
+        (503, b"", SubmitKind.RETRY),
+        (408, b"<html>408 Request Timeout</html>", SubmitKind.RETRY),
+    ],
+)  # fmt: skip
+def test_failed_uploads_by_what_the_server_could_have_done(
+    status: int, body: bytes, kind: SubmitKind
+) -> None:
+    outcome = classify_submit(status, body)
+    assert (outcome.kind, outcome.http_status, outcome.execution_id) == (kind, status, None)
+    assert outcome.error
 
 
 def test_429_lowers_nothing_by_itself_but_is_marked() -> None:

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 class SubmitKind(StrEnum):
     ACCEPTED = "accepted"  # the server created an execution; its id is in the outcome
-    RETRY = "retry"  # nothing was created (refused, 429, 5xx before acting): try again later
-    UNKNOWN = "unknown"  # the request may have reached the server; an execution may exist
+    RETRY = "retry"  # nothing was created (refused, 429, a gateway's 502/503): try again later
+    UNKNOWN = "unknown"  # an execution may exist (cut off after sending, 500, 504)
     DOCUMENT_FAILED = "document_failed"  # the server refuses this document for good (400)
     PIPELINE_BROKEN = "pipeline_broken"  # key, URL or deployment is wrong (401/403/404)
 

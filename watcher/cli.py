@@ -20,13 +20,14 @@ from watcher import commands
 from watcher import config as config_module
 from watcher.config import ConfigError, Settings
 from watcher.daemon import Daemon
+from watcher.jobs import JobState
 from watcher.logs import configure, get_logger
 from watcher.store import Store, StoreError
-from watcher.store.operator import held_jobs
+from watcher.store.operator import NotSetUp, held_jobs, open_existing
 
 EXIT_OK = 0
 EXIT_DOCUMENTS_FAILED = 1  # run --once: at least one document ended with an error file
-EXIT_NOT_FOUND = 1  # jobs show / retry: no such job
+EXIT_NOT_FOUND = 1  # jobs show / retry: no such job, or it cannot be retried
 EXIT_CONFIG = 2  # the config (or the command line) is wrong
 EXIT_UNAVAILABLE = 69  # the database cannot be reached
 EXIT_SOFTWARE = 70  # a daemon loop crashed (systemd restarts us)
@@ -138,7 +139,9 @@ def _background(target: Callable[[], None]) -> threading.Thread:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
-    settings = config_module.load(path)
+    settings = config_module.load(path, skip_systemd_credentials=True)
+    for note in config_module.credential_notes(settings):
+        print(f"note: {note}")
     for warning in config_module.secret_warnings(settings, path):
         print(f"warning: {warning}")
     for pipeline in settings.pipelines:
@@ -165,10 +168,24 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _operator_store(args: argparse.Namespace) -> Store:
+def _operator_settings(args: argparse.Namespace) -> Settings:
     # Operator commands need the database, not the API keys (which only the service can read).
-    settings = config_module.load(_config_path(args), check_environment_too=False)
-    return _open_store(settings)
+    return config_module.load(_config_path(args), check_environment_too=False)
+
+
+def _operator_store(args: argparse.Namespace, settings: Settings | None = None) -> Store:
+    """The database the daemon set up, as it is: never created or migrated here."""
+    database = (settings or _operator_settings(args)).database
+    try:
+        return open_existing(database.url, database.busy_timeout_seconds)
+    except NotSetUp as exc:
+        raise StoreError(
+            f"database.url = {_redacted(database.url)}: {exc}; is this the service's config? "
+            f"Run `unstract-watcher db upgrade --config {_config_path(args)}` or start the "
+            "daemon first"
+        ) from None
+    except StoreError as exc:
+        raise StoreError(f"database.url = {_redacted(database.url)}: {exc}") from None
 
 
 def _filters(args: argparse.Namespace) -> dict[str, object]:
@@ -181,8 +198,9 @@ def _filters(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    store = _operator_store(args)
-    print(commands.status(store, args.json))
+    settings = _operator_settings(args)
+    store = _operator_store(args, settings)
+    print(commands.status(store, [p.name for p in settings.pipelines], args.json))
     store.close()
     return EXIT_OK
 
@@ -208,10 +226,20 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     if (args.id is None) == (args.pipeline is None):
         raise ConfigError("retry: give a job id, or --pipeline NAME to retry all its failed jobs")
-    store = _operator_store(args)
-    count = commands.retry(store, args.id, args.pipeline)
-    store.close()
-    print(f"{count} job(s) queued again")
+    settings = _operator_settings(args)
+    store = _operator_store(args, settings)
+    pipelines = {p.name: p for p in settings.pipelines}
+    try:
+        if args.id is not None:
+            count, lines = 1, commands.retry_job(store, pipelines, args.id)
+        else:
+            count, lines = commands.retry_pipeline(store, pipelines, args.pipeline)
+    except commands.RetryRefused as exc:
+        print(f"unstract-watcher: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    finally:
+        store.close()
+    print("\n".join(lines))
     return EXIT_OK if count else EXIT_NOT_FOUND
 
 
@@ -304,8 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     listing = jobs_sub.add_parser("list", help="jobs, newest first")
     listing.add_argument("--config", help=config_help)
-    listing.add_argument("--state", help="queued, submitting, submitted, fetching, "
-                         "result_stored, done, failed, skipped or held")  # fmt: skip
+    listing.add_argument("--state", choices=[s.value for s in JobState])
     listing.add_argument("--pipeline")
     listing.add_argument("--since", help="created within 30m / 2h / 7d, or since an ISO date")
     listing.add_argument("--limit", type=int, default=100)

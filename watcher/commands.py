@@ -4,24 +4,45 @@ for scripts; all safe to run against the database of a live daemon."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
 import re
+import shutil
 import time
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from watcher.jobs import Job
+from watcher.config import PipelineConfig
+from watcher.jobs import Job, JobState
 from watcher.store import Store
-from watcher.store.operator import get_job, list_jobs, retry_jobs, summaries
+from watcher.store.operator import (
+    RETRYABLE,
+    PipelineSummary,
+    get_job,
+    list_jobs,
+    retry_jobs,
+    summaries,
+)
 from watcher.unstract import find_file_item
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 REPORT_FIELDS = [
     "id", "pipeline", "path", "state", "outcome", "attempts", "execution_id", "sha256", "size",
-    "created_at", "submitted_at", "updated_at", "last_http_status", "error", "cost_in_dollars",
+    "created_at", "submitted_at", "finished_at", "updated_at", "last_http_status", "error",
+    "cost_in_dollars",
 ]  # fmt: skip
+# Besides queued and in flight (submitting, submitted, fetching): every state has a column.
+COUNTED_STATES = [JobState.RESULT_STORED, JobState.DONE, JobState.FAILED, JobState.SKIPPED,
+                  JobState.HELD]  # fmt: skip
+
+
+class RetryRefused(Exception):
+    """A retry that could only end in `skipped`, or of a job that is not retryable: why."""
 
 
 def parse_since(text: str | None, now: float | None = None) -> float | None:
@@ -54,17 +75,28 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def status(store: Store, as_json: bool) -> str:
-    found = summaries(store)
+def status(store: Store, configured: Collection[str], as_json: bool) -> str:
+    """Every pipeline of the config, and those with jobs that the config no longer has."""
+    found = summaries(store, configured)
     if as_json:
         return json.dumps([s.__dict__ for s in found], indent=2)
-    rows = [[s.name, str(s.counts.get("queued", 0)), str(s.in_flight),
-             str(s.counts.get("done", 0)), str(s.counts.get("failed", 0)),
-             str(s.counts.get("held", 0)), when(s.oldest_waiting_since),
-             f"PAUSED: {s.paused_reason}" if s.paused_reason else "running"]
-            for s in found]  # fmt: skip
-    headers = ["pipeline", "queued", "in flight", "done", "failed", "held", "oldest waiting", ""]
+    headers = ["pipeline", "queued", "in flight", *(s.value for s in COUNTED_STATES),
+               "oldest waiting", ""]  # fmt: skip
+    rows = [_status_row(s) for s in found]
     return table(headers, rows) if rows else "no jobs yet"
+
+
+def _status_row(summary: PipelineSummary) -> list[str]:
+    counts = [summary.counts.get(state.value, 0) for state in COUNTED_STATES]
+    if not summary.in_config:
+        condition = "not in the config any more"
+    elif summary.paused_reason:
+        condition = f"PAUSED: {summary.paused_reason}"
+    else:
+        condition = "running"
+    return [summary.name, str(summary.counts.get(JobState.QUEUED.value, 0)),
+            str(summary.in_flight), *map(str, counts), when(summary.oldest_waiting_since),
+            condition]  # fmt: skip
 
 
 def job_record(job: Job) -> dict[str, Any]:
@@ -74,8 +106,9 @@ def job_record(job: Job) -> dict[str, Any]:
         "state": job.state.value, "outcome": job.outcome, "attempts": job.attempts,
         "execution_id": job.execution_id, "sha256": job.sha256, "size": job.size,
         "created_at": when(job.created_at), "submitted_at": when(job.submitted_at),
-        "updated_at": when(job.updated_at), "last_http_status": job.last_http_status,
-        "error": job.last_error, "cost_in_dollars": cost_of(job),
+        "finished_at": when(job.finished_at), "updated_at": when(job.updated_at),
+        "last_http_status": job.last_http_status, "error": job.last_error,
+        "cost_in_dollars": cost_of(job),
     }  # fmt: skip
 
 
@@ -112,8 +145,98 @@ def jobs_show(store: Store, job_id: int, as_json: bool) -> str | None:
     )
 
 
-def retry(store: Store, job_id: int | None, pipeline: str | None) -> int:
-    return retry_jobs(store, job_id=job_id, pipeline=pipeline)
+def retry_job(store: Store, pipelines: Mapping[str, PipelineConfig], job_id: int) -> list[str]:
+    """Queue one failed, skipped or held job again; return lines saying what was done.
+    Raises RetryRefused saying why not."""
+    job = get_job(store, job_id)
+    if job is None:
+        raise RetryRefused(f"no job {job_id}")
+    if job.state not in RETRYABLE:
+        raise RetryRefused(f"job {job_id} is {job.state.value}; only failed, skipped or held "
+                           "jobs can be retried")  # fmt: skip
+    notes = prepare_retry(job, pipelines)
+    if not retry_jobs(store, [job.id]):
+        raise RetryRefused(f"job {job_id} changed meanwhile; see `jobs show {job_id}`")
+    return [*notes, "1 job(s) queued again"]
+
+
+def retry_pipeline(
+    store: Store, pipelines: Mapping[str, PipelineConfig], name: str
+) -> tuple[int, list[str]]:
+    """Queue every failed job of a pipeline again (held ones only one by one: each may
+    already run on the server); return how many, and lines saying what was done."""
+    if name not in pipelines:
+        raise RetryRefused(f"pipeline {name} is not in the config")
+    failed = list_jobs(store, state=JobState.FAILED.value, pipeline=name)
+    if not failed:
+        return 0, [f"pipeline {name} has no failed jobs"]
+    notes, ready = [], []
+    for job in failed:
+        try:
+            notes += prepare_retry(job, pipelines)
+        except RetryRefused as exc:
+            notes.append(f"not retried: {exc}")
+            continue
+        ready.append(job.id)
+    count = retry_jobs(store, ready) if ready else 0
+    return count, [*notes, f"{count} job(s) queued again"]
+
+
+def prepare_retry(job: Job, pipelines: Mapping[str, PipelineConfig]) -> list[str]:
+    """Make sure the upload will find the job's source; notes on what was done."""
+    config = pipelines.get(job.pipeline)
+    if config is None:
+        raise RetryRefused(f"job {job.id} belongs to pipeline {job.pipeline}, which is not "
+                           "in the config")  # fmt: skip
+    try:
+        note = bring_back(job, config)
+    except OSError as exc:
+        raise RetryRefused(f"job {job.id}: {exc}") from None
+    return [note] if note else []
+
+
+def bring_back(job: Job, config: PipelineConfig) -> str:
+    """With after_success = move, a failed source was moved to archive_dir/failed/ (see
+    output.dispose_source): move it back to its place, or refuse when the upload could only
+    find no file or other content. Returns what was done ('' if nothing was needed)."""
+    source = config.watch_dir.resolve() / job.relative_path
+    if source.exists():
+        if file_digest(source) == job.sha256:
+            return ""
+        raise RetryRefused(f"job {job.id}: {source} holds other content now (queued as a "
+                           "job of its own)")  # fmt: skip
+    archived = archived_copy(job, config)
+    if archived is None:
+        raise RetryRefused(f"job {job.id}: {source} is gone{_archive_hint(config)}; put the "
+                           "file back there, then retry")  # fmt: skip
+    source.parent.mkdir(parents=True, exist_ok=True)
+    # Under a dot name the watcher ignores until it is whole (a copy between file systems).
+    temp = source.with_name(f".{source.name}.retry-{job.id}")
+    shutil.move(archived, temp)
+    os.rename(temp, source)
+    return f"job {job.id}: moved {archived} back to {source}"
+
+
+def archived_copy(job: Job, config: PipelineConfig) -> Path | None:
+    """The job's source in archive_dir/failed/, if it is there with the job's content."""
+    if config.after_success != "move" or not isinstance(config.archive_dir, Path):
+        return None
+    first = config.archive_dir.resolve() / "failed" / job.relative_path
+    # dispose_source's name for it when the first one was taken.
+    renamed = first.with_name(f"{first.stem}.{job.id}{first.suffix}")
+    matches = (p for p in (first, renamed) if p.is_file() and file_digest(p) == job.sha256)
+    return next(matches, None)
+
+
+def _archive_hint(config: PipelineConfig) -> str:
+    if config.after_success != "move":
+        return ""
+    return f" and not in {config.archive_dir}/failed/"
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as source:
+        return hashlib.file_digest(source, "sha256").hexdigest()
 
 
 def report(store: Store, filters: dict[str, Any], fmt: str) -> str:

@@ -1,8 +1,9 @@
 """The TOML config file: its schema, the checks that span fields, and the loader.
 
 Every key has a description; `config.example.toml` documents them all (a test keeps the two in
-step). Environment variables override keys: `UNSTRACT_WATCHER_DATABASE__URL`,
-`UNSTRACT_WATCHER_DAEMON__LOG_LEVEL`, ... (nested keys joined by a double underscore).
+step). Environment variables override keys of [database], [daemon] and [metrics]:
+`UNSTRACT_WATCHER_DATABASE__URL`, `UNSTRACT_WATCHER_DAEMON__LOG_LEVEL`, ... (nested keys joined
+by a double underscore). Pipelines are set in the file only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from watcher.filters import FileFilter
 
@@ -38,6 +44,9 @@ TAG_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
 TAG_MAX_LENGTH = 50
 # `/deployment/api/<org>/<api>/`, trailing slash optional (behaviour sheet section 1).
 DEPLOYMENT_PATH = re.compile(r"^/deployment/api/(?P<org>[\w-]+)/(?P<api>[\w-]+)/?$")
+# One item of LLMWhisperer's pages_to_extract: N, N-M or N- (as the service and our emulator parse).
+PAGE_RANGE = re.compile(r"^([0-9]+)(-([0-9]*))?$")
+SQLITE_PREFIX = "sqlite:///"
 
 DEFAULT_INCLUDE = [
     "*.pdf", "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp", "*.gif", "*.webp",
@@ -56,8 +65,9 @@ class _Strict(BaseModel):
 
 class DatabaseConfig(_Strict):
     url: str = Field(
-        "sqlite:///var/lib/unstract-watcher/state.db",
-        description="SQLAlchemy URL of the job table: sqlite:///PATH or postgresql+psycopg://...",
+        "sqlite:////var/lib/unstract-watcher/state.db",
+        description="SQLAlchemy URL of the job table: sqlite:////ABSOLUTE/PATH (four slashes) "
+        "or postgresql+psycopg://...",
     )
     busy_timeout_seconds: float = Field(
         30.0, gt=0, le=600, description="SQLite: how long a writer waits for the lock."
@@ -66,8 +76,19 @@ class DatabaseConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _known_dialect(cls, url: str) -> str:
-        if not (url.startswith("sqlite:///") or url.startswith("postgresql+psycopg://")):
-            raise ValueError("use sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB")
+        if url.startswith("postgresql+psycopg://"):
+            return url
+        if not url.startswith(SQLITE_PREFIX):
+            raise ValueError("use sqlite:////PATH or postgresql+psycopg://USER@HOST:PORT/DB")
+        database = url.removeprefix(SQLITE_PREFIX).partition("?")[0]
+        if database != ":memory:" and not database.startswith("/"):
+            # SQLAlchemy reads what follows the third slash as relative to the working
+            # directory, which is / under systemd and anything in a shell.
+            absolute = database or "var/lib/unstract-watcher/state.db"
+            raise ValueError(
+                f"{url} is a relative path; an absolute one takes four slashes: "
+                f"{SQLITE_PREFIX}/{absolute}"
+            )
         return url
 
 
@@ -123,8 +144,9 @@ class _ApiBase(_Strict):
     )
     on_unknown_outcome: Literal["resubmit", "hold"] = Field(
         "resubmit",
-        description="An upload that may or may not have reached the server: send it again "
-        "(risking a second execution) or hold the job for an operator.",
+        description="An upload that may or may not have reached the server (connection lost "
+        "after sending, a 500, a gateway's 504, a crash mid-upload): send it again (risking a "
+        "second execution) or hold the job for an operator.",
     )
 
     @model_validator(mode="after")
@@ -199,9 +221,7 @@ class LLMWhispererApiConfig(_ApiBase):
         "layout_preserving", description="Keep the page layout, or plain text."
     )
     page_separator: str = Field("<<<", description="Put between pages in the text.")
-    pages_to_extract: str = Field(
-        "", pattern=r"^[0-9,\- ]*$", description="Pages like '1-5,7,21-'; '' = all."
-    )
+    pages_to_extract: str = Field("", description="Pages like '1-5,7,21-'; '' = all.")
     tag: str = Field("default", max_length=100, description="Usage tag for auditing.")
     lang: str = Field("eng", description="Language hint.")
     median_filter_size: int = Field(0, ge=0, description="Denoise (low_cost mode only).")
@@ -217,6 +237,16 @@ class LLMWhispererApiConfig(_ApiBase):
     write_text_file: bool = Field(
         False, description="Also write <name>.txt with the extracted text beside the JSON."
     )
+
+    @field_validator("pages_to_extract")
+    @classmethod
+    def _page_ranges(cls, pages: str) -> str:
+        if pages and not all(_is_page_range(item.strip()) for item in pages.split(",")):
+            raise ValueError(
+                f"{pages!r}: give comma-separated pages N, ranges N-M (N <= M) or N- (to the "
+                "last page), counted from 1, like '1-5,7,21-'; '' = all pages"
+            )
+        return pages
 
     @field_validator("url")
     @classmethod
@@ -239,6 +269,14 @@ class LLMWhispererApiConfig(_ApiBase):
         return sent
 
 
+def _is_page_range(item: str) -> bool:
+    match = PAGE_RANGE.match(item)
+    if match is None:
+        return False
+    first, last = int(match[1]), match[3]
+    return first >= 1 and (not last or int(last) >= first)
+
+
 def _api_kind(value: Any) -> str:
     if isinstance(value, dict):
         return str(value.get("kind", "unstract"))
@@ -252,15 +290,29 @@ ApiConfig = Annotated[
 ]
 
 
-def _key_file_path(name: str) -> Path:
+def _key_file_path(name: str) -> Path | None:
+    """Where the key file is; None for a relative name where systemd has not set
+    $CREDENTIALS_DIRECTORY (the service has it, a shell does not)."""
     path = Path(name)
-    if not path.is_absolute() and os.environ.get("CREDENTIALS_DIRECTORY"):
-        path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
-    return path
+    if path.is_absolute():
+        return path
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(directory) / path if directory else None
+
+
+def is_credential_elsewhere(api: _ApiBase) -> bool:
+    """A key file that systemd's LoadCredential= provides to the service only."""
+    return bool(api.api_key_file) and _key_file_path(api.api_key_file) is None
 
 
 def _read_key_file(name: str) -> str:
     path = _key_file_path(name)
+    if path is None:
+        raise ConfigError(
+            f"api_key_file {name!r} is relative, so it is looked up in $CREDENTIALS_DIRECTORY, "
+            "which is not set: systemd sets it for the service from LoadCredential=; "
+            "elsewhere give an absolute path"
+        )
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -349,29 +401,70 @@ class Settings(BaseSettings):
         return self
 
 
-def load(path: Path, check_environment_too: bool = True) -> Settings:
-    """Read, validate and check the config; raise ConfigError with a message for people."""
+def load(
+    path: Path, check_environment_too: bool = True, *, skip_systemd_credentials: bool = False
+) -> Settings:
+    """Read, validate and check the config; raise ConfigError with a message for people.
+
+    skip_systemd_credentials: for check-config, which runs outside the service and so cannot
+    see the key files that LoadCredential= hands it (see `credential_notes`)."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return from_mapping(raw, source=str(path), check_environment_too=check_environment_too)
+    return from_mapping(
+        raw,
+        source=str(path),
+        check_environment_too=check_environment_too,
+        skip_systemd_credentials=skip_systemd_credentials,
+    )
 
 
 def from_mapping(
-    raw: dict[str, Any], source: str = "config", check_environment_too: bool = True
+    raw: dict[str, Any],
+    source: str = "config",
+    check_environment_too: bool = True,
+    *,
+    skip_systemd_credentials: bool = False,
 ) -> Settings:
     """Validate a parsed config. The environment checks (folders exist, keys resolve) are
     skipped for the operator's commands, which need only the database URL."""
+    _refuse_pipeline_variables()
     try:
         settings = Settings(**raw)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
+    except SettingsError as exc:
+        raise ConfigError(_explain_variable(exc)) from None
     if check_environment_too:
-        check_environment(settings)
+        check_environment(settings, skip_systemd_credentials=skip_systemd_credentials)
     return settings
+
+
+def _refuse_pipeline_variables() -> None:
+    # pydantic-settings would replace the whole list of pipelines with what the variables hold.
+    for name in sorted(os.environ):
+        if name.upper().startswith(f"{ENV_PREFIX}PIPELINES"):
+            raise ConfigError(
+                f"environment variable {name}: pipelines cannot be set from the environment; "
+                "set pipeline keys in the config file, and API keys through api_key_env or "
+                "api_key_file"
+            )
+
+
+def _explain_variable(exc: SettingsError) -> str:
+    """A variable pydantic-settings could not parse: a whole table ([daemon]) that is not JSON."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    if match is None:
+        return f"environment variables {ENV_PREFIX}*: {exc}"
+    wanted = f"{ENV_PREFIX}{match[1].upper()}"
+    name = next((n for n in os.environ if n.upper() == wanted), wanted)
+    return (
+        f"environment variable {name}: a variable for a whole table must hold a JSON object; "
+        f"to override one key, use {wanted}__KEY (e.g. {ENV_PREFIX}DAEMON__LOG_LEVEL=debug)"
+    )
 
 
 def _explain(exc: ValidationError, source: str) -> str:
@@ -391,7 +484,7 @@ def _explain(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def check_environment(settings: Settings) -> None:
+def check_environment(settings: Settings, *, skip_systemd_credentials: bool = False) -> None:
     """Checks that need the filesystem and the environment; raise ConfigError on the first."""
     for index, pipeline in enumerate(settings.pipelines):
         key = f"pipelines[{index}]"
@@ -400,11 +493,23 @@ def check_environment(settings: Settings) -> None:
             raise ConfigError(f"{key}.watch_dir: {watch_dir} does not exist or is not a folder")
         if pipeline.after_success == "move" and pipeline.archive_dir == "":
             raise ConfigError(f"{key}.archive_dir: required when after_success = 'move'")
+        if skip_systemd_credentials and is_credential_elsewhere(pipeline.api):
+            continue
         try:
             pipeline.api.resolve_key()
         except ConfigError as exc:
             raise ConfigError(f"{key}.api: {exc}") from None
     _check_no_overlap(settings)
+
+
+def credential_notes(settings: Settings) -> list[str]:
+    """The key files check-config leaves to the service: systemd provides them at its start."""
+    return [
+        f"pipelines[{index}].api.api_key_file: {pipeline.api.api_key_file} is provided by "
+        "systemd LoadCredential= when the service starts; not checked here"
+        for index, pipeline in enumerate(settings.pipelines)
+        if is_credential_elsewhere(pipeline.api)
+    ]
 
 
 def secret_warnings(settings: Settings, config_path: Path | None) -> list[str]:
@@ -417,7 +522,8 @@ def secret_warnings(settings: Settings, config_path: Path | None) -> list[str]:
                 f"pipelines[{index}].api.api_key: {config_path} holds a literal API key and is "
                 "readable by other users; chmod 600 it or use api_key_env / api_key_file"
             )
-        if api.api_key_file and _readable_by_others(_key_file_path(api.api_key_file)):
+        key_file = _key_file_path(api.api_key_file) if api.api_key_file else None
+        if key_file is not None and _readable_by_others(key_file):
             warnings.append(
                 f"pipelines[{index}].api.api_key_file: the key file is readable by other "
                 "users; chmod 600 it"
@@ -436,12 +542,9 @@ def _check_no_overlap(settings: Settings) -> None:
     """Output and archive folders must not be watched, and watched trees must not nest."""
     watched = [(p, p.watch_dir.resolve()) for p in settings.pipelines]
     for index, pipeline in enumerate(settings.pipelines):
-        for field in ("output_dir", "archive_dir"):
-            folder = getattr(pipeline, field)
-            if folder == "":
-                continue
+        for field, folder in _written_folders(pipeline):
             for other, root in watched:
-                if _is_watched(Path(folder).resolve(), other, root):
+                if _is_watched(folder.resolve(), other, root):
                     raise ConfigError(
                         f"pipelines[{index}].{field}: {folder} is inside the watched folder of "
                         f"pipeline {other.name!r}; move it out or add it to that pipeline's exclude"
@@ -452,6 +555,17 @@ def _check_no_overlap(settings: Settings) -> None:
                 f"pipelines: the watch_dir of {a.name!r} and {b.name!r} overlap; "
                 "give each pipeline its own folder"
             )
+
+
+def _written_folders(pipeline: PipelineConfig) -> list[tuple[str, Path]]:
+    """The folders the daemon writes into, by config key: results, and moved sources."""
+    folders = []
+    if pipeline.output_dir != "":
+        folders.append(("output_dir", Path(pipeline.output_dir)))
+    if pipeline.archive_dir != "":
+        archive = Path(pipeline.archive_dir)
+        folders += [("archive_dir", archive / sub) for sub in ("", "processed", "failed")]
+    return folders
 
 
 def _is_watched(folder: Path, pipeline: PipelineConfig, root: Path) -> bool:

@@ -24,12 +24,13 @@ from typing import Any
 from watcher.config import ConfigError, PipelineConfig, Settings
 from watcher.filters import as_text
 from watcher.finish import Finisher
+from watcher.logs import configure as configure_logging
 from watcher.logs import get_logger
 from watcher.metrics import Metrics, serve_metrics
 from watcher.output import remove_stale_temps
 from watcher.reconcile import Reconciler, report_released
 from watcher.runtime import Pipeline, WorkSignal, build_pipeline
-from watcher.store import Store
+from watcher.store import TRANSIENT_DB_ERRORS, Store, db_error_text
 from watcher.store.operator import record_pause, summaries
 from watcher.submit import Uploader
 from watcher.systemd import notify, watchdog_interval
@@ -41,6 +42,10 @@ STATUS_SECONDS = 10.0
 HUNG_AFTER_LEASES = 3
 LEASE_MARGIN_SECONDS = 10.0
 DISCOVERY_MAX_WAIT_SECONDS = 1.0
+OUTAGE_FIRST_WAIT_SECONDS = 1.0
+OUTAGE_MAX_WAIT_SECONDS = 30.0
+# Longer relative paths cannot be keys of PostgreSQL's unique index (2704 bytes a row).
+MAX_PATH_BYTES = 2048
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ class Daemon:
 
     def start(self, watch_events: bool = True) -> None:
         """Recover, scan, and start every loop. Returns once the daemon is up."""
-        self.store.lock_for_daemon()
+        self.store.lock_for_daemon(self.owner)
         # SQLite serves one daemon process: every claim in it is a leftover of the last run.
         uploads, fetches = self.store.release_claims(
             everything=self.store.is_sqlite, owner=self.owner, hold=self.hold_pipelines()
@@ -107,7 +112,8 @@ class Daemon:
         for name, pipeline in self.pipelines.items():
             record_pause(self.store, name, "")
             pipeline.on_pause_change = partial(record_pause, self.store, name)
-            for folder in {pipeline.placement.watch_dir, pipeline.placement.output_dir}:
+            placement = pipeline.placement
+            for folder in {placement.watch_dir, placement.output_dir, placement.archive_dir}:
                 if folder is not None and folder.exists():
                     remove_stale_temps(folder, temp_age, now, own_tag=self.temp_tag)
             self.watchers[name] = self._make_watcher(pipeline)
@@ -206,12 +212,28 @@ class Daemon:
         return thread
 
     def _supervised(self, target: Callable[[], None]) -> None:
-        try:
-            target()
-        except BaseException as exc:
-            log.exception("a daemon loop crashed; stopping", loop=threading.current_thread().name)
-            self.failure = exc
-            self.stop()
+        """Run a loop; a database outage pauses it (state is committed step by step, so it
+        picks up where it was), any other error stops the daemon."""
+        delay = OUTAGE_FIRST_WAIT_SECONDS
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            try:
+                target()
+                return
+            except TRANSIENT_DB_ERRORS as exc:
+                if time.monotonic() - started > OUTAGE_MAX_WAIT_SECONDS:
+                    delay = OUTAGE_FIRST_WAIT_SECONDS  # a new outage, not the same one
+                log.error("database unreachable; this loop waits and carries on",
+                          loop=threading.current_thread().name, error=db_error_text(exc),
+                          retry_in_seconds=delay)  # fmt: skip
+                self.stop_event.wait(delay)
+                delay = min(2 * delay, OUTAGE_MAX_WAIT_SECONDS)
+            except BaseException as exc:
+                log.exception("a daemon loop crashed; stopping",
+                              loop=threading.current_thread().name)  # fmt: skip
+                self.failure = exc
+                self.stop()
+                return
 
     def _renew_leases(self) -> None:
         """Side loop: keep this instance's claims alive at a third of the lease."""
@@ -254,6 +276,11 @@ class Daemon:
         config = pipeline.config
 
         def enqueue(relative: str, sha256: str, size: int, mtime_ns: int) -> None:
+            if len(os.fsencode(relative)) > MAX_PATH_BYTES:
+                log.error("path too long to queue; rename the file or a folder above it",
+                          pipeline=config.name, path=as_text(relative)[:200] + "...",
+                          limit_bytes=MAX_PATH_BYTES)  # fmt: skip
+                return
             job_id = self.store.enqueue(config.name, relative, sha256, size, mtime_ns)
             if job_id is not None:
                 log.info("queued", pipeline=config.name, path=as_text(relative), job_id=job_id)
@@ -312,8 +339,8 @@ class Daemon:
             else:
                 notify("WATCHDOG=1")
             if time.monotonic() >= next_status and os.environ.get("NOTIFY_SOCKET"):
-                notify(f"STATUS={self.status_line()}")
                 next_status = time.monotonic() + STATUS_SECONDS
+                self._notify_status()
         notify("STOPPING=1")
         log.info("stop requested")
 
@@ -324,6 +351,8 @@ class Daemon:
             self.store.now()
         except Exception as exc:  # any database error means unhealthy, whatever its type
             problems.append(f"database: {type(exc).__name__}")
+        problems += [f"watch_dir of pipeline {name} cannot be listed: {w.listing_error}"
+                     for name, w in list(self.watchers.items()) if w.listing_error]  # fmt: skip
         return problems + [f"stuck: {name}" for name in self.hung_loops()]
 
     def hung_loops(self) -> list[str]:
@@ -337,6 +366,12 @@ class Daemon:
             hung.append("discovery")
         return hung
 
+    def _notify_status(self) -> None:
+        try:
+            notify(f"STATUS={self.status_line()}")
+        except TRANSIENT_DB_ERRORS as exc:  # the loops wait out an outage; so does the status
+            notify(f"STATUS=database unreachable: {db_error_text(exc)}")
+
     def status_line(self) -> str:
         totals: Counter[str] = Counter()
         for summary in summaries(self.store):
@@ -348,18 +383,22 @@ class Daemon:
 
     def reload(self, load_settings: Callable[[], Settings]) -> bool:
         """Re-read the config; pipelines are rebuilt (keys re-read, pauses lifted) without
-        touching queued or in-flight jobs. A config that does not load changes nothing."""
+        touching queued or in-flight jobs. A config that does not load changes nothing.
+        Logging follows the new config; upload_workers, [database], [metrics] and
+        instance_id take a restart."""
         notify(
             "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
         )
         try:
             settings = load_settings()
             fresh = {p.name: self._build(p) for p in settings.pipelines}
+            watchers = {name: self._make_watcher(p) for name, p in fresh.items()}
         except Exception as exc:  # whatever the new config breaks, the running one stays
             error = str(exc) if isinstance(exc, ConfigError) else type(exc).__name__
             log.error("reload refused; the running config stays", error=error)
             notify("READY=1")
             return False
+        configure_logging(settings.daemon.log_level, settings.daemon.log_format)
         for observer in self.observers:
             observer.stop()
         old = dict(self.pipelines)
@@ -368,17 +407,26 @@ class Daemon:
         for name in set(old) - set(fresh):
             del self.pipelines[name]
         self.settings = settings
-        self.watchers = {name: self._make_watcher(p) for name, p in fresh.items()}
+        self.watchers = watchers
         self.observers = []
         self._start_observers()
         self._scan_all.set()
         self.discovery_wake.set()
         for name, pipeline in fresh.items():
             pipeline.on_pause_change = partial(record_pause, self.store, name)
-            record_pause(self.store, name, "")
-            self.store.make_queued_due(name)
         self._reconciler.hold = self.hold_pipelines()
-        self.work.set()
+        self._resume_queued(list(fresh))
         log.info("config reloaded", pipelines=sorted(fresh), removed=sorted(set(old) - set(fresh)))
-        notify("READY=1", f"STATUS={self.status_line()}")
+        notify("READY=1")
+        self._notify_status()
         return True
+
+    def _resume_queued(self, names: list[str]) -> None:
+        """After a reload: no pipeline is paused, and their queued documents may go now."""
+        try:
+            for name in names:
+                record_pause(self.store, name, "")
+                self.store.make_queued_due(name)
+        except TRANSIENT_DB_ERRORS as exc:  # they go at their next attempt time instead
+            log.warning("database unreachable after the reload", error=db_error_text(exc))
+        self.work.set()

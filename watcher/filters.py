@@ -1,7 +1,8 @@
 """Which paths in a drop folder are documents to take: one pure filter, tested over tables.
 
 Patterns use fnmatch on the path relative to the watched folder, lower-cased (`*` also crosses
-folders; a pattern without `/` is matched against the file name too).
+folders; a pattern without `/` is matched against the file or folder name too). One rule for
+exclusion: a file is excluded if it matches, or if any folder above it is excluded.
 """
 
 from __future__ import annotations
@@ -49,9 +50,8 @@ class FileFilter:
 
     def _takes(self, relative_path: str) -> bool:
         path = relative_path.lower()
-        parts = path.split("/")
-        name = parts[-1]
-        if any(_matches_any(folder, BUILTIN_IGNORED_DIRS) for folder in parts[:-1]):
+        folder, _, name = path.rpartition("/")
+        if folder and self.excludes_dir(folder):
             return False
         if _matches_any(name, BUILTIN_IGNORED_NAMES) or name.endswith(ERROR_SUFFIX):
             return False
@@ -62,14 +62,16 @@ class FileFilter:
         return any(fnmatchcase(path, p) or fnmatchcase(name, p) for p in self._lower(self.include))
 
     def excludes_dir(self, relative_dir: str) -> bool:
-        """True if nothing below this folder can ever be taken (so it need not be watched)."""
-        path = relative_dir.lower().rstrip("/")
-        if any(_matches_any(folder, BUILTIN_IGNORED_DIRS) for folder in path.split("/")):
+        """True if this folder or one above it is excluded: nothing below it is ever taken."""
+        parts = relative_dir.lower().strip("/").split("/")
+        return any(self._folder_excluded("/".join(parts[: i + 1])) for i in range(len(parts)))
+
+    def _folder_excluded(self, folder: str) -> bool:
+        name = folder.rpartition("/")[2]
+        if _matches_any(name, BUILTIN_IGNORED_DIRS) or self._excluded(folder, name):
             return True
-        return any(
-            fnmatchcase(path, p) or fnmatchcase(path + "/", p) or p.rstrip("/*") == path
-            for p in self._lower(self.exclude)
-        )
+        # "drafts/*" and "drafts/" name the folder as well as what is in it.
+        return any(fnmatchcase(folder + "/", pattern) for pattern in self._lower(self.exclude))
 
     def _excluded(self, path: str, name: str) -> bool:
         for pattern in self._lower(self.exclude):

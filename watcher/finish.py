@@ -81,6 +81,7 @@ class Finisher:
         except OSError as exc:
             # Disk full, folder gone, no permission: the outcome stays stored; try again later.
             log.error("cannot write the result file; will retry", error=str(exc))
+            self.metrics.errors.labels(pipeline.name, "result_write").inc()
             return False
         try:
             disposal = dispose_source(job, pipeline.placement)

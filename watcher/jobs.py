@@ -87,6 +87,7 @@ class Job:
     created_at: float
     submitted_at: float | None
     updated_at: float
+    finished_at: float | None = None
 
     @property
     def file_name(self) -> str:

@@ -19,12 +19,16 @@ RUNNING_STATUSES = {"accepted", "processing"}
 READY_STATUSES = {"processed", "webhook_retries_exceeded"}
 GONE_STATUSES = {"retrieved", "delivered"}
 BROKEN_CODES = {401, 402, 403, 404}
+# A gateway's 502/503: it found no service to hand the request to, so nothing was created.
+NOT_ACTED_ON_CODES = {502, 503}
+
+
+def _service_message(body: Any) -> str:
+    return str(body["message"]) if isinstance(body, dict) and body.get("message") else ""
 
 
 def _message(body: Any, content: bytes) -> str:
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return content[:200].decode("utf-8", errors="replace").strip()
+    return _service_message(body) or content[:200].decode("utf-8", errors="replace").strip()
 
 
 def _retry_after(headers: httpx.Headers | None) -> float | None:
@@ -53,10 +57,12 @@ def classify_submit(
                              retry_after_seconds=_retry_after(headers))  # fmt: skip
     if status_code in BROKEN_CODES:
         return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
-    if status_code == 504:  # the gateway gave up; the whisper may exist
-        return SubmitOutcome(SubmitKind.UNKNOWN, None, status_code, error)
     if status_code in (400, 413, 415):
         return SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, status_code, error)
+    if status_code >= 500 and status_code not in NOT_ACTED_ON_CODES:
+        # 5xx are undocumented (section 1.4): a 500 may come after the whisper was created,
+        # and a gateway's 504 gave up while the service went on. It may exist.
+        return SubmitOutcome(SubmitKind.UNKNOWN, None, status_code, error)
     return SubmitOutcome(SubmitKind.RETRY, None, status_code, error)
 
 
@@ -68,8 +74,12 @@ def classify_status(status_code: int, content: bytes) -> PollOutcome:
     if status_code in (401, 403):
         return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, message)
     if isinstance(status, str) and status_code in (200, 400):
-        return _classify_status_value(status, status_code, message)
-    if status_code in (400, 404) and _says_unknown(message):
+        return _classify_status_value(status, status_code, _service_message(body))
+    if status_code == 404 and body is not None:
+        # The service's own 404 (JSON): the hash is unknown or expired (section 2.2). A
+        # non-JSON 404 is a proxy's page and proves nothing about the whisper.
+        return PollOutcome(PollKind.LOST, None, status_code, message)
+    if status_code == 400 and _says_unknown(message):
         return PollOutcome(PollKind.LOST, None, status_code, message)
     return PollOutcome(PollKind.RETRY, None, status_code, message or f"HTTP {status_code}")
 

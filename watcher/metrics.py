@@ -18,8 +18,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from watcher.logs import get_logger
-from watcher.store import Store
-from watcher.store.operator import summaries
+from watcher.store import Store, StoreError
+from watcher.store.operator import PipelineSummary, summaries
 
 log = get_logger()
 PREFIX = "unstract_watcher_"
@@ -65,6 +65,7 @@ class Metrics:
 class _TableCollector(Collector):
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.database_up = True  # as last seen: log only when it changes
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         documents = GaugeMetricFamily(PREFIX + "documents", "Jobs by state",
@@ -73,12 +74,29 @@ class _TableCollector(Collector):
                                       labels=["pipeline"])  # fmt: skip
         paused = GaugeMetricFamily(PREFIX + "paused", "1 if the pipeline is paused",
                                    labels=["pipeline"])  # fmt: skip
-        for summary in summaries(self.store):
+        for summary in self._summaries():
             for state, count in summary.counts.items():
                 documents.add_metric([summary.name, state], count)
             in_flight.add_metric([summary.name], summary.in_flight)
             paused.add_metric([summary.name], 1.0 if summary.paused_reason else 0.0)
-        yield from (documents, in_flight, paused)
+        up = GaugeMetricFamily(PREFIX + "database_up",
+                               "1 if the job table could be read at this scrape")  # fmt: skip
+        up.add_metric([], 1.0 if self.database_up else 0.0)
+        yield from (documents, in_flight, paused, up)
+
+    def _summaries(self) -> list[PipelineSummary]:
+        # A database outage must not take the other metrics (and the scrape) down with it.
+        try:
+            found = summaries(self.store)
+        except StoreError as exc:
+            if self.database_up:
+                log.error("metrics: the database is unreachable", error=str(exc))
+            self.database_up = False
+            return []
+        if not self.database_up:
+            log.info("metrics: the database is reachable again")
+        self.database_up = True
+        return found
 
 
 def serve_metrics(

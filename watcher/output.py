@@ -6,6 +6,7 @@ on disk under watch_dir), never from the API's answer.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -142,13 +143,34 @@ def dispose_source(job: Job, placement: Placement) -> str:
     bucket = "processed" if job.outcome == "success" else "failed"
     target = _free_name(placement.archive_dir / bucket / job.relative_path, job.id)
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(source, target)
+    move_durably(source, target, placement.temp_tag)
     return f"moved to {target}"
+
+
+def move_durably(source: Path, target: Path, temp_tag: str = "x") -> None:
+    """Rename; onto another file system, copy to a temp file beside the target, fsync,
+    rename, then unlink the source, so a crash never leaves half a file under its name."""
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        temp = target.with_name(f".uw.{temp_tag}-{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        try:
+            shutil.copy2(source, temp)
+            with temp.open("rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        source.unlink()
+    _fsync_dir(target.parent)
 
 
 def _unchanged(source: Path, job: Job) -> bool:
     try:
-        info = source.lstat()
+        info = source.stat()  # as the watcher saw it: through a symlink that stays inside
     except FileNotFoundError:
         return False
     return info.st_size == job.size and info.st_mtime_ns == job.mtime_ns

@@ -141,8 +141,10 @@ class Reconciler:
         self.metrics.polls.labels(pipeline.name, outcome.kind.value).inc()
         if outcome.kind is PollKind.RETRY:
             self.metrics.retries.labels(pipeline.name, "poll").inc()
+            self.metrics.errors.labels(pipeline.name, "poll").inc()
         if decision.pause_pipeline:
             pipeline.pause(outcome.error, decision.delay_seconds)
+            self.metrics.errors.labels(pipeline.name, "pipeline_refused").inc()
         if decision.state is JobState.RESULT_STORED:
             log.info("execution ended", outcome=decision.outcome, status=outcome.server_status)
             self.finished.set()

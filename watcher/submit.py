@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
+import os
 import random
 import threading
 import time
+from pathlib import Path
 
 from watcher.backend import SubmitKind, SubmitOutcome, Upload
 from watcher.crashpoints import crash_point
@@ -15,6 +17,7 @@ from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.metrics import Metrics
 from watcher.runtime import Pipeline, WorkSignal
 from watcher.store import Store
+from watcher.watch import open_regular
 
 log = get_logger()
 MAX_IDLE_SECONDS = 2.0
@@ -38,6 +41,21 @@ ACCEPTED_TYPES = {
 def upload_content_type(file_name: str) -> str:
     guessed = mimetypes.guess_type(file_name)[0]
     return guessed if guessed in ACCEPTED_TYPES else "application/octet-stream"
+
+
+class TooLarge(OSError):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"{size} bytes")
+        self.size = size
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (never blocks on a FIFO)."""
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise TooLarge(size)
+        return handle.read(limit + 1)
 
 
 class Uploader:
@@ -65,18 +83,19 @@ class Uploader:
         self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
 
     def run(self) -> None:
-        busy = False  # the last claim found work: try the next one straight away
+        # The last claim found work, or new work or a free slot woke us: claim straight
+        # away. Otherwise a read first: no write lock while there is nothing to do.
+        go = False
         while not self.stop.is_set():
             self.last_beat = time.monotonic()
             limits = self._limits()
-            # A read first when idle: no write lock while there is nothing to do.
-            wait = 0.0 if busy else self._idle_wait(limits)
+            wait = 0.0 if go else self._idle_wait(limits)
             job = self.store.claim_for_upload(self.owner, limits) if wait <= 0 else None
-            busy = job is not None
+            go = job is not None
             if job is None:
                 # Due work we could not claim means every pipeline is at max_in_flight: a
                 # freed slot wakes us (WorkSignal), so wait long.
-                self.work.wait(MAX_IDLE_SECONDS if wait <= 0 else wait)
+                go = self.work.wait(MAX_IDLE_SECONDS if wait <= 0 else wait)
                 continue
             pipeline = self.pipelines.get(job.pipeline)
             if pipeline is None:  # removed by a reload since the claim: put the job back
@@ -103,6 +122,12 @@ class Uploader:
         }
 
     def upload(self, job: Job, pipeline: Pipeline) -> None:
+        if job.attempts > pipeline.policy.max_attempts:
+            # Only interrupted uploads (a crash, a drain cut off) get here: each restart
+            # counts one, and a document that kills the process must not loop forever.
+            self._fail(job, f"gave up after {job.attempts - 1} attempts; last error: "
+                            f"{job.last_error or 'interrupted'}")  # fmt: skip
+            return
         content = self._read(job, pipeline)
         if content is None:
             return
@@ -113,26 +138,25 @@ class Uploader:
         decision = decide_after_submit(outcome, job.attempts, pipeline.policy, self.rng,
                                        pipeline.expected_execution_seconds)  # fmt: skip
         if not self.store.record_submit(job, decision, outcome.http_status):
-            log.warning("lost the claim on this job while uploading; another worker has it")
+            log.warning("lost the claim on this job while uploading; another worker has it",
+                        execution_id=outcome.execution_id)  # fmt: skip
             return
         self._after(decision, outcome, pipeline)
 
     def _read(self, job: Job, pipeline: Pipeline) -> bytes | None:
         """The document's bytes, if they are still the ones that were hashed."""
-        path = pipeline.placement.source(job)
         limit = pipeline.config.max_file_bytes
         try:
-            size = path.stat().st_size
-            if size > limit:
-                self._fail(job, f"the file has {size} bytes, over max_file_bytes = {limit}")
-                return None
-            content = path.read_bytes()
+            content = read_regular_file(pipeline.placement.source(job), limit)
         except FileNotFoundError:
             self.store.skip(job, "the file was removed before it could be uploaded")
             log.info("file vanished before upload")
             return None
+        except TooLarge as exc:
+            self._fail(job, f"the file has {exc.size} bytes, over max_file_bytes = {limit}")
+            return None
         except OSError as exc:
-            self._fail(job, f"cannot read the file: {exc.strerror}")
+            self._fail(job, f"cannot read the file: {exc.strerror or exc}")
             return None
         if hashlib.sha256(content).hexdigest() != job.sha256:
             self.store.skip(job, "the file changed before upload; the new content is queued anew")
@@ -164,15 +188,25 @@ class Uploader:
             self.submitted.set()
         elif decision.state is JobState.HELD:
             log.error("upload outcome unknown; job held for an operator", error=outcome.error)
+            self.metrics.errors.labels(pipeline.name, "upload_held").inc()
         elif decision.state is JobState.RESULT_STORED:
             log.warning("document refused by the API", error=decision.error)
             self.finished.set()
         elif decision.pause_pipeline:
             pipeline.pause(outcome.error or f"HTTP {outcome.http_status}", decision.delay_seconds)
+            self.metrics.errors.labels(pipeline.name, "pipeline_refused").inc()
         else:
             if outcome.rate_limited:
                 pipeline.on_rate_limited()
             unknown = outcome.kind is SubmitKind.UNKNOWN
+            kind = (
+                "rate_limited"
+                if outcome.rate_limited
+                else "upload_unknown"
+                if unknown
+                else "upload"
+            )
+            self.metrics.errors.labels(pipeline.name, kind).inc()
             log.warning(
                 "upload failed; will retry",
                 http_status=outcome.http_status,

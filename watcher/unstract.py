@@ -23,6 +23,10 @@ FAILED_STATUSES = {"ERROR", "STOPPED"}
 # Transport errors raised before any byte of the request left: nothing can exist remotely.
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 BROKEN_PIPELINE_CODES = {401, 403, 404}
+# 5xx answers that prove nothing was created: the application's own 502 is a failed
+# presigned-URL download, before any execution exists (section 3), and a proxy's 502/503 page
+# means it found no application to hand the request to (section 0, last row).
+NOT_ACTED_ON_CODES = {502, 503}
 
 
 def decode_json(content: bytes) -> Any:
@@ -51,28 +55,37 @@ def _short(content: bytes) -> str:
 def classify_submit(status_code: int, content: bytes) -> SubmitOutcome:
     """What an Execution API answer means for the document that was sent."""
     body = decode_json(content)
-    error = std_error_text(body) or _short(content)
+    error = std_error_text(body) or _short(content) or f"HTTP {status_code}"
     message = body.get("message") if isinstance(body, dict) else None
-    accepted = status_code == 200 and isinstance(message, dict) and message.get("execution_id")
-    if accepted and isinstance(message, dict) and message.get("execution_status") != "ERROR":
-        return SubmitOutcome(SubmitKind.ACCEPTED, str(message["execution_id"]), status_code)
-    if status_code == 504:
-        # A gateway gave up waiting: the server may have created the execution meanwhile.
-        return SubmitOutcome(SubmitKind.UNKNOWN, None, status_code, error or "gateway timeout")
+    if isinstance(message, dict):
+        return _classify_execution_answer(status_code, message, error)
     if status_code == 429:
         return SubmitOutcome(SubmitKind.RETRY, None, status_code, error, rate_limited=True)
     if status_code in BROKEN_PIPELINE_CODES:
         return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
-    if status_code == 422 and not isinstance(message, dict):
+    if status_code == 422:
         # `Pipeline '...' is inactive`: the deployment, not the document (seed Execution API page).
         return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
     if status_code in (400, 413, 415):
         return SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, status_code, error)
-    if isinstance(message, dict):
-        # 422/500 execution body: staging or dispatch failed; the execution ended in ERROR.
-        text = str(message.get("error") or message.get("execution_status") or error)
-        return SubmitOutcome(SubmitKind.RETRY, None, status_code, text)
-    return SubmitOutcome(SubmitKind.RETRY, None, status_code, error or f"HTTP {status_code}")
+    if status_code >= 500 and status_code not in NOT_ACTED_ON_CODES:
+        # An unhandled 500 may come after the execution was created (sections 7 and 11),
+        # and a gateway's 504 gave up while the server went on: it may exist.
+        return SubmitOutcome(SubmitKind.UNKNOWN, None, status_code, error)
+    return SubmitOutcome(SubmitKind.RETRY, None, status_code, error)
+
+
+def _classify_execution_answer(
+    status_code: int, message: dict[str, Any], error: str
+) -> SubmitOutcome:
+    """An execution body: the server says what it did, so the outcome is never unknown."""
+    if status_code == 200 and message.get("execution_id"):
+        if message.get("execution_status") != "ERROR":
+            return SubmitOutcome(SubmitKind.ACCEPTED, str(message["execution_id"]), status_code)
+    # 422/500 (or an old server's 200): staging or dispatch failed and the execution ended in
+    # ERROR; it will never give a result, so sending the document again is no duplicate.
+    text = str(message.get("error") or message.get("execution_status") or error)
+    return SubmitOutcome(SubmitKind.RETRY, None, status_code, text)
 
 
 def classify_poll(status_code: int, content: bytes, file_name: str) -> PollOutcome:

@@ -7,14 +7,16 @@ stood still for `settle_seconds` (reliability-notes A2, A5, A7).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat as stat_mode
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -76,10 +78,29 @@ class StabilityTracker:
         self._pending.pop(path, None)
 
 
+class NotARegularFile(OSError):
+    """The path was a regular file when listed, but is something else (a FIFO, ...) now."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading; raise NotARegularFile for anything else.
+
+    O_NONBLOCK: a FIFO swapped in after the stat must not block the open until a writer comes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat_mode.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def sha256_of(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as handle:
+    with open_regular(path) as handle:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -116,6 +137,7 @@ class FolderWatcher:
         self._hints_lock = threading.Lock()
         self.rescan_seconds = 300.0
         self._warned: set[str] = set()  # paths already reported, so a rescan does not repeat
+        self.listing_error: str | None = None  # why the root could not be listed, for /healthz
         self.on_progress: Callable[[], None] = lambda: None  # the daemon's hang check
         self.log = log.bind(pipeline=name)
 
@@ -147,20 +169,26 @@ class FolderWatcher:
         """Take pending hints, then queue whatever has become stable."""
         for absolute in self._take_hints():
             relative = self._relative(absolute)
-            if relative is None:
-                continue
-            target = self.root / relative
-            if target.is_dir() and not target.is_symlink():
-                for child in self._walk(target):
-                    self._consider(child, now)
-            else:
-                self._consider(relative, now)
+            if relative is not None:
+                self._hinted(relative, now)
         for relative in self.tracker.paths():
             if self.tracker.observe(relative, self._stat(relative), now):
                 self._settled(relative)
 
     def next_check(self) -> float | None:
         return self.tracker.next_check()
+
+    def _hinted(self, relative: str, now: float) -> None:
+        target = self.root / relative
+        if not self.recursive:
+            if "/" not in relative:  # a folder here is never listed, only warned about
+                self._consider(relative, now)
+        elif target.is_dir() and not target.is_symlink():
+            if not self.filter.excludes_dir(relative):
+                for child in self._walk(target):
+                    self._consider(child, now)
+        else:
+            self._consider(relative, now)
 
     def _consider(self, relative: str, now: float) -> None:
         self.on_progress()
@@ -182,6 +210,9 @@ class FolderWatcher:
             return
         try:
             sha256, size = sha256_of(self.root / relative)
+        except NotARegularFile:  # swapped for a FIFO or a folder since the stat
+            self._warn_once(relative, "not a regular file; ignored")
+            return
         except OSError as exc:
             self.log.warning("cannot read file", path=as_text(relative), error=exc.strerror)
             return
@@ -201,9 +232,12 @@ class FolderWatcher:
                 self._warn_once(relative, "ignoring symlink that leads out of watch_dir")
                 return None
             info = path.stat()
-        except OSError:
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop, from Python 3.11's resolve
+            if path.is_symlink():
+                self._warn_once(relative, "broken symlink; ignored")
             return None
-        if not os.path.isfile(path):
+        if not stat_mode.S_ISREG(info.st_mode):
+            self._warn_once(relative, "not a regular file; ignored")
             return None
         return FileStat(info.st_size, info.st_mtime_ns)
 
@@ -226,14 +260,17 @@ class FolderWatcher:
             entries = list(os.scandir(folder))
         except OSError as exc:
             self.log.warning("cannot list folder", folder=as_text(str(folder)), error=exc.strerror)
+            if folder == self.root:
+                self.listing_error = f"{as_text(str(folder))}: {exc.strerror or exc}"
             return
+        if folder == self.root:
+            self.listing_error = None
         for entry in entries:
             relative = Path(entry.path).relative_to(self.root).as_posix()
-            if entry.is_dir(follow_symlinks=False):
-                if self.recursive and not self.filter.excludes_dir(relative):
-                    yield from self._walk(Path(entry.path))
-            else:
-                yield relative
+            if not entry.is_dir(follow_symlinks=False) or not self.recursive:
+                yield relative  # not walked: a folder named like a document gets a warning
+            elif not self.filter.excludes_dir(relative):
+                yield from self._walk(Path(entry.path))
 
 
 class _Handler(FileSystemEventHandler):

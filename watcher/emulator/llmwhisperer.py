@@ -126,7 +126,9 @@ class LLMWhispererEmulator:
         """Peek at a whisper's status (as the chosen generation names it); None if unknown."""
         with self._lock:
             whisper = self._whispers.get(whisper_hash)
-            return None if whisper is None else self.dialect.status_of(whisper.phase(self._clock()))
+            if whisper is None:
+                return None
+            return self.dialect.status_of(whisper.phase(self._clock()), whisper.webhook_gave_up)
 
     def forget(self, whisper_hash: str) -> bool:
         """Drop a whisper, as an expired record: its hash is unknown from now on."""
@@ -262,6 +264,7 @@ class LLMWhispererEmulator:
             finishes_at=None if self.faults.stall else now + seconds,
             error=FAILURE_MESSAGE if staged.failed else None,
             result=staged.result,
+            webhook_gave_up=self.faults.take("webhook_retries_exceeded"),
         )
         self._whispers[whisper.hash] = whisper
         self._in_flight = [w for w in self._in_flight if w.finished_at(now) is None]

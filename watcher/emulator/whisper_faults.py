@@ -34,6 +34,10 @@ class WhisperFaults:
     retrieve_error_after_delete: int = 0
     # A retrieve that hands out a text deletes it, then closes the connection unanswered.
     retrieve_drop_after_delete: int = 0
+    # The next N whispers created end as if their webhook gave up: once processed, the legacy
+    # generation reports `webhook_retries_exceeded` (section 4.4; the current generation has
+    # no such status and says `processed`). Their text stays retrievable, once.
+    webhook_retries_exceeded: int = 0
     # The Retry-After seconds of `rate_limited` answers.
     retry_after_seconds: int = 1
     # Sleep this long before handling every API request.

@@ -20,6 +20,7 @@ from .whisper_results import WhisperResult
 
 # Section 2.2 documents only the `stage_*` pattern; the stage name is the emulator's.
 LEGACY_STAGE_STATUS = "stage_extraction"
+WEBHOOK_GAVE_UP_STATUS = "webhook_retries_exceeded"
 NOT_FOUND_MESSAGE = "Whisper job not found for the provided whisper hash"
 ALREADY_DELIVERED_MESSAGE = "Whisper already delivered"
 
@@ -85,6 +86,7 @@ class Whisper:
     error: str | None  # set: the whisper fails with this message
     result: WhisperResult | None  # dropped once retrieved
     retrieved_at: float | None = None
+    webhook_gave_up: bool = False  # its webhook failed every retry (section 4.4)
 
     def phase(self, now: float) -> Phase:
         if self.retrieved_at is not None:
@@ -155,7 +157,9 @@ class StatusDialect:
     def legacy(self) -> bool:
         return self.generation is StatusGeneration.LEGACY
 
-    def status_of(self, phase: Phase) -> str:
+    def status_of(self, phase: Phase, webhook_gave_up: bool = False) -> str:
+        if phase is Phase.PROCESSED and webhook_gave_up and self.legacy:
+            return WEBHOOK_GAVE_UP_STATUS
         if phase is Phase.FAILED:
             return self.legacy_failed_status if self.legacy else "error"
         if phase is Phase.RETRIEVED:
@@ -176,7 +180,7 @@ class StatusDialect:
                 return json_response(200, {"status": "unknown", "message": NOT_FOUND_MESSAGE})
             return json_response(400, {"message": NOT_FOUND_MESSAGE})
         phase = whisper.phase(now)
-        status = self.status_of(phase)
+        status = self.status_of(phase, whisper.webhook_gave_up)
         message = whisper.error if phase is Phase.FAILED else _MESSAGES[phase]
         code = self.http_code(status)
         if self.legacy and code == 200 and phase is not Phase.FAILED:

@@ -1,6 +1,15 @@
 """The durable job table: the only package that speaks SQL."""
 
 from watcher.store.schema import jobs, metadata, results
-from watcher.store.store import KnownFile, Store, StoreError
+from watcher.store.store import TRANSIENT_DB_ERRORS, KnownFile, Store, StoreError, db_error_text
 
-__all__ = ["KnownFile", "Store", "StoreError", "jobs", "metadata", "results"]
+__all__ = [
+    "TRANSIENT_DB_ERRORS",
+    "KnownFile",
+    "Store",
+    "StoreError",
+    "db_error_text",
+    "jobs",
+    "metadata",
+    "results",
+]

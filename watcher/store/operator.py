@@ -6,24 +6,81 @@ moves a job back to `queued`, where the daemon's upload workers pick it up.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.resources import as_file, files
+from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from watcher.jobs import IN_FLIGHT, Job, JobState
 from watcher.store.schema import jobs, pipeline_state, to_job
-from watcher.store.store import Store
+from watcher.store.store import Store, StoreError
 
 RETRYABLE = (JobState.FAILED, JobState.SKIPPED, JobState.HELD)
+
+
+class NotSetUp(StoreError):
+    """The database file or its schema is missing or behind: the daemon never set it up here."""
 
 
 @dataclass(frozen=True)
 class PipelineSummary:
     name: str
-    counts: dict[str, int]  # state -> jobs
+    counts: dict[str, int]  # every state -> jobs (0 included)
     in_flight: int
     oldest_waiting_since: float | None  # created_at of the oldest queued job
     paused_reason: str
+    in_config: bool  # False: jobs of a pipeline that the config no longer has
+
+
+def open_existing(url: str, busy_timeout_seconds: float) -> Store:
+    """Open a database that `run` or `db upgrade` set up; never create or migrate one (an
+    operator in the wrong folder, or root before the first start, would get an empty one)."""
+    if url.startswith("sqlite"):
+        database = sa.engine.make_url(url).database or ""
+        if database in ("", ":memory:") or not Path(database).is_file():
+            raise NotSetUp(f"there is no database file {database or '(none)'}")
+    store = Store(url, busy_timeout_seconds)
+    try:
+        _check_schema(store)
+    except StoreError:
+        store.close()
+        raise
+    return store
+
+
+def _check_schema(store: Store) -> None:
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with as_file(files("watcher._migrations")) as folder:
+        head = ScriptDirectory(str(folder)).get_current_head()
+    with _reading(store) as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current is None:
+        raise NotSetUp("it has no job table")
+    if current != head:
+        raise NotSetUp(f"its schema is at revision {current}, this version needs {head}")
+
+
+@contextmanager
+def _reading(store: Store) -> Iterator[Connection]:
+    """A read transaction (never waits for the daemon's writes); database errors become
+    StoreError, which the commands report as unreachable and the metrics as down."""
+    try:
+        with store._read() as conn:
+            yield conn
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreError(_reason(exc)) from None
+
+
+def _reason(exc: sa.exc.SQLAlchemyError) -> str:
+    detail = getattr(exc, "orig", None) or exc
+    lines = str(detail).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def list_jobs(
@@ -44,38 +101,45 @@ def list_jobs(
         query = query.where(jobs.c.created_at >= since)
     if limit is not None:
         query = query.limit(limit)
-    with store._tx() as conn:
+    with _reading(store) as conn:
         return [to_job(row) for row in conn.execute(query).all()]
 
 
 def get_job(store: Store, job_id: int) -> Job | None:
-    with store._tx() as conn:
+    with _reading(store) as conn:
         row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
     return to_job(row) if row else None
 
 
-def retry_jobs(store: Store, *, job_id: int | None = None, pipeline: str | None = None) -> int:
-    """Queue one failed, skipped or held job, or every failed job of a pipeline, again with
-    fresh attempts; return how many. Held jobs are never retried wholesale: each may already
-    run on the server, and an operator decides one by one."""
-    states = RETRYABLE if job_id is not None else (JobState.FAILED,)
-    query = sa.update(jobs).where(jobs.c.state.in_([s.value for s in states]))
-    if job_id is not None:
-        query = query.where(jobs.c.id == job_id)
-    if pipeline is not None:
-        query = query.where(jobs.c.pipeline == pipeline)
-    query = query.values(
-        state=JobState.QUEUED.value, attempts=0, next_attempt_at=store._now, execution_id=None,
-        outcome=None, result_body=None, poll_count=0, lease_owner=None, lease_until=None,
-        last_error="retried by an operator", updated_at=store._now, finished_at=None,
+def retry_jobs(store: Store, job_ids: Sequence[int]) -> int:
+    """Queue these jobs again with fresh attempts, those still failed, skipped or held;
+    return how many. Which ones (held jobs only one by one) the caller decides."""
+    query = (
+        sa.update(jobs)
+        .where(jobs.c.state.in_([s.value for s in RETRYABLE]))
+        .where(jobs.c.id.in_(list(job_ids)))
+        .values(
+            state=JobState.QUEUED.value, attempts=0, next_attempt_at=store._now,
+            execution_id=None, outcome=None, result_body=None, poll_count=0, lease_owner=None,
+            lease_until=None, last_error="retried by an operator", updated_at=store._now,
+            finished_at=None,
+        )
     )  # fmt: skip
-    with store._tx() as conn:
-        return int(conn.execute(query).rowcount)
+    try:
+        with store._tx() as conn:
+            return int(conn.execute(query).rowcount)
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreError(_reason(exc)) from None
 
 
-def summaries(store: Store) -> list[PipelineSummary]:
-    """Per pipeline: counts by state, in flight, oldest waiting job, paused and why."""
-    with store._tx() as conn:
+def summaries(store: Store, configured: Collection[str] | None = None) -> list[PipelineSummary]:
+    """Per pipeline: counts by state, in flight, oldest waiting job, paused and why.
+
+    With `configured` (the config's pipeline names), those are listed even without jobs, and
+    others only if they have jobs, marked as not in the config: a pause recorded for a
+    pipeline that was removed since means nothing any more.
+    """
+    with _reading(store) as conn:
         counts = conn.execute(
             sa.select(jobs.c.pipeline, jobs.c.state, sa.func.count()).group_by(
                 jobs.c.pipeline, jobs.c.state
@@ -93,19 +157,33 @@ def summaries(store: Store) -> list[PipelineSummary]:
         )
     by_pipeline: dict[str, dict[str, int]] = {}
     for name, state, count in counts:
-        by_pipeline.setdefault(name, {})[state] = int(count)
-    names = sorted(set(by_pipeline) | {n for n, r in paused.items() if r})
-    in_flight = {s.value for s in IN_FLIGHT}
-    return [
-        PipelineSummary(
-            name=name,
-            counts=by_pipeline.get(name, {}),
-            in_flight=sum(c for s, c in by_pipeline.get(name, {}).items() if s in in_flight),
-            oldest_waiting_since=oldest.get(name),
-            paused_reason=paused.get(name, ""),
-        )
-        for name in names
-    ]
+        by_pipeline.setdefault(name, _no_jobs())[state] = int(count)
+    if configured is None:
+        configured = set(by_pipeline) | {n for n, r in paused.items() if r}
+    names = sorted(set(by_pipeline) | set(configured))
+    return [_summary(name, by_pipeline, oldest, paused, name in configured) for name in names]
+
+
+def _no_jobs() -> dict[str, int]:
+    return {state.value: 0 for state in JobState}
+
+
+def _summary(
+    name: str,
+    by_pipeline: dict[str, dict[str, int]],
+    oldest: dict[str, float],
+    paused: dict[str, str],
+    in_config: bool,
+) -> PipelineSummary:
+    counts = by_pipeline.get(name) or _no_jobs()
+    return PipelineSummary(
+        name=name,
+        counts=counts,
+        in_flight=sum(counts.get(s.value, 0) for s in IN_FLIGHT),
+        oldest_waiting_since=oldest.get(name),
+        paused_reason=paused.get(name, "") if in_config else "",
+        in_config=in_config,
+    )
 
 
 def held_jobs(store: Store, pipelines: list[str]) -> int:

@@ -32,14 +32,14 @@ jobs = sa.Table(
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_attempt_at", sa.Double, nullable=False),
-    sa.Column("execution_id", sa.String(64)),
+    sa.Column("execution_id", sa.Text),  # opaque: a whisper_hash has no length limit
     sa.Column("poll_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_poll_at", sa.Double),
     sa.Column("outcome", sa.String(16)),
     sa.Column("result_body", sa.Text),
     sa.Column("last_http_status", sa.Integer),
     sa.Column("last_error", sa.Text, nullable=False, server_default=""),
-    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_owner", sa.Text),
     sa.Column("lease_until", sa.Double),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("submitted_at", sa.Double),
@@ -65,7 +65,7 @@ pipeline_state = sa.Table(
 results = sa.Table(
     "results",
     metadata,
-    sa.Column("execution_id", sa.String(200), primary_key=True),
+    sa.Column("execution_id", sa.Text, primary_key=True),
     sa.Column("job_id", sa.Integer, nullable=False),
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("error", sa.Text, nullable=False, server_default=""),
@@ -86,6 +86,7 @@ def to_job(row: sa.Row[Any]) -> Job:
         last_http_status=m["last_http_status"], last_error=m["last_error"],
         lease_owner=m["lease_owner"], created_at=m["created_at"],
         submitted_at=m["submitted_at"], updated_at=m["updated_at"],
+        finished_at=m["finished_at"],
     )  # fmt: skip
 
 

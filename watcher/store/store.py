@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import threading
@@ -19,7 +20,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import IO, Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -31,7 +32,11 @@ from watcher.logs import get_logger
 from watcher.store.schema import create_engine, db_path, fs_path, jobs, results, to_job
 
 DEFAULT_LEASE_SECONDS = 300.0
-TRANSIENT_RETRIES = 8  # about a minute of backoff
+TRANSIENT_RETRIES = 8  # about half a minute of backoff
+OUTAGE_RETRY_SECONDS = 10.0
+CLOCK_RESYNC_SECONDS = 60.0
+# Errors that mean "the database is unreachable for now", not "this query is wrong".
+TRANSIENT_DB_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
 P = ParamSpec("P")
 T = TypeVar("T")
 log = get_logger()
@@ -59,16 +64,21 @@ def retry_transient(method: Callable[P, T]) -> Callable[P, T]:
         for attempt in range(TRANSIENT_RETRIES):
             try:
                 return method(*args, **kwargs)
-            except sa.exc.OperationalError as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 if attempt == TRANSIENT_RETRIES - 1:
                     raise
-                log.warning("database error; retrying", error=str(exc.orig).strip()[:200],
+                log.warning("database error; retrying", error=db_error_text(exc),
                             retry_in_seconds=delay)  # fmt: skip
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
 
     return retried
+
+
+def db_error_text(exc: sa.exc.DBAPIError) -> str:
+    """The driver's one-line reason, without SQL or parameters (which may hold a result)."""
+    return str(exc.orig).strip().splitlines()[0][:200] if exc.orig else type(exc).__name__
 
 
 class StoreError(Exception):
@@ -92,6 +102,8 @@ class Store:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, busy_timeout_seconds)
+        self._lock_file: IO[str] | None = None  # SQLite: one daemon per database file
+        self._instance_conn: Connection | None = None  # PostgreSQL: holds the instance lock
         self._lock: AbstractContextManager[Any] = (
             threading.Lock() if self.is_sqlite else nullcontext()
         )
@@ -102,8 +114,15 @@ class Store:
             else sa.literal_column("extract(epoch from clock_timestamp())::float8", sa.Double)
         )
 
-        # Built once: the upload claim runs for every document, and building it (with all
-        # columns returned) cost more than running it.
+        self._prepare_statements()
+        self._clock_offset = 0.0
+        self._clock_read_at = -CLOCK_RESYNC_SECONDS
+
+    def _prepare_statements(self) -> None:
+        """Statements that run for every document, built once with bind parameters:
+        building one (and its cache key) costs more than running it on SQLite."""
+        pipelines: sa.BindParameter[str] = sa.bindparam("pipelines", expanding=True)
+        lease_until = self._now + sa.bindparam("lease_seconds", type_=sa.Double)
         self._in_flight_by_pipeline = (
             sa.select(jobs.c.pipeline, sa.func.count())
             .where(jobs.c.state.in_([s.value for s in IN_FLIGHT]))
@@ -113,7 +132,7 @@ class Store:
             sa.select(jobs.c.id)
             .where(jobs.c.state == JobState.QUEUED.value)
             .where(jobs.c.next_attempt_at <= self._now)
-            .where(jobs.c.pipeline.in_(sa.bindparam("open_pipelines", expanding=True)))
+            .where(jobs.c.pipeline.in_(pipelines))
             .order_by(jobs.c.next_attempt_at, jobs.c.id)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -126,11 +145,63 @@ class Store:
                 state=JobState.SUBMITTING.value,
                 attempts=jobs.c.attempts + 1,
                 lease_owner=sa.bindparam("claim_owner"),
-                lease_until=self._now + self.lease_seconds,
+                lease_until=lease_until,
                 updated_at=self._now,
             )
             .returning(*jobs.c)
         )
+        # Every state change: the SET clause comes from the parameters' keys (see _fenced).
+        self._fenced_stmt = (
+            sa.update(jobs)
+            .where(jobs.c.id == sa.bindparam("b_id"))
+            .where(jobs.c.state == sa.bindparam("b_state"))
+            .where(jobs.c.attempts == sa.bindparam("b_attempts"))
+            .where(jobs.c.lease_owner.is_not_distinct_from(sa.bindparam("b_owner")))
+        )
+        due_polls = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.state == JobState.SUBMITTED.value)
+            .where(jobs.c.next_poll_at <= self._now)
+            .where(jobs.c.pipeline.in_(pipelines))
+            .order_by(jobs.c.next_poll_at)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .with_for_update(skip_locked=True)
+        )
+        self._claim_polls = (
+            sa.update(jobs)
+            .where(jobs.c.id.in_(due_polls))
+            .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until,
+                    next_poll_at=lease_until)
+            .returning(*jobs.c)
+        )  # fmt: skip
+        free = (
+            jobs.c.lease_owner.is_(None)
+            | (jobs.c.lease_owner == sa.bindparam("owner"))  # ours: e.g. after a full disk
+            | jobs.c.lease_until.is_(None)
+            | (jobs.c.lease_until < self._now)
+        )
+        ready = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.state == JobState.RESULT_STORED.value)
+            .where(jobs.c.pipeline.in_(pipelines))
+            .where(free)
+            .order_by(jobs.c.id)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .with_for_update(skip_locked=True)
+        )
+        self._claim_results = (
+            sa.update(jobs)
+            .where(jobs.c.id.in_(ready))
+            .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until)
+            .returning(*jobs.c)
+        )
+        self._due = {
+            (state, column.name): sa.select(sa.func.min(column) - self._now)
+            .where(jobs.c.state == state.value)
+            .where(jobs.c.pipeline.in_(pipelines))
+            for state, column in ((JobState.QUEUED, jobs.c.next_attempt_at),
+                                  (JobState.SUBMITTED, jobs.c.next_poll_at))
+        }  # fmt: skip
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -151,25 +222,55 @@ class Store:
             detail = getattr(exc, "orig", None) or exc
             raise StoreError(str(detail).strip().splitlines()[0]) from None
 
-    def lock_for_daemon(self) -> None:
-        """SQLite serves one daemon: refuse a second one on the same file (an operator's
-        `run --once` beside the service would take over the service's claims)."""
+    def lock_for_daemon(self, owner: str) -> None:
+        """Refuse to run beside another daemon that would take over our claims.
+
+        SQLite serves one daemon per file (an operator's `run --once` beside the service
+        would release the service's claims). On PostgreSQL each instance id may run once:
+        two with the same id would release and renew each other's leases.
+        """
+        if not self.is_sqlite:
+            self._lock_instance_id(owner)
+            return
         database = sa.engine.make_url(self.url).database
-        if not self.is_sqlite or not database or database == ":memory:":
+        if not database or database == ":memory:":
             return
         self._lock_file = open(f"{database}.lock", "a")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
+            self._lock_file = None
             raise StoreError(
                 f"another unstract-watcher daemon is using {database}; stop it first "
                 "(operator commands such as status and retry work beside it)"
             ) from None
 
+    def _lock_instance_id(self, owner: str) -> None:
+        # A session-level advisory lock, held by a connection of its own for our lifetime.
+        # Advisory locks are per database: the schema is part of the key.
+        conn = self.engine.connect()
+        schema = conn.execute(sa.select(sa.func.current_schema())).scalar_one()
+        digest = hashlib.sha256(f"{schema}\0{owner}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        locked = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one())
+        conn.commit()  # the lock outlives the transaction: no transaction is left open
+        if not locked:
+            conn.close()
+            raise StoreError(
+                f"another unstract-watcher instance with instance_id {owner!r} is running on "
+                "this database; give each instance its own daemon.instance_id"
+            )
+        self._instance_conn = conn
+
     def close(self) -> None:
-        if getattr(self, "_lock_file", None) is not None:
+        if self._lock_file is not None:
             self._lock_file.close()
+        if self._instance_conn is not None:
+            # Closed for real, not returned to the pool: that ends the session and its lock.
+            self._instance_conn.invalidate()
+            self._instance_conn.close()
+            self._instance_conn = None
         self.engine.dispose()
 
     @contextmanager
@@ -188,6 +289,15 @@ class Store:
     def now(self) -> float:
         with self._read() as conn:
             return float(conn.execute(sa.select(self._now)).scalar_one())
+
+    def clock(self) -> float:
+        """The database's clock (epoch seconds), read once a minute and carried on by ours in
+        between: state changes take their times from it without a query of their own."""
+        ours = time.monotonic()
+        if ours - self._clock_read_at >= CLOCK_RESYNC_SECONDS:
+            self._clock_offset = self.now() - time.monotonic()
+            self._clock_read_at = ours
+        return ours + self._clock_offset
 
     # -- discovery -----------------------------------------------------------------------------
 
@@ -212,29 +322,40 @@ class Store:
     def enqueue(
         self, pipeline: str, relative_path: str, sha256: str, size: int, mtime_ns: int
     ) -> int | None:
-        """Insert a queued job unless this content at this path is known; return the new id.
+        """Queue this content at this path unless it is known; return the job id if queued.
 
-        A known version gets its size and mtime refreshed so the next scan skips it cheaply.
+        A version that was skipped (it vanished or changed before upload) and is back is
+        queued again; any other known version only gets its size and mtime refreshed, so the
+        next scan skips it cheaply.
         """
         path, raw = db_path(relative_path)
+        values = dict(
+            pipeline=pipeline, relative_path=path, relative_path_raw=raw, sha256=sha256,
+            size=size, mtime_ns=mtime_ns, state=JobState.QUEUED.value,
+            next_attempt_at=self._now, created_at=self._now, updated_at=self._now,
+        )  # fmt: skip
         key = (
             (jobs.c.pipeline == pipeline)
             & (jobs.c.relative_path == path)
             & (jobs.c.sha256 == sha256)
         )
         with self._tx() as conn:
-            known = conn.execute(sa.update(jobs).where(key).values(size=size, mtime_ns=mtime_ns))
-            if known.rowcount:
-                return None
-            values = dict(
-                pipeline=pipeline, relative_path=path, relative_path_raw=raw, sha256=sha256,
-                size=size, mtime_ns=mtime_ns, state=JobState.QUEUED.value,
-                next_attempt_at=self._now, created_at=self._now, updated_at=self._now,
-            )  # fmt: skip
             # Another instance watching the same share may insert the same document first.
             insert = self._insert(jobs).values(**values).on_conflict_do_nothing()
             row = conn.execute(insert.returning(jobs.c.id)).first()
-            return int(row[0]) if row else None
+            if row is not None:
+                return int(row[0])
+            revived = conn.execute(
+                sa.update(jobs)
+                .where(key & (jobs.c.state == JobState.SKIPPED.value))
+                .values(state=JobState.QUEUED.value, next_attempt_at=self._now, last_error="",
+                        size=size, mtime_ns=mtime_ns, finished_at=None, updated_at=self._now)
+                .returning(jobs.c.id)
+            ).first()  # fmt: skip
+            if revived is not None:
+                return int(revived[0])
+            conn.execute(sa.update(jobs).where(key).values(size=size, mtime_ns=mtime_ns))
+            return None
 
     # -- upload --------------------------------------------------------------------------------
 
@@ -249,8 +370,10 @@ class Store:
             if not open_pipelines:
                 return None
             row = conn.execute(
-                self._claim_upload, {"claim_owner": owner, "open_pipelines": open_pipelines}
-            ).first()
+                self._claim_upload,
+                {"claim_owner": owner, "pipelines": open_pipelines,
+                 "lease_seconds": self.lease_seconds},
+            ).first()  # fmt: skip
         return to_job(row) if row else None
 
     @retry_transient
@@ -258,14 +381,17 @@ class Store:
         """Apply what the upload worker decided; fenced on the claim. False if it was lost."""
         values: dict[str, Any] = self._decision_values(decision, http_status)
         if decision.state is JobState.SUBMITTED:
-            values.update(execution_id=decision.execution_id, submitted_at=self._now, poll_count=0)
+            values.update(
+                execution_id=decision.execution_id, submitted_at=values["updated_at"], poll_count=0
+            )
         if decision.refund_attempt:
-            values["attempts"] = jobs.c.attempts - 1
+            values["attempts"] = job.attempts - 1  # the fence makes sure it is still that
         return self._fenced_update(job, JobState.SUBMITTING, values)
 
     @retry_transient
     def skip(self, job: Job, reason: str) -> bool:
-        values = {"state": JobState.SKIPPED.value, "last_error": reason, "finished_at": self._now}
+        values = {"state": JobState.SKIPPED.value, "last_error": reason,
+                  "finished_at": self.clock()}  # fmt: skip
         return self._fenced_update(job, JobState.SUBMITTING, values)
 
     def renew_leases(self, owner: str) -> int:
@@ -293,10 +419,10 @@ class Store:
         return self._due_in(jobs.c.next_poll_at, JobState.SUBMITTED, pipelines)
 
     def _due_in(self, column: Any, state: JobState, pipelines: list[str]) -> float | None:
-        query = sa.select(sa.func.min(column) - self._now).where(jobs.c.state == state.value)
         with self._read() as conn:
-            due = conn.execute(query.where(jobs.c.pipeline.in_(pipelines))).scalar_one()
-        return None if due is None else float(due)
+            due = conn.execute(self._due[state, column.name], {"pipelines": pipelines})
+            first = due.scalar_one()
+        return None if first is None else float(first)
 
     def make_queued_due(self, pipeline: str) -> int:
         """Queued jobs of a pipeline may go now (after a pause ends); return how many."""
@@ -314,31 +440,20 @@ class Store:
     def claim_due_polls(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
         """Take executions whose next poll is due. Moving next_poll_at a lease ahead keeps
         other instances off them until we record the answer (or die)."""
-        due = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.state == JobState.SUBMITTED.value)
-            .where(jobs.c.next_poll_at <= self._now)
-            .where(jobs.c.pipeline.in_(pipelines))
-            .order_by(jobs.c.next_poll_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        claim = dict(lease_owner=owner, lease_until=self._now + self.lease_seconds,
-                     next_poll_at=self._now + self.lease_seconds)  # fmt: skip
+        params = {"owner": owner, "limit": limit, "pipelines": pipelines,
+                  "lease_seconds": self.lease_seconds}  # fmt: skip
         with self._tx() as conn:
-            rows = conn.execute(
-                sa.update(jobs).where(jobs.c.id.in_(due)).values(**claim).returning(*jobs.c)
-            ).all()
+            rows = conn.execute(self._claim_polls, params).all()
         return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
     @retry_transient
     def begin_fetch(self, job: Job) -> bool:
         """Mark that a read-once result is being fetched, before the request is sent."""
-        values = {"state": JobState.FETCHING.value, "updated_at": self._now,
-                  "lease_until": self._now + self.lease_seconds}  # fmt: skip
+        now = self.clock()
+        values = {"state": JobState.FETCHING.value, "updated_at": now,
+                  "lease_until": now + self.lease_seconds}  # fmt: skip
         return self._fenced_update(job, JobState.SUBMITTED, values)
 
-    @retry_transient
     def record_poll(
         self,
         job: Job,
@@ -348,9 +463,28 @@ class Store:
         fetching: bool = False,
     ) -> bool:
         """Apply a poll's (or a fetch's) decision. A result is stored in the same transaction,
-        also in `results` by execution id, kept even if the job was taken over meanwhile."""
+        also in `results` by execution id, kept even if the job was taken over meanwhile.
+
+        A terminal body in hand may be the only copy there is (the server hands it out once):
+        its write is retried for as long as the database is down, never dropped.
+        """
+        while True:
+            try:
+                return self._record_poll(job, decision, http_status, body, fetching)
+            except TRANSIENT_DB_ERRORS:
+                if body is None:
+                    raise
+                log.error("cannot store a result that the API hands out once: the database "
+                          "is unreachable; keeping it in memory and retrying",
+                          retry_in_seconds=OUTAGE_RETRY_SECONDS)  # fmt: skip
+                time.sleep(OUTAGE_RETRY_SECONDS)
+
+    @retry_transient
+    def _record_poll(
+        self, job: Job, decision: Decision, http_status: int | None, body: Any, fetching: bool
+    ) -> bool:
         values: dict[str, Any] = self._decision_values(decision, http_status)
-        values["poll_count"] = jobs.c.poll_count + 1
+        values["poll_count"] = job.poll_count + 1  # only the claim's holder polls it
         if body is not None:
             values["result_body"] = json.dumps(body)
         if decision.state is JobState.QUEUED:
@@ -360,7 +494,8 @@ class Store:
             if body is not None and decision.outcome is not None and job.execution_id:
                 kept = dict(
                     execution_id=job.execution_id, job_id=job.id, outcome=decision.outcome,
-                    error=decision.error, body=values["result_body"], created_at=self._now,
+                    error=decision.error, body=values["result_body"],
+                    created_at=values["updated_at"],
                 )  # fmt: skip
                 conn.execute(self._insert(results).values(**kept).on_conflict_do_nothing())
             return self._fenced(conn, job, expected, values)
@@ -380,32 +515,16 @@ class Store:
 
     def claim_stored_results(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
         """Take jobs whose outcome is stored, to write their files (one instance per job)."""
-        free = (
-            jobs.c.lease_owner.is_(None)
-            | (jobs.c.lease_owner == owner)  # ours, e.g. a write that failed on a full disk
-            | jobs.c.lease_until.is_(None)
-            | (jobs.c.lease_until < self._now)
-        )
-        ready = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.state == JobState.RESULT_STORED.value)
-            .where(jobs.c.pipeline.in_(pipelines))
-            .where(free)
-            .order_by(jobs.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        claim = dict(lease_owner=owner, lease_until=self._now + self.lease_seconds)
+        params = {"owner": owner, "limit": limit, "pipelines": pipelines,
+                  "lease_seconds": self.lease_seconds}  # fmt: skip
         with self._tx() as conn:
-            rows = conn.execute(
-                sa.update(jobs).where(jobs.c.id.in_(ready)).values(**claim).returning(*jobs.c)
-            ).all()
+            rows = conn.execute(self._claim_results, params).all()
         return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
     @retry_transient
     def mark_finished(self, job: Job) -> bool:
         state = JobState.DONE if job.outcome == "success" else JobState.FAILED
-        values = {"state": state.value, "finished_at": self._now, "lease_owner": None}
+        values = {"state": state.value, "finished_at": self.clock(), "lease_owner": None}
         return self._fenced_update(job, JobState.RESULT_STORED, values)
 
     # -- recovery and counts -------------------------------------------------------------------
@@ -484,20 +603,19 @@ class Store:
     # -- helpers -------------------------------------------------------------------------------
 
     def _decision_values(self, decision: Decision, http_status: int | None) -> dict[str, Any]:
+        now = self.clock()
         values: dict[str, Any] = {
             "state": decision.state.value,
             "last_error": decision.error,
             "last_http_status": http_status,
-            "updated_at": self._now,
+            "updated_at": now,
         }
         if decision.state in (JobState.QUEUED, JobState.HELD):
             values.update(
-                next_attempt_at=self._now + decision.delay_seconds,
-                lease_owner=None,
-                lease_until=None,
+                next_attempt_at=now + decision.delay_seconds, lease_owner=None, lease_until=None
             )
         elif decision.state is JobState.SUBMITTED:
-            values.update(next_poll_at=self._now + decision.delay_seconds, lease_until=None)
+            values.update(next_poll_at=now + decision.delay_seconds, lease_until=None)
         elif decision.state is JobState.RESULT_STORED:
             values.update(outcome=decision.outcome, lease_until=None)
         return values
@@ -506,21 +624,12 @@ class Store:
         with self._tx() as conn:
             return self._fenced(conn, job, expected, values)
 
-    @staticmethod
-    def _fenced(conn: Connection, job: Job, expected: JobState, values: dict[str, Any]) -> bool:
+    def _fenced(
+        self, conn: Connection, job: Job, expected: JobState, values: dict[str, Any]
+    ) -> bool:
         """Update only if the row is still as we claimed it: same state, attempt and owner.
-        An instance whose lease ran out and was taken over changes nothing."""
-        owner = (
-            jobs.c.lease_owner.is_(None)
-            if job.lease_owner is None
-            else jobs.c.lease_owner == job.lease_owner
-        )
-        result = conn.execute(
-            sa.update(jobs)
-            .where(jobs.c.id == job.id)
-            .where(jobs.c.state == expected.value)
-            .where(jobs.c.attempts == job.attempts)
-            .where(owner)
-            .values(**values)
-        )
-        return bool(result.rowcount)
+        An instance whose lease ran out and was taken over changes nothing. `values` are
+        plain values (the SET clause is built from their keys on a prebuilt statement)."""
+        fence = {"b_id": job.id, "b_state": expected.value, "b_attempts": job.attempts,
+                 "b_owner": job.lease_owner}  # fmt: skip
+        return bool(conn.execute(self._fenced_stmt, {**values, **fence}).rowcount)

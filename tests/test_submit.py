@@ -1,0 +1,89 @@
+"""Upload workers: what is read from disk, and when a document is given up."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import (
+    KEY_ENV,
+    api_key,
+    deployment_url,
+    results_under,
+    running_daemon,
+    sha256,
+    wait_for,
+    write_config,
+)
+
+from watcher.config import load
+from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.store import Store
+from watcher.submit import TooLarge, read_regular_file
+
+
+@pytest.fixture
+def emulator() -> UnstractEmulator:
+    return demo_emulator(execution_seconds=0.1)
+
+
+@pytest.fixture
+def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
+    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
+        yield started
+
+
+def test_a_fifo_in_a_documents_place_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "a.pdf"
+    os.mkfifo(fifo)
+    errors: list[OSError] = []
+    reader = threading.Thread(target=lambda: _read_into(fifo, errors), daemon=True)
+    reader.start()
+    reader.join(5.0)
+    assert not reader.is_alive(), "reading a FIFO blocked the worker"
+    assert errors and "not a regular file" in str(errors[0])
+
+
+def _read_into(path: Path, errors: list[OSError]) -> None:
+    try:
+        read_regular_file(path, 1000)
+    except OSError as exc:
+        errors.append(exc)
+
+
+def test_a_file_over_the_limit_is_not_read(tmp_path: Path) -> None:
+    big = tmp_path / "big.pdf"
+    big.write_bytes(b"x" * 2001)
+    with pytest.raises(TooLarge) as raised:
+        read_regular_file(big, 2000)
+    assert raised.value.size == 2001
+    assert read_regular_file(big, 2001) == b"x" * 2001
+
+
+def test_a_document_whose_uploads_keep_being_cut_off_is_given_up(
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Each crash mid-upload counts an attempt; past max_attempts the document gets an
+    error file instead of being sent again after every restart."""
+    monkeypatch.setenv(KEY_ENV, api_key())
+    config = write_config(tmp_path, deployment_url(server), db_url, api={"max_attempts": 2})
+    source = tmp_path / "drop" / "a.txt"
+    source.write_bytes(b"kills the process\n")
+    info = source.stat()
+    store = Store(load(config).database.url)
+    store.upgrade()
+    store.enqueue("docs", "a.txt", sha256(source), info.st_size, info.st_mtime_ns)
+    for _ in range(2):  # two uploads cut off by a crash, each taken back by the next start
+        assert store.claim_for_upload("test-instance", {"docs": 5}) is not None
+        store.release_claims(everything=True)
+    store.close()
+    with running_daemon(config) as daemon:
+        wait_for(lambda: bool(results_under(tmp_path / "drop")), what="the error file")
+        assert daemon.progress().unfinished == 0
+    error = results_under(tmp_path / "drop")["a.txt.error.json"]
+    assert error["status"] == "failed" and "gave up after 2 attempts" in error["error"]
+    assert emulator.stats().posts == 0
