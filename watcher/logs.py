@@ -7,6 +7,7 @@ is taken, so every line about a document carries it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -27,6 +28,30 @@ def _printable(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> M
     return event
 
 
+# syslog priorities, which journald reads from a "<N>" line prefix (SyslogLevelPrefix=yes).
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def _to_journal() -> bool:
+    """stderr is systemd's journal stream (JOURNAL_STREAM names it as device:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return stream != "" and stream == f"{info.st_dev}:{info.st_ino}"
+
+
+def _with_priority(renderer: Any) -> Any:
+    """Prefix each line with its priority, so `journalctl -p err` finds the errors."""
+
+    def render(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+        priority = PRIORITIES.get(str(event.get("level", method)), 6)
+        return f"<{priority}>{renderer(logger, method, event)}"
+
+    return render
+
+
 def configure(level: str = "info", log_format: str = "json") -> None:
     if log_format == "auto":
         log_format = "console" if sys.stderr.isatty() else "json"
@@ -35,6 +60,8 @@ def configure(level: str = "info", log_format: str = "json") -> None:
         if log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    if _to_journal():
+        renderer = _with_priority(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -267,10 +267,13 @@ class FolderWatcher:
             self.listing_error = None
         for entry in entries:
             relative = Path(entry.path).relative_to(self.root).as_posix()
-            if not entry.is_dir(follow_symlinks=False) or not self.recursive:
+            if not entry.is_dir(follow_symlinks=False):
+                yield relative
+            elif self.recursive:
+                if not self.filter.excludes_dir(relative):
+                    yield from self._walk(Path(entry.path))
+            elif Path(entry.name).suffix:
                 yield relative  # not walked: a folder named like a document gets a warning
-            elif not self.filter.excludes_dir(relative):
-                yield from self._walk(Path(entry.path))
 
 
 class _Handler(FileSystemEventHandler):
