@@ -167,8 +167,8 @@ def _simulate(
             if elapsed >= duration:
                 break
             previous = elapsed
-        for _ in range(side_by_side):
-            expected = updated_estimate(expected, elapsed, previous)
+        for index in range(side_by_side):  # one step down per group (Pipeline decides)
+            expected = updated_estimate(expected, elapsed, previous, shrink=index == 0)
         polls.append(count)
         delays.append(elapsed - duration)
     return polls, delays
@@ -186,6 +186,12 @@ def test_instant_executions_are_polled_at_once() -> None:
     polls, delays = _simulate([0.005] * 100, lag=0.01)
     assert polls[-20:] == [1] * 20
     assert max(delays[-20:]) < 0.15
+
+
+def test_the_reconcilers_own_lateness_does_not_hold_instant_executions_back() -> None:
+    polls, delays = _simulate([0.005] * 100, lag=0.03)  # a busy reconciler, 30 ms late
+    assert polls[-20:] == [1] * 20
+    assert max(delays[-20:]) < 0.1  # not lag / (1 - EARLY_FRACTION) = 0.3 s
 
 
 def test_a_slower_or_faster_service_is_followed() -> None:
@@ -208,3 +214,5 @@ def test_the_estimate_takes_what_is_known() -> None:
     assert updated_estimate(None, 0.25, None) == 0.25  # ended by the first poll: at most that
     assert updated_estimate(5.0, 4.5, None) == 4.5
     assert updated_estimate(5.0, 5.2, None) == 5.0  # a late first poll says nothing new
+    assert updated_estimate(5.0, 5.2, None, shrink=True) == 4.5  # ... but try earlier
+    assert updated_estimate(5.0, 5.5, 5.0, shrink=True) == 5.0 + 0.2 * 0.25  # no step

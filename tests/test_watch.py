@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from watcher.config import DEFAULT_INCLUDE
 from watcher.filters import FileFilter
 from watcher.watch import (
+    Discovered,
     FileStat,
     FolderWatcher,
     NotARegularFile,
@@ -49,8 +50,8 @@ class Collector:
     def __init__(self) -> None:
         self.queued: list[tuple[str, str, int]] = []
 
-    def __call__(self, relative: str, sha256: str, size: int, mtime_ns: int) -> None:
-        self.queued.append((relative, sha256, size))
+    def __call__(self, found: list[Discovered]) -> None:
+        self.queued += [(f.relative_path, f.sha256, f.size) for f in found]
 
 
 def make_watcher(root: Path, collector: Collector, recursive: bool = True) -> FolderWatcher:

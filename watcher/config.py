@@ -94,6 +94,9 @@ class DatabaseConfig(_Strict):
 
 class DaemonConfig(_Strict):
     upload_workers: int = Field(4, ge=1, le=64, description="Threads that upload documents.")
+    poll_workers: int = Field(
+        4, ge=1, le=64, description="Threads that poll executions and fetch their results."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level that is logged."
     )

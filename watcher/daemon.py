@@ -1,6 +1,7 @@
 """The daemon: one stop event, a few supervised loops, and the order they start and stop in.
 
-Loops: discovery (watchers, scans, stability), N upload workers, the reconciler, the finisher.
+Loops: discovery (watchers, scans, stability), N upload workers, M poll loops (the
+reconciler), the finisher.
 If any loop raises, the daemon stops with a non-zero exit so systemd restarts a whole process.
 
 Shutdown order: stop watching and claiming; let in-flight uploads finish within drain_seconds;
@@ -34,7 +35,7 @@ from watcher.store import TRANSIENT_DB_ERRORS, Store, db_error_text
 from watcher.store.operator import record_pause, summaries
 from watcher.submit import Uploader
 from watcher.systemd import notify, watchdog_interval
-from watcher.watch import FolderWatcher, start_observer
+from watcher.watch import Discovered, FolderWatcher, start_observer
 
 log = get_logger()
 STALE_TEMP_SECONDS = 300.0
@@ -69,7 +70,8 @@ class Daemon:
         self.owner = settings.daemon.instance_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stop_event = threading.Event()
         self.work = WorkSignal(settings.daemon.upload_workers)  # a job may be ready for upload
-        self.submitted = threading.Event()  # an execution id was recorded
+        # An execution id was recorded: wakes one idle poll loop.
+        self.submitted = WorkSignal(settings.daemon.poll_workers)
         self.finished = threading.Event()  # an outcome was stored
         self.discovery_wake = threading.Event()
         self.temp_tag = hashlib.sha256(self.owner.encode()).hexdigest()[:8]
@@ -128,15 +130,18 @@ class Daemon:
             uploader.metrics = self.metrics
             self._spawn(f"upload-{index}", uploader.run)
             self._loops.append(uploader)
-        reconciler = Reconciler(self.store, self.pipelines, self.owner, self.stop_event,
-                                self.submitted, self.finished, self.work)  # fmt: skip
-        reconciler.hold = self.hold_pipelines()
-        reconciler.metrics = self.metrics
-        self._spawn("reconcile", reconciler.run)
+        self._reconcilers = []
+        for index in range(self.settings.daemon.poll_workers):
+            reconciler = Reconciler(self.store, self.pipelines, self.owner, self.stop_event,
+                                    self.submitted, self.finished, self.work)  # fmt: skip
+            reconciler.hold = self.hold_pipelines()
+            reconciler.metrics = self.metrics
+            reconciler.sweeps = index == 0
+            self._spawn(f"poll-{index}", reconciler.run)
+            self._reconcilers.append(reconciler)
         self._spawn("finish", self.finisher.run)
         self._spawn("heartbeat", self._renew_leases)
-        self._loops += [reconciler, self.finisher]
-        self._reconciler = reconciler
+        self._loops += [*self._reconcilers, self.finisher]
         if self.settings.metrics.enabled:
             listen = self.settings.metrics
             self.metrics_server = serve_metrics(self.metrics, listen.host, listen.port,
@@ -156,7 +161,8 @@ class Daemon:
         """Ask every loop to stop; idempotent and safe from a signal handler."""
         self.stop_event.set()
         self.work.wake_all()
-        for event in (self.submitted, self.finished, self.discovery_wake):
+        self.submitted.wake_all()
+        for event in (self.finished, self.discovery_wake):
             event.set()
 
     def join(self) -> None:
@@ -275,16 +281,21 @@ class Daemon:
     def _make_watcher(self, pipeline: Pipeline) -> FolderWatcher:
         config = pipeline.config
 
-        def enqueue(relative: str, sha256: str, size: int, mtime_ns: int) -> None:
-            if len(os.fsencode(relative)) > MAX_PATH_BYTES:
+        def enqueue(found: list[Discovered]) -> None:
+            fits = []
+            for one in found:
+                if len(os.fsencode(one.relative_path)) <= MAX_PATH_BYTES:
+                    fits.append(one)
+                    continue
                 log.error("path too long to queue; rename the file or a folder above it",
-                          pipeline=config.name, path=as_text(relative)[:200] + "...",
+                          pipeline=config.name, path=as_text(one.relative_path)[:200] + "...",
                           limit_bytes=MAX_PATH_BYTES)  # fmt: skip
-                return
-            job_id = self.store.enqueue(config.name, relative, sha256, size, mtime_ns)
-            if job_id is not None:
-                log.info("queued", pipeline=config.name, path=as_text(relative), job_id=job_id)
-                self.work.set()
+            rows = [(f.relative_path, f.sha256, f.size, f.mtime_ns) for f in fits]
+            for one, job_id in zip(fits, self.store.enqueue_many(config.name, rows), strict=True):
+                if job_id is not None:
+                    log.info("queued", pipeline=config.name, path=as_text(one.relative_path),
+                             job_id=job_id)  # fmt: skip
+                    self.work.set()
 
         watcher = FolderWatcher(
             config.name,
@@ -384,8 +395,8 @@ class Daemon:
     def reload(self, load_settings: Callable[[], Settings]) -> bool:
         """Re-read the config; pipelines are rebuilt (keys re-read, pauses lifted) without
         touching queued or in-flight jobs. A config that does not load changes nothing.
-        Logging follows the new config; upload_workers, [database], [metrics] and
-        instance_id take a restart."""
+        Logging follows the new config; upload_workers, poll_workers, [database], [metrics]
+        and instance_id take a restart."""
         notify(
             "RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
         )
@@ -414,7 +425,8 @@ class Daemon:
         self.discovery_wake.set()
         for name, pipeline in fresh.items():
             pipeline.on_pause_change = partial(record_pause, self.store, name)
-        self._reconciler.hold = self.hold_pipelines()
+        for reconciler in self._reconcilers:
+            reconciler.hold = self.hold_pipelines()
         self._resume_queued(list(fresh))
         log.info("config reloaded", pipelines=sorted(fresh), removed=sorted(set(old) - set(fresh)))
         notify("READY=1")

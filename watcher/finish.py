@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from watcher.crashpoints import crash_point
@@ -12,7 +15,7 @@ from watcher.filters import as_text
 from watcher.jobs import Job
 from watcher.logs import bind_job, get_logger, unbind_job
 from watcher.metrics import Metrics
-from watcher.output import dispose_source, write_result
+from watcher.output import dispose_source, fsync_folder, write_result
 from watcher.runtime import Pipeline
 from watcher.store import Store
 from watcher.unstract import find_file_item
@@ -21,6 +24,17 @@ log = get_logger()
 BATCH = 64
 IDLE_WAIT_SECONDS = 2.0  # an outcome stored by this process wakes us sooner
 DISK_TROUBLE_WAIT_SECONDS = 5.0
+
+
+@contextmanager
+def about(job: Job) -> Iterator[None]:
+    """Log lines inside name this job."""
+    bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path,
+             execution_id=job.execution_id)  # fmt: skip
+    try:
+        yield
+    finally:
+        unbind_job()
 
 
 def _usage_metadata(job: Job) -> Any:
@@ -57,38 +71,53 @@ class Finisher:
                 self.finished.wait(IDLE_WAIT_SECONDS)
 
     def finish_stored(self) -> tuple[int, int]:
-        """Write files for stored outcomes; return (finished, could not write)."""
-        written = troubled = 0
-        for job in self.store.claim_stored_results(self.owner, BATCH, list(self.pipelines)):
-            try:
-                bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path,
-                         execution_id=job.execution_id)  # fmt: skip
-                self.last_beat = time.monotonic()
-                pipeline = self.pipelines.get(job.pipeline)
-                if pipeline is None:  # removed by a reload; its jobs wait for it
-                    continue
-                if self.finish(job, pipeline):
-                    written += 1
-                else:
-                    troubled += 1
-            finally:
-                unbind_job()
-        return written, troubled
+        """Write files for stored outcomes; return (finished, could not write).
 
-    def finish(self, job: Job, pipeline: Pipeline) -> bool:
+        A batch at a time: every file written, each folder synced once, the sources kept,
+        moved or deleted, then all marked finished in one transaction. A crash in between
+        writes the same files again after the restart.
+        """
+        written: list[tuple[Job, Pipeline, Path]] = []
+        troubled = 0
+        for job in self.store.claim_stored_results(self.owner, BATCH, list(self.pipelines)):
+            pipeline = self.pipelines.get(job.pipeline)
+            if pipeline is None:  # removed by a reload; its jobs wait for it
+                continue
+            with about(job):
+                target = self._write(job, pipeline)
+            if target is None:
+                troubled += 1
+            else:
+                written.append((job, pipeline, target))
+        for folder in {target.parent for _, _, target in written}:
+            fsync_folder(folder)
+        disposals = [self._dispose(job, pipeline) for job, pipeline, _ in written]
+        self.store.mark_finished_many([job for job, _, _ in written])
+        for (job, pipeline, target), disposal in zip(written, disposals, strict=True):
+            with about(job):
+                self._report(job, pipeline, target, disposal)
+        return len(written), troubled
+
+    def _write(self, job: Job, pipeline: Pipeline) -> Path | None:
+        self.last_beat = time.monotonic()
         try:
-            target = write_result(job, pipeline.placement, pipeline.backend.name)
+            return write_result(job, pipeline.placement, pipeline.backend.name, sync_folder=False)
         except OSError as exc:
             # Disk full, folder gone, no permission: the outcome stays stored; try again later.
             log.error("cannot write the result file; will retry", error=str(exc))
             self.metrics.errors.labels(pipeline.name, "result_write").inc()
-            return False
+            return None
+
+    @staticmethod
+    def _dispose(job: Job, pipeline: Pipeline) -> str:
         try:
             disposal = dispose_source(job, pipeline.placement)
         except OSError as exc:
             disposal = f"left in place ({exc.strerror})"
         crash_point("after_dispose")
-        self.store.mark_finished(job)
+        return disposal
+
+    def _report(self, job: Job, pipeline: Pipeline, target: Path, disposal: str) -> None:
         self.outcomes[job.outcome or "failed"] += 1
         self._count(job, pipeline)
         if job.outcome == "success":
@@ -97,7 +126,6 @@ class Finisher:
             log.warning(
                 "error file written", result_file=as_text(str(target)), error=job.last_error
             )
-        return True
 
     def _count(self, job: Job, pipeline: Pipeline) -> None:
         outcome = job.outcome or "failed"

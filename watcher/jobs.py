@@ -20,6 +20,7 @@ LATE_FACTOR = 2.0  # ... until twice the typical time has passed
 GROWTH = 0.5  # after that, wait half the execution's age
 MIN_POLL_GAP_SECONDS = 0.02
 EWMA_WEIGHT = 0.2  # how much one execution moves the typical execution time
+SHRINK_FACTOR = 0.9  # ended by its first poll: try the next first poll a little earlier
 
 
 class JobState(StrEnum):
@@ -166,7 +167,9 @@ def next_poll_seconds(
     return min(policy.poll_max_seconds, max(policy.poll_initial_seconds, GROWTH * elapsed))
 
 
-def updated_estimate(expected: float | None, ended_by: float, polled_before: float | None) -> float:
+def updated_estimate(
+    expected: float | None, ended_by: float, polled_before: float | None, shrink: bool = False
+) -> float:
     """A pipeline's typical execution time, after an execution was seen ended when asked
     `ended_by` seconds after its submission.
 
@@ -174,11 +177,15 @@ def updated_estimate(expected: float | None, ended_by: float, polled_before: flo
     the two is averaged in (so the estimate does not creep upward by how late polls run).
     Ended by its first poll, which comes a little before the estimate, it took at most
     `ended_by`: the estimate drops to that at once, which follows a service that got faster
-    within a few documents; executions that ended side by side all say the same and do
-    not pull it down once each.
+    within a few documents. With `shrink` it drops a step more: only an earlier first poll
+    can tell whether executions are faster still, and without it the estimate would settle
+    at the reconciler's own lateness / (1 - EARLY_FRACTION). The caller shrinks at most once
+    per typical execution time, so executions that ended side by side, which all say the
+    same, do not pull it down once each.
     """
     if polled_before is None:
-        return ended_by if expected is None else min(expected, ended_by)
+        bound = ended_by if expected is None else min(expected, ended_by)
+        return SHRINK_FACTOR * bound if shrink else bound
     sample = (max(0.0, polled_before) + ended_by) / 2
     return sample if expected is None else expected + EWMA_WEIGHT * (sample - expected)
 

@@ -85,8 +85,11 @@ def result_document(job: Job, backend: str) -> dict[str, Any]:
     return document
 
 
-def write_atomically(path: Path, data: bytes, temp_tag: str = "x") -> None:
-    """Temp file in the same folder, fsync, rename over the target, fsync the folder."""
+def write_atomically(
+    path: Path, data: bytes, temp_tag: str = "x", sync_folder: bool = True
+) -> None:
+    """Temp file in the same folder, fsync, rename over the target, fsync the folder (or
+    leave that to the caller, who writes many files to one folder and syncs it once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Short, whatever the target's name: a long source name must not make the temp too long.
     temp = path.with_name(f".uw.{temp_tag}-{secrets.token_hex(6)}{TEMP_SUFFIX}")
@@ -101,11 +104,12 @@ def write_atomically(path: Path, data: bytes, temp_tag: str = "x") -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync_folder:
+        fsync_folder(path.parent)
     crash_point("after_result_replace")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -113,15 +117,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_result(job: Job, placement: Placement, backend: str) -> Path:
+def write_result(job: Job, placement: Placement, backend: str, sync_folder: bool = True) -> Path:
     document = result_document(job, backend)
     data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
     target = placement.result_path(job)
     text = result_text(job.result_body) if placement.text_file else None
     if text is not None and job.outcome == "success":
         write_atomically(target.with_name(target.name.removesuffix(RESULT_SUFFIX) + ".txt"),
-                         text.encode("utf-8"), placement.temp_tag)  # fmt: skip
-    write_atomically(target, data + b"\n", placement.temp_tag)
+                         text.encode("utf-8"), placement.temp_tag, sync_folder)  # fmt: skip
+    write_atomically(target, data + b"\n", placement.temp_tag, sync_folder)
     placement.stale_result_path(job).unlink(missing_ok=True)
     return target
 
@@ -165,7 +169,7 @@ def move_durably(source: Path, target: Path, temp_tag: str = "x") -> None:
             temp.unlink(missing_ok=True)
             raise
         source.unlink()
-    _fsync_dir(target.parent)
+    fsync_folder(target.parent)
 
 
 def _unchanged(source: Path, job: Job) -> bool:

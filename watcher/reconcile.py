@@ -1,4 +1,5 @@
-"""The reconciler: one loop that polls every in-flight execution when its next poll is due.
+"""The reconciler: poll loops (a few threads, not one per job) that poll every in-flight
+execution when its next poll is due.
 
 A terminal answer is stored in the job row in the same transaction that records the outcome,
 before any file is written: the server hands results out once (unstract-api-behaviour.md s. 8).
@@ -20,7 +21,7 @@ from watcher.runtime import Pipeline, WorkSignal
 from watcher.store import Store
 
 log = get_logger()
-BATCH = 64
+BATCH = 4  # each of the poll loops takes a few at a time, so they share the due ones
 MAX_IDLE_SECONDS = 2.0
 MIN_WAIT_SECONDS = 0.01
 SWEEP_SECONDS = 10.0
@@ -41,7 +42,7 @@ class Reconciler:
         pipelines: dict[str, Pipeline],
         owner: str,
         stop: threading.Event,
-        submitted: threading.Event,
+        submitted: WorkSignal,
         finished: threading.Event,
         work: WorkSignal,
     ) -> None:
@@ -52,6 +53,7 @@ class Reconciler:
         self._next_sweep = 0.0
         self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
         self.hold: list[str] = []  # pipelines whose interrupted uploads are held
+        self.sweeps = True  # this loop also takes back dead instances' claims (one loop does)
         self.metrics = Metrics()  # the daemon hands its own in
         self.submitted = submitted
         self.work = work
@@ -61,12 +63,12 @@ class Reconciler:
     def run(self) -> None:
         busy = False  # the last round polled something: look for more straight away
         while not self.stop.is_set():
-            self.submitted.clear()
             self.last_beat = time.monotonic()
-            self.sweep()
+            if self.sweeps:
+                self.sweep()
             wait = 0.0 if busy else self._idle_wait()  # a read: no write lock when idle
             busy = wait <= 0 and self.poll_due() > 0
-            if not busy:
+            if not busy:  # until the earliest poll is due, or a new submission
                 self.submitted.wait(max(wait, MIN_WAIT_SECONDS))
 
     def _idle_wait(self) -> float:
@@ -90,10 +92,6 @@ class Reconciler:
     def poll_due(self) -> int:
         """Poll every execution whose next poll is due; return how many were polled."""
         due = self.store.claim_due_polls(self.owner, BATCH, list(self.pipelines))
-        if not due:
-            return 0
-        # The database's clock, read once and carried on by ours (submitted_at is its time).
-        clock_offset = self.store.now() - time.monotonic()
         for job in due:
             if self.stop.is_set():
                 break
@@ -107,16 +105,17 @@ class Reconciler:
                 )
                 pipeline = self.pipelines.get(job.pipeline)
                 if pipeline is not None:  # None: removed by a reload; its jobs wait for it
-                    self.poll(job, pipeline, clock_offset)
+                    self.poll(job, pipeline)
             finally:
                 unbind_job()
         return len(due)
 
-    def poll(self, job: Job, pipeline: Pipeline, clock_offset: float) -> None:
+    def poll(self, job: Job, pipeline: Pipeline) -> None:
         assert job.execution_id is not None
-        asked_at = time.monotonic() + clock_offset
+        asked_at = self.store.clock()  # the database's clock, as submitted_at is
         outcome = pipeline.backend.poll(job.execution_id, job.upload_name)
-        log.debug("polled", status=outcome.server_status, http_status=outcome.http_status)
+        log.debug("polled", status=outcome.server_status, http_status=outcome.http_status,
+                  expected_seconds=pipeline.expected_execution_seconds)  # fmt: skip
         fetching = outcome.kind is PollKind.READY
         if fetching:
             # A read-once fetch: commit that it is under way, so a crash mid-fetch is known.
@@ -125,7 +124,7 @@ class Reconciler:
             outcome = pipeline.backend.fetch(job.execution_id, job.upload_name)
         if outcome.kind in TERMINAL_KINDS:
             crash_point("after_poll")
-        now = time.monotonic() + clock_offset
+        now = self.store.clock()
         elapsed = now - (job.submitted_at or now)
         expected = pipeline.expected_execution_seconds
         decision = decide_after_poll(outcome, job, elapsed, pipeline.policy, self.rng, expected)

@@ -62,6 +62,7 @@ class Pipeline:
     # they are likely done rather than on a fixed schedule. None until one has ended.
     expected_execution_seconds: float | None = None
     on_pause_change: Callable[[str], None] | None = None  # called with the reason, or ""
+    _shrunk_at: float = float("-inf")  # when the estimate last took a step down
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -73,10 +74,16 @@ class Pipeline:
 
     def observe_execution(self, ended_by: float, polled_before: float | None) -> None:
         """An execution was seen ended when asked `ended_by` seconds after submission."""
+        now = time.monotonic()
         with self._lock:
+            expected = self.expected_execution_seconds
+            # At most once per typical execution time (see updated_estimate).
+            shrink = polled_before is None and now - self._shrunk_at >= (expected or 0.0)
             self.expected_execution_seconds = updated_estimate(
-                self.expected_execution_seconds, ended_by, polled_before
+                expected, ended_by, polled_before, shrink
             )
+            if shrink:
+                self._shrunk_at = now
 
     def in_flight_limit(self) -> int:
         return max(1, int(self.allowed_in_flight))

@@ -68,7 +68,7 @@ class Uploader:
         owner: str,
         stop: threading.Event,
         work: WorkSignal,
-        submitted: threading.Event,
+        submitted: WorkSignal,
         finished: threading.Event,
     ) -> None:
         self.store = store

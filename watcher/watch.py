@@ -68,6 +68,12 @@ class StabilityTracker:
     def paths(self) -> list[str]:
         return list(self._pending)
 
+    def due(self, now: float) -> list[str]:
+        """Paths whose settle time has passed: only these need a fresh stat. A change before
+        then shows in that stat (or in an event) and starts their settle time again."""
+        settle = self.settle_seconds
+        return [path for path, p in self._pending.items() if now - p.still_since >= settle]
+
     def next_check(self) -> float | None:
         """When the earliest pending path could become stable."""
         if not self._pending:
@@ -107,7 +113,18 @@ def sha256_of(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-Enqueue = Callable[[str, str, int, int], None]  # relative path, sha256, size, mtime_ns
+@dataclass(frozen=True)
+class Discovered:
+    """A stable file, hashed: what the job table is given."""
+
+    relative_path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+
+
+Enqueue = Callable[[list[Discovered]], None]
+ENQUEUE_BATCH = 200  # files queued in one transaction (a burst of drops is a few of them)
 
 
 class FolderWatcher:
@@ -132,12 +149,14 @@ class FolderWatcher:
         self.tracker = StabilityTracker(settle_seconds)
         self.known = known
         self._enqueue = enqueue
+        self._ready: list[Discovered] = []  # settled and hashed, not yet handed to enqueue
         self._wake = wake
         self._hints: set[str] = set()
         self._hints_lock = threading.Lock()
         self.rescan_seconds = 300.0
         self._warned: set[str] = set()  # paths already reported, so a rescan does not repeat
         self.listing_error: str | None = None  # why the root could not be listed, for /healthz
+        self._real_folders: dict[Path, bool] = {}  # see _real_folder
         self.on_progress: Callable[[], None] = lambda: None  # the daemon's hang check
         self.log = log.bind(pipeline=name)
 
@@ -162,18 +181,23 @@ class FolderWatcher:
 
     def scan(self, now: float) -> None:
         """List the whole tree; every file not known as it is goes to the tracker."""
+        self._real_folders.clear()
         for relative in self._walk(self.root):
             self._consider(relative, now)
+        self._flush()
 
     def step(self, now: float) -> None:
         """Take pending hints, then queue whatever has become stable."""
+        self._real_folders.clear()
         for absolute in self._take_hints():
             relative = self._relative(absolute)
             if relative is not None:
                 self._hinted(relative, now)
-        for relative in self.tracker.paths():
-            if self.tracker.observe(relative, self._stat(relative), now):
-                self._settled(relative)
+        for relative in self.tracker.due(now):
+            stat = self._stat(relative)
+            if self.tracker.observe(relative, stat, now):
+                self._settled(relative, stat)
+        self._flush()
 
     def next_check(self) -> float | None:
         return self.tracker.next_check()
@@ -202,10 +226,10 @@ class FolderWatcher:
         if known is not None and (known.size, known.mtime_ns) == (stat.size, stat.mtime_ns):
             return
         if self.tracker.observe(relative, stat, now):
-            self._settled(relative)
+            self._settled(relative, stat)
 
-    def _settled(self, relative: str) -> None:
-        stat = self._stat(relative)
+    def _settled(self, relative: str, stat: FileStat | None) -> None:
+        """Hash a file that stood still; it is queued with the others of this pass."""
         if stat is None:
             return
         try:
@@ -219,27 +243,45 @@ class FolderWatcher:
         if self._stat(relative) != stat or size != stat.size:
             self.hint(str(self.root / relative))  # written to while we read: wait again
             return
-        self._enqueue(relative, sha256, size, stat.mtime_ns)
-        self.known[relative] = KnownFile(sha256, size, stat.mtime_ns)
+        self._ready.append(Discovered(relative, sha256, size, stat.mtime_ns))
+        if len(self._ready) >= ENQUEUE_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        ready, self._ready = self._ready, []
+        if not ready:
+            return
+        self._enqueue(ready)
+        for found in ready:
+            self.known[found.relative_path] = KnownFile(found.sha256, found.size, found.mtime_ns)
 
     def _stat(self, relative: str) -> FileStat | None:
         """Stat of a regular file inside the root, following only symlinks that stay inside."""
         path = self.root / relative
         try:
-            if path.parent.resolve() != path.parent:
+            if not self._real_folder(path.parent):
                 return None  # under a symlinked folder (the polling observer follows them)
-            if path.is_symlink() and not self._inside(path.resolve()):
-                self._warn_once(relative, "ignoring symlink that leads out of watch_dir")
-                return None
-            info = path.stat()
+            info = os.lstat(path)
+            if stat_mode.S_ISLNK(info.st_mode):
+                if not self._inside(path.resolve()):
+                    self._warn_once(relative, "ignoring symlink that leads out of watch_dir")
+                    return None
+                info = os.stat(path)
         except (OSError, RuntimeError):  # RuntimeError: a symlink loop, from Python 3.11's resolve
-            if path.is_symlink():
+            if os.path.islink(path):
                 self._warn_once(relative, "broken symlink; ignored")
             return None
         if not stat_mode.S_ISREG(info.st_mode):
             self._warn_once(relative, "not a regular file; ignored")
             return None
         return FileStat(info.st_size, info.st_mtime_ns)
+
+    def _real_folder(self, folder: Path) -> bool:
+        """The folder is itself, not reached through a symlink; remembered for one pass."""
+        real = self._real_folders.get(folder)
+        if real is None:
+            real = self._real_folders[folder] = folder.resolve() == folder
+        return real
 
     def _warn_once(self, relative: str, message: str) -> None:
         if relative not in self._warned:

@@ -150,6 +150,19 @@ class Store:
             )
             .returning(*jobs.c)
         )
+        # Discovery: the SET clauses come from the parameters' keys, as in _fenced.
+        self._insert_job = self._insert(jobs).on_conflict_do_nothing().returning(jobs.c.id)
+        document = (
+            (jobs.c.pipeline == sa.bindparam("b_pipeline"))
+            & (jobs.c.relative_path == sa.bindparam("b_path"))
+            & (jobs.c.sha256 == sa.bindparam("b_sha256"))
+        )
+        self._revive_skipped = (
+            sa.update(jobs)
+            .where(document & (jobs.c.state == JobState.SKIPPED.value))
+            .returning(jobs.c.id)
+        )
+        self._refresh_known = sa.update(jobs).where(document)
         # Every state change: the SET clause comes from the parameters' keys (see _fenced).
         self._fenced_stmt = (
             sa.update(jobs)
@@ -318,44 +331,51 @@ class Store:
             for row in rows
         }
 
-    @retry_transient
     def enqueue(
         self, pipeline: str, relative_path: str, sha256: str, size: int, mtime_ns: int
     ) -> int | None:
-        """Queue this content at this path unless it is known; return the job id if queued.
+        """Queue this content at this path unless it is known; return the job id if queued."""
+        return self.enqueue_many(pipeline, [(relative_path, sha256, size, mtime_ns)])[0]
+
+    @retry_transient
+    def enqueue_many(
+        self, pipeline: str, files: Sequence[tuple[str, str, int, int]]
+    ) -> list[int | None]:
+        """Queue each (relative path, sha256, size, mtime_ns) unless that content at that path
+        is known, in one transaction; return each one's new job id, or None if known.
 
         A version that was skipped (it vanished or changed before upload) and is back is
         queued again; any other known version only gets its size and mtime refreshed, so the
         next scan skips it cheaply.
         """
+        now = self.clock()
+        with self._tx() as conn:
+            return [self._enqueue_one(conn, pipeline, *found, now) for found in files]
+
+    def _enqueue_one(
+        self, conn: Connection, pipeline: str, relative_path: str, sha256: str, size: int,
+        mtime_ns: int, now: float,
+    ) -> int | None:  # fmt: skip
         path, raw = db_path(relative_path)
         values = dict(
             pipeline=pipeline, relative_path=path, relative_path_raw=raw, sha256=sha256,
             size=size, mtime_ns=mtime_ns, state=JobState.QUEUED.value,
-            next_attempt_at=self._now, created_at=self._now, updated_at=self._now,
+            next_attempt_at=now, created_at=now, updated_at=now,
         )  # fmt: skip
-        key = (
-            (jobs.c.pipeline == pipeline)
-            & (jobs.c.relative_path == path)
-            & (jobs.c.sha256 == sha256)
-        )
-        with self._tx() as conn:
-            # Another instance watching the same share may insert the same document first.
-            insert = self._insert(jobs).values(**values).on_conflict_do_nothing()
-            row = conn.execute(insert.returning(jobs.c.id)).first()
-            if row is not None:
-                return int(row[0])
-            revived = conn.execute(
-                sa.update(jobs)
-                .where(key & (jobs.c.state == JobState.SKIPPED.value))
-                .values(state=JobState.QUEUED.value, next_attempt_at=self._now, last_error="",
-                        size=size, mtime_ns=mtime_ns, finished_at=None, updated_at=self._now)
-                .returning(jobs.c.id)
-            ).first()  # fmt: skip
-            if revived is not None:
-                return int(revived[0])
-            conn.execute(sa.update(jobs).where(key).values(size=size, mtime_ns=mtime_ns))
-            return None
+        # Another instance watching the same share may insert the same document first.
+        row = conn.execute(self._insert_job, values).first()
+        if row is not None:
+            return int(row[0])
+        key = {"b_pipeline": pipeline, "b_path": path, "b_sha256": sha256}
+        revived = conn.execute(
+            self._revive_skipped,
+            {**key, "state": JobState.QUEUED.value, "next_attempt_at": now, "last_error": "",
+             "size": size, "mtime_ns": mtime_ns, "finished_at": None, "updated_at": now},
+        ).first()  # fmt: skip
+        if revived is not None:
+            return int(revived[0])
+        conn.execute(self._refresh_known, {**key, "size": size, "mtime_ns": mtime_ns})
+        return None
 
     # -- upload --------------------------------------------------------------------------------
 
@@ -521,11 +541,21 @@ class Store:
             rows = conn.execute(self._claim_results, params).all()
         return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
-    @retry_transient
     def mark_finished(self, job: Job) -> bool:
+        return self.mark_finished_many([job])[0]
+
+    @retry_transient
+    def mark_finished_many(self, finished: Sequence[Job]) -> list[bool]:
+        """Their files are written: done or failed, in one transaction; fenced on the claim."""
+        now = self.clock()
+        with self._tx() as conn:
+            return [self._fenced(conn, job, JobState.RESULT_STORED, self._finished(job, now))
+                    for job in finished]  # fmt: skip
+
+    @staticmethod
+    def _finished(job: Job, now: float) -> dict[str, Any]:
         state = JobState.DONE if job.outcome == "success" else JobState.FAILED
-        values = {"state": state.value, "finished_at": self.clock(), "lease_owner": None}
-        return self._fenced_update(job, JobState.RESULT_STORED, values)
+        return {"state": state.value, "finished_at": now, "lease_owner": None}
 
     # -- recovery and counts -------------------------------------------------------------------
 
