@@ -281,3 +281,21 @@ def test_sqlite_serves_one_daemon_per_file(sqlite_url: str) -> None:
     first.close()
     second.lock_for_daemon("b")
     second.close()
+
+
+def test_an_accepted_upload_is_recorded_with_the_next_claim(store: Store) -> None:
+    for name in ("a.pdf", "b.pdf", "c.pdf"):
+        store.enqueue("p", name, SHA_A, 1, 1)
+    first = store.claim_for_upload("me", {"p": 2})
+    assert first is not None
+    accepted = Decision(JobState.SUBMITTED, 0.0, execution_id="e-1")
+    recorded, second = store.record_submit_and_claim(first, accepted, 200, "me", {"p": 2})
+    assert recorded and second is not None and second.state is JobState.SUBMITTING
+    assert store.list_jobs()[0].execution_id == "e-1"
+    # The limit counts the one just recorded: with two in flight there is no third claim.
+    recorded, third = store.record_submit_and_claim(
+        second, Decision(JobState.SUBMITTED, 0.0, execution_id="e-2"), 200, "me", {"p": 2}
+    )
+    assert recorded and third is None
+    # A lost claim records nothing, and still hands out no job beyond the limit.
+    assert store.record_submit_and_claim(first, accepted, 200, "me", {"p": 2}) == (False, None)

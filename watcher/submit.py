@@ -86,26 +86,34 @@ class Uploader:
         # The last claim found work, or new work or a free slot woke us: claim straight
         # away. Otherwise a read first: no write lock while there is nothing to do.
         go = False
+        job: Job | None = None  # claimed, not yet sent
         while not self.stop.is_set():
             self.last_beat = time.monotonic()
-            limits = self._limits()
-            wait = 0.0 if go else self._idle_wait(limits)
-            job = self.store.claim_for_upload(self.owner, limits) if wait <= 0 else None
-            go = job is not None
+            if job is None:
+                limits = self._limits()
+                wait = 0.0 if go else self._idle_wait(limits)
+                job = self.store.claim_for_upload(self.owner, limits) if wait <= 0 else None
             if job is None:
                 # Due work we could not claim means every pipeline is at max_in_flight: a
                 # freed slot wakes us (WorkSignal), so wait long.
                 go = self.work.wait(MAX_IDLE_SECONDS if wait <= 0 else wait)
                 continue
-            pipeline = self.pipelines.get(job.pipeline)
-            if pipeline is None:  # removed by a reload since the claim: put the job back
-                self.store.record_submit(job, Decision(JobState.QUEUED, refund_attempt=True), None)
-                continue
-            try:
-                bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path)
-                self.upload(job, pipeline)
-            finally:
-                unbind_job()
+            job, go = self._take(job)
+        if job is not None:  # claimed with the last upload's answer, never sent: put it back
+            self.store.record_submit(job, Decision(JobState.QUEUED, refund_attempt=True), None)
+
+    def _take(self, job: Job) -> tuple[Job | None, bool]:
+        """Upload a claimed job; return the next one if claimed meanwhile, and whether to
+        claim straight away otherwise."""
+        pipeline = self.pipelines.get(job.pipeline)
+        if pipeline is None:  # removed by a reload since the claim: put the job back
+            self.store.record_submit(job, Decision(JobState.QUEUED, refund_attempt=True), None)
+            return None, True
+        try:
+            bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path)
+            return self.upload(job, pipeline)
+        finally:
+            unbind_job()
 
     def _idle_wait(self, limits: dict[str, int]) -> float:
         """Until the next retry is due; new work wakes one worker sooner. Other instances'
@@ -121,27 +129,44 @@ class Uploader:
             if not p.is_paused()
         }
 
-    def upload(self, job: Job, pipeline: Pipeline) -> None:
+    def upload(self, job: Job, pipeline: Pipeline) -> tuple[Job | None, bool]:
+        """Send the document, record the answer; return the worker's next job if it was
+        claimed with the answer, and whether to claim straight away otherwise."""
         if job.attempts > pipeline.policy.max_attempts:
             # Only interrupted uploads (a crash, a drain cut off) get here: each restart
             # counts one, and a document that kills the process must not loop forever.
             self._fail(job, f"gave up after {job.attempts - 1} attempts; last error: "
                             f"{job.last_error or 'interrupted'}")  # fmt: skip
-            return
+            return None, True
         content = self._read(job, pipeline)
         if content is None:
-            return
+            return None, True
         content_type = upload_content_type(job.file_name)
         log.debug("uploading", bytes=len(content), content_type=content_type, attempt=job.attempts)
         outcome = pipeline.backend.submit(Upload(job.upload_name, content, content_type))
         crash_point("after_post")
         decision = decide_after_submit(outcome, job.attempts, pipeline.policy, self.rng,
                                        pipeline.expected_execution_seconds)  # fmt: skip
-        if not self.store.record_submit(job, decision, outcome.http_status):
+        recorded, next_job, tried = self._record(job, decision, outcome.http_status)
+        if not recorded:
             log.warning("lost the claim on this job while uploading; another worker has it",
                         execution_id=outcome.execution_id)  # fmt: skip
-            return
+            return next_job, not tried
         self._after(decision, outcome, pipeline)
+        return next_job, not tried
+
+    def _record(
+        self, job: Job, decision: Decision, http_status: int | None
+    ) -> tuple[bool, Job | None, bool]:
+        """(recorded, the next job, whether one was looked for): an accepted upload is
+        recorded together with the next claim, in one transaction."""
+        limits = self._limits()
+        if decision.state is not JobState.SUBMITTED or self.stop.is_set() or not limits:
+            return self.store.record_submit(job, decision, http_status), None, False
+        recorded, next_job = self.store.record_submit_and_claim(
+            job, decision, http_status, self.owner, limits
+        )
+        return recorded, next_job, True
 
     def _read(self, job: Job, pipeline: Pipeline) -> bytes | None:
         """The document's bytes, if they are still the ones that were hashed."""

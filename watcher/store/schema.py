@@ -18,6 +18,7 @@ from watcher.filters import as_text
 from watcher.jobs import Job, JobState
 
 metadata = sa.MetaData()
+POOL_SIZE = 32  # above upload_workers + poll_workers + the other loops, at their defaults
 
 jobs = sa.Table(
     "jobs",
@@ -106,8 +107,15 @@ def fs_path(text: str, raw: bytes | None) -> str:
 
 def create_engine(url: str, busy_timeout_seconds: float) -> Engine:
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True)
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+        return sa.create_engine(
+            url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_SIZE
+        )
+    # One pooled connection per thread that may use it at once (upload and poll workers, the
+    # finisher, discovery, operator reads): a connection past the pool is closed when given
+    # back, and a new one costs a connect and its PRAGMAs.
+    engine = sa.create_engine(
+        url, connect_args={"check_same_thread": False}, pool_size=POOL_SIZE, max_overflow=POOL_SIZE
+    )
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -124,6 +132,9 @@ def create_engine(url: str, busy_timeout_seconds: float) -> Engine:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         read_only = connection.get_execution_options().get("read_only", False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # Straight to the driver: a statement through SQLAlchemy costs more than the BEGIN.
+        connection.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+            "BEGIN" if read_only else "BEGIN IMMEDIATE"
+        )
 
     return engine

@@ -288,7 +288,9 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self._lock, self.engine.begin() as conn:
+        # The connection is checked out before the lock is taken: the lock covers only the
+        # transaction itself, which every writer of this process waits for.
+        with self.engine.connect() as conn, self._lock, conn.begin():
             yield conn
 
     @contextmanager
@@ -382,23 +384,46 @@ class Store:
     def claim_for_upload(self, owner: str, limits: Mapping[str, int]) -> Job | None:
         """Take the next due queued job of a pipeline that has room for another execution."""
         with self._tx() as conn:
-            if not self.is_sqlite:
-                # Instances count in-flight executions one at a time: max_in_flight holds for all.
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
-            busy: dict[str, int] = dict(conn.execute(self._in_flight_by_pipeline).all())
-            open_pipelines = [p for p, limit in limits.items() if busy.get(p, 0) < limit]
-            if not open_pipelines:
-                return None
-            row = conn.execute(
-                self._claim_upload,
-                {"claim_owner": owner, "pipelines": open_pipelines,
-                 "lease_seconds": self.lease_seconds},
-            ).first()  # fmt: skip
+            return self._claim_upload_in(conn, owner, limits)
+
+    def _claim_upload_in(
+        self, conn: Connection, owner: str, limits: Mapping[str, int]
+    ) -> Job | None:
+        if not self.is_sqlite:
+            # Instances count in-flight executions one at a time: max_in_flight holds for all.
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+        busy: dict[str, int] = dict(conn.execute(self._in_flight_by_pipeline).all())
+        open_pipelines = [p for p, limit in limits.items() if busy.get(p, 0) < limit]
+        if not open_pipelines:
+            return None
+        row = conn.execute(
+            self._claim_upload,
+            {"claim_owner": owner, "pipelines": open_pipelines,
+             "lease_seconds": self.lease_seconds},
+        ).first()  # fmt: skip
         return to_job(row) if row else None
 
     @retry_transient
     def record_submit(self, job: Job, decision: Decision, http_status: int | None) -> bool:
         """Apply what the upload worker decided; fenced on the claim. False if it was lost."""
+        return self._fenced_update(job, JobState.SUBMITTING, self._submit_values(
+            job, decision, http_status))  # fmt: skip
+
+    @retry_transient
+    def record_submit_and_claim(
+        self, job: Job, decision: Decision, http_status: int | None, owner: str,
+        limits: Mapping[str, int],
+    ) -> tuple[bool, Job | None]:  # fmt: skip
+        """`record_submit`, and the worker's next claim in the same transaction: one
+        transaction a document instead of two (every writer of SQLite waits for each)."""
+        values = self._submit_values(job, decision, http_status)
+        with self._tx() as conn:
+            recorded = self._fenced(conn, job, JobState.SUBMITTING, values)
+            return recorded, self._claim_upload_in(conn, owner, limits)
+
+    def _submit_values(
+        self, job: Job, decision: Decision, http_status: int | None
+    ) -> dict[str, Any]:
         values: dict[str, Any] = self._decision_values(decision, http_status)
         if decision.state is JobState.SUBMITTED:
             values.update(
@@ -406,7 +431,7 @@ class Store:
             )
         if decision.refund_attempt:
             values["attempts"] = job.attempts - 1  # the fence makes sure it is still that
-        return self._fenced_update(job, JobState.SUBMITTING, values)
+        return values
 
     @retry_transient
     def skip(self, job: Job, reason: str) -> bool:
