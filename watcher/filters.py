@@ -7,6 +7,7 @@ exclusion: a file is excluded if it matches, or if any folder above it is exclud
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -63,8 +64,7 @@ class FileFilter:
 
     def excludes_dir(self, relative_dir: str) -> bool:
         """True if this folder or one above it is excluded: nothing below it is ever taken."""
-        parts = relative_dir.lower().strip("/").split("/")
-        return any(self._folder_excluded("/".join(parts[: i + 1])) for i in range(len(parts)))
+        return _excludes_dir(self, relative_dir)
 
     def _folder_excluded(self, folder: str) -> bool:
         name = folder.rpartition("/")[2]
@@ -86,3 +86,10 @@ class FileFilter:
 
 def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatchcase(name, p) for p in patterns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _excludes_dir(file_filter: FileFilter, relative_dir: str) -> bool:
+    # Asked for every file's folder on each scan: a tree of 50 000 files has few folders.
+    parts = relative_dir.lower().strip("/").split("/")
+    return any(file_filter._folder_excluded("/".join(parts[: i + 1])) for i in range(len(parts)))

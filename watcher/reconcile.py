@@ -23,6 +23,7 @@ from watcher.store import Store
 log = get_logger()
 BATCH = 4  # each of the poll loops takes a few at a time, so they share the due ones
 MAX_IDLE_SECONDS = 2.0
+HELPER_MAX_IDLE_SECONDS = 30.0
 MIN_WAIT_SECONDS = 0.01
 SWEEP_SECONDS = 10.0
 TERMINAL_KINDS = (PollKind.COMPLETED, PollKind.FAILED)
@@ -73,11 +74,13 @@ class Reconciler:
 
     def _idle_wait(self) -> float:
         """Sleep until the earliest poll is due (a new submission wakes us sooner); other
-        instances' work and leases that run out are noticed within MAX_IDLE_SECONDS."""
+        instances' work and leases that run out are noticed within MAX_IDLE_SECONDS by the
+        sweeping loop (the others wait longer: idle, the daemon should cost nothing)."""
+        longest = MAX_IDLE_SECONDS if self.sweeps else HELPER_MAX_IDLE_SECONDS
         due_in = self.store.next_poll_due_in(list(self.pipelines))
         if due_in is None:
-            return MAX_IDLE_SECONDS
-        return min(MAX_IDLE_SECONDS, max(0.0, due_in))
+            return longest
+        return min(longest, max(0.0, due_in))
 
     def sweep(self) -> None:
         """Take back what an instance that died had claimed, once its leases ran out."""
