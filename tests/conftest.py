@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from watcher.emulator import EmulatorServer, UnstractEmulator
 from watcher.store import Store
 
 PG_URL = os.environ.get(
@@ -51,3 +52,10 @@ def store(db_url: str) -> Iterator[Store]:
     opened.upgrade()
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
+    """The emulator over loopback HTTP; each test module says which `emulator` it serves."""
+    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
+        yield started

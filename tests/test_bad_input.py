@@ -35,12 +35,6 @@ def emulator() -> UnstractEmulator:
     return demo_emulator(execution_seconds=0.1)
 
 
-@pytest.fixture
-def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
-        yield started
-
-
 def test_odd_files_and_names(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
     capsys: pytest.CaptureFixture[str],

@@ -46,12 +46,6 @@ def emulator() -> UnstractEmulator:
     return demo_emulator(execution_seconds=0.1)
 
 
-@pytest.fixture
-def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
-        yield started
-
-
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "watcher.cli", *args, "--config", str(config)]
     return subprocess.run(command, capture_output=True, text=True, timeout=60,

@@ -30,12 +30,6 @@ def emulator() -> UnstractEmulator:
     return demo_emulator(execution_seconds=0.3)
 
 
-@pytest.fixture
-def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
-        yield started
-
-
 def daemon_command(config: Path, once: bool) -> list[str]:
     return [sys.executable, "-m", "watcher.cli", "run", "--config", str(config),
             *(["--once"] if once else [])]  # fmt: skip

@@ -38,12 +38,6 @@ def emulator() -> UnstractEmulator:
     return demo_emulator(execution_seconds=0.2)
 
 
-@pytest.fixture
-def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
-        yield started
-
-
 def document(index: int) -> bytes:
     return f"Invoice {index}\nTotal: {index * 3}.00 EUR\n".encode()
 

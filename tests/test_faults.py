@@ -33,12 +33,6 @@ def emulator() -> UnstractEmulator:
     return demo_emulator(execution_seconds=0.2)
 
 
-@pytest.fixture
-def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
-        yield started
-
-
 def run_documents(
     tmp_path: Path, server: EmulatorServer, db: str, count: int, *, api: dict[str, Any] | None = None,
     until: str = "finished",

@@ -16,10 +16,8 @@ from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
 
 
 @pytest.fixture
-def server() -> Iterator[EmulatorServer]:
-    emulator: UnstractEmulator = demo_emulator(execution_seconds=0.1)
-    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
-        yield started
+def emulator() -> UnstractEmulator:
+    return demo_emulator(execution_seconds=0.1)
 
 
 def test_every_line_about_a_document_names_it(

@@ -29,12 +29,6 @@ def emulator() -> UnstractEmulator:
     return demo_emulator(execution_seconds=0.3)
 
 
-@pytest.fixture
-def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
-        yield started
-
-
 def events(log: Path) -> list[dict[str, object]]:
     lines = log.read_text().splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")]

@@ -20,12 +20,6 @@ def emulator() -> UnstractEmulator:
     return demo_emulator(execution_seconds=0.1)
 
 
-@pytest.fixture
-def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
-        yield started
-
-
 def run_once(config: Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)]
     env = {**os.environ, KEY_ENV: api_key()}

@@ -26,12 +26,6 @@ def emulator() -> UnstractEmulator:
     return demo_emulator(execution_seconds=0.1)
 
 
-@pytest.fixture
-def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
-        yield started
-
-
 def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is needed (Debian package systemd)"
@@ -171,3 +165,39 @@ def test_metrics_and_health_over_http(
     cost = [line for line in lines if line.startswith("unstract_watcher_llm_cost_dollars_total")]
     assert cost and float(cost[0].split()[-1]) > 0
     assert sick.status_code == 503 and "stuck: discovery" in sick.json()["problems"]
+
+
+def test_a_pipeline_removed_mid_flight_keeps_its_executions_for_when_it_returns(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness import KEY_ENV, running_daemon
+
+    from watcher import config as config_module
+    from watcher.jobs import JobState
+
+    monkeypatch.setenv(KEY_ENV, api_key())
+    slow = demo_emulator(execution_seconds=1.5)
+    with EmulatorServer(slow, host="127.0.0.1", port=0) as server:
+        config = write_config(tmp_path, deployment_url(server), db_url)
+        full = config.read_text()
+        other = tmp_path / "other"
+        other.mkdir()
+        only_other = full.replace(f'"{tmp_path / "drop"}"', f'"{other}"').replace(
+            'name = "docs"', 'name = "other"'
+        )
+        with running_daemon(config) as daemon:
+            for index in range(3):
+                (tmp_path / "drop" / f"{index}.txt").write_bytes(b"document %d" % index)
+
+            def in_flight() -> list[object]:
+                return [j for j in daemon.store.list_jobs() if j.state is JobState.SUBMITTED]
+
+            wait_for(lambda: len(in_flight()) == 3, what="three executions in flight")
+            config.write_text(only_other)
+            assert daemon.reload(lambda: config_module.load(config))  # "docs" is gone
+            time.sleep(2.5)  # the executions end on the server meanwhile
+            assert len(in_flight()) == 3 and not results_under(tmp_path / "drop")
+            config.write_text(full)
+            assert daemon.reload(lambda: config_module.load(config))  # and it is back
+            wait_for(lambda: len(results_under(tmp_path / "drop")) == 3, what="the results")
+        assert slow.stats().posts == 3  # polled where they were, never submitted again

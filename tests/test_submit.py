@@ -30,12 +30,6 @@ def emulator() -> UnstractEmulator:
     return demo_emulator(execution_seconds=0.1)
 
 
-@pytest.fixture
-def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
-        yield started
-
-
 def test_a_fifo_in_a_documents_place_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "a.pdf"
     os.mkfifo(fifo)

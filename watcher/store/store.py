@@ -30,6 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 from watcher.jobs import IN_FLIGHT, UNFINISHED, Decision, Job, JobState
 from watcher.logs import get_logger
 from watcher.store.schema import create_engine, db_path, fs_path, jobs, results, to_job
+from watcher.store.statements import Statements
 
 DEFAULT_LEASE_SECONDS = 300.0
 TRANSIENT_RETRIES = 8  # about half a minute of backoff
@@ -114,107 +115,9 @@ class Store:
             else sa.literal_column("extract(epoch from clock_timestamp())::float8", sa.Double)
         )
 
-        self._prepare_statements()
+        self._sql = Statements(self._now, self._insert)
         self._clock_offset = 0.0
         self._clock_read_at = -CLOCK_RESYNC_SECONDS
-
-    def _prepare_statements(self) -> None:
-        """Statements that run for every document, built once with bind parameters:
-        building one (and its cache key) costs more than running it on SQLite."""
-        pipelines: sa.BindParameter[str] = sa.bindparam("pipelines", expanding=True)
-        lease_until = self._now + sa.bindparam("lease_seconds", type_=sa.Double)
-        self._in_flight_by_pipeline = (
-            sa.select(jobs.c.pipeline, sa.func.count())
-            .where(jobs.c.state.in_([s.value for s in IN_FLIGHT]))
-            .group_by(jobs.c.pipeline)
-        )
-        candidate = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.state == JobState.QUEUED.value)
-            .where(jobs.c.next_attempt_at <= self._now)
-            .where(jobs.c.pipeline.in_(pipelines))
-            .order_by(jobs.c.next_attempt_at, jobs.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        self._claim_upload = (
-            sa.update(jobs)
-            .where(jobs.c.id == candidate)
-            .values(
-                state=JobState.SUBMITTING.value,
-                attempts=jobs.c.attempts + 1,
-                lease_owner=sa.bindparam("claim_owner"),
-                lease_until=lease_until,
-                updated_at=self._now,
-            )
-            .returning(*jobs.c)
-        )
-        # Discovery: the SET clauses come from the parameters' keys, as in _fenced.
-        self._insert_job = self._insert(jobs).on_conflict_do_nothing().returning(jobs.c.id)
-        document = (
-            (jobs.c.pipeline == sa.bindparam("b_pipeline"))
-            & (jobs.c.relative_path == sa.bindparam("b_path"))
-            & (jobs.c.sha256 == sa.bindparam("b_sha256"))
-        )
-        self._revive_skipped = (
-            sa.update(jobs)
-            .where(document & (jobs.c.state == JobState.SKIPPED.value))
-            .returning(jobs.c.id)
-        )
-        self._refresh_known = sa.update(jobs).where(document)
-        # Every state change: the SET clause comes from the parameters' keys (see _fenced).
-        self._fenced_stmt = (
-            sa.update(jobs)
-            .where(jobs.c.id == sa.bindparam("b_id"))
-            .where(jobs.c.state == sa.bindparam("b_state"))
-            .where(jobs.c.attempts == sa.bindparam("b_attempts"))
-            .where(jobs.c.lease_owner.is_not_distinct_from(sa.bindparam("b_owner")))
-        )
-        due_polls = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.state == JobState.SUBMITTED.value)
-            .where(jobs.c.next_poll_at <= self._now)
-            .where(jobs.c.pipeline.in_(pipelines))
-            .order_by(jobs.c.next_poll_at)
-            .limit(sa.bindparam("limit", type_=sa.Integer))
-            .with_for_update(skip_locked=True)
-        )
-        self._claim_polls = (
-            sa.update(jobs)
-            .where(jobs.c.id.in_(due_polls))
-            .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until,
-                    next_poll_at=lease_until)
-            .returning(*jobs.c)
-        )  # fmt: skip
-        free = (
-            jobs.c.lease_owner.is_(None)
-            | (jobs.c.lease_owner == sa.bindparam("owner"))  # ours: e.g. after a full disk
-            | jobs.c.lease_until.is_(None)
-            | (jobs.c.lease_until < self._now)
-        )
-        ready = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.state == JobState.RESULT_STORED.value)
-            .where(jobs.c.pipeline.in_(pipelines))
-            .where(free)
-            .order_by(jobs.c.id)
-            .limit(sa.bindparam("limit", type_=sa.Integer))
-            .with_for_update(skip_locked=True)
-        )
-        self._claim_results = (
-            sa.update(jobs)
-            .where(jobs.c.id.in_(ready))
-            .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until)
-            .returning(*jobs.c)
-        )
-        self._due = {
-            (state, column.name): sa.select(sa.func.min(column) - self._now)
-            .where(jobs.c.state == state.value)
-            .where(jobs.c.pipeline.in_(pipelines))
-            for state, column in ((JobState.QUEUED, jobs.c.next_attempt_at),
-                                  (JobState.SUBMITTED, jobs.c.next_poll_at))
-        }  # fmt: skip
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -365,18 +268,18 @@ class Store:
             next_attempt_at=now, created_at=now, updated_at=now,
         )  # fmt: skip
         # Another instance watching the same share may insert the same document first.
-        row = conn.execute(self._insert_job, values).first()
+        row = conn.execute(self._sql.insert_job, values).first()
         if row is not None:
             return int(row[0])
         key = {"b_pipeline": pipeline, "b_path": path, "b_sha256": sha256}
         revived = conn.execute(
-            self._revive_skipped,
+            self._sql.revive_skipped,
             {**key, "state": JobState.QUEUED.value, "next_attempt_at": now, "last_error": "",
              "size": size, "mtime_ns": mtime_ns, "finished_at": None, "updated_at": now},
         ).first()  # fmt: skip
         if revived is not None:
             return int(revived[0])
-        conn.execute(self._refresh_known, {**key, "size": size, "mtime_ns": mtime_ns})
+        conn.execute(self._sql.refresh_known, {**key, "size": size, "mtime_ns": mtime_ns})
         return None
 
     # -- upload --------------------------------------------------------------------------------
@@ -392,12 +295,12 @@ class Store:
         if not self.is_sqlite:
             # Instances count in-flight executions one at a time: max_in_flight holds for all.
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
-        busy: dict[str, int] = dict(conn.execute(self._in_flight_by_pipeline).all())
+        busy: dict[str, int] = dict(conn.execute(self._sql.in_flight_by_pipeline).all())
         open_pipelines = [p for p, limit in limits.items() if busy.get(p, 0) < limit]
         if not open_pipelines:
             return None
         row = conn.execute(
-            self._claim_upload,
+            self._sql.claim_upload,
             {"claim_owner": owner, "pipelines": open_pipelines,
              "lease_seconds": self.lease_seconds},
         ).first()  # fmt: skip
@@ -465,7 +368,7 @@ class Store:
 
     def _due_in(self, column: Any, state: JobState, pipelines: list[str]) -> float | None:
         with self._read() as conn:
-            due = conn.execute(self._due[state, column.name], {"pipelines": pipelines})
+            due = conn.execute(self._sql.due[state, column.name], {"pipelines": pipelines})
             first = due.scalar_one()
         return None if first is None else float(first)
 
@@ -488,7 +391,7 @@ class Store:
         params = {"owner": owner, "limit": limit, "pipelines": pipelines,
                   "lease_seconds": self.lease_seconds}  # fmt: skip
         with self._tx() as conn:
-            rows = conn.execute(self._claim_polls, params).all()
+            rows = conn.execute(self._sql.claim_polls, params).all()
         return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
     @retry_transient
@@ -563,7 +466,7 @@ class Store:
         params = {"owner": owner, "limit": limit, "pipelines": pipelines,
                   "lease_seconds": self.lease_seconds}  # fmt: skip
         with self._tx() as conn:
-            rows = conn.execute(self._claim_results, params).all()
+            rows = conn.execute(self._sql.claim_results, params).all()
         return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
     def mark_finished(self, job: Job) -> bool:
@@ -687,4 +590,4 @@ class Store:
         plain values (the SET clause is built from their keys on a prebuilt statement)."""
         fence = {"b_id": job.id, "b_state": expected.value, "b_attempts": job.attempts,
                  "b_owner": job.lease_owner}  # fmt: skip
-        return bool(conn.execute(self._fenced_stmt, {**values, **fence}).rowcount)
+        return bool(conn.execute(self._sql.fenced_stmt, {**values, **fence}).rowcount)

@@ -1,0 +1,120 @@
+"""The statements that run for every document, built once with bind parameters: building
+one (and its cache key) costs more than running it on SQLite. `Store` runs them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from watcher.jobs import IN_FLIGHT, JobState
+from watcher.store.schema import jobs
+
+
+class Statements:
+    def __init__(self, now: Any, insert: Any) -> None:
+        self.now = now  # the database's clock, as an SQL expression
+        self.insert = insert  # the dialect's INSERT, with ON CONFLICT
+        pipelines: sa.BindParameter[str] = sa.bindparam("pipelines", expanding=True)
+        lease_until = self.now + sa.bindparam("lease_seconds", type_=sa.Double)
+        self._prepare_discovery()
+        self._prepare_upload_claim(pipelines, lease_until)
+        self._prepare_poll_and_write_claims(pipelines, lease_until)
+        # Every state change: the SET clause comes from the parameters' keys (see Store._fenced).
+        self.fenced_stmt = (
+            sa.update(jobs)
+            .where(jobs.c.id == sa.bindparam("b_id"))
+            .where(jobs.c.state == sa.bindparam("b_state"))
+            .where(jobs.c.attempts == sa.bindparam("b_attempts"))
+            .where(jobs.c.lease_owner.is_not_distinct_from(sa.bindparam("b_owner")))
+        )
+        self.due = {
+            (state, column.name): sa.select(sa.func.min(column) - self.now)
+            .where(jobs.c.state == state.value)
+            .where(jobs.c.pipeline.in_(pipelines))
+            for state, column in ((JobState.QUEUED, jobs.c.next_attempt_at),
+                                  (JobState.SUBMITTED, jobs.c.next_poll_at))
+        }  # fmt: skip
+
+    def _prepare_upload_claim(self, pipelines: Any, lease_until: Any) -> None:
+        self.in_flight_by_pipeline = (
+            sa.select(jobs.c.pipeline, sa.func.count())
+            .where(jobs.c.state.in_([s.value for s in IN_FLIGHT]))
+            .group_by(jobs.c.pipeline)
+        )
+        candidate = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.state == JobState.QUEUED.value)
+            .where(jobs.c.next_attempt_at <= self.now)
+            .where(jobs.c.pipeline.in_(pipelines))
+            .order_by(jobs.c.next_attempt_at, jobs.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        self.claim_upload = (
+            sa.update(jobs)
+            .where(jobs.c.id == candidate)
+            .values(
+                state=JobState.SUBMITTING.value,
+                attempts=jobs.c.attempts + 1,
+                lease_owner=sa.bindparam("claim_owner"),
+                lease_until=lease_until,
+                updated_at=self.now,
+            )
+            .returning(*jobs.c)
+        )
+
+    def _prepare_discovery(self) -> None:
+        # The SET clauses come from the parameters' keys, as in Store._fenced.
+        self.insert_job = self.insert(jobs).on_conflict_do_nothing().returning(jobs.c.id)
+        document = (
+            (jobs.c.pipeline == sa.bindparam("b_pipeline"))
+            & (jobs.c.relative_path == sa.bindparam("b_path"))
+            & (jobs.c.sha256 == sa.bindparam("b_sha256"))
+        )
+        self.revive_skipped = (
+            sa.update(jobs)
+            .where(document & (jobs.c.state == JobState.SKIPPED.value))
+            .returning(jobs.c.id)
+        )
+        self.refresh_known = sa.update(jobs).where(document)
+
+    def _prepare_poll_and_write_claims(self, pipelines: Any, lease_until: Any) -> None:
+        due_polls = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.state == JobState.SUBMITTED.value)
+            .where(jobs.c.next_poll_at <= self.now)
+            .where(jobs.c.pipeline.in_(pipelines))
+            .order_by(jobs.c.next_poll_at)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .with_for_update(skip_locked=True)
+        )
+        self.claim_polls = (
+            sa.update(jobs)
+            .where(jobs.c.id.in_(due_polls))
+            .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until,
+                    next_poll_at=lease_until)
+            .returning(*jobs.c)
+        )  # fmt: skip
+        free = (
+            jobs.c.lease_owner.is_(None)
+            | (jobs.c.lease_owner == sa.bindparam("owner"))  # ours: e.g. after a full disk
+            | jobs.c.lease_until.is_(None)
+            | (jobs.c.lease_until < self.now)
+        )
+        ready = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.state == JobState.RESULT_STORED.value)
+            .where(jobs.c.pipeline.in_(pipelines))
+            .where(free)
+            .order_by(jobs.c.id)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .with_for_update(skip_locked=True)
+        )
+        self.claim_results = (
+            sa.update(jobs)
+            .where(jobs.c.id.in_(ready))
+            .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until)
+            .returning(*jobs.c)
+        )
