@@ -299,3 +299,48 @@ def test_an_accepted_upload_is_recorded_with_the_next_claim(store: Store) -> Non
     assert recorded and third is None
     # A lost claim records nothing, and still hands out no job beyond the limit.
     assert store.record_submit_and_claim(first, accepted, 200, "me", {"p": 2}) == (False, None)
+
+
+def test_a_write_waits_out_a_lock_held_past_busy_timeout(sqlite_url: str) -> None:
+    import sqlite3
+
+    store = Store(sqlite_url, busy_timeout_seconds=0.1)
+    store.upgrade()
+    other = sqlite3.connect(
+        sa.engine.make_url(sqlite_url).database or "", isolation_level=None, check_same_thread=False
+    )
+    other.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 session holding the write lock
+    releaser = threading.Timer(1.0, lambda: other.execute("COMMIT"))
+    releaser.start()
+    try:
+        assert store.enqueue("p", "a.pdf", SHA_A, 1, 1) is not None  # retried, not raised
+    finally:
+        releaser.join()
+        other.close()
+        store.close()
+
+
+def test_the_clock_carries_on_while_the_database_is_away(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = store.clock()
+
+    def away() -> float:
+        raise sa.exc.OperationalError("SELECT now", {}, Exception("server closed"))
+
+    monkeypatch.setattr(store, "now", away)
+    store._clock_read_at -= 2 * store_module.CLOCK_RESYNC_SECONDS  # time to read it again
+    assert before <= store.clock() < before + 5  # the last offset, carried by ours
+    fresh = Store(store.url)
+    monkeypatch.setattr(fresh, "now", away)
+    with pytest.raises(sa.exc.OperationalError):  # never read: nothing to carry on
+        fresh.clock()
+    fresh.close()
+
+
+def test_a_poll_given_back_is_due_at_once_for_another_loop(store: Store) -> None:
+    submitted(store)
+    taken = store.claim_due_polls("me", 10, ["p"])[0]
+    assert store.claim_due_polls("other", 10, ["p"]) == []
+    assert store.release_poll(taken)
+    assert [j.id for j in store.claim_due_polls("other", 10, ["p"])] == [taken.id]

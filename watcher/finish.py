@@ -89,14 +89,29 @@ class Finisher:
                 troubled += 1
             else:
                 written.append((job, pipeline, target))
-        for folder in {target.parent for _, _, target in written}:
-            fsync_folder(folder)
+        unsynced = self._sync_folders({target.parent for _, _, target in written})
+        troubled += sum(1 for _, _, target in written if target.parent in unsynced)
+        written = [entry for entry in written if entry[2].parent not in unsynced]
         disposals = [self._dispose(job, pipeline) for job, pipeline, _ in written]
         self.store.mark_finished_many([job for job, _, _ in written])
         for (job, pipeline, target), disposal in zip(written, disposals, strict=True):
             with about(job):
                 self._report(job, pipeline, target, disposal)
         return len(written), troubled
+
+    @staticmethod
+    def _sync_folders(folders: set[Path]) -> set[Path]:
+        """fsync each folder (the renames in it become durable); return those that failed,
+        whose jobs stay stored and are written again later."""
+        failed = set()
+        for folder in folders:
+            try:
+                fsync_folder(folder)
+            except OSError as exc:  # the folder vanished, or the file system refuses
+                log.error("cannot sync the result folder; will retry", folder=as_text(str(folder)),
+                          error=str(exc))  # fmt: skip
+                failed.add(folder)
+        return failed
 
     def _write(self, job: Job, pipeline: Pipeline) -> Path | None:
         self.last_beat = time.monotonic()

@@ -107,7 +107,9 @@ class Reconciler:
                     execution_id=job.execution_id,
                 )
                 pipeline = self.pipelines.get(job.pipeline)
-                if pipeline is not None:  # None: removed by a reload; its jobs wait for it
+                if pipeline is None:  # removed by a reload: its jobs wait for it to return
+                    self.store.release_poll(job)
+                else:
                     self.poll(job, pipeline)
             finally:
                 unbind_job()

@@ -18,7 +18,10 @@ from watcher.filters import as_text
 from watcher.jobs import Job, JobState
 
 metadata = sa.MetaData()
-POOL_SIZE = 32  # above upload_workers + poll_workers + the other loops, at their defaults
+# Connections kept; with the overflow, enough for 64 upload and 64 poll workers and the other
+# loops (connections are opened only when needed).
+POOL_SIZE = 32
+POOL_OVERFLOW = 128
 
 jobs = sa.Table(
     "jobs",
@@ -108,13 +111,16 @@ def fs_path(text: str, raw: bytes | None) -> str:
 def create_engine(url: str, busy_timeout_seconds: float) -> Engine:
     if not url.startswith("sqlite"):
         return sa.create_engine(
-            url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_SIZE
+            url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW
         )
     # One pooled connection per thread that may use it at once (upload and poll workers, the
     # finisher, discovery, operator reads): a connection past the pool is closed when given
     # back, and a new one costs a connect and its PRAGMAs.
     engine = sa.create_engine(
-        url, connect_args={"check_same_thread": False}, pool_size=POOL_SIZE, max_overflow=POOL_SIZE
+        url,
+        connect_args={"check_same_thread": False},
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
     )
 
     @sa.event.listens_for(engine, "connect")
@@ -132,9 +138,8 @@ def create_engine(url: str, busy_timeout_seconds: float) -> Engine:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         read_only = connection.get_execution_options().get("read_only", False)
-        # Straight to the driver: a statement through SQLAlchemy costs more than the BEGIN.
-        connection.connection.dbapi_connection.execute(  # type: ignore[union-attr]
-            "BEGIN" if read_only else "BEGIN IMMEDIATE"
-        )
+        # Through SQLAlchemy, so that "database is locked" arrives as its OperationalError,
+        # which the store retries.
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine

@@ -213,7 +213,12 @@ class Store:
         between: state changes take their times from it without a query of their own."""
         ours = time.monotonic()
         if ours - self._clock_read_at >= CLOCK_RESYNC_SECONDS:
-            self._clock_offset = self.now() - time.monotonic()
+            try:
+                self._clock_offset = self.now() - time.monotonic()
+            except TRANSIENT_DB_ERRORS:
+                if self._clock_read_at < 0:  # never read: nothing to carry on
+                    raise
+                # Carry on with the last offset: a result in hand must not wait for this.
             self._clock_read_at = ours
         return ours + self._clock_offset
 
@@ -255,7 +260,11 @@ class Store:
         """
         now = self.clock()
         with self._tx() as conn:
-            return [self._enqueue_one(conn, pipeline, *found, now) for found in files]
+            # In path order: instances inserting overlapping batches take row locks in the
+            # same order, so they wait for each other instead of deadlocking.
+            order = sorted(range(len(files)), key=lambda index: files[index][0])
+            ids = {i: self._enqueue_one(conn, pipeline, *files[i], now) for i in order}
+        return [ids[index] for index in range(len(files))]
 
     def _enqueue_one(
         self, conn: Connection, pipeline: str, relative_path: str, sha256: str, size: int,
@@ -395,6 +404,13 @@ class Store:
         return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
     @retry_transient
+    def release_poll(self, job: Job) -> bool:
+        """Give back a claimed poll not made (its pipeline was removed by a reload): it is
+        due again at once for whoever serves that pipeline."""
+        values = {"lease_owner": None, "lease_until": None, "next_poll_at": self.clock()}
+        return self._fenced_update(job, JobState.SUBMITTED, values)
+
+    @retry_transient
     def begin_fetch(self, job: Job) -> bool:
         """Mark that a read-once result is being fetched, before the request is sent."""
         now = self.clock()
@@ -476,9 +492,12 @@ class Store:
     def mark_finished_many(self, finished: Sequence[Job]) -> list[bool]:
         """Their files are written: done or failed, in one transaction; fenced on the claim."""
         now = self.clock()
-        with self._tx() as conn:
-            return [self._fenced(conn, job, JobState.RESULT_STORED, self._finished(job, now))
-                    for job in finished]  # fmt: skip
+        with self._tx() as conn:  # in id order, as other multi-row updates lock them
+            done = {
+                job.id: self._fenced(conn, job, JobState.RESULT_STORED, self._finished(job, now))
+                for job in sorted(finished, key=lambda job: job.id)
+            }
+        return [done[job.id] for job in finished]
 
     @staticmethod
     def _finished(job: Job, now: float) -> dict[str, Any]:

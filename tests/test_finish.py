@@ -1,0 +1,64 @@
+"""The finisher: result files a batch at a time, and nothing marked done before its file is."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from watcher import finish as finish_module
+from watcher.config import PipelineConfig
+from watcher.finish import Finisher
+from watcher.jobs import Decision, JobState
+from watcher.runtime import Pipeline, build_pipeline
+from watcher.store import Store
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+    (tmp_path / "drop").mkdir()
+    config = PipelineConfig.model_validate({
+        "name": "p", "watch_dir": str(tmp_path / "drop"),
+        "api": {"url": "https://unstract.example/deployment/api/org_1/invoices/",
+                "api_key": "6f1c2a8e-3b7d-4c59-9e21-0d4b8a7f5c13"},
+    })  # fmt: skip
+    built = build_pipeline(config)
+    yield built
+    built.backend.close()
+
+
+def stored(store: Store, names: list[str]) -> None:
+    for index, name in enumerate(names):
+        store.enqueue("p", name, f"{index:064d}", 1, 1)
+        job = store.claim_for_upload("me", {"p": 50})
+        assert job is not None
+        store.record_submit(job, Decision(JobState.SUBMITTED, 0.0, execution_id=f"e-{index}"), 200)
+    for polled in store.claim_due_polls("me", 50, ["p"]):
+        body = {"status": "COMPLETED", "message": [
+            {"file": polled.file_name, "status": "Success", "result": {"n": 1}}]}  # fmt: skip
+        store.record_poll(polled, Decision(JobState.RESULT_STORED, outcome="success"), 200, body)
+
+
+def test_a_folder_that_cannot_be_synced_keeps_its_results_stored(
+    store: Store, pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored(store, ["a.pdf", "sub/b.pdf"])
+    (tmp_path / "drop" / "sub").mkdir()
+    finisher = Finisher(store, {"p": pipeline}, "me", threading.Event(), threading.Event())
+    real = finish_module.fsync_folder
+
+    def refuse_sub(folder: Path) -> None:  # EIO from a failing disk: no other way to get it
+        if folder.name == "sub":
+            raise OSError(5, "Input/output error")
+        real(folder)
+
+    monkeypatch.setattr(finish_module, "fsync_folder", refuse_sub)
+    assert finisher.finish_stored() == (1, 1)  # a.pdf done; sub/b.pdf not, and no crash
+    states = {j.relative_path: j.state for j in store.list_jobs()}
+    assert states == {"a.pdf": JobState.DONE, "sub/b.pdf": JobState.RESULT_STORED}
+    monkeypatch.setattr(finish_module, "fsync_folder", real)
+    assert finisher.finish_stored() == (1, 0)  # written again, then done
+    assert all(j.state is JobState.DONE for j in store.list_jobs())
+    assert (tmp_path / "drop" / "sub" / "b.pdf.json").exists()
