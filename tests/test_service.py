@@ -201,3 +201,43 @@ def test_a_pipeline_removed_mid_flight_keeps_its_executions_for_when_it_returns(
             assert daemon.reload(lambda: config_module.load(config))  # and it is back
             wait_for(lambda: len(results_under(tmp_path / "drop")) == 3, what="the results")
         assert slow.stats().posts == 3  # polled where they were, never submitted again
+
+
+class _StuckLoop:
+    """A loop whose last round was long ago: what a hung HTTP call or disk looks like."""
+
+    last_beat = -1e9
+
+
+def test_the_watchdog_ping_stops_while_a_loop_is_stuck(
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from harness import KEY_ENV, running_daemon
+
+    from watcher import config as config_module
+
+    monkeypatch.setenv(KEY_ENV, api_key())
+    notes = Notifications(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notes.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1s: a ping every 0.5 s
+    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+    with running_daemon(config) as daemon:
+        serving = threading.Thread(target=daemon.serve, args=(lambda: config_module.load(config),))
+        serving.start()
+        notes.wait_for("READY=1")
+        notes.wait_for("WATCHDOG=1")
+        stuck = _StuckLoop()
+        daemon._loops.append(stuck)
+        time.sleep(0.6)  # a ping already on its way may still come
+        mark = len(notes.collect())
+        time.sleep(1.5)  # three pings' worth
+        assert not [n for n in notes.collect()[mark:] if n == "WATCHDOG=1"]  # systemd restarts us
+        assert "stuck: _StuckLoop" in daemon.health_problems()
+        daemon._loops.remove(stuck)
+        notes.wait_for("WATCHDOG=1", after=len(notes.collect()))
+        daemon.stop()
+        serving.join(10)
+    notes.wait_for("STOPPING=1")
+    notes.sock.close()

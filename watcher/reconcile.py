@@ -23,7 +23,7 @@ from watcher.store import Store
 log = get_logger()
 BATCH = 4  # each of the poll loops takes a few at a time, so they share the due ones
 MAX_IDLE_SECONDS = 2.0
-HELPER_MAX_IDLE_SECONDS = 30.0
+HELPER_MAX_IDLE_SECONDS = 10.0  # well under the hung-loop limit (3 leases, each over 10 s)
 MIN_WAIT_SECONDS = 0.01
 SWEEP_SECONDS = 10.0
 TERMINAL_KINDS = (PollKind.COMPLETED, PollKind.FAILED)
