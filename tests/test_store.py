@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 from typing import Any
 
@@ -344,3 +346,46 @@ def test_a_poll_given_back_is_due_at_once_for_another_loop(store: Store) -> None
     assert store.claim_due_polls("other", 10, ["p"]) == []
     assert store.release_poll(taken)
     assert [j.id for j in store.claim_due_polls("other", 10, ["p"])] == [taken.id]
+
+
+def test_only_this_hosts_dead_earlier_life_is_taken_for_dead() -> None:
+    from watcher.store.instance_lock import is_dead_earlier_life, session_name
+
+    ours = session_name()
+    _, _, host, boot, _ = f"x {ours}".split(" ")
+    dead_pid = gone_pid()  # a process that has ended
+    assert is_dead_earlier_life(f"unstract-watcher {host} {boot} {dead_pid}", ours)
+    assert is_dead_earlier_life(f"unstract-watcher {host} 00000000 {os.getpid()}", ours)  # rebooted
+    assert not is_dead_earlier_life(f"unstract-watcher {host} {boot} {os.getpid()}", ours)  # alive
+    assert not is_dead_earlier_life(
+        f"unstract-watcher ffffffff {boot} {dead_pid}", ours
+    )  # another host
+    assert not is_dead_earlier_life("psql", ours)
+
+
+def gone_pid(_: object = None) -> int:
+    """The pid of a process that has ended (free, unless reused in the meantime)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.postgres
+def test_a_lock_left_by_our_own_dead_process_does_not_block_the_restart(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from watcher.store import instance_lock
+
+    first, second = Store(postgres_url), Store(postgres_url)
+    first.upgrade()
+    dead = gone_pid()
+    with monkeypatch.context() as patched:  # the first holder's session says it is `dead`
+        patched.setattr(instance_lock.os, "getpid", lambda: dead)
+        first.lock_for_daemon("host-a")
+    second.lock_for_daemon("host-a")  # the server still has the dead session: it is ended
+    assert first._instance_conn is not None
+    with pytest.raises(sa.exc.DBAPIError):  # the dead holder's session is gone
+        first._instance_conn.execute(sa.select(1))
+    first._instance_conn = None
+    first.close()
+    second.close()

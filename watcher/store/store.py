@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import hashlib
 import json
 import os
 import threading
@@ -29,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from watcher.jobs import IN_FLIGHT, UNFINISHED, Decision, Job, JobState
 from watcher.logs import get_logger
+from watcher.store.instance_lock import lock_instance
 from watcher.store.schema import create_engine, db_path, fs_path, jobs, results, to_job
 from watcher.store.statements import Statements
 
@@ -163,16 +163,8 @@ class Store:
             ) from None
 
     def _lock_instance_id(self, owner: str) -> None:
-        # A session-level advisory lock, held by a connection of its own for our lifetime.
-        # Advisory locks are per database: the schema is part of the key.
-        conn = self.engine.connect()
-        schema = conn.execute(sa.select(sa.func.current_schema())).scalar_one()
-        digest = hashlib.sha256(f"{schema}\0{owner}".encode()).digest()
-        key = int.from_bytes(digest[:8], "big", signed=True)
-        locked = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one())
-        conn.commit()  # the lock outlives the transaction: no transaction is left open
-        if not locked:
-            conn.close()
+        conn = lock_instance(self.engine, owner)
+        if conn is None:
             raise StoreError(
                 f"another unstract-watcher instance with instance_id {owner!r} is running on "
                 "this database; give each instance its own daemon.instance_id"
