@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from harness import DOC_BYTES, Layout

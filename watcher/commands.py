@@ -4,12 +4,9 @@ for scripts; all safe to run against the database of a live daemon."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
@@ -18,6 +15,7 @@ from typing import Any
 
 from watcher.config import PipelineConfig
 from watcher.jobs import Job, JobState
+from watcher.output import move_durably
 from watcher.store import Store
 from watcher.store.operator import (
     RETRYABLE,
@@ -28,6 +26,7 @@ from watcher.store.operator import (
     summaries,
 )
 from watcher.unstract import find_file_item
+from watcher.watch import sha256_of
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -210,10 +209,7 @@ def bring_back(job: Job, config: PipelineConfig) -> str:
         raise RetryRefused(f"job {job.id}: {source} is gone{_archive_hint(config)}; put the "
                            "file back there, then retry")  # fmt: skip
     source.parent.mkdir(parents=True, exist_ok=True)
-    # Under a dot name the watcher ignores until it is whole (a copy between file systems).
-    temp = source.with_name(f".{source.name}.retry-{job.id}")
-    shutil.move(archived, temp)
-    os.rename(temp, source)
+    move_durably(archived, source)  # across file systems via a temp name the watcher ignores
     return f"job {job.id}: moved {archived} back to {source}"
 
 
@@ -235,8 +231,7 @@ def _archive_hint(config: PipelineConfig) -> str:
 
 
 def file_digest(path: Path) -> str:
-    with path.open("rb") as source:
-        return hashlib.file_digest(source, "sha256").hexdigest()
+    return sha256_of(path)[0]
 
 
 def report(store: Store, filters: dict[str, Any], fmt: str) -> str:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from watcher.crashpoints import crash_point
 from watcher.filters import as_text
 from watcher.jobs import Job
-from watcher.logs import bind_job, get_logger, unbind_job
+from watcher.logs import about, get_logger
 from watcher.metrics import Metrics
 from watcher.output import dispose_source, fsync_folder, write_result
 from watcher.runtime import Pipeline
@@ -24,17 +22,6 @@ log = get_logger()
 BATCH = 64
 IDLE_WAIT_SECONDS = 2.0  # an outcome stored by this process wakes us sooner
 DISK_TROUBLE_WAIT_SECONDS = 5.0
-
-
-@contextmanager
-def about(job: Job) -> Iterator[None]:
-    """Log lines inside name this job."""
-    bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path,
-             execution_id=job.execution_id)  # fmt: skip
-    try:
-        yield
-    finally:
-        unbind_job()
 
 
 def _usage_metadata(job: Job) -> Any:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
-from typing import Any
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from watcher.filters import as_text
+
+if TYPE_CHECKING:
+    from watcher.jobs import Job
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}  # fmt: skip
@@ -85,10 +89,14 @@ def get_logger() -> Any:
     return structlog.get_logger("unstract-watcher")
 
 
-def bind_job(**context: Any) -> None:
+@contextmanager
+def about(job: Job) -> Iterator[None]:
+    """Every log line inside names this job: pipeline, job id, path and execution id."""
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(**context)
-
-
-def unbind_job() -> None:
-    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        pipeline=job.pipeline, job_id=job.id, path=job.display_path, execution_id=job.execution_id
+    )
+    try:
+        yield
+    finally:
+        structlog.contextvars.clear_contextvars()

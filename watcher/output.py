@@ -85,14 +85,19 @@ def result_document(job: Job, backend: str) -> dict[str, Any]:
     return document
 
 
+def temp_beside(path: Path, temp_tag: str) -> Path:
+    """A temp name in the same folder: short, whatever the target's name (a long source name
+    must not make it too long), and marked so a restart of this instance can sweep it."""
+    return path.with_name(f".uw.{temp_tag}-{secrets.token_hex(6)}{TEMP_SUFFIX}")
+
+
 def write_atomically(
     path: Path, data: bytes, temp_tag: str = "x", sync_folder: bool = True
 ) -> None:
     """Temp file in the same folder, fsync, rename over the target, fsync the folder (or
     leave that to the caller, who writes many files to one folder and syncs it once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Short, whatever the target's name: a long source name must not make the temp too long.
-    temp = path.with_name(f".uw.{temp_tag}-{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    temp = temp_beside(path, temp_tag)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -159,7 +164,7 @@ def move_durably(source: Path, target: Path, temp_tag: str = "x") -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        temp = target.with_name(f".uw.{temp_tag}-{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        temp = temp_beside(target, temp_tag)
         try:
             shutil.copy2(source, temp)
             with temp.open("rb") as handle:

@@ -15,7 +15,7 @@ from typing import Any
 from watcher.backend import PollKind
 from watcher.crashpoints import crash_point
 from watcher.jobs import Decision, Job, JobState, Outcome, decide_after_poll
-from watcher.logs import bind_job, get_logger, unbind_job
+from watcher.logs import about, get_logger
 from watcher.metrics import Metrics
 from watcher.runtime import Pipeline, WorkSignal
 from watcher.store import Store
@@ -99,20 +99,12 @@ class Reconciler:
             if self.stop.is_set():
                 break
             self.last_beat = time.monotonic()
-            try:
-                bind_job(
-                    pipeline=job.pipeline,
-                    job_id=job.id,
-                    path=job.display_path,
-                    execution_id=job.execution_id,
-                )
-                pipeline = self.pipelines.get(job.pipeline)
-                if pipeline is None:  # removed by a reload: its jobs wait for it to return
-                    self.store.release_poll(job)
-                else:
-                    self.poll(job, pipeline)
-            finally:
-                unbind_job()
+            pipeline = self.pipelines.get(job.pipeline)
+            if pipeline is None:  # removed by a reload: its jobs wait for it to return
+                self.store.release_poll(job)
+                continue
+            with about(job):
+                self.poll(job, pipeline)
         return len(due)
 
     def poll(self, job: Job, pipeline: Pipeline) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from watcher.backend import SubmitKind, SubmitOutcome, Upload
 from watcher.crashpoints import crash_point
 from watcher.jobs import Decision, Job, JobState, decide_after_submit
-from watcher.logs import bind_job, get_logger, unbind_job
+from watcher.logs import about, get_logger
 from watcher.metrics import Metrics
 from watcher.runtime import Pipeline, WorkSignal
 from watcher.store import Store
@@ -99,21 +99,22 @@ class Uploader:
                 go = self.work.wait(MAX_IDLE_SECONDS if wait <= 0 else wait)
                 continue
             job, go = self._take(job)
-        if job is not None:  # claimed with the last upload's answer, never sent: put it back
-            self.store.record_submit(job, Decision(JobState.QUEUED, refund_attempt=True), None)
+        if job is not None:  # claimed with the last upload's answer, never sent
+            self._put_back(job)
+
+    def _put_back(self, job: Job) -> None:
+        """A claimed job that will not be sent now goes back to the queue, attempt refunded."""
+        self.store.record_submit(job, Decision(JobState.QUEUED, refund_attempt=True), None)
 
     def _take(self, job: Job) -> tuple[Job | None, bool]:
         """Upload a claimed job; return the next one if claimed meanwhile, and whether to
         claim straight away otherwise."""
         pipeline = self.pipelines.get(job.pipeline)
-        if pipeline is None:  # removed by a reload since the claim: put the job back
-            self.store.record_submit(job, Decision(JobState.QUEUED, refund_attempt=True), None)
+        if pipeline is None:  # removed by a reload since the claim
+            self._put_back(job)
             return None, True
-        try:
-            bind_job(pipeline=job.pipeline, job_id=job.id, path=job.display_path)
+        with about(job):
             return self.upload(job, pipeline)
-        finally:
-            unbind_job()
 
     def _idle_wait(self, limits: dict[str, int]) -> float:
         """Until the next retry is due; new work wakes one worker sooner. Other instances'
@@ -148,11 +149,11 @@ class Uploader:
         decision = decide_after_submit(outcome, job.attempts, pipeline.policy, self.rng,
                                        pipeline.expected_execution_seconds)  # fmt: skip
         recorded, next_job, tried = self._record(job, decision, outcome.http_status)
-        if not recorded:
+        if recorded:
+            self._after(decision, outcome, pipeline)
+        else:
             log.warning("lost the claim on this job while uploading; another worker has it",
                         execution_id=outcome.execution_id)  # fmt: skip
-            return next_job, not tried
-        self._after(decision, outcome, pipeline)
         return next_job, not tried
 
     def _record(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,9 +23,9 @@ from typing import IO, Any, ParamSpec, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from watcher.jobs import IN_FLIGHT, UNFINISHED, Decision, Job, JobState
+from watcher.jobs import UNFINISHED, Decision, Job, JobState
 from watcher.logs import get_logger
 from watcher.store.instance_lock import lock_instance
 from watcher.store.schema import create_engine, db_path, fs_path, jobs, results, to_job
