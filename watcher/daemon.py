@@ -35,7 +35,7 @@ from watcher.store import TRANSIENT_DB_ERRORS, Store, db_error_text
 from watcher.store.operator import record_pause, summaries
 from watcher.submit import Uploader
 from watcher.systemd import notify, watchdog_interval
-from watcher.watch import Discovered, FolderWatcher, start_observer
+from watcher.watch import Discovered, FolderWatcher
 
 log = get_logger()
 STALE_TEMP_SECONDS = 300.0
@@ -45,6 +45,7 @@ LEASE_MARGIN_SECONDS = 10.0
 DISCOVERY_MAX_WAIT_SECONDS = 1.0
 OUTAGE_FIRST_WAIT_SECONDS = 1.0
 OUTAGE_MAX_WAIT_SECONDS = 30.0
+ORPHAN_CHECK_SECONDS = 1.0
 # Longer relative paths cannot be keys of PostgreSQL's unique index (2704 bytes a row).
 MAX_PATH_BYTES = 2048
 
@@ -83,7 +84,7 @@ class Daemon:
         self._discovery_beat = time.monotonic()
         self._retired: list[Pipeline] = []  # replaced by a reload; closed at the end
         self.watchers: dict[str, FolderWatcher] = {}
-        self.observers: list[Any] = []
+        self._watch_events = True
         self.metrics = Metrics(store)
         self.metrics_server: Any = None
         self.finisher = Finisher(store, self.pipelines, self.owner, self.stop_event, self.finished)
@@ -119,8 +120,8 @@ class Daemon:
                 if folder is not None and folder.exists():
                     remove_stale_temps(folder, temp_age, now, own_tag=self.temp_tag)
             self.watchers[name] = self._make_watcher(pipeline)
-        if watch_events:
-            self._start_observers()
+        self._watch_events = watch_events
+        self._start_observers()
         self._spawn("discovery", self._discover)
         for index in range(self.settings.daemon.upload_workers):
             uploader = Uploader(
@@ -167,8 +168,8 @@ class Daemon:
 
     def join(self) -> None:
         """Wait for the loops in the documented order, then close clients and the store."""
-        for observer in self.observers:
-            observer.stop()
+        for watcher in self.watchers.values():
+            watcher.stop_watching()
         # Uploads, polls and fetches under way get drain_seconds to finish: a poll or fetch
         # that returns a read-once result must still be able to store it.
         deadline = time.monotonic() + self.settings.daemon.drain_seconds
@@ -242,9 +243,20 @@ class Daemon:
                 return
 
     def _renew_leases(self) -> None:
-        """Side loop: keep this instance's claims alive at a third of the lease."""
-        while not self.stop_event.wait(self.store.lease_seconds / 3):
+        """Side loop: keep the claims our loops hold alive at a third of the lease. After a
+        write whose answer was lost (the connection dropped at its commit), give back within
+        a second any lease of ours that no loop holds: nobody would ever renew or take it."""
+        while not self.stop_event.wait(self._heartbeat_wait()):
             self.store.renew_leases(self.owner)
+            if self.store.release_orphans(self.owner, hold=self.hold_pipelines()):
+                self.work.wake_all()
+                self.submitted.wake_all()
+                self.finished.set()
+
+    def _heartbeat_wait(self) -> float:
+        if self.store.claims_in_doubt():
+            return ORPHAN_CHECK_SECONDS
+        return self.store.lease_seconds / 3
 
     def _discover(self) -> None:
         rescan_at: dict[str, float] = {}
@@ -256,6 +268,8 @@ class Daemon:
                 rescan_at.clear()
             now = self._discovery_beat = time.monotonic()
             for name, watcher in list(self.watchers.items()):
+                if watcher.check_root():  # a new folder at watch_dir: list it now
+                    rescan_at[name] = 0.0
                 if now >= rescan_at.get(name, 0.0):
                     watcher.scan(now)
                     rescan_at[name] = now + watcher.rescan_seconds
@@ -315,21 +329,11 @@ class Daemon:
         self._discovery_beat = time.monotonic()
 
     def _start_observers(self) -> None:
+        if not self._watch_events:
+            return
         for name, watcher in list(self.watchers.items()):
             config = self.pipelines[name].config
-            polling = config.observer == "polling"
-            try:
-                observer = start_observer(watcher, polling, config.polling_interval_seconds)
-            except OSError as exc:
-                # inotify limits (ENOSPC/EMFILE): keep this folder alive by polling it.
-                log.error(
-                    "native watching failed; polling this folder instead (raise "
-                    "fs.inotify.max_user_watches / max_user_instances to fix)",
-                    pipeline=name,
-                    error=str(exc),
-                )
-                observer = start_observer(watcher, True, config.polling_interval_seconds)
-            self.observers.append(observer)
+            watcher.watch(config.observer == "polling", config.polling_interval_seconds)
 
     # -- serving: systemd, watchdog, reload ----------------------------------------------------
 
@@ -371,7 +375,8 @@ class Daemon:
         file may take (each loop beats per item, not only per round)."""
         limit = time.monotonic() - HUNG_AFTER_LEASES * self.store.lease_seconds
         hung = [t.name for t in self._threads if not t.is_alive()]
-        hung += [f"observer of {o.name}" for o in self.observers if not o.is_alive()]
+        hung += [f"observer of {name}" for name, w in list(self.watchers.items())
+                 if not w.watching()]  # fmt: skip
         hung += [type(loop).__name__ for loop in self._loops if loop.last_beat < limit]
         if self._discovery_beat < limit:
             hung.append("discovery")
@@ -410,8 +415,8 @@ class Daemon:
             notify("READY=1")
             return False
         configure_logging(settings.daemon.log_level, settings.daemon.log_format)
-        for observer in self.observers:
-            observer.stop()
+        for watcher in self.watchers.values():
+            watcher.stop_watching()
         old = dict(self.pipelines)
         self._retired += old.values()
         self.pipelines.update(fresh)
@@ -419,7 +424,6 @@ class Daemon:
             del self.pipelines[name]
         self.settings = settings
         self.watchers = watchers
-        self.observers = []
         self._start_observers()
         self._scan_all.set()
         self.discovery_wake.set()

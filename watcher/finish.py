@@ -66,7 +66,8 @@ class Finisher:
         """
         written: list[tuple[Job, Pipeline, Path]] = []
         troubled = 0
-        for job in self.store.claim_stored_results(self.owner, BATCH, list(self.pipelines)):
+        claimed = self.store.claim_stored_results(self.owner, BATCH, list(self.pipelines))
+        for job in claimed:
             pipeline = self.pipelines.get(job.pipeline)
             if pipeline is None:  # removed by a reload; its jobs wait for it
                 continue
@@ -81,6 +82,7 @@ class Finisher:
         written = [entry for entry in written if entry[2].parent not in unsynced]
         disposals = [self._dispose(job, pipeline) for job, pipeline, _ in written]
         self.store.mark_finished_many([job for job, _, _ in written])
+        self.store.let_go(claimed)  # unwritten ones: their leases run out, they are retaken
         for (job, pipeline, target), disposal in zip(written, disposals, strict=True):
             with about(job):
                 self._report(job, pipeline, target, disposal)

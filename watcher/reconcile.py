@@ -95,8 +95,9 @@ class Reconciler:
     def poll_due(self) -> int:
         """Poll every execution whose next poll is due; return how many were polled."""
         due = self.store.claim_due_polls(self.owner, BATCH, list(self.pipelines))
-        for job in due:
+        for index, job in enumerate(due):
             if self.stop.is_set():
+                self.store.let_go(due[index:])  # polled again on the next start
                 break
             self.last_beat = time.monotonic()
             pipeline = self.pipelines.get(job.pipeline)

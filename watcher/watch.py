@@ -3,6 +3,12 @@
 Each pipeline has a `FolderWatcher`. watchdog events, a scan at start and a periodic rescan all
 feed the same `StabilityTracker`; a path is hashed and queued only once its size and mtime have
 stood still for `settle_seconds` (reliability-notes A2, A5, A7).
+
+A watch follows a folder, not a path: when `watch_dir` is deleted, moved away or replaced (a
+share unmounted and mounted again, a tool that recreates the folder), the old watch sees
+nothing of the new folder. Each discovery pass checks the root's identity (device and inode),
+and its delete event and a dead watch thread say the same; the new folder is watched and
+listed as soon as it exists.
 """
 
 from __future__ import annotations
@@ -159,6 +165,80 @@ class FolderWatcher:
         self._real_folders: dict[Path, bool] = {}  # see _real_folder
         self.on_progress: Callable[[], None] = lambda: None  # the daemon's hang check
         self.log = log.bind(pipeline=name)
+        self._observer: Any = None
+        self._observing = (False, 1.0)  # polling?, polling interval
+        self._root_id = _identity(self.root)  # (device, inode) of the watched root
+        self._root_deleted = threading.Event()  # the watch saw its own root deleted
+
+    # -- watching (events as hints) -------------------------------------------------------------
+
+    def watch(self, polling: bool, polling_interval: float) -> None:
+        """Start the watchdog observer; native watching falls back to polling when the
+        kernel's inotify limits refuse it."""
+        self._observing = (polling, polling_interval)
+        self._root_id = _identity(self.root)
+        try:
+            self._observer = start_observer(self, polling, polling_interval)
+        except OSError as exc:
+            if polling:
+                raise
+            self.log.error(
+                "native watching failed; polling this folder instead (raise "
+                "fs.inotify.max_user_watches / max_user_instances to fix)",
+                error=str(exc),
+            )
+            self._observing = (True, polling_interval)
+            self._observer = start_observer(self, True, polling_interval)
+
+    def stop_watching(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+
+    def watching(self) -> bool:
+        """The observer thread runs (its watch may have ended with its folder: see
+        `check_root`)."""
+        return self._observer is None or bool(self._observer.is_alive())
+
+    def root_deleted(self) -> None:
+        """From the watch's thread: the root itself was deleted."""
+        self._root_deleted.set()
+        self._wake.set()
+
+    def check_root(self) -> bool:
+        """Notice a root that is gone or was replaced; watch the new folder once it exists.
+        True when the root is watched anew (the caller lists it at once)."""
+        identity = _identity(self.root)
+        if identity is None:
+            if self._root_id is not None:
+                self.log.error("watch_dir is gone; it is watched again once it is back",
+                               folder=as_text(str(self.root)))  # fmt: skip
+            self._root_id = None
+            self.listing_error = f"{as_text(str(self.root))}: the folder is missing"
+            return False
+        if identity == self._root_id and self._watch_alive():
+            return False
+        self.log.warning("watch_dir was replaced or is back; watching the folder now there",
+                         folder=as_text(str(self.root)))  # fmt: skip
+        self._root_id = identity
+        if self._observer is not None:
+            self.stop_watching()
+            self._root_deleted.clear()
+            try:
+                self.watch(*self._observing)
+            except OSError as exc:  # gone again already: the next pass tries once more
+                self._root_id = None
+                self.listing_error = f"{as_text(str(self.root))}: {exc.strerror or exc}"
+                return False
+        self.listing_error = None
+        return True
+
+    def _watch_alive(self) -> bool:
+        """The watch still follows the root: its delete was not seen, its thread runs."""
+        if self._observer is None:  # events were not asked for: listings only
+            return True
+        if self._root_deleted.is_set():
+            return False
+        return all(emitter.is_alive() for emitter in self._observer.emitters)
 
     # -- events (watchdog's thread) -------------------------------------------------------------
 
@@ -318,11 +398,24 @@ class FolderWatcher:
                 yield relative  # not walked: a folder named like a document gets a warning
 
 
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder; None if it is missing or not a folder."""
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat_mode.S_ISDIR(info.st_mode) else None
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: FolderWatcher) -> None:
         self._watcher = watcher
+        self._root = str(watcher.root)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type == "deleted" and os.fsdecode(event.src_path) == self._root:
+            self._watcher.root_deleted()
+            return
         if event.event_type in ("deleted", "opened", "closed_no_write"):
             return  # a delete never cancels a job (reliability-notes A3)
         path = event.dest_path if event.event_type == "moved" else event.src_path

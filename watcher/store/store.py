@@ -13,20 +13,22 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import IO, Any, ParamSpec, TypeVar
+from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from watcher.crashpoints import answer_lost
 from watcher.jobs import UNFINISHED, Decision, Job, JobState
 from watcher.logs import get_logger
+from watcher.store.held import HeldClaims
 from watcher.store.instance_lock import lock_instance
 from watcher.store.schema import create_engine, db_path, fs_path, jobs, results, to_job
 from watcher.store.statements import Statements
@@ -76,6 +78,21 @@ def retry_transient(method: Callable[P, T]) -> Callable[P, T]:
     return retried
 
 
+def ends_claim(
+    method: Callable[Concatenate[Store, Job, P], T],
+) -> Callable[Concatenate[Store, Job, P], T]:
+    """The loop is done with the job's claim once this call returns or raises."""
+
+    @functools.wraps(method)
+    def ended(store: Store, job: Job, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(store, job, *args, **kwargs)
+        finally:
+            store.let_go([job])
+
+    return ended
+
+
 def db_error_text(exc: sa.exc.DBAPIError) -> str:
     """The driver's one-line reason, without SQL or parameters (which may hold a result)."""
     return str(exc.orig).strip().splitlines()[0][:200] if exc.orig else type(exc).__name__
@@ -115,6 +132,7 @@ class Store:
         )
 
         self._sql = Statements(self._now, self._insert)
+        self._held = HeldClaims()
         self._clock_offset = 0.0
         self._clock_read_at = -CLOCK_RESYNC_SECONDS
 
@@ -181,11 +199,38 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def _tx(self, lose_answer_at: str = "") -> Iterator[Connection]:
         # The connection is checked out before the lock is taken: the lock covers only the
         # transaction itself, which every writer of this process waits for.
-        with self.engine.connect() as conn, self._lock, conn.begin():
-            yield conn
+        try:
+            with self.engine.connect() as conn, self._lock, conn.begin():
+                yield conn
+            if lose_answer_at and answer_lost(lose_answer_at):
+                raise sa.exc.OperationalError(
+                    "COMMIT", None, ConnectionError("connection lost after the commit")
+                )
+        except TRANSIENT_DB_ERRORS:
+            # The commit may have gone through: a lease of ours may now be held by no loop.
+            self._held.doubt()
+            raise
+
+    def _claim(self, point: str, claim: Callable[[Connection], list[Job]]) -> list[Job]:
+        """Run a claim. Its jobs are held (renewed) from before the commit; if the commit's
+        answer is lost, they are noted as never handed out, for `release_orphans`."""
+        found: list[Job] = []
+        try:
+            with self._tx(lose_answer_at=point) as conn:
+                found = claim(conn)
+                self._held.take(job.id for job in found)
+        except BaseException:
+            self._held.never_handed_out(job.id for job in found)
+            raise
+        return found
+
+    def let_go(self, claimed: Iterable[Job]) -> None:
+        """The loop will not record these claimed jobs: their leases are no longer renewed
+        (they run out, and the job is taken again by this or another instance)."""
+        self._held.drop(job.id for job in claimed)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -286,32 +331,34 @@ class Store:
 
     def claim_for_upload(self, owner: str, limits: Mapping[str, int]) -> Job | None:
         """Take the next due queued job of a pipeline that has room for another execution."""
-        with self._tx() as conn:
-            return self._claim_upload_in(conn, owner, limits)
+        found = self._claim("upload_claim", lambda conn: self._claim_upload_in(conn, owner, limits))
+        return found[0] if found else None
 
     def _claim_upload_in(
         self, conn: Connection, owner: str, limits: Mapping[str, int]
-    ) -> Job | None:
+    ) -> list[Job]:
         if not self.is_sqlite:
             # Instances count in-flight executions one at a time: max_in_flight holds for all.
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
         busy: dict[str, int] = dict(conn.execute(self._sql.in_flight_by_pipeline).all())
         open_pipelines = [p for p, limit in limits.items() if busy.get(p, 0) < limit]
         if not open_pipelines:
-            return None
+            return []
         row = conn.execute(
             self._sql.claim_upload,
             {"claim_owner": owner, "pipelines": open_pipelines,
              "lease_seconds": self.lease_seconds},
         ).first()  # fmt: skip
-        return to_job(row) if row else None
+        return [to_job(row)] if row else []
 
+    @ends_claim
     @retry_transient
     def record_submit(self, job: Job, decision: Decision, http_status: int | None) -> bool:
         """Apply what the upload worker decided; fenced on the claim. False if it was lost."""
         return self._fenced_update(job, JobState.SUBMITTING, self._submit_values(
             job, decision, http_status))  # fmt: skip
 
+    @ends_claim
     @retry_transient
     def record_submit_and_claim(
         self, job: Job, decision: Decision, http_status: int | None, owner: str,
@@ -320,9 +367,15 @@ class Store:
         """`record_submit`, and the worker's next claim in the same transaction: one
         transaction a document instead of two (every writer of SQLite waits for each)."""
         values = self._submit_values(job, decision, http_status)
-        with self._tx() as conn:
+        recorded = False
+
+        def record_and_claim(conn: Connection) -> list[Job]:
+            nonlocal recorded
             recorded = self._fenced(conn, job, JobState.SUBMITTING, values)
-            return recorded, self._claim_upload_in(conn, owner, limits)
+            return self._claim_upload_in(conn, owner, limits)
+
+        found = self._claim("upload_claim", record_and_claim)
+        return recorded, found[0] if found else None
 
     def _submit_values(
         self, job: Job, decision: Decision, http_status: int | None
@@ -336,6 +389,7 @@ class Store:
             values["attempts"] = job.attempts - 1  # the fence makes sure it is still that
         return values
 
+    @ends_claim
     @retry_transient
     def skip(self, job: Job, reason: str) -> bool:
         values = {"state": JobState.SKIPPED.value, "last_error": reason,
@@ -343,9 +397,16 @@ class Store:
         return self._fenced_update(job, JobState.SUBMITTING, values)
 
     def renew_leases(self, owner: str) -> int:
-        """Extend every claim this instance holds (a live instance never loses one, however
-        slow an upload is); a claimed poll's next_poll_at moves with its lease."""
-        mine = (jobs.c.lease_owner == owner) & jobs.c.lease_until.is_not(None)
+        """Extend the claims this instance's loops hold (a live instance never loses one,
+        however slow an upload is); a claimed poll's next_poll_at moves with its lease."""
+        held = self._held.held()
+        if not held:
+            return 0
+        mine = (
+            (jobs.c.lease_owner == owner)
+            & jobs.c.lease_until.is_not(None)
+            & jobs.c.id.in_(sorted(held))
+        )
         renewed = self._now + self.lease_seconds
         with self._tx() as conn:
             count = conn.execute(
@@ -388,12 +449,20 @@ class Store:
     def claim_due_polls(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
         """Take executions whose next poll is due. Moving next_poll_at a lease ahead keeps
         other instances off them until we record the answer (or die)."""
+        return self._claim_many("poll_claim", self._sql.claim_polls, owner, limit, pipelines)
+
+    def _claim_many(
+        self, point: str, statement: Any, owner: str, limit: int, pipelines: list[str]
+    ) -> list[Job]:
         params = {"owner": owner, "limit": limit, "pipelines": pipelines,
                   "lease_seconds": self.lease_seconds}  # fmt: skip
-        with self._tx() as conn:
-            rows = conn.execute(self._sql.claim_polls, params).all()
-        return sorted((to_job(row) for row in rows), key=lambda job: job.id)
 
+        def claim(conn: Connection) -> list[Job]:
+            return [to_job(row) for row in conn.execute(statement, params).all()]
+
+        return sorted(self._claim(point, claim), key=lambda job: job.id)
+
+    @ends_claim
     @retry_transient
     def release_poll(self, job: Job) -> bool:
         """Give back a claimed poll not made (its pipeline was removed by a reload): it is
@@ -401,14 +470,27 @@ class Store:
         values = {"lease_owner": None, "lease_until": None, "next_poll_at": self.clock()}
         return self._fenced_update(job, JobState.SUBMITTED, values)
 
-    @retry_transient
     def begin_fetch(self, job: Job) -> bool:
-        """Mark that a read-once result is being fetched, before the request is sent."""
+        """Mark that a read-once result is being fetched, before the request is sent. False:
+        the claim is lost (or its answer was: then `release_orphans` sends it back to
+        polling), and nothing may be fetched."""
+        started = False
+        try:
+            started = self._begin_fetch(job)
+        finally:
+            if not started:
+                self.let_go([job])
+        return started
+
+    @retry_transient
+    def _begin_fetch(self, job: Job) -> bool:
         now = self.clock()
         values = {"state": JobState.FETCHING.value, "updated_at": now,
                   "lease_until": now + self.lease_seconds}  # fmt: skip
-        return self._fenced_update(job, JobState.SUBMITTED, values)
+        with self._tx(lose_answer_at="fetch_claim") as conn:
+            return self._fenced(conn, job, JobState.SUBMITTED, values)
 
+    @ends_claim
     def record_poll(
         self,
         job: Job,
@@ -470,18 +552,20 @@ class Store:
 
     def claim_stored_results(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
         """Take jobs whose outcome is stored, to write their files (one instance per job)."""
-        params = {"owner": owner, "limit": limit, "pipelines": pipelines,
-                  "lease_seconds": self.lease_seconds}  # fmt: skip
-        with self._tx() as conn:
-            rows = conn.execute(self._sql.claim_results, params).all()
-        return sorted((to_job(row) for row in rows), key=lambda job: job.id)
+        return self._claim_many("result_claim", self._sql.claim_results, owner, limit, pipelines)
 
     def mark_finished(self, job: Job) -> bool:
         return self.mark_finished_many([job])[0]
 
-    @retry_transient
     def mark_finished_many(self, finished: Sequence[Job]) -> list[bool]:
         """Their files are written: done or failed, in one transaction; fenced on the claim."""
+        try:
+            return self._mark_finished_many(finished)
+        finally:
+            self.let_go(finished)
+
+    @retry_transient
+    def _mark_finished_many(self, finished: Sequence[Job]) -> list[bool]:
         now = self.clock()
         with self._tx() as conn:  # in id order, as other multi-row updates lock them
             done = {
@@ -512,26 +596,77 @@ class Store:
         gone = sa.true() if everything else jobs.c.lease_until < self._now
         if owner is not None and not everything:
             gone = gone | (jobs.c.lease_owner == owner)
-        free = dict(lease_owner=None, lease_until=None, updated_at=self._now)
         with self._tx() as conn:
-            uploads = self._requeue_uploads(conn, gone, hold)
-            fetches = conn.execute(
-                sa.update(jobs)
-                .where((jobs.c.state == JobState.FETCHING.value) & gone)
-                .values(state=JobState.SUBMITTED.value, next_poll_at=self._now,
-                        last_error="result fetch interrupted; checking the status", **free)
-            ).rowcount  # fmt: skip
-            conn.execute(
-                sa.update(jobs)
-                .where((jobs.c.state == JobState.SUBMITTED.value) & gone)
-                .where(jobs.c.lease_until.is_not(None))
-                .values(next_poll_at=self._now, **free)
-            )
-            conn.execute(
-                sa.update(jobs)
-                .where((jobs.c.state == JobState.RESULT_STORED.value) & gone)
-                .values(**free)
-            )
+            return self._release(conn, gone, hold)
+
+    def claims_in_doubt(self) -> bool:
+        """A write's answer was lost since the last `release_orphans`."""
+        return self._held.in_doubt
+
+    def release_orphans(self, owner: str, hold: Sequence[str] = ()) -> int:
+        """After a write whose answer was lost: give back every lease of ours that no loop
+        holds; return how many. A claim never handed to a loop goes back as it was (nothing
+        was sent, the attempt is refunded); anything else as `release_claims` treats a dead
+        instance's: an upload that was sent counts as interrupted, a fetch goes back to
+        polling, a poll is due at once, a result is free to be written."""
+        if not self._held.in_doubt:
+            return 0
+        try:
+            with self._tx() as conn:
+                orphans, unsent = self._orphans(conn, owner)
+                if not orphans:
+                    return 0
+                unused = jobs.c.id.in_(sorted(orphans & unsent))
+                conn.execute(
+                    sa.update(jobs)
+                    .where(unused & (jobs.c.state == JobState.SUBMITTING.value))
+                    .values(state=JobState.QUEUED.value, attempts=jobs.c.attempts - 1,
+                            next_attempt_at=self._now, lease_owner=None, lease_until=None)
+                )  # fmt: skip
+                uploads, fetches = self._release(conn, jobs.c.id.in_(sorted(orphans)), hold)
+        except BaseException:
+            self._held.doubt()
+            raise
+        self._held.checked(unsent)
+        log.warning("claims whose answer was lost with the database connection are released",
+                    jobs=len(orphans), never_sent=len(orphans & unsent),
+                    interrupted_uploads=uploads, interrupted_fetches=fetches)  # fmt: skip
+        return len(orphans)
+
+    def _orphans(self, conn: Connection, owner: str) -> tuple[set[int], frozenset[int]]:
+        """(rows leased to us that no loop holds, ids never handed out). The rows are locked
+        first: a claim of ours still committing is held before its commit, so once its rows
+        can be locked, the held set read after includes them."""
+        self._held.clear_doubt()
+        leased = conn.execute(
+            sa.select(jobs.c.id)
+            .where((jobs.c.lease_owner == owner) & jobs.c.lease_until.is_not(None))
+            .order_by(jobs.c.id)
+            .with_for_update()
+        ).scalars()  # fmt: skip
+        held, unsent = self._held.snapshot()
+        return {int(i) for i in leased} - held, unsent
+
+    def _release(self, conn: Connection, gone: Any, hold: Sequence[str]) -> tuple[int, int]:
+        free = dict(lease_owner=None, lease_until=None, updated_at=self._now)
+        uploads = self._requeue_uploads(conn, gone, hold)
+        fetches = conn.execute(
+            sa.update(jobs)
+            .where((jobs.c.state == JobState.FETCHING.value) & gone)
+            .values(state=JobState.SUBMITTED.value, next_poll_at=self._now,
+                    last_error="result fetch interrupted; checking the status", **free)
+        ).rowcount  # fmt: skip
+        conn.execute(
+            sa.update(jobs)
+            .where((jobs.c.state == JobState.SUBMITTED.value) & gone)
+            .where(jobs.c.lease_until.is_not(None))
+            .values(next_poll_at=self._now, **free)
+        )
+        conn.execute(
+            sa.update(jobs)
+            .where((jobs.c.state == JobState.RESULT_STORED.value) & gone)
+            .values(**free)
+        )
         return uploads, int(fetches)
 
     def _requeue_uploads(self, conn: Connection, gone: Any, hold: Sequence[str]) -> int:
