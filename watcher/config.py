@@ -119,6 +119,36 @@ class MetricsConfig(_Strict):
     port: int = Field(9464, ge=0, le=65535, description="Listen port (0 = any free port).")
 
 
+class NotifyConfig(_Strict):
+    """Webhook notices: failed documents, paused and resumed pipelines, optionally results."""
+
+    webhook_url: SecretStr = Field(
+        description="Where notices are POSTed (http or https); kept out of logs, since a "
+        "Slack webhook URL is itself a credential."
+    )
+    secret: SecretStr = Field(
+        SecretStr(""),
+        description="If set, each POST carries X-Unstract-Watcher-Signature: "
+        "sha256=HMAC-SHA256(secret, body) in hex.",
+    )
+    format: Literal["json", "slack"] = Field(
+        "json", description="json: one JSON object per notice; slack: a Slack message."
+    )
+    on_success: bool = Field(False, description="Also a notice for every result written.")
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description="One POST's timeout.")
+    retry_max_seconds: float = Field(
+        300.0, gt=0, le=86400, description="Longest wait between tries while the receiver is down."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: SecretStr) -> SecretStr:
+        parts = urlsplit(url.get_secret_value())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL")
+        return url
+
+
 class _ApiBase(_Strict):
     """What every API kind shares: the key, HTTP timeouts, polling and retry limits."""
 
@@ -381,6 +411,7 @@ class Settings(BaseSettings):
     database: DatabaseConfig = Field(default_factory=lambda: DatabaseConfig.model_validate({}))
     daemon: DaemonConfig = Field(default_factory=lambda: DaemonConfig.model_validate({}))
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig.model_validate({}))
+    notify: NotifyConfig | None = Field(None, description="Webhook notices; none if absent.")
     pipelines: list[PipelineConfig] = Field(min_length=1, description="One per drop folder.")
 
     @classmethod

@@ -8,12 +8,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from watcher.config import NotifyConfig
 from watcher.crashpoints import crash_point
 from watcher.filters import as_text
 from watcher.jobs import Job
 from watcher.logs import about, get_logger
 from watcher.metrics import Metrics
-from watcher.output import dispose_source, fsync_folder, write_result
+from watcher.notices import Draft, document_draft
+from watcher.output import dispose_source, fsync_folder, result_document, write_result
 from watcher.runtime import Pipeline
 from watcher.store import Store
 from watcher.unstract import find_file_item
@@ -37,8 +39,10 @@ class Finisher:
         owner: str,
         stop: threading.Event,
         finished: threading.Event,
+        notify: NotifyConfig | None = None,
     ) -> None:
         self.store = store
+        self.notify = notify  # None: no notices
         self.pipelines = pipelines
         self.owner = owner
         self.stop = stop
@@ -80,11 +84,22 @@ class Finisher:
         troubled += sum(1 for _, _, target in written if target.parent in unsynced)
         written = [entry for entry in written if entry[2].parent not in unsynced]
         disposals = [self._dispose(job, pipeline) for job, pipeline, _ in written]
-        self.store.mark_finished_many([job for job, _, _ in written])
+        self.store.mark_finished_many([job for job, _, _ in written], self._notices(written))
         for (job, pipeline, target), disposal in zip(written, disposals, strict=True):
             with about(job):
                 self._report(job, pipeline, target, disposal)
         return len(written), troubled
+
+    def _notices(self, written: list[tuple[Job, Pipeline, Path]]) -> dict[int, Draft]:
+        """The notice of each finished job, if any: written with its change of state."""
+        if self.notify is None:
+            return {}
+        drafts = {
+            job.id: document_draft(job, result_document(job, pipeline.backend.name), target,
+                                   self.notify.on_success)
+            for job, pipeline, target in written
+        }  # fmt: skip
+        return {job_id: draft for job_id, draft in drafts.items() if draft is not None}
 
     @staticmethod
     def _sync_folders(folders: set[Path]) -> set[Path]:
