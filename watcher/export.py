@@ -26,6 +26,7 @@ from watcher.flatten import (
     cell_text,
     column_order,
     confidence_figures,
+    cost_in_dollars,
     result_cells,
 )
 from watcher.jobs import Job
@@ -79,15 +80,6 @@ def document_row(
     else:
         row.update(result_cells(result))
     return row
-
-
-def cost_in_dollars(metadata: Any) -> float | None:
-    """The LLM cost of a document (Unstract, with include_metadata), if the file has it."""
-    usage = metadata.get("usage") if isinstance(metadata, dict) else None
-    try:
-        return float(usage["cost_in_dollars"]) if isinstance(usage, dict) else None
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def read_row(job: Job, placement: Placement) -> dict[str, Any] | str | None:

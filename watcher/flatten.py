@@ -73,6 +73,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def cost_in_dollars(metadata: Any) -> float | None:
+    """The LLM cost of a document (Unstract, with include_metadata), if the file has it."""
+    usage = metadata.get("usage") if isinstance(metadata, dict) else None
+    try:
+        return float(usage["cost_in_dollars"]) if isinstance(usage, dict) else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def column_order(columns: Iterable[str]) -> list[str]:
     """Document columns first in their fixed order, then the result's fields sorted: the
     same set of columns always comes out in the same order."""
