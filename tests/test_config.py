@@ -36,7 +36,7 @@ def test_the_example_loads_and_documents_every_key(tmp_path: Path) -> None:
     settings = config.from_mapping(example(tmp_path))
     text = EXAMPLE.read_text()
     models = [config.DatabaseConfig, config.DaemonConfig, config.MetricsConfig,
-              config.PipelineConfig,
+              config.NotifyConfig, config.PipelineConfig, config.TableConfig,
               config.UnstractApiConfig, config.LLMWhispererApiConfig]  # fmt: skip
     for model in models:
         for name in model.model_fields:

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -188,13 +189,16 @@ def _operator_store(args: argparse.Namespace, settings: Settings | None = None) 
         raise StoreError(f"database.url = {_redacted(database.url)}: {exc}") from None
 
 
-def _filters(args: argparse.Namespace) -> dict[str, object]:
+def _since(args: argparse.Namespace) -> float | None:
     try:
-        since = commands.parse_since(args.since)
+        return commands.parse_since(args.since)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return {"state": getattr(args, "state", None), "pipeline": args.pipeline, "since": since,
-            "limit": getattr(args, "limit", None)}  # fmt: skip
+
+
+def _filters(args: argparse.Namespace) -> dict[str, object]:
+    return {"state": getattr(args, "state", None), "pipeline": args.pipeline,
+            "since": _since(args), "limit": getattr(args, "limit", None)}  # fmt: skip
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -248,6 +252,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     sys.stdout.write(commands.report(store, _filters(args), args.format))
     store.close()
     return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from watcher.export import Selection, export, output_file, summary_line
+    from watcher.runtime import placement_for
+
+    settings = _operator_settings(args)
+    if args.pipeline and args.pipeline not in {p.name for p in settings.pipelines}:
+        raise ConfigError(f"--pipeline {args.pipeline}: no such pipeline in the config")
+    selection = Selection(args.state, args.pipeline, _since(args))
+    placements = {p.name: placement_for(p) for p in settings.pipelines}
+    store = _operator_store(args, settings)
+    complain = partial(print, file=sys.stderr)
+    try:
+        if args.output:
+            target = Path(args.output)
+            with output_file(target) as out:
+                tally = export(store, placements, selection, args.format, out, complain,
+                               target.parent)  # fmt: skip
+        else:
+            tally = export(store, placements, selection, args.format, sys.stdout, complain)
+    finally:
+        store.close()
+    print(summary_line(tally), file=sys.stderr)
+    return EXIT_NOT_FOUND if tally.unreadable else EXIT_OK
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -356,6 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--pipeline")
     report.add_argument("--since", help="created within 30m / 2h / 7d, or since an ISO date")
     report.set_defaults(func=cmd_report)
+
+    exporting = sub.add_parser("export", help="one CSV/JSONL table of results from their files")
+    exporting.add_argument("--config", help=config_help)
+    exporting.add_argument("--pipeline")
+    exporting.add_argument("--since", help="finished within 30m / 2h / 7d, or since an ISO date")
+    exporting.add_argument("--state", choices=["done", "failed", "all"], default="all")
+    exporting.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    exporting.add_argument("--output", help="write to this file (default: standard output)")
+    exporting.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="try it: sample documents, the emulator and SQLite")
     demo.add_argument("--dir", default="unstract-watcher-demo", help="where the demo works")

@@ -76,20 +76,63 @@ class DatabaseConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _known_dialect(cls, url: str) -> str:
-        if url.startswith("postgresql+psycopg://"):
-            return url
-        if not url.startswith(SQLITE_PREFIX):
-            raise ValueError("use sqlite:////PATH or postgresql+psycopg://USER@HOST:PORT/DB")
-        database = url.removeprefix(SQLITE_PREFIX).partition("?")[0]
-        if database != ":memory:" and not database.startswith("/"):
-            # SQLAlchemy reads what follows the third slash as relative to the working
-            # directory, which is / under systemd and anything in a shell.
-            absolute = database or "var/lib/unstract-watcher/state.db"
-            raise ValueError(
-                f"{url} is a relative path; an absolute one takes four slashes: "
-                f"{SQLITE_PREFIX}/{absolute}"
-            )
+        return database_url(url)
+
+
+def database_url(url: str) -> str:
+    """A database URL the daemon can use, or a ValueError saying how to write one."""
+    if url.startswith("postgresql+psycopg://"):
         return url
+    if not url.startswith(SQLITE_PREFIX):
+        raise ValueError("use sqlite:////PATH or postgresql+psycopg://USER@HOST:PORT/DB")
+    database = url.removeprefix(SQLITE_PREFIX).partition("?")[0]
+    if database != ":memory:" and not database.startswith("/"):
+        # SQLAlchemy reads what follows the third slash as relative to the working
+        # directory, which is / under systemd and anything in a shell.
+        absolute = database or "var/lib/unstract-watcher/state.db"
+        raise ValueError(
+            f"{url} is a relative path; an absolute one takes four slashes: "
+            f"{SQLITE_PREFIX}/{absolute}"
+        )
+    return url
+
+
+# The daemon's own tables: a result table in its database may not take one of their names.
+OWN_TABLES = frozenset({"jobs", "results", "pipeline_state", "outbox", "alembic_version"})
+
+
+class TableConfig(_Strict):
+    """A database table that gets one row per finished document of the pipeline."""
+
+    url: SecretStr = Field(
+        SecretStr(""),
+        description="SQLAlchemy URL of the database (sqlite:////PATH or "
+        "postgresql+psycopg://...); '' = the daemon's own database.",
+    )
+    name: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="The table's name (created if missing): letters, digits, '_'.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, url: SecretStr) -> SecretStr:
+        text = url.get_secret_value()
+        if text:
+            try:
+                database_url(text)
+            except ValueError:  # without the URL, which may hold a password
+                raise ValueError(
+                    "use '' (the daemon's database), sqlite:////PATH or "
+                    "postgresql+psycopg://USER@HOST:PORT/DB"
+                ) from None
+        return url
+
+    @model_validator(mode="after")
+    def _not_our_own(self) -> Self:
+        if not self.url.get_secret_value() and self.name.lower() in OWN_TABLES:
+            raise ValueError(f"name {self.name!r} is one of the daemon's own tables")
+        return self
 
 
 class DaemonConfig(_Strict):
@@ -117,6 +160,36 @@ class MetricsConfig(_Strict):
     enabled: bool = Field(False, description="Serve Prometheus /metrics and /healthz.")
     host: str = Field("127.0.0.1", description="Listen address (loopback unless you mean it).")
     port: int = Field(9464, ge=0, le=65535, description="Listen port (0 = any free port).")
+
+
+class NotifyConfig(_Strict):
+    """Webhook notices: failed documents, paused and resumed pipelines, optionally results."""
+
+    webhook_url: SecretStr = Field(
+        description="Where notices are POSTed (http or https); kept out of logs, since a "
+        "Slack webhook URL is itself a credential."
+    )
+    secret: SecretStr = Field(
+        SecretStr(""),
+        description="If set, each POST carries X-Unstract-Watcher-Signature: "
+        "sha256=HMAC-SHA256(secret, body) in hex.",
+    )
+    format: Literal["json", "slack"] = Field(
+        "json", description="json: one JSON object per notice; slack: a Slack message."
+    )
+    on_success: bool = Field(False, description="Also a notice for every result written.")
+    timeout_seconds: float = Field(10.0, gt=0, le=300, description="One POST's timeout.")
+    retry_max_seconds: float = Field(
+        300.0, gt=0, le=86400, description="Longest wait between tries while the receiver is down."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: SecretStr) -> SecretStr:
+        parts = urlsplit(url.get_secret_value())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL")
+        return url
 
 
 class _ApiBase(_Strict):
@@ -361,6 +434,9 @@ class PipelineConfig(_Strict):
         300.0, gt=0, description="Full listing of the tree as a safety net for lost events."
     )
     api: ApiConfig = Field(description="The remote API this pipeline sends documents to.")
+    table: TableConfig | None = Field(
+        None, description="A database table with one row per finished document; none if absent."
+    )
 
     def file_filter(self) -> FileFilter:
         return FileFilter(
@@ -381,6 +457,7 @@ class Settings(BaseSettings):
     database: DatabaseConfig = Field(default_factory=lambda: DatabaseConfig.model_validate({}))
     daemon: DaemonConfig = Field(default_factory=lambda: DaemonConfig.model_validate({}))
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig.model_validate({}))
+    notify: NotifyConfig | None = Field(None, description="Webhook notices; none if absent.")
     pipelines: list[PipelineConfig] = Field(min_length=1, description="One per drop folder.")
 
     @classmethod

@@ -28,6 +28,7 @@ from watcher.finish import Finisher
 from watcher.logs import configure as configure_logging
 from watcher.logs import get_logger
 from watcher.metrics import Metrics, serve_metrics
+from watcher.notify import Notifier
 from watcher.output import remove_stale_temps
 from watcher.reconcile import Reconciler, report_released
 from watcher.runtime import Pipeline, WorkSignal, build_pipeline
@@ -87,7 +88,9 @@ class Daemon:
         self._watch_events = True
         self.metrics = Metrics(store)
         self.metrics_server: Any = None
-        self.finisher = Finisher(store, self.pipelines, self.owner, self.stop_event, self.finished)
+        self.finisher = Finisher(store, self.pipelines, self.owner, self.stop_event, self.finished,
+                                 notify=settings.notify)  # fmt: skip
+        self.announce = settings.notify is not None  # pauses and resumes go to the outbox
         self.finisher.metrics = self.metrics
         # A claim outlives the longest HTTP call it covers, so a live instance never loses one.
         store.lease_seconds = LEASE_MARGIN_SECONDS + max(
@@ -114,7 +117,7 @@ class Daemon:
         temp_age = 0.0 if self.store.is_sqlite else STALE_TEMP_SECONDS
         for name, pipeline in self.pipelines.items():
             record_pause(self.store, name, "")
-            pipeline.on_pause_change = partial(record_pause, self.store, name)
+            pipeline.on_pause_change = self._pause_recorder(name)
             placement = pipeline.placement
             for folder in {placement.watch_dir, placement.output_dir, placement.archive_dir}:
                 if folder is not None and folder.exists():
@@ -142,6 +145,10 @@ class Daemon:
             self._reconcilers.append(reconciler)
         self._spawn("finish", self.finisher.run)
         self._spawn("heartbeat", self._renew_leases)
+        if self.settings.notify is not None:
+            notifier = Notifier(self.store, self.settings.notify, self.stop_event, self.metrics)
+            self._spawn("notify", notifier.run)
+            self._loops.append(notifier)
         self._loops += [*self._reconcilers, self.finisher]
         if self.settings.metrics.enabled:
             listen = self.settings.metrics
@@ -153,6 +160,9 @@ class Daemon:
         pipeline = self._pipeline_factory(config)
         pipeline.placement = replace(pipeline.placement, temp_tag=self.temp_tag)
         return pipeline
+
+    def _pause_recorder(self, name: str) -> Callable[[str], None]:
+        return partial(record_pause, self.store, name, announce=self.announce)
 
     def hold_pipelines(self) -> list[str]:
         """Pipelines whose interrupted uploads wait for an operator instead of a resubmit."""
@@ -428,7 +438,7 @@ class Daemon:
         self._scan_all.set()
         self.discovery_wake.set()
         for name, pipeline in fresh.items():
-            pipeline.on_pause_change = partial(record_pause, self.store, name)
+            pipeline.on_pause_change = self._pause_recorder(name)
         for reconciler in self._reconcilers:
             reconciler.hold = self.hold_pipelines()
         self._resume_queued(list(fresh))
@@ -441,7 +451,7 @@ class Daemon:
         """After a reload: no pipeline is paused, and their queued documents may go now."""
         try:
             for name in names:
-                record_pause(self.store, name, "")
+                record_pause(self.store, name, "", announce=self.announce)
                 self.store.make_queued_due(name)
         except TRANSIENT_DB_ERRORS as exc:  # they go at their next attempt time instead
             log.warning("database unreachable after the reload", error=db_error_text(exc))

@@ -8,14 +8,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from watcher.config import NotifyConfig
 from watcher.crashpoints import crash_point
 from watcher.filters import as_text
 from watcher.jobs import Job
 from watcher.logs import about, get_logger
 from watcher.metrics import Metrics
-from watcher.output import dispose_source, fsync_folder, write_result
+from watcher.notices import Draft, document_draft
+from watcher.output import dispose_source, fsync_folder, result_document, write_result
 from watcher.runtime import Pipeline
-from watcher.store import Store
+from watcher.store import Store, StoreError
+from watcher.store.table_sink import TableSinks, table_row
 from watcher.unstract import find_file_item
 
 log = get_logger()
@@ -37,8 +40,11 @@ class Finisher:
         owner: str,
         stop: threading.Event,
         finished: threading.Event,
+        notify: NotifyConfig | None = None,
     ) -> None:
         self.store = store
+        self.notify = notify  # None: no notices
+        self.sinks = TableSinks(store)  # pipelines' result tables, opened when first used
         self.pipelines = pipelines
         self.owner = owner
         self.stop = stop
@@ -80,13 +86,46 @@ class Finisher:
         unsynced = self._sync_folders({target.parent for _, _, target in written})
         troubled += sum(1 for _, _, target in written if target.parent in unsynced)
         written = [entry for entry in written if entry[2].parent not in unsynced]
+        refused = self._write_rows(written)  # their documents wait, as for a full disk
+        troubled += len(refused)
+        written = [entry for entry in written if entry[0].id not in refused]
         disposals = [self._dispose(job, pipeline) for job, pipeline, _ in written]
-        self.store.mark_finished_many([job for job, _, _ in written])
+        self.store.mark_finished_many([job for job, _, _ in written], self._notices(written))
         self.store.let_go(claimed)  # unwritten ones: their leases run out, they are retaken
         for (job, pipeline, target), disposal in zip(written, disposals, strict=True):
             with about(job):
                 self._report(job, pipeline, target, disposal)
         return len(written), troubled
+
+    def _write_rows(self, written: list[tuple[Job, Pipeline, Path]]) -> set[int]:
+        """Each pipeline's result-table rows; return the jobs whose rows were refused."""
+        refused: set[int] = set()
+        now = self.store.clock()
+        for name in {pipeline.name for _, pipeline, _ in written}:
+            mine = [(job, p) for job, p, _ in written if p.name == name]
+            table = mine[0][1].config.table
+            if table is None:
+                continue
+            rows = [table_row(job, result_document(job, p.backend.name), now) for job, p in mine]
+            try:
+                self.sinks.write(table, rows)
+            except StoreError as exc:
+                log.error("the result table refused rows; the documents wait and are retried",
+                          pipeline=name, error=str(exc))  # fmt: skip
+                self.metrics.errors.labels(name, "table_write").inc()
+                refused.update(job.id for job, _ in mine)
+        return refused
+
+    def _notices(self, written: list[tuple[Job, Pipeline, Path]]) -> dict[int, Draft]:
+        """The notice of each finished job, if any: written with its change of state."""
+        if self.notify is None:
+            return {}
+        drafts = {
+            job.id: document_draft(job, result_document(job, pipeline.backend.name), target,
+                                   self.notify.on_success)
+            for job, pipeline, target in written
+        }  # fmt: skip
+        return {job_id: draft for job_id, draft in drafts.items() if draft is not None}
 
     @staticmethod
     def _sync_folders(folders: set[Path]) -> set[Path]:

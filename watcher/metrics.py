@@ -47,6 +47,8 @@ class Metrics:
                             registry=r)  # fmt: skip
         self.tokens = Counter(PREFIX + "llm_tokens", "LLM tokens reported by the API", labels,
                               registry=r)  # fmt: skip
+        self.notices = Counter(PREFIX + "notices", "Webhook notice tries by event and outcome",
+                               [*labels, "event", "outcome"], registry=r)  # fmt: skip
         if store is not None:
             r.register(_TableCollector(store))
 

@@ -153,11 +153,15 @@ def build_pipeline(config: PipelineConfig) -> Pipeline:
         execution_deadline_seconds=api.execution_deadline_seconds,
         on_unknown_outcome=api.on_unknown_outcome,
     )
-    placement = Placement(
+    return Pipeline(config, build_backend(api), policy, placement_for(config))
+
+
+def placement_for(config: PipelineConfig) -> Placement:
+    """Where a pipeline's files live (also for `export`, which needs no API key)."""
+    return Placement(
         watch_dir=config.watch_dir.resolve(),
         output_dir=Path(config.output_dir).resolve() if config.output_dir != "" else None,
         after_success=config.after_success,
         archive_dir=Path(config.archive_dir).resolve() if config.archive_dir != "" else None,
-        text_file=getattr(api, "write_text_file", False),
+        text_file=getattr(config.api, "write_text_file", False),
     )
-    return Pipeline(config, build_backend(api), policy, placement)

@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from watcher.jobs import IN_FLIGHT, Job, JobState
+from watcher.notices import pause_draft
+from watcher.store.outbox import add_notices
 from watcher.store.schema import jobs, pipeline_state, to_job
 from watcher.store.store import Store, StoreError
 
@@ -196,13 +198,19 @@ def held_jobs(store: Store, pipelines: list[str]) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-def record_pause(store: Store, name: str, reason: str) -> None:
-    """Remember whether a pipeline is paused (reason '' = running), for `status`."""
+def record_pause(store: Store, name: str, reason: str, announce: bool = False) -> None:
+    """Remember whether a pipeline is paused (reason '' = running), for `status`; with
+    `announce`, a pause that begins or ends puts its notice in the outbox, in the same
+    transaction (so it is sent once, whichever instance saw it)."""
     values = dict(name=name, paused_reason=reason, updated_at=store._now)
     insert = store._insert(pipeline_state).values(**values)
     upsert = insert.on_conflict_do_update(
         index_elements=[pipeline_state.c.name],
         set_=dict(paused_reason=reason, updated_at=store._now),
     )
+    was = sa.select(pipeline_state.c.paused_reason).where(pipeline_state.c.name == name)
     with store._tx() as conn:
+        before = conn.execute(was.with_for_update()).scalar() if announce else None
         conn.execute(upsert)
+        draft = pause_draft(name, before or "", reason) if announce else None
+        add_notices(conn, [draft] if draft else [], store.clock())

@@ -28,8 +28,10 @@ from sqlalchemy.engine import Connection
 from watcher.crashpoints import answer_lost
 from watcher.jobs import UNFINISHED, Decision, Job, JobState
 from watcher.logs import get_logger
+from watcher.notices import Draft
 from watcher.store.held import HeldClaims
 from watcher.store.instance_lock import lock_instance
+from watcher.store.outbox import add_notices
 from watcher.store.schema import create_engine, db_path, fs_path, jobs, results, to_job
 from watcher.store.statements import Statements
 
@@ -557,21 +559,29 @@ class Store:
     def mark_finished(self, job: Job) -> bool:
         return self.mark_finished_many([job])[0]
 
-    def mark_finished_many(self, finished: Sequence[Job]) -> list[bool]:
-        """Their files are written: done or failed, in one transaction; fenced on the claim."""
+    def mark_finished_many(
+        self, finished: Sequence[Job], notices: Mapping[int, Draft] | None = None
+    ) -> list[bool]:
+        """Their files are written: done or failed, in one transaction; fenced on the claim.
+        A job's notice (by job id) goes into the outbox in the same transaction, if its
+        change was made."""
         try:
-            return self._mark_finished_many(finished)
+            return self._mark_finished_many(finished, notices or {})
         finally:
             self.let_go(finished)
 
     @retry_transient
-    def _mark_finished_many(self, finished: Sequence[Job]) -> list[bool]:
+    def _mark_finished_many(
+        self, finished: Sequence[Job], notices: Mapping[int, Draft]
+    ) -> list[bool]:
         now = self.clock()
         with self._tx() as conn:  # in id order, as other multi-row updates lock them
             done = {
                 job.id: self._fenced(conn, job, JobState.RESULT_STORED, self._finished(job, now))
                 for job in sorted(finished, key=lambda job: job.id)
             }
+            drafts = (d for job_id, d in notices.items() if done.get(job_id))
+            add_notices(conn, drafts, now)
         return [done[job.id] for job in finished]
 
     @staticmethod
