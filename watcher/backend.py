@@ -31,6 +31,24 @@ class PollKind(StrEnum):
     LOST = "lost"  # the server does not know this execution id
 
 
+# What a refusal of the pipeline itself means, in the same words for every API kind (the
+# pause reason, `status`, `check-config --online`); the server's own text follows in brackets.
+REFUSALS = {
+    401: "the API key was refused",
+    402: "the account has no pages or credits left",
+    403: "the API key is missing or not allowed for this API",
+    404: "no API at this URL (a wrong or removed deployment, or a wrong base URL)",
+    422: "the deployment is inactive",
+}
+
+
+def refusal(http_status: int, server_text: str) -> str:
+    """Why the API refused the pipeline: ours first, then the server's words."""
+    reason = REFUSALS.get(http_status, "the API refused the pipeline")
+    said = f": {server_text}" if server_text and server_text != f"HTTP {http_status}" else ""
+    return f"{reason} (HTTP {http_status}{said})"
+
+
 @dataclass(frozen=True)
 class SubmitOutcome:
     kind: SubmitKind

@@ -312,7 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--config", help=config_help)
     upgrade.set_defaults(func=cmd_db_upgrade)
 
-    emulator = sub.add_parser("emulator", help="serve the built-in Unstract API emulator")
+    from watcher.emulator.demo import demo_help
+
+    emulator = sub.add_parser(
+        "emulator",
+        help="serve the built-in emulator of both APIs, with demo keys",
+        epilog=demo_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8765)
     emulator.add_argument("--execution-seconds", type=float, default=1.0,

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome, Upload
+from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome, Upload, refusal
 from watcher.unstract import NOT_SENT_ERRORS, decode_json, transport_error
 
 RUNNING_STATUSES = {"accepted", "processing"}
@@ -56,7 +56,9 @@ def classify_submit(
         return SubmitOutcome(SubmitKind.RETRY, None, status_code, error, rate_limited=True,
                              retry_after_seconds=_retry_after(headers))  # fmt: skip
     if status_code in BROKEN_CODES:
-        return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
+        return SubmitOutcome(
+            SubmitKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, error)
+        )
     if status_code in (400, 413, 415):
         return SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, status_code, error)
     if status_code >= 500 and status_code not in NOT_ACTED_ON_CODES:
@@ -72,7 +74,9 @@ def classify_status(status_code: int, content: bytes) -> PollOutcome:
     status = body.get("status") if isinstance(body, dict) else None
     message = _message(body, content)
     if status_code in (401, 403):
-        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, message)
+        return PollOutcome(
+            PollKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, message)
+        )
     if isinstance(status, str) and status_code in (200, 400):
         return _classify_status_value(status, status_code, _service_message(body))
     if status_code == 404 and body is not None:
@@ -105,7 +109,9 @@ def classify_retrieve(status_code: int, content: bytes) -> PollOutcome:
     if status_code == 200 and isinstance(body, dict) and "result_text" in body:
         return PollOutcome(PollKind.COMPLETED, "processed", status_code, body=body)
     if status_code in (401, 403):
-        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, message)
+        return PollOutcome(
+            PollKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, message)
+        )
     if status_code == 400 and "already delivered" in message:
         return PollOutcome(PollKind.RESULT_GONE, "retrieved", status_code, message)
     if status_code in (400, 404) and _says_unknown(message):

@@ -216,7 +216,7 @@ class Uploader:
             log.error("upload outcome unknown; job held for an operator", error=outcome.error)
             self.metrics.errors.labels(pipeline.name, "upload_held").inc()
         elif decision.state is JobState.RESULT_STORED:
-            log.warning("document refused by the API", error=decision.error)
+            log.warning(_failure_headline(outcome), error=decision.error)
             self.finished.set()
         elif decision.pause_pipeline:
             pipeline.pause(outcome.error or f"HTTP {outcome.http_status}", decision.delay_seconds)
@@ -240,3 +240,10 @@ class Uploader:
                 outcome_unknown=unknown,
                 retry_in_seconds=round(decision.delay_seconds, 1),
             )
+
+
+def _failure_headline(outcome: SubmitOutcome) -> str:
+    """A document failed at upload: refused by the API, or given up after the retries."""
+    if outcome.kind is SubmitKind.DOCUMENT_FAILED:
+        return "document refused by the API"
+    return "document failed: its uploads did not get through"

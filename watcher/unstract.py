@@ -10,13 +10,14 @@ the HTTP code alone: a running execution answers 422 (section 8). `classify_subm
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
-from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome, Upload
+from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome, Upload, refusal
 
 RUNNING_STATUSES = {"PENDING", "EXECUTING", "READY", "QUEUED", "INITIATED"}
 FAILED_STATUSES = {"ERROR", "STOPPED"}
@@ -61,11 +62,12 @@ def classify_submit(status_code: int, content: bytes) -> SubmitOutcome:
         return _classify_execution_answer(status_code, message, error)
     if status_code == 429:
         return SubmitOutcome(SubmitKind.RETRY, None, status_code, error, rate_limited=True)
-    if status_code in BROKEN_PIPELINE_CODES:
-        return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
-    if status_code == 422:
-        # `Pipeline '...' is inactive`: the deployment, not the document (seed Execution API page).
-        return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
+    if status_code in BROKEN_PIPELINE_CODES or status_code == 422:
+        # 422 here is `Pipeline '...' is inactive`: the deployment, not the document (seed
+        # Execution API page).
+        return SubmitOutcome(
+            SubmitKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, error)
+        )
     if status_code in (400, 413, 415):
         return SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, status_code, error)
     if status_code >= 500 and status_code not in NOT_ACTED_ON_CODES:
@@ -95,7 +97,7 @@ def classify_poll(status_code: int, content: bytes, file_name: str) -> PollOutco
         return _for_file(_classify_execution_body(status_code, body), file_name)
     error = std_error_text(body) or _short(content) or f"HTTP {status_code}"
     if status_code in (401, 403) or (status_code == 404 and "API not found" in error):
-        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, error)
+        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, error))
     if status_code in (400, 404) and ("does not exist" in error or "execution_id" in error):
         # The server's own answer about this id (section 8); any other 400/404, such as a
         # gateway's, is not proof that the execution is gone.
@@ -214,6 +216,17 @@ class UnstractClient:
 
 
 def transport_error(exc: httpx.HTTPError) -> str:
+    """Our words for a transport error: what happened, never a header's text."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "could not reach the API: the connection timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return f"could not reach the API: {_connect_failure(exc)}"
     if isinstance(exc, httpx.LocalProtocolError):
         return type(exc).__name__  # its text may quote a header, the key included
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _connect_failure(exc: httpx.ConnectError) -> str:
+    """'[Errno 111] Connection refused' -> 'connection refused' (DNS and TLS errors alike)."""
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(exc)).strip()
+    return text[:1].lower() + text[1:] if text else "the connection failed"

@@ -1,0 +1,155 @@
+"""What a new operator meets first: config messages, check-config, the demo's hint, the CLI's
+words for a refused connection and a refused key (issue 15)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from harness import KEY_ENV, api_key, deployment_url, write_config
+from pydantic import SecretStr
+
+from watcher.backend import Upload
+from watcher.cli import EXIT_CONFIG, main
+from watcher.emulator import (
+    DEMO_API,
+    DEMO_KEY,
+    DEMO_ORG,
+    LLMW_DEMO_KEY,
+    EmulatorServer,
+    UnstractEmulator,
+    demo_emulator,
+    llmwhisperer_demo_emulator,
+    llmwhisperer_url,
+    mount_llmwhisperer,
+)
+from watcher.llmwhisperer import LLMWhispererClient
+from watcher.unstract import UnstractClient
+
+
+@pytest.fixture
+def emulator() -> UnstractEmulator:
+    return demo_emulator(execution_seconds=0.1)
+
+
+def two_pipelines(tmp_path: Path, scans_api: str) -> Path:
+    """A config with pipelines "docs" (Unstract, key from KEY_ENV) and "scans" (its api table
+    given as TOML lines)."""
+    config = write_config(tmp_path, "http://127.0.0.1:9/deployment/api/org/api/",
+                          f"sqlite:///{tmp_path / 'state.db'}")  # fmt: skip
+    (tmp_path / "scans").mkdir(exist_ok=True)
+    config.write_text(
+        config.read_text()
+        + f"""
+[[pipelines]]
+name = "scans"
+watch_dir = "{tmp_path / "scans"}"
+
+[pipelines.api]
+{scans_api}
+"""
+    )
+    return config
+
+
+def check_config(config: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
+    code = main(["check-config", "--config", str(config), *flags])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_an_unreadable_key_file_names_the_key_and_the_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, api_key())
+    (tmp_path / "folder.key").mkdir()
+    config = two_pipelines(tmp_path, f'kind = "llmwhisperer"\nurl = "http://127.0.0.1:9/api/v2"\n'
+                                     f'api_key_file = "{tmp_path / "folder.key"}"')  # fmt: skip
+    code, out = check_config(config, capsys)
+    assert code == EXIT_CONFIG
+    assert (f'pipelines[1] ("scans").api.api_key_file: cannot read the key file '
+            f"{tmp_path / 'folder.key'}: Is a directory") in out  # fmt: skip
+    assert "Traceback" not in out
+
+
+def test_check_config_reports_every_problem_in_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    config = two_pipelines(tmp_path, 'kind = "llmwhisperer"\nurl = "http://127.0.0.1:9/api/v2"\n'
+                                     'api_key_env = "NO_SUCH_KEY_VARIABLE"\nmod = "form"')  # fmt: skip
+    text = config.read_text().replace(str(tmp_path / "drop"), str(tmp_path / "no-such-folder"))
+    config.write_text(text.replace("settle_seconds", "settle_secs"))
+    code, out = check_config(config, capsys)
+    assert code == EXIT_CONFIG
+    assert 'pipelines[0] ("docs").settle_secs: unknown key' in out  # a typo ...
+    assert f'pipelines[0] ("docs").watch_dir: {tmp_path / "no-such-folder"} does not exist' in out
+    assert 'pipelines[1] ("scans").api.mod: unknown key' in out  # ... hides nothing else
+    assert 'pipelines[0] ("docs").api.api_key_env: environment variable' in out
+    config.write_text(text.replace("mod =", "mode ="))  # only the environment is wrong now
+    code, out = check_config(config, capsys)
+    assert code == EXIT_CONFIG and "does not exist" in out
+    assert 'pipelines[0] ("docs").api.api_key_env: environment variable TEST_UNSTRACT' in out
+    assert 'pipelines[1] ("scans").api.api_key_env: environment variable NO_SUCH_KEY' in out
+
+
+def closed_port() -> int:
+    """A loopback port where nothing listens (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_refused_connection_is_logged_as_such(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/deployment/api/org_demo/invoices/"
+    config = write_config(tmp_path, url, f"sqlite:///{tmp_path / 'state.db'}",
+                          api={"max_attempts": 1})  # fmt: skip
+    (tmp_path / "drop" / "a.txt").write_bytes(b"never reaches the API")
+    done = subprocess.run(
+        [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, KEY_ENV: api_key()},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    failed = [line for line in lines if line.get("path") == "a.txt" and line["level"] == "warning"]
+    assert failed and all("refused by the API" not in line["event"] for line in failed)
+    assert "could not reach the API: connection refused" in failed[-1]["error"]
+    assert "ConnectError" not in done.stderr
+    error = json.loads((tmp_path / "drop" / "a.txt.error.json").read_text())["error"]
+    assert (
+        error == "gave up after 1 attempts; last error: could not reach the API: connection refused"
+    )
+
+
+def test_emulator_help_tells_the_demo_keys_and_how_to_make_a_document_fail(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["emulator", "--help"])
+    shown = capsys.readouterr().out
+    assert DEMO_KEY in shown and LLMW_DEMO_KEY in shown
+    assert f"/deployment/api/{DEMO_ORG}/{DEMO_API}/" in shown and "/api/v2" in shown
+    assert "EMULATOR-FAIL" in shown and "/_emulator/faults" in shown
+
+
+def test_a_refused_key_reads_the_same_for_both_apis(server: EmulatorServer) -> None:
+    mount_llmwhisperer(server, llmwhisperer_demo_emulator())
+    wrong = SecretStr("00000000-0000-4000-8000-000000000000")
+    timeouts = {"connect_timeout": 5.0, "read_timeout": 5.0, "max_connections": 1}
+    unstract = UnstractClient(deployment_url(server), wrong, tags=[], include_metadata=False,
+                              **timeouts)  # fmt: skip
+    whisperer = LLMWhispererClient(llmwhisperer_url(server), wrong, options={}, **timeouts)
+    upload = Upload("a.txt", b"text", "text/plain")
+    reasons = [client.submit(upload).error for client in (unstract, whisperer)]
+    reasons += [client.poll(str(uuid.uuid4()), "a.txt").error for client in (unstract, whisperer)]
+    unstract.close()
+    whisperer.close()
+    assert all(reason.startswith("the API key was refused (HTTP 401") for reason in reasons), (
+        reasons
+    )
