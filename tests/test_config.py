@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from watcher import config
+from watcher import check, config
 from watcher.cli import EXIT_CONFIG, main
 from watcher.emulator.whisper_options import OptionError, parse_pages
 
@@ -345,18 +345,18 @@ def test_check_config_notes_a_systemd_credential_instead_of_failing(
 ) -> None:
     raw = relative_key_file(tmp_path, monkeypatch)
     settings = config.from_mapping(raw, skip_systemd_credentials=True)
-    assert config.credential_notes(settings) == [
+    assert check.credential_notes(settings) == [
         'pipelines[0] ("invoices").api.api_key_file: invoices.key is provided by systemd '
         "LoadCredential= "
         "when the service starts; not checked here"
     ]
-    assert config.secret_warnings(settings, None) == []
+    assert check.secret_warnings(settings, None) == []
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))  # under the service: checked
     with pytest.raises(config.ConfigError, match="cannot read the key file"):
         config.from_mapping(raw, skip_systemd_credentials=True)
     (tmp_path / "invoices.key").write_text(KEY)
     settings = config.from_mapping(raw, skip_systemd_credentials=True)
-    assert config.credential_notes(settings) == []
+    assert check.credential_notes(settings) == []
 
 
 def test_check_config_as_the_readme_runs_it_for_the_service(

@@ -153,3 +153,56 @@ def test_a_refused_key_reads_the_same_for_both_apis(server: EmulatorServer) -> N
     assert all(reason.startswith("the API key was refused (HTTP 401") for reason in reasons), (
         reasons
     )
+
+
+def online_config(tmp_path: Path, apis: dict[str, str]) -> Path:
+    """One pipeline per entry: its name, and the TOML lines of its api table."""
+    lines = [f'[database]\nurl = "sqlite:///{tmp_path / "state.db"}"']
+    for name, api in apis.items():
+        (tmp_path / name).mkdir(exist_ok=True)
+        lines.append(f'[[pipelines]]\nname = "{name}"\nwatch_dir = "{tmp_path / name}"\n'
+                     f"[pipelines.api]\nconnect_timeout_seconds = 5\n{api}")  # fmt: skip
+    path = tmp_path / "config.toml"
+    path.write_text("\n\n".join(lines) + "\n")
+    return path
+
+
+def test_check_config_online_proves_each_url_and_key_without_spending_anything(
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    whisperer = llmwhisperer_demo_emulator()
+    mount_llmwhisperer(server, whisperer)
+    monkeypatch.setenv("GOOD_KEY", DEMO_KEY)
+    monkeypatch.setenv("WRONG_KEY", "00000000-0000-4000-8000-000000000000")
+    monkeypatch.setenv("GOOD_LLMW_KEY", LLMW_DEMO_KEY)
+    good_url = deployment_url(server)
+    unreachable = f"http://127.0.0.1:{closed_port()}/deployment/api/{DEMO_ORG}/{DEMO_API}/"
+    llmw = f'kind = "llmwhisperer"\nurl = "{llmwhisperer_url(server)}"'
+    apis = {
+        "good": f'url = "{good_url}"\napi_key_env = "GOOD_KEY"',
+        "wrong-key": f'url = "{good_url}"\napi_key_env = "WRONG_KEY"',
+        "wrong-deployment": f'url = "{server.deployment_url(DEMO_ORG, "nope")}"\napi_key_env = "GOOD_KEY"',
+        "unreachable": f'url = "{unreachable}"\napi_key_env = "GOOD_KEY"',
+        "scans": f'{llmw}\napi_key_env = "GOOD_LLMW_KEY"',
+        "scans-wrong-key": f'{llmw}\napi_key_env = "WRONG_KEY"',
+    }
+    code, out = check_config(online_config(tmp_path, apis), capsys, "--online")
+    assert code == EXIT_CONFIG
+    said = {line.split('"')[1]: line for line in out.splitlines() if line.startswith("pipelines[")
+            and " at http" in line}  # fmt: skip
+    assert ": OK: the deployment answered and accepted the key" in said["good"]
+    assert ": FAILED: the API key was refused (HTTP 401: Unauthorized)" in said["wrong-key"]
+    assert ": FAILED: no API at this URL" in said["wrong-deployment"]
+    assert "(HTTP 404: API not found)" in said["wrong-deployment"]
+    assert ": FAILED: could not reach the API: connection refused" in said["unreachable"]
+    assert ": OK: the service accepted the key (plan emulator" in said["scans"]
+    assert ": FAILED: the API key was refused (HTTP 401" in said["scans-wrong-key"]
+    assert DEMO_KEY not in out and LLMW_DEMO_KEY not in out
+    assert emulator.stats().executions_created == 0 and emulator.stats().posts == 0
+    assert whisperer.stats().posts == 0
+
+    good = {name: apis[name] for name in ("good", "scans")}
+    code, out = check_config(online_config(tmp_path, good), capsys, "--online")
+    assert code == 0, out
+    assert out.count(": OK: ") == 2

@@ -69,6 +69,15 @@ class PollOutcome:
 
 
 @dataclass(frozen=True)
+class CheckOutcome:
+    """What a harmless call (no execution created, no credits spent) found about a
+    pipeline's URL and key: `check-config --online`."""
+
+    ok: bool
+    found: str  # in words for people: what answered, or why it did not
+
+
+@dataclass(frozen=True)
 class Upload:
     """One document as it goes over the wire: the bytes that were hashed, and their name."""
 
@@ -83,6 +92,7 @@ class Backend(Protocol):
     `poll` says where an execution stands; for an API whose results come from a separate,
     read-once call (LLMWhisperer's retrieve) it answers READY and `fetch` makes that call.
     Both are given the uploaded file name, to pick this document's part of the answer.
+    `check` proves the URL and the key without creating anything or spending credits.
     """
 
     name: str
@@ -92,5 +102,7 @@ class Backend(Protocol):
     def poll(self, execution_id: str, file_name: str) -> PollOutcome: ...
 
     def fetch(self, execution_id: str, file_name: str) -> PollOutcome: ...
+
+    def check(self) -> CheckOutcome: ...
 
     def close(self) -> None: ...

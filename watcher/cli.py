@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from watcher import commands
+from watcher import check, commands
 from watcher import config as config_module
 from watcher.config import ConfigError, Settings
 from watcher.daemon import Daemon
@@ -45,7 +45,7 @@ def _load(args: argparse.Namespace) -> Settings:
     path = _config_path(args)
     settings = config_module.load(path)
     configure(settings.daemon.log_level, settings.daemon.log_format)
-    for warning in config_module.secret_warnings(settings, path):
+    for warning in check.secret_warnings(settings, path):
         log.warning(warning)
     return settings
 
@@ -140,25 +140,16 @@ def _background(target: Callable[[], None]) -> threading.Thread:
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
     settings = config_module.load(path, skip_systemd_credentials=True)
-    for note in config_module.credential_notes(settings):
-        print(f"note: {note}")
-    for warning in config_module.secret_warnings(settings, path):
-        print(f"warning: {warning}")
-    for pipeline in settings.pipelines:
-        api = pipeline.api
-        print(f"pipeline {pipeline.name}: {pipeline.watch_dir} -> {api.kind} {api.url}")
-    print(f"database: {_redacted(settings.database.url)}")
+    print("\n".join(check.summary(settings, path)))
     print("config OK")
+    if not args.online:
+        return EXIT_OK
+    ok, lines = check.online(settings)
+    print("\n".join(lines))
+    if not ok:
+        print("unstract-watcher: the online check failed; see the FAILED lines", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
-
-
-def _redacted(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -180,12 +171,12 @@ def _operator_store(args: argparse.Namespace, settings: Settings | None = None) 
         return open_existing(database.url, database.busy_timeout_seconds)
     except NotSetUp as exc:
         raise StoreError(
-            f"database.url = {_redacted(database.url)}: {exc}; is this the service's config? "
+            f"database.url = {check.redacted(database.url)}: {exc}; is this the service's config? "
             f"Run `unstract-watcher db upgrade --config {_config_path(args)}` or start the "
             "daemon first"
         ) from None
     except StoreError as exc:
-        raise StoreError(f"database.url = {_redacted(database.url)}: {exc}") from None
+        raise StoreError(f"database.url = {check.redacted(database.url)}: {exc}") from None
 
 
 def _filters(args: argparse.Namespace) -> dict[str, object]:
@@ -302,9 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate the config file and exit")
-    check.add_argument("--config", help=config_help)
-    check.set_defaults(func=cmd_check_config)
+    checking = sub.add_parser("check-config", help="validate the config file and exit")
+    checking.add_argument("--config", help=config_help)
+    checking.add_argument(
+        "--online",
+        action="store_true",
+        help="also prove each pipeline's URL and key with a call that creates nothing and "
+        "costs nothing (exit 2 if one fails)",
+    )
+    checking.set_defaults(func=cmd_check_config)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +26,7 @@ from watcher.api_config import ApiBase as ApiBase
 from watcher.api_config import ApiConfig as ApiConfig
 from watcher.api_config import ConfigError as ConfigError
 from watcher.api_config import LLMWhispererApiConfig as LLMWhispererApiConfig
-from watcher.api_config import Strict, is_credential_elsewhere, key_file_path
+from watcher.api_config import Strict, is_credential_elsewhere
 from watcher.api_config import UnstractApiConfig as UnstractApiConfig
 from watcher.filters import FileFilter
 
@@ -368,41 +367,6 @@ def _key_problems(label: str, api: ApiBase) -> list[str]:
     except ConfigError as exc:
         return [f"{label}.api.{exc}"]
     return []
-
-
-def credential_notes(settings: Settings) -> list[str]:
-    """The key files check-config leaves to the service: systemd provides them at its start."""
-    return [
-        f"{pipeline_label(index, pipeline.name)}.api.api_key_file: {pipeline.api.api_key_file} "
-        "is provided by systemd LoadCredential= when the service starts; not checked here"
-        for index, pipeline in enumerate(settings.pipelines)
-        if is_credential_elsewhere(pipeline.api)
-    ]
-
-
-def secret_warnings(settings: Settings, config_path: Path | None) -> list[str]:
-    """Keys that people other than the daemon's user can read: worth a warning, not a refusal."""
-    warnings = []
-    for index, pipeline in enumerate(settings.pipelines):
-        api, label = pipeline.api, pipeline_label(index, pipeline.name)
-        if api.api_key and config_path is not None and _readable_by_others(config_path):
-            warnings.append(
-                f"{label}.api.api_key: {config_path} holds a literal API key and is "
-                "readable by other users; chmod 600 it or use api_key_env / api_key_file"
-            )
-        key_file = key_file_path(api.api_key_file) if api.api_key_file else None
-        if key_file is not None and _readable_by_others(key_file):
-            warnings.append(
-                f"{label}.api.api_key_file: the key file is readable by other users; chmod 600 it"
-            )
-    return warnings
-
-
-def _readable_by_others(path: Path) -> bool:
-    try:
-        return bool(path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
-    except OSError:
-        return False
 
 
 def _overlaps(settings: Settings) -> list[str]:

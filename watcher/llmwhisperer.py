@@ -12,7 +12,15 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome, Upload, refusal
+from watcher.backend import (
+    CheckOutcome,
+    PollKind,
+    PollOutcome,
+    SubmitKind,
+    SubmitOutcome,
+    Upload,
+    refusal,
+)
 from watcher.unstract import NOT_SENT_ERRORS, decode_json, transport_error
 
 RUNNING_STATUSES = {"accepted", "processing"}
@@ -119,6 +127,31 @@ def classify_retrieve(status_code: int, content: bytes) -> PollOutcome:
     return PollOutcome(PollKind.RETRY, None, status_code, message or f"HTTP {status_code}")
 
 
+def classify_check(status_code: int, content: bytes) -> CheckOutcome:
+    """The answer to GET /get-usage-info (section 4.3), which costs nothing."""
+    body = decode_json(content)
+    if status_code == 200 and isinstance(body, dict) and "subscription_plan" in body:
+        return CheckOutcome(True, f"the service accepted the key ({_usage(body)})")
+    message = _message(body, content)
+    if status_code in BROKEN_CODES:
+        return CheckOutcome(False, refusal(status_code, message))
+    said = message[:80]
+    return CheckOutcome(False, f"not an answer of LLMWhisperer v2 (HTTP {status_code}"
+                               f"{': ' + said if said else ''})")  # fmt: skip
+
+
+def _usage(body: dict[str, Any]) -> str:
+    """'plan X, 12 pages today, 340 of 10000 this month' (-1 means no such quota)."""
+
+    def count(used: str, quota: str) -> str:
+        limit = body.get(quota)
+        return f"{body.get(used)}" + (f" of {limit}" if limit not in (None, -1) else "")
+
+    today = count("today_page_count", "daily_quota")
+    month = count("current_page_count", "monthly_quota")
+    return f"plan {body['subscription_plan']}, {today} pages today, {month} this month"
+
+
 class LLMWhispererClient:
     """The httpx implementation of `Backend` for LLMWhisperer v2 (one pooled client)."""
 
@@ -162,6 +195,13 @@ class LLMWhispererClient:
 
     def fetch(self, execution_id: str, file_name: str) -> PollOutcome:
         return self._get("whisper-retrieve", execution_id, classify_retrieve)
+
+    def check(self) -> CheckOutcome:
+        try:
+            response = self._client.get("get-usage-info")
+        except httpx.HTTPError as exc:
+            return CheckOutcome(False, transport_error(exc))
+        return classify_check(response.status_code, response.content)
 
     def _get(self, path: str, whisper_hash: str, classify: Any) -> PollOutcome:
         try:

@@ -17,7 +17,15 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome, Upload, refusal
+from watcher.backend import (
+    CheckOutcome,
+    PollKind,
+    PollOutcome,
+    SubmitKind,
+    SubmitOutcome,
+    Upload,
+    refusal,
+)
 
 RUNNING_STATUSES = {"PENDING", "EXECUTING", "READY", "QUEUED", "INITIATED"}
 FAILED_STATUSES = {"ERROR", "STOPPED"}
@@ -28,6 +36,8 @@ BROKEN_PIPELINE_CODES = {401, 403, 404}
 # presigned-URL download, before any execution exists (section 3), and a proxy's 502/503 page
 # means it found no application to hand the request to (section 0, last row).
 NOT_ACTED_ON_CODES = {502, 503}
+# The nil UUID: a valid execution id that no server ever hands out, for `check`.
+NO_SUCH_EXECUTION = "00000000-0000-0000-0000-000000000000"
 
 
 def decode_json(content: bytes) -> Any:
@@ -160,6 +170,20 @@ def find_file_item(body: Any, file_name: str) -> dict[str, Any] | None:
     return items[0] if len(items) == 1 else None
 
 
+def classify_check(status_code: int, content: bytes) -> CheckOutcome:
+    """The Status API's answer for an execution that cannot exist. The server checks the
+    header (403), the deployment (404 "API not found") and the key (401) before it looks for
+    the execution (404 "... does not exist"), so that last answer proves URL and key."""
+    error = std_error_text(decode_json(content))
+    if status_code == 404 and "does not exist" in error:
+        return CheckOutcome(True, "the deployment answered and accepted the key")
+    if status_code in (401, 403) or (status_code == 404 and "API not found" in error):
+        return CheckOutcome(False, refusal(status_code, error))
+    said = error or _short(content)[:80]
+    return CheckOutcome(False, f"not an answer of an Unstract API deployment (HTTP "
+                               f"{status_code}{': ' + said if said else ''})")  # fmt: skip
+
+
 class UnstractClient:
     """The httpx implementation of `Backend` for one API deployment (one pooled client)."""
 
@@ -210,6 +234,13 @@ class UnstractClient:
     def fetch(self, execution_id: str, file_name: str) -> PollOutcome:
         # The Status API delivers results in its terminal answer; there is nothing to fetch.
         return PollOutcome(PollKind.RETRY, error="the Unstract API has no separate fetch")
+
+    def check(self) -> CheckOutcome:
+        try:
+            response = self._client.get(self._url, params={"execution_id": NO_SUCH_EXECUTION})
+        except httpx.HTTPError as exc:
+            return CheckOutcome(False, transport_error(exc))
+        return classify_check(response.status_code, response.content)
 
     def close(self) -> None:
         self._client.close()
