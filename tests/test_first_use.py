@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -206,3 +207,32 @@ def test_check_config_online_proves_each_url_and_key_without_spending_anything(
     code, out = check_config(online_config(tmp_path, good), capsys, "--online")
     assert code == 0, out
     assert out.count(": OK: ") == 2
+
+
+def test_the_demo_config_runs_as_its_first_lines_say(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "watcher.cli", "demo", "--serve", "--port", "0", "--dir", str(demo)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert serving.stdout is not None
+        said = ""
+        while "Ctrl-C stops the emulator" not in said and serving.poll() is None:
+            said += serving.stdout.readline()  # until the emulator is announced
+        hint = (demo / "config.toml").read_text().splitlines()[:4]
+        assert hint[0].startswith("# Written by `unstract-watcher demo`")
+        assert "demo --serve --dir" in hint[1] and "--port" not in hint[1]
+        run_line = hint[3].removeprefix("#   ")
+        assert run_line in said  # the same line both places
+        (demo / "inbox" / "new-invoice.txt").write_text("INVOICE 0003\nTotal: 7.00 EUR\n")
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DEMO_")}
+        again = subprocess.run(["bash", "-c", run_line], capture_output=True, text=True,
+                               timeout=60, env=env)  # fmt: skip
+        assert again.returncode == 0, again.stderr[-2000:]
+        result = json.loads((demo / "results" / "new-invoice.txt.json").read_text())
+        assert result["status"] == "success"
+    finally:
+        serving.send_signal(signal.SIGINT)
+        serving.communicate(timeout=30)
+    assert serving.returncode == 0

@@ -271,7 +271,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
 
-    return run_demo(Path(args.dir))
+    return run_demo(Path(args.dir), port=args.port, serve=args.serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="try it: sample documents, the emulator and SQLite")
     demo.add_argument("--dir", default="unstract-watcher-demo", help="where the demo works")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep the emulator up afterwards (Ctrl-C stops it), so that the "
+                      "demo's config.toml can be run again as its first lines say")  # fmt: skip
+    demo.add_argument(
+        "--port", type=int, help="the emulator's port (default 8765, or a free one if taken)"
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
