@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from harness import KEY_ENV, api_key, deployment_url, write_config
+from harness import KEY_ENV, api_key, deployment_url, running_daemon, write_config
 from pydantic import SecretStr
 
 from watcher.backend import Upload
@@ -236,3 +236,28 @@ def test_the_demo_config_runs_as_its_first_lines_say(tmp_path: Path) -> None:
         serving.send_signal(signal.SIGINT)
         serving.communicate(timeout=30)
     assert serving.returncode == 0
+
+
+def status_of(config: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "watcher.cli", "status", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, KEY_ENV: api_key()},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_status_labels_its_columns_and_says_whether_a_daemon_runs(
+    tmp_path: Path, server: EmulatorServer, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, api_key())
+    config = write_config(tmp_path, deployment_url(server), db_url)
+    assert main(["db", "upgrade", "--config", str(config)]) == 0
+    shown = status_of(config)
+    header, row = shown.splitlines()[:2]
+    assert header.split()[-1] == "paused" and row.split()[-1] == "no"
+    assert "oldest queued (UTC)" in header and "running" not in row
+    if db_url.startswith("sqlite"):  # a PostgreSQL database is shared with other tests' daemons
+        assert "daemon: none is running on this database now" in shown
+    with running_daemon(config):
+        assert "running on this database now" in status_of(config)

@@ -25,6 +25,7 @@ from watcher.store.operator import (
     retry_jobs,
     summaries,
 )
+from watcher.store.presence import daemons_now
 from watcher.unstract import find_file_item
 from watcher.watch import sha256_of
 
@@ -75,14 +76,24 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def status(store: Store, configured: Collection[str], as_json: bool) -> str:
-    """Every pipeline of the config, and those with jobs that the config no longer has."""
+    """Every pipeline of the config, and those with jobs that the config no longer has;
+    then whether a daemon holds the database now."""
     found = summaries(store, configured)
     if as_json:
         return json.dumps([s.__dict__ for s in found], indent=2)
     headers = ["pipeline", "queued", "in flight", *(s.value for s in COUNTED_STATES),
-               "oldest waiting", ""]  # fmt: skip
+               "oldest queued (UTC)", "paused"]  # fmt: skip
     rows = [_status_row(s) for s in found]
-    return table(headers, rows) if rows else "no jobs yet"
+    return "\n".join([table(headers, rows) if rows else "no jobs yet", _daemons(store)])
+
+
+def _daemons(store: Store) -> str:
+    count = daemons_now(store)
+    if count == 0:
+        return "daemon: none is running on this database now (nothing is being processed)"
+    if store.is_sqlite:
+        return "daemon: one is running on this database now"
+    return f"daemon: {count} running on this database now (sessions named unstract-watcher)"
 
 
 def _status_row(summary: PipelineSummary) -> list[str]:
@@ -92,7 +103,7 @@ def _status_row(summary: PipelineSummary) -> list[str]:
     elif summary.paused_reason:
         condition = f"PAUSED: {summary.paused_reason}"
     else:
-        condition = "running"
+        condition = "no"
     return [summary.name, str(summary.counts.get(JobState.QUEUED.value, 0)),
             str(summary.in_flight), *map(str, counts), when(summary.oldest_waiting_since),
             condition]  # fmt: skip
