@@ -261,3 +261,32 @@ def test_status_labels_its_columns_and_says_whether_a_daemon_runs(
         assert "daemon: none is running on this database now" in shown
     with running_daemon(config):
         assert "running on this database now" in status_of(config)
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watcher.cli", *args, "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, KEY_ENV: api_key()},
+    )  # fmt: skip
+
+
+def test_jobs_list_shows_whole_errors_on_request_and_no_upload_for_an_empty_file(
+    tmp_path: Path,
+) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/deployment/api/org_demo/invoices/"
+    config = write_config(tmp_path, url, f"sqlite:///{tmp_path / 'state.db'}",
+                          api={"max_attempts": 1})  # fmt: skip
+    (tmp_path / "drop" / "a.txt").write_bytes(b"never reaches the API")
+    (tmp_path / "drop" / "empty.txt").write_bytes(b"")
+    assert cli(config, "run", "--once").returncode == 1
+    whole = "gave up after 1 attempts; last error: could not reach the API: connection refused"
+    listed = cli(config, "jobs", "list").stdout
+    assert whole not in listed and "--full shows them whole" in listed
+    rows = {line.split()[6]: line.split() for line in listed.splitlines()[1:3]}
+    assert rows["empty.txt"][3] == "0" and rows["a.txt"][3] == "1"  # the uploads column
+    assert whole in cli(config, "jobs", "list", "--full").stdout
+    empty = json.loads(cli(config, "jobs", "list", "--json").stdout)
+    assert [(job["path"], job["attempts"]) for job in empty if job["size"] == 0] == [
+        ("empty.txt", 0)
+    ]
+    assert json.loads((tmp_path / "drop" / "empty.txt.error.json").read_text())["attempts"] == 0

@@ -198,7 +198,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     store = _operator_store(args)
-    print(commands.jobs_list(store, _filters(args), args.json))
+    print(commands.jobs_list(store, _filters(args), args.json, full=args.full))
     store.close()
     return EXIT_OK
 
@@ -340,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--pipeline")
     listing.add_argument("--since", help="created within 30m / 2h / 7d, or since an ISO date")
     listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--full", action="store_true", help="errors in full, not cut")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_jobs_list)
     show = jobs_sub.add_parser("show", help="one job, with the stored API answer (--json)")

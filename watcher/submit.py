@@ -194,7 +194,10 @@ class Uploader:
         return content
 
     def _fail(self, job: Job, error: str) -> None:
-        decision = Decision(JobState.RESULT_STORED, error=error, outcome="failed")
+        """Fail a document that was not uploaded this time: the claim's attempt is refunded,
+        so an empty file shows 0 attempts, and a given-up one the uploads it really had."""
+        decision = Decision(JobState.RESULT_STORED, error=error, outcome="failed",
+                            refund_attempt=True)  # fmt: skip
         self.store.record_submit(job, decision, None)
         self.metrics.errors.labels(job.pipeline, "bad_file").inc()
         log.warning("document failed before upload", error=error)
