@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -290,3 +291,26 @@ def test_jobs_list_shows_whole_errors_on_request_and_no_upload_for_an_empty_file
         ("empty.txt", 0)
     ]
     assert json.loads((tmp_path / "drop" / "empty.txt.error.json").read_text())["attempts"] == 0
+
+
+def test_run_once_progress_counts_the_folders_at_the_start_and_logs_go_above_it(
+    tmp_path: Path, server: EmulatorServer
+) -> None:
+    config = write_config(tmp_path, deployment_url(server), f"sqlite:///{tmp_path / 'state.db'}",
+                          api={"max_in_flight": 2})  # fmt: skip
+    for index in range(12):
+        (tmp_path / "drop" / f"{index}.txt").write_bytes(f"document {index}".encode())
+    inner = f"{sys.executable} -m watcher.cli run --once --config {config} 2>&1"
+    # `script` gives the command a pseudo-terminal, as an operator's shell would.
+    done = subprocess.run(["script", "-qec", inner, "/dev/null"], capture_output=True, text=True,
+                          timeout=90, env={**os.environ, KEY_ENV: api_key()})  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    segments = [s for s in re.split(r"[\r\n]", done.stdout) if s.strip()]
+    figures = [tuple(map(int, m.groups())) for s in segments
+               if (m := re.search(r"documents:.*?\| *(\d+)/(\d+)", s))]  # fmt: skip
+    assert figures and {total for _, total in figures} == {12}  # the total from the start on
+    counts = [count for count, _ in figures]
+    assert counts == sorted(counts) and counts[-1] == 12  # never backwards
+    logged = [s for s in segments if '{"' in s]
+    assert any('"event": "submitted"' in s for s in logged)
+    assert all(s.startswith("{") for s in logged), [s for s in logged if not s.startswith("{")][:3]

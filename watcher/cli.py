@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -22,6 +20,7 @@ from watcher.config import ConfigError, Settings
 from watcher.daemon import Daemon
 from watcher.jobs import JobState
 from watcher.logs import configure, get_logger
+from watcher.progress import drain_with_progress
 from watcher.store import Store, StoreError
 from watcher.store.operator import NotSetUp, held_jobs, open_existing
 
@@ -87,7 +86,7 @@ def run_daemon(
     signal.signal(signal.SIGHUP, on_reload)
     daemon.start(watch_events=not once)
     if once:
-        _drain_with_progress(daemon)
+        drain_with_progress(daemon)
         paused = daemon.paused_pipelines()
         daemon.stop()
     else:
@@ -107,34 +106,6 @@ def run_daemon(
     if once and (daemon.progress().failed or held):
         return EXIT_DOCUMENTS_FAILED
     return EXIT_OK
-
-
-def _drain_with_progress(daemon: Daemon) -> None:
-    if not sys.stderr.isatty():
-        daemon.wait_until_drained()
-        return
-    from tqdm import tqdm
-
-    # A pty that reports no size (ssh without a tty size, `script`) would hide tqdm's bar.
-    size = shutil.get_terminal_size()
-    with tqdm(desc="documents", unit="doc", ncols=max(size.columns, 40),
-              nrows=max(size.lines, 5)) as bar:  # fmt: skip
-        waiter = _background(daemon.wait_until_drained)
-        while True:
-            figures = daemon.progress()
-            bar.total = figures.finished + figures.unfinished
-            bar.n = figures.finished
-            bar.set_postfix(failed=figures.failed, refresh=False)
-            bar.refresh()
-            if not waiter.is_alive():
-                break
-            waiter.join(0.2)
-
-
-def _background(target: Callable[[], None]) -> threading.Thread:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
