@@ -189,7 +189,7 @@ def test_status_shows_every_state_and_marks_removed_pipelines(tmp_path: Path, db
     assert shown[0].split()[:10] == ["pipeline", "queued", "in", "flight", "result_stored",
                                      "done", "failed", "skipped", "held", "oldest"]  # fmt: skip
     assert shown[1].split()[:8] == ["docs", "1", "1", "1", "0", "0", "1", "1"]
-    assert shown[1].endswith("running")
+    assert shown[0].endswith("paused") and shown[1].endswith(" no")  # not paused; no daemon runs
     assert shown[2].split()[:8] == ["gone", "0", "0", "0", "0", "1", "0", "0"]
     assert shown[2].endswith("not in the config any more") and "PAUSED" not in shown[2]
 

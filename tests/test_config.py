@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from watcher import config
+from watcher import check, config
 from watcher.cli import EXIT_CONFIG, main
 from watcher.emulator.whisper_options import OptionError, parse_pages
 
@@ -69,19 +69,19 @@ def api(raw: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda r: r["pipelines"][0]["api"].update(tags=["a", "b"]), "pipelines[0].api.tags: the server takes at most one tag"),
-        (lambda r: r["pipelines"][0]["api"].update(tags=["1abc"]), "pipelines[0].api.tags: tag '1abc'"),
+        (lambda r: r["pipelines"][0]["api"].update(tags=["a", "b"]), "pipelines[0] (\"invoices\").api.tags: the server takes at most one tag"),
+        (lambda r: r["pipelines"][0]["api"].update(tags=["1abc"]), "pipelines[0] (\"invoices\").api.tags: tag '1abc'"),
         (lambda r: r["pipelines"][0]["api"].update(tags=["a" * 51]), "at most 50 characters"),
-        (lambda r: r["pipelines"][0]["api"].update(url="https://x.example/api/v1/foo"), "pipelines[0].api.url: must have the deployment shape"),
+        (lambda r: r["pipelines"][0]["api"].update(url="https://x.example/api/v1/foo"), "pipelines[0] (\"invoices\").api.url: must have the deployment shape"),
         (lambda r: r["pipelines"][0]["api"].update(api_key="k"), "set exactly one of api_key_env, api_key_file or api_key"),
-        (lambda r: r["pipelines"][0]["api"].update(api_key_env="NO_SUCH_VARIABLE_X"), "pipelines[0].api: environment variable NO_SUCH_VARIABLE_X is empty or unset"),
-        (lambda r: r["pipelines"][0]["api"].update(kind="openai"), "pipelines[0].api.kind"),
-        (lambda r: r["pipelines"][0].update(watch_dir="/no/such/folder"), "pipelines[0].watch_dir: /no/such/folder does not exist"),
-        (lambda r: r["pipelines"][0].update(settle_secs=2), "pipelines[0].settle_secs: unknown key"),
+        (lambda r: r["pipelines"][0]["api"].update(api_key_env="NO_SUCH_VARIABLE_X"), "pipelines[0] (\"invoices\").api.api_key_env: environment variable NO_SUCH_VARIABLE_X is empty or unset"),
+        (lambda r: r["pipelines"][0]["api"].update(kind="openai"), "pipelines[0] (\"invoices\").api.kind"),
+        (lambda r: r["pipelines"][0].update(watch_dir="/no/such/folder"), "pipelines[0] (\"invoices\").watch_dir: /no/such/folder does not exist"),
+        (lambda r: r["pipelines"][0].update(settle_secs=2), "pipelines[0] (\"invoices\").settle_secs: unknown key"),
         (lambda r: r["daemon"].update(upload_workers=0), "daemon.upload_workers"),
         (lambda r: r["daemon"].update(log_format="xml"), "daemon.log_format"),
         (lambda r: r["database"].update(url="mysql://x"), "database.url"),
-        (lambda r: r["pipelines"][0].update(after_success="move"), "pipelines[0].archive_dir: required"),
+        (lambda r: r["pipelines"][0].update(after_success="move"), "pipelines[0] (\"invoices\").archive_dir: required"),
         (lambda r: r.update(pipelines=[]), "pipelines"),
         (lambda r: r["pipelines"].append(dict(r["pipelines"][0])), "used twice"),
     ],
@@ -96,7 +96,7 @@ def test_output_inside_the_watched_tree_is_refused_unless_excluded(tmp_path: Pat
     def output_inside(raw: dict[str, Any]) -> None:
         raw["pipelines"][0]["output_dir"] = inside
 
-    assert "pipelines[0].output_dir" in bad(tmp_path, output_inside)
+    assert 'pipelines[0] ("invoices").output_dir' in bad(tmp_path, output_inside)
     raw = example(tmp_path)
     output_inside(raw)
     raw["pipelines"][0]["exclude"] = ["results/*"]
@@ -159,7 +159,7 @@ def test_a_literal_key_in_a_readable_config_is_warned_about(
     path.chmod(0o644)
     assert main(["check-config", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "pipelines[0].api.api_key" in out and "readable by other users" in out
+    assert 'pipelines[0] ("invoices").api.api_key' in out and "readable by other users" in out
     assert KEY not in out
     path.chmod(0o600)
     assert main(["check-config", "--config", str(path)]) == 0
@@ -218,16 +218,19 @@ def test_an_archive_whose_subfolder_is_watched_is_refused(tmp_path: Path, sub: s
                                    archive_dir=str(tmp_path))  # fmt: skip
 
     message = bad(tmp_path, archive_above)
-    assert f"pipelines[0].archive_dir: {tmp_path / sub} is inside the watched folder" in message
+    assert (
+        f'pipelines[0] ("invoices").archive_dir: {tmp_path / sub} is inside the watched folder'
+        in message
+    )
 
 
 def test_an_archive_inside_the_watched_tree_needs_an_exclude(tmp_path: Path) -> None:
     raw = example(tmp_path)
     raw["pipelines"][0].update(after_success="move", archive_dir=str(tmp_path / "drop" / "old"))
-    with pytest.raises(config.ConfigError, match=r"pipelines\[0\]\.archive_dir"):
+    with pytest.raises(config.ConfigError, match=r'pipelines\[0\] \("invoices"\)\.archive_dir'):
         config.from_mapping(raw)
     raw["pipelines"][0]["exclude"] = ["old/processed/*"]  # the archive itself is still watched
-    with pytest.raises(config.ConfigError, match=r"pipelines\[0\]\.archive_dir"):
+    with pytest.raises(config.ConfigError, match=r'pipelines\[0\] \("invoices"\)\.archive_dir'):
         config.from_mapping(raw)
     for exclude in ("old", "old/", "old/*"):
         raw["pipelines"][0]["exclude"] = [exclude]
@@ -305,14 +308,16 @@ def test_page_ranges_the_emulator_takes_are_valid(tmp_path: Path, pages: str) ->
                                    "a", "-5", "1-2-3", "1 - 2"])  # fmt: skip
 def test_page_ranges_the_emulator_refuses_are_refused(tmp_path: Path, pages: str) -> None:
     message = bad(tmp_path, lambda raw: raw.update(whisper_pages(tmp_path, pages)))
-    assert "pipelines[0].api.pages_to_extract:" in message and "counted from 1" in message
+    assert (
+        'pipelines[0] ("invoices").api.pages_to_extract:' in message and "counted from 1" in message
+    )
     with pytest.raises(OptionError):
         parse_pages(pages)
 
 
 def test_page_numbers_are_ascii_digits(tmp_path: Path) -> None:
     message = bad(tmp_path, lambda raw: raw.update(whisper_pages(tmp_path, "\u0663")))
-    assert "pipelines[0].api.pages_to_extract:" in message
+    assert 'pipelines[0] ("invoices").api.pages_to_extract:' in message
 
 
 def relative_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -329,7 +334,9 @@ def test_a_systemd_credential_is_refused_outside_the_service(
     raw = relative_key_file(tmp_path, monkeypatch)
     with pytest.raises(config.ConfigError) as caught:
         config.from_mapping(raw)
-    assert "pipelines[0].api: api_key_file 'invoices.key'" in str(caught.value)
+    assert "pipelines[0] (\"invoices\").api.api_key_file: 'invoices.key' is relative" in str(
+        caught.value
+    )
     assert "$CREDENTIALS_DIRECTORY, which is not set" in str(caught.value)
 
 
@@ -338,17 +345,18 @@ def test_check_config_notes_a_systemd_credential_instead_of_failing(
 ) -> None:
     raw = relative_key_file(tmp_path, monkeypatch)
     settings = config.from_mapping(raw, skip_systemd_credentials=True)
-    assert config.credential_notes(settings) == [
-        "pipelines[0].api.api_key_file: invoices.key is provided by systemd LoadCredential= "
+    assert check.credential_notes(settings) == [
+        'pipelines[0] ("invoices").api.api_key_file: invoices.key is provided by systemd '
+        "LoadCredential= "
         "when the service starts; not checked here"
     ]
-    assert config.secret_warnings(settings, None) == []
+    assert check.secret_warnings(settings, None) == []
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))  # under the service: checked
     with pytest.raises(config.ConfigError, match="cannot read the key file"):
         config.from_mapping(raw, skip_systemd_credentials=True)
     (tmp_path / "invoices.key").write_text(KEY)
     settings = config.from_mapping(raw, skip_systemd_credentials=True)
-    assert config.credential_notes(settings) == []
+    assert check.credential_notes(settings) == []
 
 
 def test_check_config_as_the_readme_runs_it_for_the_service(
@@ -362,7 +370,7 @@ def test_check_config_as_the_readme_runs_it_for_the_service(
     path.write_text(text)
     assert main(["check-config", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "note: pipelines[0].api.api_key_file: invoices.key is provided by systemd" in out
+    assert 'note: pipelines[0] ("invoices").api.api_key_file: invoices.key is provided' in out
     assert "config OK" in out
     assert main(["run", "--once", "--config", str(path)]) == EXIT_CONFIG  # not the service
     assert "CREDENTIALS_DIRECTORY" in capsys.readouterr().err

@@ -31,6 +31,24 @@ class PollKind(StrEnum):
     LOST = "lost"  # the server does not know this execution id
 
 
+# What a refusal of the pipeline itself means, in the same words for every API kind (the
+# pause reason, `status`, `check-config --online`); the server's own text follows in brackets.
+REFUSALS = {
+    401: "the API key was refused",
+    402: "the account has no pages or credits left",
+    403: "the API key is missing or not allowed for this API",
+    404: "no API at this URL (a wrong or removed deployment, or a wrong base URL)",
+    422: "the deployment is inactive",
+}
+
+
+def refusal(http_status: int, server_text: str) -> str:
+    """Why the API refused the pipeline: ours first, then the server's words."""
+    reason = REFUSALS.get(http_status, "the API refused the pipeline")
+    said = f": {server_text}" if server_text and server_text != f"HTTP {http_status}" else ""
+    return f"{reason} (HTTP {http_status}{said})"
+
+
 @dataclass(frozen=True)
 class SubmitOutcome:
     kind: SubmitKind
@@ -51,6 +69,15 @@ class PollOutcome:
 
 
 @dataclass(frozen=True)
+class CheckOutcome:
+    """What a harmless call (no execution created, no credits spent) found about a
+    pipeline's URL and key: `check-config --online`."""
+
+    ok: bool
+    found: str  # in words for people: what answered, or why it did not
+
+
+@dataclass(frozen=True)
 class Upload:
     """One document as it goes over the wire: the bytes that were hashed, and their name."""
 
@@ -65,6 +92,7 @@ class Backend(Protocol):
     `poll` says where an execution stands; for an API whose results come from a separate,
     read-once call (LLMWhisperer's retrieve) it answers READY and `fetch` makes that call.
     Both are given the uploaded file name, to pick this document's part of the answer.
+    `check` proves the URL and the key without creating anything or spending credits.
     """
 
     name: str
@@ -74,5 +102,7 @@ class Backend(Protocol):
     def poll(self, execution_id: str, file_name: str) -> PollOutcome: ...
 
     def fetch(self, execution_id: str, file_name: str) -> PollOutcome: ...
+
+    def check(self) -> CheckOutcome: ...
 
     def close(self) -> None: ...

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from watcher import commands
+from watcher import check, commands
 from watcher import config as config_module
 from watcher.config import ConfigError, Settings
 from watcher.daemon import Daemon
 from watcher.jobs import JobState
 from watcher.logs import configure, get_logger
+from watcher.progress import drain_with_progress
 from watcher.store import Store, StoreError
 from watcher.store.operator import NotSetUp, held_jobs, open_existing
 
@@ -46,7 +45,7 @@ def _load(args: argparse.Namespace) -> Settings:
     path = _config_path(args)
     settings = config_module.load(path)
     configure(settings.daemon.log_level, settings.daemon.log_format)
-    for warning in config_module.secret_warnings(settings, path):
+    for warning in check.secret_warnings(settings, path):
         log.warning(warning)
     return settings
 
@@ -88,7 +87,7 @@ def run_daemon(
     signal.signal(signal.SIGHUP, on_reload)
     daemon.start(watch_events=not once)
     if once:
-        _drain_with_progress(daemon)
+        drain_with_progress(daemon)
         paused = daemon.paused_pipelines()
         daemon.stop()
     else:
@@ -110,56 +109,19 @@ def run_daemon(
     return EXIT_OK
 
 
-def _drain_with_progress(daemon: Daemon) -> None:
-    if not sys.stderr.isatty():
-        daemon.wait_until_drained()
-        return
-    from tqdm import tqdm
-
-    # A pty that reports no size (ssh without a tty size, `script`) would hide tqdm's bar.
-    size = shutil.get_terminal_size()
-    with tqdm(desc="documents", unit="doc", ncols=max(size.columns, 40),
-              nrows=max(size.lines, 5)) as bar:  # fmt: skip
-        waiter = _background(daemon.wait_until_drained)
-        while True:
-            figures = daemon.progress()
-            bar.total = figures.finished + figures.unfinished
-            bar.n = figures.finished
-            bar.set_postfix(failed=figures.failed, refresh=False)
-            bar.refresh()
-            if not waiter.is_alive():
-                break
-            waiter.join(0.2)
-
-
-def _background(target: Callable[[], None]) -> threading.Thread:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args)
     settings = config_module.load(path, skip_systemd_credentials=True)
-    for note in config_module.credential_notes(settings):
-        print(f"note: {note}")
-    for warning in config_module.secret_warnings(settings, path):
-        print(f"warning: {warning}")
-    for pipeline in settings.pipelines:
-        api = pipeline.api
-        print(f"pipeline {pipeline.name}: {pipeline.watch_dir} -> {api.kind} {api.url}")
-    print(f"database: {_redacted(settings.database.url)}")
+    print("\n".join(check.summary(settings, path)))
     print("config OK")
+    if not args.online:
+        return EXIT_OK
+    ok, lines = check.online(settings)
+    print("\n".join(lines))
+    if not ok:
+        print("unstract-watcher: the online check failed; see the FAILED lines", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
-
-
-def _redacted(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -181,12 +143,12 @@ def _operator_store(args: argparse.Namespace, settings: Settings | None = None) 
         return open_existing(database.url, database.busy_timeout_seconds)
     except NotSetUp as exc:
         raise StoreError(
-            f"database.url = {_redacted(database.url)}: {exc}; is this the service's config? "
+            f"database.url = {check.redacted(database.url)}: {exc}; is this the service's config? "
             f"Run `unstract-watcher db upgrade --config {_config_path(args)}` or start the "
             "daemon first"
         ) from None
     except StoreError as exc:
-        raise StoreError(f"database.url = {_redacted(database.url)}: {exc}") from None
+        raise StoreError(f"database.url = {check.redacted(database.url)}: {exc}") from None
 
 
 def _since(args: argparse.Namespace) -> float | None:
@@ -211,7 +173,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     store = _operator_store(args)
-    print(commands.jobs_list(store, _filters(args), args.json))
+    print(commands.jobs_list(store, _filters(args), args.json, full=args.full))
     store.close()
     return EXIT_OK
 
@@ -309,7 +271,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
 
-    return run_demo(Path(args.dir))
+    return run_demo(Path(args.dir), port=args.port, serve=args.serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,9 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate the config file and exit")
-    check.add_argument("--config", help=config_help)
-    check.set_defaults(func=cmd_check_config)
+    checking = sub.add_parser("check-config", help="validate the config file and exit")
+    checking.add_argument("--config", help=config_help)
+    checking.add_argument(
+        "--online",
+        action="store_true",
+        help="also prove each pipeline's URL and key with a call that creates nothing and "
+        "costs nothing (exit 2 if one fails)",
+    )
+    checking.set_defaults(func=cmd_check_config)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -341,7 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--config", help=config_help)
     upgrade.set_defaults(func=cmd_db_upgrade)
 
-    emulator = sub.add_parser("emulator", help="serve the built-in Unstract API emulator")
+    from watcher.emulator.demo import demo_help
+
+    emulator = sub.add_parser(
+        "emulator",
+        help="serve the built-in emulator of both APIs, with demo keys",
+        epilog=demo_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8765)
     emulator.add_argument("--execution-seconds", type=float, default=1.0,
@@ -365,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--pipeline")
     listing.add_argument("--since", help="created within 30m / 2h / 7d, or since an ISO date")
     listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--full", action="store_true", help="errors in full, not cut")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(func=cmd_jobs_list)
     show = jobs_sub.add_parser("show", help="one job, with the stored API answer (--json)")
@@ -397,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="try it: sample documents, the emulator and SQLite")
     demo.add_argument("--dir", default="unstract-watcher-demo", help="where the demo works")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep the emulator up afterwards (Ctrl-C stops it), so that the "
+                      "demo's config.toml can be run again as its first lines say")  # fmt: skip
+    demo.add_argument(
+        "--port", type=int, help="the emulator's port (default 8765, or a free one if taken)"
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -25,9 +25,11 @@ from watcher.store.operator import (
     retry_jobs,
     summaries,
 )
+from watcher.store.presence import daemons_now
 from watcher.unstract import find_file_item
 from watcher.watch import sha256_of
 
+ERROR_WIDTH = 60  # `jobs list` cuts errors here, unless --full
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 REPORT_FIELDS = [
@@ -75,14 +77,24 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def status(store: Store, configured: Collection[str], as_json: bool) -> str:
-    """Every pipeline of the config, and those with jobs that the config no longer has."""
+    """Every pipeline of the config, and those with jobs that the config no longer has;
+    then whether a daemon holds the database now."""
     found = summaries(store, configured)
     if as_json:
         return json.dumps([s.__dict__ for s in found], indent=2)
     headers = ["pipeline", "queued", "in flight", *(s.value for s in COUNTED_STATES),
-               "oldest waiting", ""]  # fmt: skip
+               "oldest queued (UTC)", "paused"]  # fmt: skip
     rows = [_status_row(s) for s in found]
-    return table(headers, rows) if rows else "no jobs yet"
+    return "\n".join([table(headers, rows) if rows else "no jobs yet", _daemons(store)])
+
+
+def _daemons(store: Store) -> str:
+    count = daemons_now(store)
+    if count == 0:
+        return "daemon: none is running on this database now (nothing is being processed)"
+    if store.is_sqlite:
+        return "daemon: one is running on this database now"
+    return f"daemon: {count} running on this database now (sessions named unstract-watcher)"
 
 
 def _status_row(summary: PipelineSummary) -> list[str]:
@@ -92,7 +104,7 @@ def _status_row(summary: PipelineSummary) -> list[str]:
     elif summary.paused_reason:
         condition = f"PAUSED: {summary.paused_reason}"
     else:
-        condition = "running"
+        condition = "no"
     return [summary.name, str(summary.counts.get(JobState.QUEUED.value, 0)),
             str(summary.in_flight), *map(str, counts), when(summary.oldest_waiting_since),
             condition]  # fmt: skip
@@ -122,14 +134,26 @@ def cost_of(job: Job) -> float | None:
         return None
 
 
-def jobs_list(store: Store, filters: dict[str, Any], as_json: bool) -> str:
+def jobs_list(store: Store, filters: dict[str, Any], as_json: bool, full: bool = False) -> str:
+    """Jobs, newest first; errors cut to ERROR_WIDTH characters unless `full`."""
     found = list_jobs(store, **filters)
     if as_json:
         return json.dumps([job_record(j) for j in found], indent=2)
+    errors = [j.last_error or "" for j in found]
+    cut = not full and any(len(error) > ERROR_WIDTH for error in errors)
+    if cut:
+        errors = [_shortened(error) for error in errors]
     rows = [[str(j.id), j.pipeline, j.state.value, str(j.attempts), when(j.updated_at),
-             j.display_path, (j.last_error or "")[:60]] for j in found]  # fmt: skip
-    headers = ["id", "pipeline", "state", "tries", "updated (UTC)", "path", "last error"]
-    return table(headers, rows) if rows else "no matching jobs"
+             j.display_path, error] for j, error in zip(found, errors, strict=True)]  # fmt: skip
+    headers = ["id", "pipeline", "state", "uploads", "updated (UTC)", "path", "last error"]
+    if not rows:
+        return "no matching jobs"
+    hint = ["(errors cut at ... : --full shows them whole, `jobs show ID` one job)"] if cut else []
+    return "\n".join([table(headers, rows), *hint])
+
+
+def _shortened(error: str) -> str:
+    return error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 3] + "..."
 
 
 def jobs_show(store: Store, job_id: int, as_json: bool) -> str | None:

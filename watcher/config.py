@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
     Field,
     SecretStr,
-    Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -34,19 +30,21 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from watcher.api_config import ApiBase as ApiBase
+from watcher.api_config import ApiConfig as ApiConfig
+from watcher.api_config import ConfigError as ConfigError
+from watcher.api_config import LLMWhispererApiConfig as LLMWhispererApiConfig
+from watcher.api_config import Strict, is_credential_elsewhere
+from watcher.api_config import UnstractApiConfig as UnstractApiConfig
 from watcher.filters import FileFilter
 
 DEFAULT_CONFIG_PATH = Path("/etc/unstract-watcher/config.toml")
 ENV_PREFIX = "UNSTRACT_WATCHER_"
 
-# The server's tag rules (unstract-api-behaviour.md section 3).
-TAG_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
-TAG_MAX_LENGTH = 50
-# `/deployment/api/<org>/<api>/`, trailing slash optional (behaviour sheet section 1).
-DEPLOYMENT_PATH = re.compile(r"^/deployment/api/(?P<org>[\w-]+)/(?P<api>[\w-]+)/?$")
-# One item of LLMWhisperer's pages_to_extract: N, N-M or N- (as the service and our emulator parse).
-PAGE_RANGE = re.compile(r"^([0-9]+)(-([0-9]*))?$")
 SQLITE_PREFIX = "sqlite:///"
+
+# An [pipelines.api] table validated on its own, for the checks of a pipeline that is not valid.
+_API_TABLE: TypeAdapter[ApiConfig] = TypeAdapter(ApiConfig)
 
 DEFAULT_INCLUDE = [
     "*.pdf", "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp", "*.gif", "*.webp",
@@ -55,15 +53,7 @@ DEFAULT_INCLUDE = [
 ]  # fmt: skip
 
 
-class ConfigError(Exception):
-    """A config that cannot run; the message names the key and the fix."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatabaseConfig(_Strict):
+class DatabaseConfig(Strict):
     url: str = Field(
         "sqlite:////var/lib/unstract-watcher/state.db",
         description="SQLAlchemy URL of the job table: sqlite:////ABSOLUTE/PATH (four slashes) "
@@ -101,7 +91,7 @@ def database_url(url: str) -> str:
 OWN_TABLES = frozenset({"jobs", "results", "pipeline_state", "outbox", "alembic_version"})
 
 
-class TableConfig(_Strict):
+class TableConfig(Strict):
     """A database table that gets one row per finished document of the pipeline."""
 
     url: SecretStr = Field(
@@ -135,7 +125,7 @@ class TableConfig(_Strict):
         return self
 
 
-class DaemonConfig(_Strict):
+class DaemonConfig(Strict):
     upload_workers: int = Field(4, ge=1, le=64, description="Threads that upload documents.")
     poll_workers: int = Field(
         4, ge=1, le=64, description="Threads that poll executions and fetch their results."
@@ -156,13 +146,13 @@ class DaemonConfig(_Strict):
     )
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(Strict):
     enabled: bool = Field(False, description="Serve Prometheus /metrics and /healthz.")
     host: str = Field("127.0.0.1", description="Listen address (loopback unless you mean it).")
     port: int = Field(9464, ge=0, le=65535, description="Listen port (0 = any free port).")
 
 
-class NotifyConfig(_Strict):
+class NotifyConfig(Strict):
     """Webhook notices: failed documents, paused and resumed pipelines, optionally results."""
 
     webhook_url: SecretStr = Field(
@@ -192,213 +182,7 @@ class NotifyConfig(_Strict):
         return url
 
 
-class _ApiBase(_Strict):
-    """What every API kind shares: the key, HTTP timeouts, polling and retry limits."""
-
-    api_key_env: str = Field("", description="Name of the environment variable holding the key.")
-    api_key_file: str = Field(
-        "", description="File holding the key; relative paths are looked up in "
-        "$CREDENTIALS_DIRECTORY (systemd LoadCredential)."
-    )  # fmt: skip
-    api_key: SecretStr = Field(SecretStr(""), description="The key itself (prefer the two above).")
-    max_in_flight: int = Field(
-        10, ge=1, le=100, description="Executions of this pipeline running at once."
-    )
-    connect_timeout_seconds: float = Field(10.0, gt=0, le=300, description="TCP/TLS connect.")
-    read_timeout_seconds: float = Field(120.0, gt=0, le=3600, description="Waiting for a reply.")
-    poll_initial_seconds: float = Field(
-        0.25, gt=0, le=600, description="First status poll this long after the upload."
-    )
-    poll_max_seconds: float = Field(
-        30.0, gt=0, le=3600, description="Longest gap between two status polls."
-    )
-    max_attempts: int = Field(
-        5, ge=1, le=100, description="Uploads of one document before it is failed."
-    )
-    execution_deadline_seconds: float = Field(
-        6 * 3600.0, gt=0, description="An execution running longer than this is given up."
-    )
-    on_unknown_outcome: Literal["resubmit", "hold"] = Field(
-        "resubmit",
-        description="An upload that may or may not have reached the server (connection lost "
-        "after sending, a 500, a gateway's 504, a crash mid-upload): send it again (risking a "
-        "second execution) or hold the job for an operator.",
-    )
-
-    @model_validator(mode="after")
-    def _one_key_source(self) -> Self:
-        given = [bool(self.api_key_env), bool(self.api_key_file), bool(self.api_key)]
-        if sum(given) != 1:
-            raise ValueError("set exactly one of api_key_env, api_key_file or api_key")
-        return self
-
-    def resolve_key(self) -> SecretStr:
-        """The API key, from wherever the config says; raises ConfigError naming the key."""
-        if self.api_key:
-            key = self.api_key.get_secret_value()
-        elif self.api_key_env:
-            key = os.environ.get(self.api_key_env, "")
-            if not key:
-                raise ConfigError(f"environment variable {self.api_key_env} is empty or unset")
-        else:
-            key = _read_key_file(self.api_key_file)
-        key = key.strip().lstrip("\ufeff").strip()  # editors add a byte-order mark
-        if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
-            # An HTTP header cannot carry it, and httpx would quote it in its error.
-            raise ConfigError("the API key has spaces, line breaks or non-ASCII characters")
-        return SecretStr(key)
-
-
-class UnstractApiConfig(_ApiBase):
-    kind: Literal["unstract"] = Field("unstract", description="Which API: unstract.")
-    url: str = Field(description="The API deployment URL: https://HOST/deployment/api/ORG/API/")
-    tags: list[str] = Field(default_factory=list, description="At most one tag per execution.")
-    include_metadata: bool = Field(False, description="Ask for LLM usage and cost metadata.")
-
-    @field_validator("tags")
-    @classmethod
-    def _tags_follow_server_rules(cls, tags: list[str]) -> list[str]:
-        if len(tags) > 1:
-            raise ValueError("the server takes at most one tag per execution")
-        for tag in tags:
-            if len(tag) > TAG_MAX_LENGTH or not TAG_PATTERN.match(tag):
-                raise ValueError(
-                    f"tag {tag!r}: start with a letter, then letters, digits, _ or -; "
-                    f"at most {TAG_MAX_LENGTH} characters"
-                )
-        return tags
-
-    @field_validator("url")
-    @classmethod
-    def _deployment_shape(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http(s) URL, e.g. https://HOST/deployment/api/ORG/API/")
-        if not DEPLOYMENT_PATH.match(parts.path) or parts.query:
-            raise ValueError(
-                "must have the deployment shape https://HOST/deployment/api/ORG/API/ "
-                "(copy it from the API deployment page)"
-            )
-        return url if url.endswith("/") else url + "/"
-
-
-class LLMWhispererApiConfig(_ApiBase):
-    """LLMWhisperer v2 text extraction; option names and defaults are the service's own."""
-
-    kind: Literal["llmwhisperer"] = Field(description="Which API: llmwhisperer.")
-    url: str = Field(
-        "https://llmwhisperer-api.us-central.unstract.com/api/v2",
-        description="The v2 base URL (…/api/v2); eu-west and self-hosted servers have their own.",
-    )
-    mode: Literal[
-        "native_text", "low_cost", "high_quality", "form", "table", "document_insights", "excel"
-    ] = Field("form", description="Extraction mode (billed per page per mode).")
-    output_mode: Literal["layout_preserving", "text"] = Field(
-        "layout_preserving", description="Keep the page layout, or plain text."
-    )
-    page_separator: str = Field("<<<", description="Put between pages in the text.")
-    pages_to_extract: str = Field("", description="Pages like '1-5,7,21-'; '' = all.")
-    tag: str = Field("default", max_length=100, description="Usage tag for auditing.")
-    lang: str = Field("eng", description="Language hint.")
-    median_filter_size: int = Field(0, ge=0, description="Denoise (low_cost mode only).")
-    gaussian_blur_radius: float = Field(0.0, ge=0, description="Denoise (low_cost mode only).")
-    line_splitter_tolerance: float = Field(0.4, ge=0, description="Line split, x char height.")
-    line_splitter_strategy: Literal["left-priority", "mid-priority", "right-priority"] = Field(
-        "left-priority", description="How lines are split."
-    )
-    horizontal_stretch_factor: float = Field(1.0, gt=0, description=">1 separates columns.")
-    mark_vertical_lines: bool = Field(False, description="Reproduce vertical lines.")
-    mark_horizontal_lines: bool = Field(False, description="Reproduce horizontal lines.")
-    add_line_nos: bool = Field(False, description="Number the lines (and keep line metadata).")
-    write_text_file: bool = Field(
-        False, description="Also write <name>.txt with the extracted text beside the JSON."
-    )
-
-    @field_validator("pages_to_extract")
-    @classmethod
-    def _page_ranges(cls, pages: str) -> str:
-        if pages and not all(_is_page_range(item.strip()) for item in pages.split(",")):
-            raise ValueError(
-                f"{pages!r}: give comma-separated pages N, ranges N-M (N <= M) or N- (to the "
-                "last page), counted from 1, like '1-5,7,21-'; '' = all pages"
-            )
-        return pages
-
-    @field_validator("url")
-    @classmethod
-    def _base_shape(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.path.rstrip("/").endswith("/api/v2"):
-            raise ValueError("must be the v2 base URL, e.g. https://HOST/api/v2")
-        return url.rstrip("/")
-
-    def options(self) -> dict[str, str]:
-        """The query options to send: the ones that differ from the service's defaults."""
-        skip = {"kind", "url", "write_text_file", *_ApiBase.model_fields}
-        sent = {"mode": self.mode, "output_mode": self.output_mode, "tag": self.tag}
-        for name, field in type(self).model_fields.items():
-            value = getattr(self, name)
-            if name not in skip and value != field.default:
-                sent[name] = str(value).lower() if isinstance(value, bool) else str(value)
-        if "page_separator" in sent:
-            sent["page_seperator"] = sent["page_separator"]  # older services read only this
-        return sent
-
-
-def _is_page_range(item: str) -> bool:
-    match = PAGE_RANGE.match(item)
-    if match is None:
-        return False
-    first, last = int(match[1]), match[3]
-    return first >= 1 and (not last or int(last) >= first)
-
-
-def _api_kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return str(value.get("kind", "unstract"))
-    return str(getattr(value, "kind", "unstract"))
-
-
-ApiConfig = Annotated[
-    Annotated[UnstractApiConfig, Tag("unstract")]
-    | Annotated[LLMWhispererApiConfig, Tag("llmwhisperer")],
-    Discriminator(_api_kind),
-]
-
-
-def _key_file_path(name: str) -> Path | None:
-    """Where the key file is; None for a relative name where systemd has not set
-    $CREDENTIALS_DIRECTORY (the service has it, a shell does not)."""
-    path = Path(name)
-    if path.is_absolute():
-        return path
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    return Path(directory) / path if directory else None
-
-
-def is_credential_elsewhere(api: _ApiBase) -> bool:
-    """A key file that systemd's LoadCredential= provides to the service only."""
-    return bool(api.api_key_file) and _key_file_path(api.api_key_file) is None
-
-
-def _read_key_file(name: str) -> str:
-    path = _key_file_path(name)
-    if path is None:
-        raise ConfigError(
-            f"api_key_file {name!r} is relative, so it is looked up in $CREDENTIALS_DIRECTORY, "
-            "which is not set: systemd sets it for the service from LoadCredential=; "
-            "elsewhere give an absolute path"
-        )
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the key file {path}: {exc.strerror}") from None
-    if not text:
-        raise ConfigError(f"the key file {path} is empty")
-    return text
-
-
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Unique pipeline name.")
     watch_dir: Path = Field(description="The drop folder.")
     recursive: bool = Field(True, description="Watch subfolders too.")
@@ -509,18 +293,35 @@ def from_mapping(
     *,
     skip_systemd_credentials: bool = False,
 ) -> Settings:
-    """Validate a parsed config. The environment checks (folders exist, keys resolve) are
-    skipped for the operator's commands, which need only the database URL."""
+    """Validate a parsed config, reporting every problem found in one message. The
+    environment checks (folders exist, keys resolve) are skipped for the operator's
+    commands, which need only the database URL."""
     _refuse_pipeline_variables()
     try:
         settings = Settings(**raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source)) from None
+        problems = _explain(exc, raw)
+        if check_environment_too:  # what can still be checked: a typo must not hide the rest
+            problems += _unvalidated_problems(raw, skip_systemd_credentials)
+        raise ConfigError(_report(source, problems)) from None
     except SettingsError as exc:
         raise ConfigError(_explain_variable(exc)) from None
     if check_environment_too:
-        check_environment(settings, skip_systemd_credentials=skip_systemd_credentials)
+        problems = environment_problems(settings, skip_systemd_credentials=skip_systemd_credentials)
+        if problems:
+            raise ConfigError(_report(source, problems))
     return settings
+
+
+def pipeline_label(index: int, name: object) -> str:
+    """How every message names a pipeline: `pipelines[1] ("scans")`."""
+    if isinstance(name, str) and name:
+        return f'pipelines[{index}] ("{name}")'
+    return f"pipelines[{index}]"
+
+
+def _report(source: str, problems: list[str]) -> str:
+    return "\n  ".join([f"{source}: invalid configuration", *problems])
 
 
 def _refuse_pipeline_variables() -> None:
@@ -547,12 +348,10 @@ def _explain_variable(exc: SettingsError) -> str:
     )
 
 
-def _explain(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
+def _explain(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
+    lines = []
     for error in exc.errors():
-        # The union's tags ("unstract", "llmwhisperer") are not keys of the file: drop them.
-        loc = [p for p in error["loc"] if p not in ("unstract", "llmwhisperer")]
-        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        key = _key_name(error["loc"], raw)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (misspelt?); see config.example.toml"
@@ -560,81 +359,121 @@ def _explain(exc: ValidationError, source: str) -> str:
             key, message = f"{key}.kind", "must be 'unstract' or 'llmwhisperer'"
         elif error["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"  {key.lstrip('.') or '(top level)'}: {message}")
-    return "\n".join(lines)
+        lines.append(f"{key or '(top level)'}: {message}")
+    return lines
 
 
-def check_environment(settings: Settings, *, skip_systemd_credentials: bool = False) -> None:
-    """Checks that need the filesystem and the environment; raise ConfigError on the first."""
+def _key_name(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    """`pipelines[1] ("scans").api.url` for a pydantic error location."""
+    # The union's tags ("unstract", "llmwhisperer") are not keys of the file: drop them.
+    parts = [p for p in loc if p not in ("unstract", "llmwhisperer")]
+    head = ""
+    if len(parts) >= 2 and parts[0] == "pipelines" and isinstance(parts[1], int):
+        head, parts = pipeline_label(parts[1], _raw_name(raw, parts[1])), parts[2:]
+    key = head + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+    return key.lstrip(".")
+
+
+def _raw_name(raw: dict[str, Any], index: int) -> object:
+    pipelines = raw.get("pipelines")
+    if (
+        isinstance(pipelines, list)
+        and index < len(pipelines)
+        and isinstance(pipelines[index], dict)
+    ):
+        return pipelines[index].get("name")
+    return None
+
+
+def environment_problems(
+    settings: Settings, *, skip_systemd_credentials: bool = False
+) -> list[str]:
+    """Checks that need the filesystem and the environment: every problem found."""
+    problems = []
     for index, pipeline in enumerate(settings.pipelines):
-        key = f"pipelines[{index}]"
-        watch_dir = pipeline.watch_dir
-        if not watch_dir.is_dir():
-            raise ConfigError(f"{key}.watch_dir: {watch_dir} does not exist or is not a folder")
-        if pipeline.after_success == "move" and pipeline.archive_dir == "":
-            raise ConfigError(f"{key}.archive_dir: required when after_success = 'move'")
-        if skip_systemd_credentials and is_credential_elsewhere(pipeline.api):
+        label = pipeline_label(index, pipeline.name)
+        problems += _pipeline_problems(label, pipeline, skip_systemd_credentials)
+    return problems + _overlaps(settings)
+
+
+def _pipeline_problems(label: str, pipeline: PipelineConfig, skip_credentials: bool) -> list[str]:
+    problems = []
+    if not pipeline.watch_dir.is_dir():
+        problems.append(_no_watch_dir(label, pipeline.watch_dir))
+    if pipeline.after_success == "move" and pipeline.archive_dir == "":
+        problems.append(f"{label}.archive_dir: required when after_success = 'move'")
+    if not (skip_credentials and is_credential_elsewhere(pipeline.api)):
+        problems += _key_problems(label, pipeline.api)
+    return problems
+
+
+def _no_watch_dir(label: str, watch_dir: Path) -> str:
+    return f"{label}.watch_dir: {watch_dir} does not exist or is not a folder"
+
+
+def _unvalidated_problems(raw: dict[str, Any], skip_credentials: bool) -> list[str]:
+    """In a file that does not validate: the checks of each pipeline that does on its own,
+    and the watch_dir of each that does not."""
+    pipelines = raw.get("pipelines")
+    problems: list[str] = []
+    for index, item in enumerate(pipelines if isinstance(pipelines, list) else []):
+        if not isinstance(item, dict):
             continue
+        label = pipeline_label(index, item.get("name"))
         try:
-            pipeline.api.resolve_key()
-        except ConfigError as exc:
-            raise ConfigError(f"{key}.api: {exc}") from None
-    _check_no_overlap(settings)
+            pipeline = PipelineConfig.model_validate(item)
+        except ValidationError:
+            problems += _invalid_pipeline_problems(label, item, skip_credentials)
+            continue
+        problems += _pipeline_problems(label, pipeline, skip_credentials)
+    return problems
 
 
-def credential_notes(settings: Settings) -> list[str]:
-    """The key files check-config leaves to the service: systemd provides them at its start."""
-    return [
-        f"pipelines[{index}].api.api_key_file: {pipeline.api.api_key_file} is provided by "
-        "systemd LoadCredential= when the service starts; not checked here"
-        for index, pipeline in enumerate(settings.pipelines)
-        if is_credential_elsewhere(pipeline.api)
-    ]
-
-
-def secret_warnings(settings: Settings, config_path: Path | None) -> list[str]:
-    """Keys that people other than the daemon's user can read: worth a warning, not a refusal."""
-    warnings = []
-    for index, pipeline in enumerate(settings.pipelines):
-        api = pipeline.api
-        if api.api_key and config_path is not None and _readable_by_others(config_path):
-            warnings.append(
-                f"pipelines[{index}].api.api_key: {config_path} holds a literal API key and is "
-                "readable by other users; chmod 600 it or use api_key_env / api_key_file"
-            )
-        key_file = _key_file_path(api.api_key_file) if api.api_key_file else None
-        if key_file is not None and _readable_by_others(key_file):
-            warnings.append(
-                f"pipelines[{index}].api.api_key_file: the key file is readable by other "
-                "users; chmod 600 it"
-            )
-    return warnings
-
-
-def _readable_by_others(path: Path) -> bool:
+def _invalid_pipeline_problems(
+    label: str, item: dict[str, Any], skip_credentials: bool
+) -> list[str]:
+    """A pipeline that does not validate: its folder, and its key if its api table is valid."""
+    problems = []
+    folder = item.get("watch_dir")
+    if isinstance(folder, str) and not Path(folder).is_dir():
+        problems.append(_no_watch_dir(label, Path(folder)))
     try:
-        return bool(path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
-    except OSError:
-        return False
+        api: ApiBase = _API_TABLE.validate_python(item.get("api"))
+    except ValidationError:
+        return problems
+    if not (skip_credentials and is_credential_elsewhere(api)):
+        problems += _key_problems(label, api)
+    return problems
 
 
-def _check_no_overlap(settings: Settings) -> None:
+def _key_problems(label: str, api: ApiBase) -> list[str]:
+    try:
+        api.resolve_key()
+    except ConfigError as exc:
+        return [f"{label}.api.{exc}"]
+    return []
+
+
+def _overlaps(settings: Settings) -> list[str]:
     """Output and archive folders must not be watched, and watched trees must not nest."""
+    problems = []
     watched = [(p, p.watch_dir.resolve()) for p in settings.pipelines]
     for index, pipeline in enumerate(settings.pipelines):
         for field, folder in _written_folders(pipeline):
             for other, root in watched:
                 if _is_watched(folder.resolve(), other, root):
-                    raise ConfigError(
-                        f"pipelines[{index}].{field}: {folder} is inside the watched folder of "
-                        f"pipeline {other.name!r}; move it out or add it to that pipeline's exclude"
+                    problems.append(
+                        f"{pipeline_label(index, pipeline.name)}.{field}: {folder} is inside the "
+                        f"watched folder of pipeline {other.name!r}; move it out or add it to "
+                        "that pipeline's exclude"
                     )
     for (a, root_a), (b, root_b) in _pairs(watched):
         if root_a == root_b or root_a.is_relative_to(root_b) or root_b.is_relative_to(root_a):
-            raise ConfigError(
+            problems.append(
                 f"pipelines: the watch_dir of {a.name!r} and {b.name!r} overlap; "
                 "give each pipeline its own folder"
             )
+    return problems
 
 
 def _written_folders(pipeline: PipelineConfig) -> list[tuple[str, Path]]:

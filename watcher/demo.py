@@ -1,17 +1,31 @@
 """`unstract-watcher demo`: the whole pipeline on sample documents, with nothing to set up.
 
-It starts the built-in emulator on a free loopback port, writes a config next to the sample
-documents (so you can read and reuse it), and runs `run --once` against SQLite.
+It starts the built-in emulator on loopback (port 8765, or a free one if that is taken), writes
+a config next to the sample documents (so you can read and reuse it: its first lines say how),
+and runs `run --once` against SQLite. With `--serve` the emulator stays up afterwards, so that
+config can be run again as its first lines say.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shlex
+import signal
+import sys
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from watcher import config as config_module
+from watcher.config import ConfigError
 from watcher.logs import configure
 from watcher.store import Store
+
+if TYPE_CHECKING:
+    from watcher.emulator import EmulatorServer
+
+DEMO_PORT = 8765  # the `emulator` command's default too
 
 SCANS = {
     "scans/delivery-note-77.txt": "DELIVERY NOTE 77\nShipped: 3 pallets\nSigned: J. Doe\n",
@@ -32,7 +46,10 @@ SAMPLES = {
 
 
 CONFIG = """\
-# Written by `unstract-watcher demo`. Try: unstract-watcher run --once --config {config}
+# Written by `unstract-watcher demo`. Try it again: keep the demo's emulator ({base}) up with
+#   {serve}
+# then, in another terminal (the keys are the emulator's public demo keys):
+#   {run}
 [database]
 url = "sqlite:///{state}"
 
@@ -107,19 +124,8 @@ def write_samples(inbox: Path, samples: dict[str, str]) -> None:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
-def run_demo(folder: Path) -> int:
-    from watcher.cli import run_daemon
-    from watcher.emulator import (
-        DEMO_API,
-        DEMO_KEY,
-        DEMO_ORG,
-        LLMW_DEMO_KEY,
-        EmulatorServer,
-        demo_emulator,
-        llmwhisperer_demo_emulator,
-    )  # fmt: skip
-    from watcher.emulator.llmwhisperer import llmwhisperer_url, mount_llmwhisperer
-
+def run_demo(folder: Path, port: int | None = None, serve: bool = False) -> int:
+    """Samples, the emulator, one `run --once`; with `serve`, the emulator stays up after."""
     folder = folder.resolve()
     inbox, results = folder / "inbox", folder / "results"
     scans, scan_results = folder / "scans", folder / "scan-results"
@@ -127,31 +133,94 @@ def run_demo(folder: Path) -> int:
         created.mkdir(parents=True, exist_ok=True)
     write_samples(inbox, SAMPLES)
     write_samples(folder, SCANS)
-    server = EmulatorServer(demo_emulator(execution_seconds=0.5), host="127.0.0.1", port=0)
-    mount_llmwhisperer(server, llmwhisperer_demo_emulator(processing_seconds=0.5))
-    server.start()
+    server = _start_emulator(port)
     try:
-        config_path = folder / "config.toml"
-        config_path.write_text(CONFIG.format(
-            config=config_path, state=folder / "state.db", inbox=inbox, results=results,
-            url=server.deployment_url(DEMO_ORG, DEMO_API), scans=scans,
-            scan_results=scan_results, llmw_url=llmwhisperer_url(server),
-        ))  # fmt: skip
-        os.environ["DEMO_UNSTRACT_API_KEY"] = DEMO_KEY
-        os.environ["DEMO_LLMWHISPERER_API_KEY"] = LLMW_DEMO_KEY
-        settings = config_module.load(config_path)
-        configure(settings.daemon.log_level, settings.daemon.log_format)
-        store = Store(settings.database.url)
-        store.upgrade()
-        try:
-            code = run_daemon(settings, store, once=True)
-        finally:
-            store.close()
+        config_path, run_line = _write_config(folder, server, port)
+        code = _run_once(config_path)
+        for title, where in (("Unstract results", results),
+                             ("LLMWhisperer results", scan_results)):  # fmt: skip
+            print(f"\n{title} in {where}:")
+            for path in sorted(where.rglob("*.*")):
+                print(f"  {path.relative_to(where)}")
+        if serve:
+            _serve_until_stopped(server, config_path, run_line, [inbox, scans])
+        else:
+            print(f"\nConfig used: {config_path}; its first lines say how to run it again "
+                  "(the emulator it names has stopped: `demo --serve` keeps it up)")  # fmt: skip
     finally:
         server.stop()
-    for title, where in (("Unstract results", results), ("LLMWhisperer results", scan_results)):
-        print(f"\n{title} in {where}:")
-        for path in sorted(where.rglob("*.*")):
-            print(f"  {path.relative_to(where)}")
-    print(f"\nConfig used: {config_path} (the emulator it named has stopped)")
     return code
+
+
+def _start_emulator(port: int | None) -> EmulatorServer:
+    from watcher.emulator import EmulatorServer, demo_emulator, llmwhisperer_demo_emulator
+    from watcher.emulator.llmwhisperer import mount_llmwhisperer
+
+    emulator = demo_emulator(execution_seconds=0.5)
+    try:
+        server = EmulatorServer(
+            emulator, host="127.0.0.1", port=DEMO_PORT if port is None else port
+        )
+    except OSError as exc:
+        if port is not None or exc.errno != errno.EADDRINUSE:
+            raise ConfigError(
+                f"--port {port}: cannot serve the emulator there: {exc.strerror}"
+            ) from None
+        server = EmulatorServer(emulator, host="127.0.0.1", port=0)  # 8765 is taken: any port
+    mount_llmwhisperer(server, llmwhisperer_demo_emulator(processing_seconds=0.5))
+    return server.start()
+
+
+def _write_config(folder: Path, server: EmulatorServer, port: int | None) -> tuple[Path, str]:
+    """The demo's config, whose first lines say how to run it again; and that command."""
+    from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG, LLMW_DEMO_KEY
+    from watcher.emulator.llmwhisperer import llmwhisperer_url
+
+    config_path = folder / "config.toml"
+    command = _own_command()
+    serve = [*command, "demo", "--serve", "--dir", str(folder)]
+    if port:  # an explicit port; the default one, or any free one, is found again
+        serve += ["--port", str(port)]
+    run = (f"DEMO_UNSTRACT_API_KEY={DEMO_KEY} DEMO_LLMWHISPERER_API_KEY={LLMW_DEMO_KEY} "
+           f"{shlex.join([*command, 'run', '--once', '--config', str(config_path)])}")  # fmt: skip
+    config_path.write_text(CONFIG.format(
+        base=server.base_url, serve=shlex.join(serve), run=run, state=folder / "state.db",
+        inbox=folder / "inbox", results=folder / "results",
+        url=server.deployment_url(DEMO_ORG, DEMO_API), scans=folder / "scans",
+        scan_results=folder / "scan-results", llmw_url=llmwhisperer_url(server),
+    ))  # fmt: skip
+    os.environ["DEMO_UNSTRACT_API_KEY"] = DEMO_KEY
+    os.environ["DEMO_LLMWHISPERER_API_KEY"] = LLMW_DEMO_KEY
+    return config_path, run
+
+
+def _own_command() -> list[str]:
+    """How this program is started from a shell: the venv's script when there is one."""
+    script = Path(sys.executable).parent / "unstract-watcher"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "watcher.cli"]
+
+
+def _run_once(config_path: Path) -> int:
+    from watcher.cli import run_daemon
+
+    settings = config_module.load(config_path)
+    configure(settings.daemon.log_level, settings.daemon.log_format)
+    store = Store(settings.database.url)
+    store.upgrade()
+    try:
+        return run_daemon(settings, store, once=True)
+    finally:
+        store.close()
+
+
+def _serve_until_stopped(
+    server: EmulatorServer, config_path: Path, run_line: str, folders: list[Path]
+) -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # run_daemon's handlers served the run
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    print(f"\nThe emulator stays up on {server.base_url}, as {config_path} names it. Put "
+          f"documents into {' or '.join(map(str, folders))}, then run in another terminal:\n"
+          f"  {run_line}\nCtrl-C stops the emulator.", flush=True)  # fmt: skip
+    while not stop.wait(0.5):
+        pass

@@ -12,7 +12,15 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome, Upload
+from watcher.backend import (
+    CheckOutcome,
+    PollKind,
+    PollOutcome,
+    SubmitKind,
+    SubmitOutcome,
+    Upload,
+    refusal,
+)
 from watcher.unstract import NOT_SENT_ERRORS, decode_json, transport_error
 
 RUNNING_STATUSES = {"accepted", "processing"}
@@ -56,7 +64,9 @@ def classify_submit(
         return SubmitOutcome(SubmitKind.RETRY, None, status_code, error, rate_limited=True,
                              retry_after_seconds=_retry_after(headers))  # fmt: skip
     if status_code in BROKEN_CODES:
-        return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
+        return SubmitOutcome(
+            SubmitKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, error)
+        )
     if status_code in (400, 413, 415):
         return SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, status_code, error)
     if status_code >= 500 and status_code not in NOT_ACTED_ON_CODES:
@@ -72,7 +82,9 @@ def classify_status(status_code: int, content: bytes) -> PollOutcome:
     status = body.get("status") if isinstance(body, dict) else None
     message = _message(body, content)
     if status_code in (401, 403):
-        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, message)
+        return PollOutcome(
+            PollKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, message)
+        )
     if isinstance(status, str) and status_code in (200, 400):
         return _classify_status_value(status, status_code, _service_message(body))
     if status_code == 404 and body is not None:
@@ -105,12 +117,39 @@ def classify_retrieve(status_code: int, content: bytes) -> PollOutcome:
     if status_code == 200 and isinstance(body, dict) and "result_text" in body:
         return PollOutcome(PollKind.COMPLETED, "processed", status_code, body=body)
     if status_code in (401, 403):
-        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, message)
+        return PollOutcome(
+            PollKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, message)
+        )
     if status_code == 400 and "already delivered" in message:
         return PollOutcome(PollKind.RESULT_GONE, "retrieved", status_code, message)
     if status_code in (400, 404) and _says_unknown(message):
         return PollOutcome(PollKind.LOST, None, status_code, message)
     return PollOutcome(PollKind.RETRY, None, status_code, message or f"HTTP {status_code}")
+
+
+def classify_check(status_code: int, content: bytes) -> CheckOutcome:
+    """The answer to GET /get-usage-info (section 4.3), which costs nothing."""
+    body = decode_json(content)
+    if status_code == 200 and isinstance(body, dict) and "subscription_plan" in body:
+        return CheckOutcome(True, f"the service accepted the key ({_usage(body)})")
+    message = _message(body, content)
+    if status_code in BROKEN_CODES:
+        return CheckOutcome(False, refusal(status_code, message))
+    said = message[:80]
+    return CheckOutcome(False, f"not an answer of LLMWhisperer v2 (HTTP {status_code}"
+                               f"{': ' + said if said else ''})")  # fmt: skip
+
+
+def _usage(body: dict[str, Any]) -> str:
+    """'plan X, 12 pages today, 340 of 10000 this month' (-1 means no such quota)."""
+
+    def count(used: str, quota: str) -> str:
+        limit = body.get(quota)
+        return f"{body.get(used)}" + (f" of {limit}" if limit not in (None, -1) else "")
+
+    today = count("today_page_count", "daily_quota")
+    month = count("current_page_count", "monthly_quota")
+    return f"plan {body['subscription_plan']}, {today} pages today, {month} this month"
 
 
 class LLMWhispererClient:
@@ -156,6 +195,13 @@ class LLMWhispererClient:
 
     def fetch(self, execution_id: str, file_name: str) -> PollOutcome:
         return self._get("whisper-retrieve", execution_id, classify_retrieve)
+
+    def check(self) -> CheckOutcome:
+        try:
+            response = self._client.get("get-usage-info")
+        except httpx.HTTPError as exc:
+            return CheckOutcome(False, transport_error(exc))
+        return classify_check(response.status_code, response.content)
 
     def _get(self, path: str, whisper_hash: str, classify: Any) -> PollOutcome:
         try:

@@ -194,7 +194,10 @@ class Uploader:
         return content
 
     def _fail(self, job: Job, error: str) -> None:
-        decision = Decision(JobState.RESULT_STORED, error=error, outcome="failed")
+        """Fail a document that was not uploaded this time: the claim's attempt is refunded,
+        so an empty file shows 0 attempts, and a given-up one the uploads it really had."""
+        decision = Decision(JobState.RESULT_STORED, error=error, outcome="failed",
+                            refund_attempt=True)  # fmt: skip
         self.store.record_submit(job, decision, None)
         self.metrics.errors.labels(job.pipeline, "bad_file").inc()
         log.warning("document failed before upload", error=error)
@@ -216,7 +219,7 @@ class Uploader:
             log.error("upload outcome unknown; job held for an operator", error=outcome.error)
             self.metrics.errors.labels(pipeline.name, "upload_held").inc()
         elif decision.state is JobState.RESULT_STORED:
-            log.warning("document refused by the API", error=decision.error)
+            log.warning(_failure_headline(outcome), error=decision.error)
             self.finished.set()
         elif decision.pause_pipeline:
             pipeline.pause(outcome.error or f"HTTP {outcome.http_status}", decision.delay_seconds)
@@ -240,3 +243,10 @@ class Uploader:
                 outcome_unknown=unknown,
                 retry_in_seconds=round(decision.delay_seconds, 1),
             )
+
+
+def _failure_headline(outcome: SubmitOutcome) -> str:
+    """A document failed at upload: refused by the API, or given up after the retries."""
+    if outcome.kind is SubmitKind.DOCUMENT_FAILED:
+        return "document refused by the API"
+    return "document failed: its uploads did not get through"

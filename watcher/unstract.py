@@ -10,13 +10,22 @@ the HTTP code alone: a running execution answers 422 (section 8). `classify_subm
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
-from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome, Upload
+from watcher.backend import (
+    CheckOutcome,
+    PollKind,
+    PollOutcome,
+    SubmitKind,
+    SubmitOutcome,
+    Upload,
+    refusal,
+)
 
 RUNNING_STATUSES = {"PENDING", "EXECUTING", "READY", "QUEUED", "INITIATED"}
 FAILED_STATUSES = {"ERROR", "STOPPED"}
@@ -27,6 +36,8 @@ BROKEN_PIPELINE_CODES = {401, 403, 404}
 # presigned-URL download, before any execution exists (section 3), and a proxy's 502/503 page
 # means it found no application to hand the request to (section 0, last row).
 NOT_ACTED_ON_CODES = {502, 503}
+# The nil UUID: a valid execution id that no server ever hands out, for `check`.
+NO_SUCH_EXECUTION = "00000000-0000-0000-0000-000000000000"
 
 
 def decode_json(content: bytes) -> Any:
@@ -61,11 +72,12 @@ def classify_submit(status_code: int, content: bytes) -> SubmitOutcome:
         return _classify_execution_answer(status_code, message, error)
     if status_code == 429:
         return SubmitOutcome(SubmitKind.RETRY, None, status_code, error, rate_limited=True)
-    if status_code in BROKEN_PIPELINE_CODES:
-        return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
-    if status_code == 422:
-        # `Pipeline '...' is inactive`: the deployment, not the document (seed Execution API page).
-        return SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, status_code, error)
+    if status_code in BROKEN_PIPELINE_CODES or status_code == 422:
+        # 422 here is `Pipeline '...' is inactive`: the deployment, not the document (seed
+        # Execution API page).
+        return SubmitOutcome(
+            SubmitKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, error)
+        )
     if status_code in (400, 413, 415):
         return SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, status_code, error)
     if status_code >= 500 and status_code not in NOT_ACTED_ON_CODES:
@@ -95,7 +107,7 @@ def classify_poll(status_code: int, content: bytes, file_name: str) -> PollOutco
         return _for_file(_classify_execution_body(status_code, body), file_name)
     error = std_error_text(body) or _short(content) or f"HTTP {status_code}"
     if status_code in (401, 403) or (status_code == 404 and "API not found" in error):
-        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, error)
+        return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, error))
     if status_code in (400, 404) and ("does not exist" in error or "execution_id" in error):
         # The server's own answer about this id (section 8); any other 400/404, such as a
         # gateway's, is not proof that the execution is gone.
@@ -158,6 +170,20 @@ def find_file_item(body: Any, file_name: str) -> dict[str, Any] | None:
     return items[0] if len(items) == 1 else None
 
 
+def classify_check(status_code: int, content: bytes) -> CheckOutcome:
+    """The Status API's answer for an execution that cannot exist. The server checks the
+    header (403), the deployment (404 "API not found") and the key (401) before it looks for
+    the execution (404 "... does not exist"), so that last answer proves URL and key."""
+    error = std_error_text(decode_json(content))
+    if status_code == 404 and "does not exist" in error:
+        return CheckOutcome(True, "the deployment answered and accepted the key")
+    if status_code in (401, 403) or (status_code == 404 and "API not found" in error):
+        return CheckOutcome(False, refusal(status_code, error))
+    said = error or _short(content)[:80]
+    return CheckOutcome(False, f"not an answer of an Unstract API deployment (HTTP "
+                               f"{status_code}{': ' + said if said else ''})")  # fmt: skip
+
+
 class UnstractClient:
     """The httpx implementation of `Backend` for one API deployment (one pooled client)."""
 
@@ -209,11 +235,29 @@ class UnstractClient:
         # The Status API delivers results in its terminal answer; there is nothing to fetch.
         return PollOutcome(PollKind.RETRY, error="the Unstract API has no separate fetch")
 
+    def check(self) -> CheckOutcome:
+        try:
+            response = self._client.get(self._url, params={"execution_id": NO_SUCH_EXECUTION})
+        except httpx.HTTPError as exc:
+            return CheckOutcome(False, transport_error(exc))
+        return classify_check(response.status_code, response.content)
+
     def close(self) -> None:
         self._client.close()
 
 
 def transport_error(exc: httpx.HTTPError) -> str:
+    """Our words for a transport error: what happened, never a header's text."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "could not reach the API: the connection timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return f"could not reach the API: {_connect_failure(exc)}"
     if isinstance(exc, httpx.LocalProtocolError):
         return type(exc).__name__  # its text may quote a header, the key included
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _connect_failure(exc: httpx.ConnectError) -> str:
+    """'[Errno 111] Connection refused' -> 'connection refused' (DNS and TLS errors alike)."""
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(exc)).strip()
+    return text[:1].lower() + text[1:] if text else "the connection failed"

@@ -3,8 +3,15 @@ LLMWhisperer v2 service accepting one key."""
 
 from __future__ import annotations
 
-from .llmwhisperer import LLMWhispererEmulator
+import dataclasses
+import textwrap
+from collections.abc import Iterable
+
+from .faults import Faults
+from .llmwhisperer import CONTROL_PREFIX, LLMWhispererEmulator
+from .results import FAIL_MARKER
 from .unstract import Deployment, UnstractEmulator
+from .whisper_faults import WhisperFaults
 
 DEMO_ORG = "org_demo"
 DEMO_API = "invoices"
@@ -38,4 +45,34 @@ def llmwhisperer_demo_emulator(
         keys=[LLMW_DEMO_KEY],
         processing_seconds=processing_seconds,
         status_generation=status_generation,
+    )
+
+
+def demo_help() -> str:
+    """What `unstract-watcher emulator --help` tells beyond its options: the demo's URLs and
+    keys, how to make a document fail, and the fault knobs (built from the code, so true)."""
+    unstract_knobs = _wrapped(f.name for f in dataclasses.fields(Faults))
+    whisper_knobs = _wrapped(f.name for f in dataclasses.fields(WhisperFaults))
+    return f"""\
+what it serves (one port, both APIs):
+  Unstract API deployment  /deployment/api/{DEMO_ORG}/{DEMO_API}/  key {DEMO_KEY}
+  LLMWhisperer v2          /api/v2  key {LLMW_DEMO_KEY}
+  Any other key answers 401; any other deployment 404 "API not found".
+
+outcomes:
+  A document whose bytes contain {FAIL_MARKER.decode()} fails (the Unstract execution ends in
+  ERROR, the whisper fails); any other document succeeds after --execution-seconds.
+
+faults, while it runs (POST a JSON object of knob values; GET shows them):
+  /_emulator/faults (Unstract):
+{unstract_knobs}
+  {CONTROL_PREFIX}faults:
+{whisper_knobs}
+  Counts in /_emulator/stats and {CONTROL_PREFIX}stats.
+"""
+
+
+def _wrapped(names: Iterable[str]) -> str:
+    return textwrap.fill(
+        ", ".join(names), width=90, initial_indent="    ", subsequent_indent="    "
     )

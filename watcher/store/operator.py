@@ -60,7 +60,7 @@ def _check_schema(store: Store) -> None:
 
     with as_file(files("watcher._migrations")) as folder:
         head = ScriptDirectory(str(folder)).get_current_head()
-    with _reading(store) as conn:
+    with reading(store) as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     if current is None:
         raise NotSetUp("it has no job table")
@@ -69,7 +69,7 @@ def _check_schema(store: Store) -> None:
 
 
 @contextmanager
-def _reading(store: Store) -> Iterator[Connection]:
+def reading(store: Store) -> Iterator[Connection]:
     """A read transaction (never waits for the daemon's writes); database errors become
     StoreError, which the commands report as unreachable and the metrics as down."""
     try:
@@ -103,12 +103,12 @@ def list_jobs(
         query = query.where(jobs.c.created_at >= since)
     if limit is not None:
         query = query.limit(limit)
-    with _reading(store) as conn:
+    with reading(store) as conn:
         return [to_job(row) for row in conn.execute(query).all()]
 
 
 def get_job(store: Store, job_id: int) -> Job | None:
-    with _reading(store) as conn:
+    with reading(store) as conn:
         row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
     return to_job(row) if row else None
 
@@ -141,7 +141,7 @@ def summaries(store: Store, configured: Collection[str] | None = None) -> list[P
     others only if they have jobs, marked as not in the config: a pause recorded for a
     pipeline that was removed since means nothing any more.
     """
-    with _reading(store) as conn:
+    with reading(store) as conn:
         counts = conn.execute(
             sa.select(jobs.c.pipeline, jobs.c.state, sa.func.count()).group_by(
                 jobs.c.pipeline, jobs.c.state
