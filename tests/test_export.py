@@ -213,3 +213,20 @@ def test_fields_become_columns_that_name_one_place_each(result: Any, cells: dict
 
 def test_flatten_keeps_lists_whole() -> None:
     assert flatten({"lines": [{"qty": 1}]}, "output") == {"output.lines": [{"qty": 1}]}
+
+
+def test_a_version_replaced_by_a_fixed_one_is_not_reported_unreadable(
+    tmp_path: Path, server: EmulatorServer, db_url: str
+) -> None:
+    config = write_config(tmp_path, deployment_url(server), db_url)
+    document = tmp_path / "drop" / "scan.txt"
+    document.write_bytes(FAIL_MARKER)  # the first version fails: scan.txt.error.json
+    with running_daemon(config) as daemon:
+        wait_for(lambda: daemon.progress().finished == 1, what="the failed version")
+        document.write_text(json.dumps({ECHO_KEY: {"ok": True}}))  # fixed: its .json replaces
+        wait_for(lambda: daemon.progress().finished == 2, what="the fixed version")
+    assert not (tmp_path / "drop" / "scan.txt.error.json").exists()
+    done = cli(config, "export", "--format", "jsonl")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["source"], r["status"]) for r in rows] == [("scan.txt", "success")]

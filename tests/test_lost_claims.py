@@ -7,14 +7,18 @@ the window between COMMIT and its answer only now and then (test_postgres_outage
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from harness import KEY_ENV, api_key, deployment_url, results_under, running_daemon, wait_for
 
 from watcher import crashpoints
+from watcher.config import PipelineConfig
 from watcher.emulator import (
     LLMW_DEMO_KEY,
     EmulatorServer,
@@ -25,7 +29,10 @@ from watcher.emulator import (
 )
 from watcher.emulator.llmwhisperer import llmwhisperer_url, mount_llmwhisperer
 from watcher.jobs import Decision, JobState
+from watcher.reconcile import Reconciler
+from watcher.runtime import WorkSignal, build_pipeline
 from watcher.store import Store, jobs
+from watcher.store import store as store_module
 
 SHA_A = "a" * 64
 LLMW_KEY_ENV = "TEST_LLMWHISPERER_KEY"
@@ -35,6 +42,10 @@ LLMW_KEY_ENV = "TEST_LLMWHISPERER_KEY"
 def disarmed() -> Iterator[None]:
     yield
     crashpoints.disarm_lost_answers()
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def lease_owners(store: Store) -> list[str | None]:
@@ -177,3 +188,60 @@ def test_every_document_finishes_after_a_lost_claim_answer_without_a_restart(
     assert set(unstract.stats().posts_by_sha256.values()) == {1}
     assert whisperer.stats().whispers_created == 4
     assert set(whisperer.stats().retrieves_by_hash.values()) == {1}
+
+
+def test_an_accepted_uploads_id_is_kept_and_held_through_a_long_outage(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.enqueue("p", "a.pdf", SHA_A, 1, 1)
+    job = store.claim_for_upload("me", {"p": 5})
+    assert job is not None
+    real = store._record_submit
+    sweeps: list[int] = []
+
+    def down_then_up(*args: Any) -> bool:  # each call stands for a whole round of retries
+        if len(sweeps) < 2:
+            crashpoints.lose_answer_at("poll_claim")  # a commit in doubt, as in an outage
+            with pytest.raises(sa.exc.OperationalError):
+                store.claim_due_polls("me", 1, ["p"])
+            sweeps.append(store.release_orphans("me"))  # the heartbeat, meanwhile
+            raise sa.exc.OperationalError("UPDATE jobs", {}, Exception("server closed"))
+        return real(*args)
+
+    monkeypatch.setattr(store, "_record_submit", down_then_up)
+    monkeypatch.setattr(store_module, "OUTAGE_RETRY_SECONDS", 0.01)
+    accepted = Decision(JobState.SUBMITTED, 0.0, execution_id="e-1")
+    assert store.record_submit(job, accepted, 200)
+    assert sweeps == [0, 0]  # the job was ours all along: never released, never resubmitted
+    row = store.list_jobs()[0]
+    assert row.state is JobState.SUBMITTED and row.execution_id == "e-1"
+
+
+def test_a_poll_batch_cut_short_by_an_error_leaves_no_claim_held(
+    tmp_path: Path, store: Store, server: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "drop").mkdir()
+    config = PipelineConfig.model_validate({
+        "name": "p", "watch_dir": str(tmp_path / "drop"),
+        "api": {"url": deployment_url(server), "api_key": api_key()},
+    })  # fmt: skip
+    pipeline = build_pipeline(config)
+    for name in ("a.pdf", "b.pdf"):
+        store.enqueue("p", name, sha256_hex(name), 1, 1)
+        job = store.claim_for_upload("me", {"p": 5})
+        assert job is not None
+        store.record_submit(job, Decision(JobState.SUBMITTED, 0.0, execution_id=name), 200)
+
+    def down(*args: Any, **kwargs: Any) -> bool:
+        raise sa.exc.OperationalError("UPDATE jobs", {}, Exception("server closed"))
+
+    monkeypatch.setattr(store, "_record_poll", down)
+    stop = threading.Event()
+    reconciler = Reconciler(store, {"p": pipeline}, "me", stop, WorkSignal(1),
+                            threading.Event(), WorkSignal(1))  # fmt: skip
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            reconciler.poll_due()
+    finally:
+        pipeline.backend.close()
+    assert store.renew_leases("me") == 0  # neither the polled job nor the one after it

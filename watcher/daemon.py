@@ -216,8 +216,10 @@ class Daemon:
         return {name: p.paused_reason for name, p in self.pipelines.items() if p.is_paused()}
 
     def progress(self) -> Progress:
+        # Outcomes first: a job that finishes between the two reads is then in neither, never
+        # in both (a progress bar's total would count it twice).
+        outcomes = self.finisher.outcomes.copy()
         unfinished = self.store.unfinished_count(list(self.pipelines))
-        outcomes = self.finisher.outcomes
         return Progress(sum(outcomes.values()), outcomes["failed"], unfinished)
 
     # -- loops ----------------------------------------------------------------------------------
@@ -256,17 +258,16 @@ class Daemon:
         """Side loop: keep the claims our loops hold alive at a third of the lease. After a
         write whose answer was lost (the connection dropped at its commit), give back within
         a second any lease of ours that no loop holds: nobody would ever renew or take it."""
-        while not self.stop_event.wait(self._heartbeat_wait()):
-            self.store.renew_leases(self.owner)
+        renew_at = 0.0
+        while not self.stop_event.is_set():
+            if time.monotonic() >= renew_at:
+                self.store.renew_leases(self.owner)
+                renew_at = time.monotonic() + self.store.lease_seconds / 3
             if self.store.release_orphans(self.owner, hold=self.hold_pipelines()):
                 self.work.wake_all()
                 self.submitted.wake_all()
                 self.finished.set()
-
-    def _heartbeat_wait(self) -> float:
-        if self.store.claims_in_doubt():
-            return ORPHAN_CHECK_SECONDS
-        return self.store.lease_seconds / 3
+            self.stop_event.wait(ORPHAN_CHECK_SECONDS)  # no query unless a claim is in doubt
 
     def _discover(self) -> None:
         rescan_at: dict[str, float] = {}

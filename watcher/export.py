@@ -89,6 +89,8 @@ def read_row(job: Job, placement: Placement) -> dict[str, Any] | str | None:
     try:
         document = json.loads(path.read_bytes())
     except FileNotFoundError:
+        if _superseded(placement.stale_result_path(job), job):
+            return None  # a newer version's file of the other kind replaced it
         return f"no result file {as_text(str(path))}"
     except OSError as exc:
         return f"cannot read {as_text(str(path))}: {exc.strerror}"
@@ -100,6 +102,14 @@ def read_row(job: Job, placement: Placement) -> dict[str, Any] | str | None:
         return None
     text = path.with_name(path.name.removesuffix(RESULT_SUFFIX) + ".txt")
     return document_row(job, document, path, text if text.is_file() else None)
+
+
+def _superseded(other_kind: Path, job: Job) -> bool:
+    try:
+        document = json.loads(other_kind.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("sha256") != job.sha256
 
 
 def spool_rows(

@@ -70,9 +70,15 @@ class Finisher:
         moved or deleted, then all marked finished in one transaction. A crash in between
         writes the same files again after the restart.
         """
+        claimed = self.store.claim_stored_results(self.owner, BATCH, list(self.pipelines))
+        try:
+            return self._finish(claimed)
+        finally:  # unwritten ones: their leases run out, and they are taken again
+            self.store.let_go(claimed)
+
+    def _finish(self, claimed: list[Job]) -> tuple[int, int]:
         written: list[tuple[Job, Pipeline, Path]] = []
         troubled = 0
-        claimed = self.store.claim_stored_results(self.owner, BATCH, list(self.pipelines))
         for job in claimed:
             pipeline = self.pipelines.get(job.pipeline)
             if pipeline is None:  # removed by a reload; its jobs wait for it
@@ -91,7 +97,6 @@ class Finisher:
         written = [entry for entry in written if entry[0].id not in refused]
         disposals = [self._dispose(job, pipeline) for job, pipeline, _ in written]
         self.store.mark_finished_many([job for job, _, _ in written], self._notices(written))
-        self.store.let_go(claimed)  # unwritten ones: their leases run out, they are retaken
         for (job, pipeline, target), disposal in zip(written, disposals, strict=True):
             with about(job):
                 self._report(job, pipeline, target, disposal)

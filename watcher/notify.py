@@ -31,11 +31,13 @@ from watcher.store.outbox import (
     notice_sent,
     postpone_notices,
 )
+from watcher.store.store import retry_transient
 
 log = get_logger()
 BATCH = 32
 IDLE_WAIT_SECONDS = 1.0  # how often an idle sender looks for new notices
-LEASE_SECONDS = 120.0  # a claimed notice is ours this long (longer than any POST)
+LEASE_SECONDS = 120.0  # a claimed batch is ours this long, and at least three POSTs' time
+LEASE_MARGIN_SECONDS = 10.0
 SIGNATURE_HEADER = "X-Unstract-Watcher-Signature"
 
 
@@ -64,20 +66,26 @@ class Notifier:
 
     def send_due(self) -> float:
         """Send what is due; return how long to wait before looking again."""
-        notices = claim_due_notices(self.store, BATCH, LEASE_SECONDS)
+        lease = max(LEASE_SECONDS, 3 * self.config.timeout_seconds)
+        notices = claim_due_notices(self.store, BATCH, lease)
+        # A POST started after this could end after the lease, when another instance may
+        # have claimed the same notice: the rest of the batch is claimed again instead.
+        last_start = time.monotonic() + lease - self.config.timeout_seconds - LEASE_MARGIN_SECONDS
         for index, notice in enumerate(notices):
             self.last_beat = time.monotonic()
-            if self.stop.is_set():  # not tried: due again at once, for the next start
+            if self.stop.is_set() or self.last_beat > last_start:  # not tried: due again now
                 postpone_notices(self.store, notices[index:], 0.0)
                 return 0.0
             error = self._post(notice)
             if error is None:
-                notice_sent(self.store, notice)
+                # Retried through a database blip: a notice the receiver took and that
+                # stayed in the outbox would be sent again.
+                retry_transient(notice_sent)(self.store, notice)
                 self._count(notice, "sent")
                 self._failures = 0
                 continue
             wait = self._wait_after_failure()
-            notice_failed(self.store, notice, wait, error)
+            retry_transient(notice_failed)(self.store, notice, wait, error)
             self._count(notice, "failed")
             postpone_notices(self.store, notices[index + 1 :], wait)
             return wait

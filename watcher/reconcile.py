@@ -95,18 +95,25 @@ class Reconciler:
     def poll_due(self) -> int:
         """Poll every execution whose next poll is due; return how many were polled."""
         due = self.store.claim_due_polls(self.owner, BATCH, list(self.pipelines))
-        for index, job in enumerate(due):
-            if self.stop.is_set():
-                self.store.let_go(due[index:])  # polled again on the next start
-                break
-            self.last_beat = time.monotonic()
-            pipeline = self.pipelines.get(job.pipeline)
-            if pipeline is None:  # removed by a reload: its jobs wait for it to return
-                self.store.release_poll(job)
-                continue
-            with about(job):
-                self.poll(job, pipeline)
+        polled = 0  # each poll ends its job's claim; the rest are let go if we leave early
+        try:
+            for job in due:
+                if self.stop.is_set():
+                    break  # polled again on the next start
+                self.last_beat = time.monotonic()
+                self._poll_claimed(job)
+                polled += 1
+        finally:
+            self.store.let_go(due[polled:])
         return len(due)
+
+    def _poll_claimed(self, job: Job) -> None:
+        pipeline = self.pipelines.get(job.pipeline)
+        if pipeline is None:  # removed by a reload: its jobs wait for it to return
+            self.store.release_poll(job)
+            return
+        with about(job):
+            self.poll(job, pipeline)
 
     def poll(self, job: Job, pipeline: Pipeline) -> None:
         assert job.execution_id is not None

@@ -169,6 +169,8 @@ class FolderWatcher:
         self._observing = (False, 1.0)  # polling?, polling interval
         self._root_id = _identity(self.root)  # (device, inode) of the watched root
         self._root_deleted = threading.Event()  # the watch saw its own root deleted
+        self._stopped = False  # stopped for good (a reload, the end): never watched again
+        self._watch_lock = threading.Lock()  # a stop and a re-watch never cross
 
     # -- watching (events as hints) -------------------------------------------------------------
 
@@ -191,8 +193,10 @@ class FolderWatcher:
             self._observer = start_observer(self, True, polling_interval)
 
     def stop_watching(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
+        with self._watch_lock:
+            self._stopped = True
+            if self._observer is not None:
+                self._observer.stop()
 
     def watching(self) -> bool:
         """The observer thread runs (its watch may have ended with its folder: see
@@ -207,6 +211,8 @@ class FolderWatcher:
     def check_root(self) -> bool:
         """Notice a root that is gone or was replaced; watch the new folder once it exists.
         True when the root is watched anew (the caller lists it at once)."""
+        if self._stopped:  # retired by a reload while discovery went over it
+            return False
         identity = _identity(self.root)
         if identity is None:
             if self._root_id is not None:
@@ -220,16 +226,23 @@ class FolderWatcher:
         self.log.warning("watch_dir was replaced or is back; watching the folder now there",
                          folder=as_text(str(self.root)))  # fmt: skip
         self._root_id = identity
-        if self._observer is not None:
-            self.stop_watching()
-            self._root_deleted.clear()
-            try:
-                self.watch(*self._observing)
-            except OSError as exc:  # gone again already: the next pass tries once more
-                self._root_id = None
-                self.listing_error = f"{as_text(str(self.root))}: {exc.strerror or exc}"
+        with self._watch_lock:
+            if self._stopped:
+                return False
+            if self._observer is not None and not self._watch_again():
                 return False
         self.listing_error = None
+        return True
+
+    def _watch_again(self) -> bool:
+        self._observer.stop()
+        self._root_deleted.clear()
+        try:
+            self.watch(*self._observing)
+        except OSError as exc:  # gone again already: the next pass tries once more
+            self._root_id = None
+            self.listing_error = f"{as_text(str(self.root))}: {exc.strerror or exc}"
+            return False
         return True
 
     def _watch_alive(self) -> bool:

@@ -27,9 +27,12 @@ class HeldClaims:
             self._held |= ids
             self._unsent -= ids
 
-    def drop(self, ids: Iterable[int]) -> None:
+    def drop(self, ids: Iterable[int]) -> bool:
+        """No longer held; True if any of them was."""
         with self._lock:
-            self._held -= set(ids)
+            ids = set(ids) & self._held
+            self._held -= ids
+            return bool(ids)
 
     def never_handed_out(self, ids: Iterable[int]) -> None:
         """A claim whose commit failed: its rows may be leased to us, unused by any loop."""

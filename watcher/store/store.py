@@ -83,14 +83,17 @@ def retry_transient(method: Callable[P, T]) -> Callable[P, T]:
 def ends_claim(
     method: Callable[Concatenate[Store, Job, P], T],
 ) -> Callable[Concatenate[Store, Job, P], T]:
-    """The loop is done with the job's claim once this call returns or raises."""
+    """The loop is done with the job's claim once this call returns or raises. The write
+    lets go of it before its commit (`_tx(ending=...)`): after the commit another loop of
+    ours may claim the job anew, and that claim must stay held."""
 
     @functools.wraps(method)
     def ended(store: Store, job: Job, /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(store, job, *args, **kwargs)
-        finally:
-            store.let_go([job])
+        except BaseException:
+            store.let_go([job])  # a lease left behind is an orphan: see release_orphans
+            raise
 
     return ended
 
@@ -201,27 +204,36 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def _tx(self, lose_answer_at: str = "") -> Iterator[Connection]:
+    def _tx(self, lose_answer_at: str = "", ending: Iterable[Job] = ()) -> Iterator[Connection]:
+        """A write transaction; the claims of `ending` are let go just before its commit,
+        while their rows are still locked by it. If it fails, they are held again: the
+        caller may try once more, and until it gives up they are its own."""
+        ending = list(ending)
         # The connection is checked out before the lock is taken: the lock covers only the
         # transaction itself, which every writer of this process waits for.
         try:
             with self.engine.connect() as conn, self._lock, conn.begin():
                 yield conn
+                self._held.drop(job.id for job in ending)  # ended by this commit
             if lose_answer_at and answer_lost(lose_answer_at):
                 raise sa.exc.OperationalError(
                     "COMMIT", None, ConnectionError("connection lost after the commit")
                 )
-        except TRANSIENT_DB_ERRORS:
-            # The commit may have gone through: a lease of ours may now be held by no loop.
-            self._held.doubt()
+        except BaseException as exc:
+            self._held.take(job.id for job in ending)
+            if isinstance(exc, TRANSIENT_DB_ERRORS):
+                # The commit may have gone through: a lease of ours may be held by no loop.
+                self._held.doubt()
             raise
 
-    def _claim(self, point: str, claim: Callable[[Connection], list[Job]]) -> list[Job]:
+    def _claim(
+        self, point: str, claim: Callable[[Connection], list[Job]], ending: Iterable[Job] = ()
+    ) -> list[Job]:
         """Run a claim. Its jobs are held (renewed) from before the commit; if the commit's
         answer is lost, they are noted as never handed out, for `release_orphans`."""
         found: list[Job] = []
         try:
-            with self._tx(lose_answer_at=point) as conn:
+            with self._tx(lose_answer_at=point, ending=ending) as conn:
                 found = claim(conn)
                 self._held.take(job.id for job in found)
         except BaseException:
@@ -230,9 +242,11 @@ class Store:
         return found
 
     def let_go(self, claimed: Iterable[Job]) -> None:
-        """The loop will not record these claimed jobs: their leases are no longer renewed
-        (they run out, and the job is taken again by this or another instance)."""
-        self._held.drop(job.id for job in claimed)
+        """The loop will not record these claimed jobs: their leases are no longer renewed,
+        and `release_orphans` gives them back (the job is taken again, by this or another
+        instance, as after a lost answer)."""
+        if self._held.drop(job.id for job in claimed):
+            self._held.doubt()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -354,20 +368,52 @@ class Store:
         return [to_job(row)] if row else []
 
     @ends_claim
-    @retry_transient
     def record_submit(self, job: Job, decision: Decision, http_status: int | None) -> bool:
-        """Apply what the upload worker decided; fenced on the claim. False if it was lost."""
+        """Apply what the upload worker decided; fenced on the claim. False if it was lost.
+
+        An accepted upload's execution id is the only link to what the server now runs: its
+        write is retried for as long as the database is down (dropped, the document would
+        be submitted again as an interrupted upload)."""
+        if decision.state is not JobState.SUBMITTED:
+            return self._record_submit(job, decision, http_status)
+        return self._until_stored(
+            "an accepted upload's execution id", self._record_submit, job, decision, http_status
+        )
+
+    @retry_transient
+    def _record_submit(self, job: Job, decision: Decision, http_status: int | None) -> bool:
         return self._fenced_update(job, JobState.SUBMITTING, self._submit_values(
             job, decision, http_status))  # fmt: skip
 
+    def _until_stored(
+        self, what: str, write: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        while True:
+            try:
+                return write(*args, **kwargs)
+            except TRANSIENT_DB_ERRORS:
+                log.error(f"cannot store {what}: the database is unreachable; keeping it in "
+                          "memory and retrying", retry_in_seconds=OUTAGE_RETRY_SECONDS)  # fmt: skip
+                time.sleep(OUTAGE_RETRY_SECONDS)
+
     @ends_claim
-    @retry_transient
     def record_submit_and_claim(
         self, job: Job, decision: Decision, http_status: int | None, owner: str,
         limits: Mapping[str, int],
     ) -> tuple[bool, Job | None]:  # fmt: skip
         """`record_submit`, and the worker's next claim in the same transaction: one
-        transaction a document instead of two (every writer of SQLite waits for each)."""
+        transaction a document instead of two (every writer of SQLite waits for each).
+        Through an outage, the answer alone is kept trying, as `record_submit` does."""
+        try:
+            return self._record_submit_and_claim(job, decision, http_status, owner, limits)
+        except TRANSIENT_DB_ERRORS:
+            return self.record_submit(job, decision, http_status), None
+
+    @retry_transient
+    def _record_submit_and_claim(
+        self, job: Job, decision: Decision, http_status: int | None, owner: str,
+        limits: Mapping[str, int],
+    ) -> tuple[bool, Job | None]:  # fmt: skip
         values = self._submit_values(job, decision, http_status)
         recorded = False
 
@@ -376,7 +422,7 @@ class Store:
             recorded = self._fenced(conn, job, JobState.SUBMITTING, values)
             return self._claim_upload_in(conn, owner, limits)
 
-        found = self._claim("upload_claim", record_and_claim)
+        found = self._claim("upload_claim", record_and_claim, ending=[job])
         return recorded, found[0] if found else None
 
     def _submit_values(
@@ -507,16 +553,10 @@ class Store:
         A terminal body in hand may be the only copy there is (the server hands it out once):
         its write is retried for as long as the database is down, never dropped.
         """
-        while True:
-            try:
-                return self._record_poll(job, decision, http_status, body, fetching)
-            except TRANSIENT_DB_ERRORS:
-                if body is None:
-                    raise
-                log.error("cannot store a result that the API hands out once: the database "
-                          "is unreachable; keeping it in memory and retrying",
-                          retry_in_seconds=OUTAGE_RETRY_SECONDS)  # fmt: skip
-                time.sleep(OUTAGE_RETRY_SECONDS)
+        if body is None:
+            return self._record_poll(job, decision, http_status, body, fetching)
+        return self._until_stored("a result that the API hands out once", self._record_poll,
+                                  job, decision, http_status, body, fetching)  # fmt: skip
 
     @retry_transient
     def _record_poll(
@@ -529,7 +569,7 @@ class Store:
         if decision.state is JobState.QUEUED:
             values["execution_id"] = None
         expected = JobState.FETCHING if fetching else JobState.SUBMITTED
-        with self._tx() as conn:
+        with self._tx(ending=[job]) as conn:
             if body is not None and decision.outcome is not None and job.execution_id:
                 kept = dict(
                     execution_id=job.execution_id, job_id=job.id, outcome=decision.outcome,
@@ -567,15 +607,16 @@ class Store:
         change was made."""
         try:
             return self._mark_finished_many(finished, notices or {})
-        finally:
+        except BaseException:
             self.let_go(finished)
+            raise
 
     @retry_transient
     def _mark_finished_many(
         self, finished: Sequence[Job], notices: Mapping[int, Draft]
     ) -> list[bool]:
         now = self.clock()
-        with self._tx() as conn:  # in id order, as other multi-row updates lock them
+        with self._tx(ending=finished) as conn:  # in id order, as other multi-row updates lock them
             done = {
                 job.id: self._fenced(conn, job, JobState.RESULT_STORED, self._finished(job, now))
                 for job in sorted(finished, key=lambda job: job.id)
@@ -587,7 +628,7 @@ class Store:
     @staticmethod
     def _finished(job: Job, now: float) -> dict[str, Any]:
         state = JobState.DONE if job.outcome == "success" else JobState.FAILED
-        return {"state": state.value, "finished_at": now, "lease_owner": None}
+        return {"state": state.value, "finished_at": now, "updated_at": now, "lease_owner": None}
 
     # -- recovery and counts -------------------------------------------------------------------
 
@@ -625,6 +666,7 @@ class Store:
             with self._tx() as conn:
                 orphans, unsent = self._orphans(conn, owner)
                 if not orphans:
+                    self._held.checked(unsent)
                     return 0
                 unused = jobs.c.id.in_(sorted(orphans & unsent))
                 conn.execute(
@@ -734,7 +776,8 @@ class Store:
         return values
 
     def _fenced_update(self, job: Job, expected: JobState, values: dict[str, Any]) -> bool:
-        with self._tx() as conn:
+        """A state change that ends the job's claim."""
+        with self._tx(ending=[job]) as conn:
             return self._fenced(conn, job, expected, values)
 
     def _fenced(
