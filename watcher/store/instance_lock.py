@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 PREFIX = "unstract-watcher"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+TERMINATE_WAIT_SECONDS = 5.0  # for a terminated backend to exit and free the lock
 
 
 def _short(text: str) -> str:
@@ -90,9 +92,22 @@ def _end_dead_holder(conn: Connection, key: int) -> bool:
         {"high": unsigned >> 32, "low": unsigned & 0xFFFF_FFFF},
     ).all()
     ours = session_name()
-    ended = False
-    for pid, name in holders:
-        if is_dead_earlier_life(name or "", ours):
-            ended |= bool(conn.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar())
+    ended = [pid for pid, name in holders if is_dead_earlier_life(name or "", ours)
+             and conn.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar()]  # fmt: skip
     conn.commit()
-    return ended
+    # pg_terminate_backend only signals: the lock is free once that backend has exited.
+    deadline = time.monotonic() + TERMINATE_WAIT_SECONDS
+    while ended and _running(conn, ended) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(ended)
+
+
+def _running(conn: Connection, pids: list[int]) -> bool:
+    found = conn.execute(
+        sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid IN :pids").bindparams(
+            sa.bindparam("pids", expanding=True)
+        ),
+        {"pids": pids},
+    ).scalar_one()
+    conn.commit()
+    return bool(found)
