@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from watcher import config as config_module
+from watcher.config import Settings
+from watcher.context import Context, Live, Wakes
 from watcher.daemon import Daemon
 from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG, EmulatorServer
+from watcher.metrics import Metrics
+from watcher.runtime import Pipeline
 from watcher.store import Store
 
 KEY_ENV = "TEST_UNSTRACT_API_KEY"
@@ -48,17 +53,34 @@ def deployment_url(server: EmulatorServer) -> str:
 
 
 @contextmanager
-def running_daemon(config_path: Path, watch_events: bool = True) -> Iterator[Daemon]:
+def running_daemon(
+    config_path: Path,
+    watch_events: bool = True,
+    load_settings: Callable[[], Settings] | None = None,
+) -> Iterator[Daemon]:
+    """The daemon's own main loop (`Daemon.run`) in a thread, stopped and joined at the end."""
     settings = config_module.load(config_path)
     store = Store(settings.database.url)
     store.upgrade()
     daemon = Daemon(settings, store)
-    daemon.start(watch_events=watch_events)
+    raised: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            daemon.run(load_settings=load_settings, watch_events=watch_events)
+        except BaseException as exc:
+            raised.append(exc)
+
+    serving = threading.Thread(target=serve, name="main")
+    serving.start()
     try:
+        wait_for(lambda: daemon.started.is_set() or not serving.is_alive(), what="the start")
+        if raised:
+            raise raised[0]
         yield daemon
     finally:
         daemon.stop()
-        daemon.join()
+        serving.join()
         store.close()
 
 
@@ -85,3 +107,11 @@ def results_under(folder: Path) -> dict[str, dict[str, Any]]:
 
 def api_key() -> str:
     return DEMO_KEY
+
+
+def live_context(store: Store, pipelines: list[Pipeline], owner: str = "me") -> Live:
+    """What a loop is built from, for testing one loop without a daemon around it."""
+    settings = Settings(pipelines=[p.config for p in pipelines])
+    wakes = Wakes.for_workers(1, 1)
+    by_name = {p.name: p for p in pipelines}
+    return Live(Context(settings, store, by_name, owner, Metrics(), wakes))

@@ -120,15 +120,14 @@ def test_a_file_that_changes_before_upload_is_not_sent(
     source.write_bytes(b"as it was hashed")
     with running_daemon(config, watch_events=False) as daemon:
         daemon.stop()  # keep the job queued: nothing claims it once the loops have stopped
-        daemon.join()
+        wait_for(lambda: not daemon.supervisor.running(), what="the loops to stop")
         daemon.store.enqueue("docs", "b.txt", "0" * 64, 3, 1)  # hashed content that is gone
         (tmp_path / "drop" / "b.txt").write_bytes(b"new")
         if change == "vanish":
             (tmp_path / "drop" / "b.txt").unlink()
         from watcher.submit import Uploader
 
-        uploader = Uploader(daemon.store, daemon.pipelines, "test", daemon.stop_event,
-                            daemon.work, daemon.submitted, daemon.finished)  # fmt: skip
+        uploader = Uploader(daemon.live)
         job = daemon.store.claim_for_upload("test", {"docs": 5})
         while job is not None and job.relative_path != "b.txt":
             job = daemon.store.claim_for_upload("test", {"docs": 5})

@@ -2,56 +2,84 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from harness import KEY_ENV, api_key, running_daemon, wait_for, write_config
 
-from watcher import daemon as daemon_module
-from watcher.config import load
-from watcher.daemon import Daemon
-from watcher.store import Store
+from watcher import supervisor as supervisor_module
+from watcher.supervisor import Loop, Supervisor
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
-    monkeypatch.setenv(KEY_ENV, api_key())
-    config = write_config(tmp_path, "http://127.0.0.1:9/deployment/api/org/api/", sqlite_url)
-    monkeypatch.setattr(daemon_module, "OUTAGE_FIRST_WAIT_SECONDS", 0.01)
-    store = Store(sqlite_url)
-    yield Daemon(load(config), store)
-    store.close()
+class _Loop(Loop):
+    """A loop whose rounds are a function: the database is down for its first rounds, or a
+    bug raises (faults we cannot make a real server produce without breaking it for all)."""
+
+    name = "test-loop"
+
+    def __init__(self, round_: Callable[[], None]) -> None:
+        super().__init__()
+        self.round = round_
+
+    def run(self, stop: threading.Event) -> None:
+        self.round()
 
 
-def test_a_database_outage_pauses_a_loop_instead_of_stopping_the_daemon(daemon: Daemon) -> None:
+def _outage() -> sa.exc.OperationalError:
+    return sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+
+def _supervisor() -> tuple[Supervisor, threading.Event]:
+    stop = threading.Event()
+    return Supervisor(stop, on_failure=stop.set), stop
+
+
+def test_a_database_outage_pauses_a_loop_instead_of_stopping_the_daemon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(supervisor_module, "OUTAGE_FIRST_WAIT_SECONDS", 0.01)
     calls = []
 
-    def loop() -> None:  # the database is down for its first two rounds (a fault we cannot
-        calls.append(1)  # make a real server produce without breaking it for everyone)
+    def round_() -> None:  # down for the first two rounds
+        calls.append(1)
         if len(calls) <= 2:
-            raise sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+            raise _outage()
 
-    daemon._supervised(loop)
-    assert len(calls) == 3 and daemon.failure is None and not daemon.stop_event.is_set()
+    supervisor, stop = _supervisor()
+    supervisor.supervise(_Loop(round_))
+    assert len(calls) == 3 and supervisor.failure is None and not stop.is_set()
 
 
-def test_any_other_error_in_a_loop_stops_the_daemon(daemon: Daemon) -> None:
-    def loop() -> None:
+def test_any_other_error_in_a_loop_stops_the_daemon() -> None:
+    def round_() -> None:
         raise ValueError("a bug")
 
-    daemon._supervised(loop)
-    assert isinstance(daemon.failure, ValueError) and daemon.stop_event.is_set()
+    supervisor, stop = _supervisor()
+    supervisor.supervise(_Loop(round_))
+    assert isinstance(supervisor.failure, ValueError) and stop.is_set()
 
 
-def test_a_stop_during_an_outage_ends_the_wait(daemon: Daemon) -> None:
-    def loop() -> None:
-        daemon.stop()
-        raise sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+def test_a_stop_during_an_outage_ends_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor_module, "OUTAGE_FIRST_WAIT_SECONDS", 60.0)
+    rounds: list[int] = []
 
-    daemon._supervised(loop)
-    assert daemon.failure is None
+    def round_() -> None:
+        rounds.append(1)
+        raise _outage()
+
+    supervisor, stop = _supervisor()
+    waiting = threading.Thread(target=supervisor.supervise, args=(_Loop(round_),))
+    waiting.start()
+    wait_for(lambda: bool(rounds), what="the outage's first round")
+    asked = time.monotonic()
+    stop.set()  # well inside the minute's wait
+    waiting.join(30)
+    assert not waiting.is_alive() and supervisor.failure is None
+    assert time.monotonic() - asked < 5 and rounds == [1]
 
 
 def test_health_reports_a_drop_folder_that_cannot_be_listed(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import live_context
 
 from watcher import finish as finish_module
 from watcher.config import PipelineConfig
@@ -46,7 +46,7 @@ def test_a_folder_that_cannot_be_synced_keeps_its_results_stored(
 ) -> None:
     stored(store, ["a.pdf", "sub/b.pdf"])
     (tmp_path / "drop" / "sub").mkdir()
-    finisher = Finisher(store, {"p": pipeline}, "me", threading.Event(), threading.Event())
+    finisher = Finisher(live_context(store, [pipeline]))
     real = finish_module.fsync_folder
 
     def refuse_sub(folder: Path) -> None:  # EIO from a failing disk: no other way to get it

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from harness import KEY_ENV, api_key, deployment_url, results_under, running_daemon, wait_for
+from harness import (
+    KEY_ENV,
+    api_key,
+    deployment_url,
+    live_context,
+    results_under,
+    running_daemon,
+    wait_for,
+)
 
 from watcher import crashpoints
 from watcher.config import PipelineConfig
@@ -30,7 +38,7 @@ from watcher.emulator import (
 from watcher.emulator.llmwhisperer import llmwhisperer_url, mount_llmwhisperer
 from watcher.jobs import Decision, JobState
 from watcher.reconcile import Reconciler
-from watcher.runtime import WorkSignal, build_pipeline
+from watcher.runtime import build_pipeline
 from watcher.store import Store, jobs
 from watcher.store import store as store_module
 
@@ -237,11 +245,10 @@ def test_a_poll_batch_cut_short_by_an_error_leaves_no_claim_held(
 
     monkeypatch.setattr(store, "_record_poll", down)
     stop = threading.Event()
-    reconciler = Reconciler(store, {"p": pipeline}, "me", stop, WorkSignal(1),
-                            threading.Event(), WorkSignal(1))  # fmt: skip
+    reconciler = Reconciler(live_context(store, [pipeline]))
     try:
         with pytest.raises(sa.exc.OperationalError):
-            reconciler.poll_due()
+            reconciler.poll_due(stop)
     finally:
         pipeline.backend.close()
     assert store.renew_leases("me") == 0  # neither the polled job nor the one after it

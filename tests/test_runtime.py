@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from watcher.config import PipelineConfig
-from watcher.runtime import Pipeline, WorkSignal, build_pipeline
+from watcher.context import WorkSignal
+from watcher.runtime import Pipeline, build_pipeline
 from watcher.unstract import UnstractClient
 
 

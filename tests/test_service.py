@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from harness import api_key, deployment_url, results_under, wait_for, write_config
 
 from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.supervisor import Loop
 
 UNIT = Path(__file__).parent.parent / "deploy" / "systemd" / "unstract-watcher.service"
 
@@ -152,7 +154,7 @@ def test_metrics_and_health_over_http(
         scraped = httpx.get(f"{base}/metrics").text
         health = httpx.get(f"{base}/healthz")
         assert health.status_code == 200 and health.json() == {"ok": True, "problems": []}
-        daemon._discovery_beat = 0.0  # as if discovery had hung for a long time
+        daemon.discovery.last_beat = 0.0  # as if discovery had hung for a long time
         sick = httpx.get(f"{base}/healthz")
     lines = set(scraped.splitlines())
     assert 'unstract_watcher_documents{pipeline="docs",state="done"} 3.0' in lines
@@ -202,20 +204,22 @@ def test_a_pipeline_removed_mid_flight_keeps_its_executions_for_when_it_returns(
         assert slow.stats().posts == 3  # polled where they were, never submitted again
 
 
-class _StuckLoop:
+class _StuckLoop(Loop):
     """A loop whose last round was long ago: what a hung HTTP call or disk looks like."""
 
-    last_beat = -1e9
+    name = "_StuckLoop"
+
+    def __init__(self) -> None:
+        self.last_beat = -1e9
+
+    def run(self, stop: threading.Event) -> None:
+        stop.wait()
 
 
 def test_the_watchdog_ping_stops_while_a_loop_is_stuck(
     tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
     from harness import KEY_ENV, running_daemon
-
-    from watcher import config as config_module
 
     monkeypatch.setenv(KEY_ENV, api_key())
     notes = Notifications(tmp_path / "notify.sock")
@@ -223,20 +227,16 @@ def test_the_watchdog_ping_stops_while_a_loop_is_stuck(
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1s: a ping every 0.5 s
     config = write_config(tmp_path, deployment_url(server), sqlite_url)
     with running_daemon(config) as daemon:
-        serving = threading.Thread(target=daemon.serve, args=(lambda: config_module.load(config),))
-        serving.start()
         notes.wait_for("READY=1")
         notes.wait_for("WATCHDOG=1")
         stuck = _StuckLoop()
-        daemon._loops.append(stuck)
+        daemon.supervisor.start([stuck])
         time.sleep(0.6)  # a ping already on its way may still come
         mark = len(notes.collect())
         time.sleep(1.5)  # three pings' worth
         assert not [n for n in notes.collect()[mark:] if n == "WATCHDOG=1"]  # systemd restarts us
         assert "stuck: _StuckLoop" in daemon.health_problems()
-        daemon._loops.remove(stuck)
+        stuck.beat()  # it moves on again: the pings come back
         notes.wait_for("WATCHDOG=1", after=len(notes.collect()))
-        daemon.stop()
-        serving.join(10)
     notes.wait_for("STOPPING=1")
     notes.sock.close()

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -18,12 +19,13 @@ from types import FrameType
 from watcher import check, commands
 from watcher import config as config_module
 from watcher.config import ConfigError, Settings
-from watcher.daemon import Daemon
+from watcher.daemon import Daemon, Outcome
+from watcher.demo import run_demo
 from watcher.jobs import JobState
 from watcher.logs import configure, get_logger
-from watcher.progress import drain_with_progress
+from watcher.progress import progress_bar
 from watcher.store import Store, StoreError
-from watcher.store.operator import NotSetUp, held_jobs, open_existing
+from watcher.store.operator import NotSetUp, open_existing
 
 EXIT_OK = 0
 EXIT_DOCUMENTS_FAILED = 1  # run --once: at least one document ended with an error file
@@ -73,6 +75,7 @@ def run_daemon(
     once: bool,
     load_settings: Callable[[], Settings] | None = None,
 ) -> int:
+    """Run the daemon (or drain once) with signal handlers installed; return the exit code."""
     daemon = Daemon(settings, store)
 
     # Signal handlers only set events: logging here could deadlock on the log's own lock.
@@ -85,28 +88,32 @@ def run_daemon(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_reload)
-    daemon.start(watch_events=not once)
-    if once:
-        drain_with_progress(daemon)
-        paused = daemon.paused_pipelines()
-        daemon.stop()
-    else:
-        daemon.serve(load_settings or (lambda: settings))
-    daemon.join()
-    if daemon.failure is not None:
+    with progress_bar() if once else nullcontext() as bar:
+        outcome = daemon.run(once=once, load_settings=load_settings, each_round=bar)
+    return exit_code(outcome, once)
+
+
+def exit_code(outcome: Outcome, once: bool) -> int:
+    """A crashed loop, or (`run --once`) a paused pipeline, held jobs, failed documents."""
+    if outcome.failure is not None:
         return EXIT_SOFTWARE
-    if once and paused:
-        for name, reason in paused.items():
-            print(f"unstract-watcher: pipeline {name} paused: {reason}; its documents stay "
-                  "queued until the key or URL is fixed", file=sys.stderr)  # fmt: skip
+    if not once:
+        return EXIT_OK
+    for name, reason in outcome.paused.items():
+        print(
+            f"unstract-watcher: pipeline {name} paused: {reason}; its documents stay "
+            "queued until the key or URL is fixed",
+            file=sys.stderr,
+        )
+    if outcome.paused:
         return EXIT_PIPELINE_PAUSED
-    held = held_jobs(store, list(daemon.pipelines))
-    if once and held:
-        print(f"unstract-watcher: {held} job(s) held with an unknown upload outcome; see "
-              "`jobs list --state held`", file=sys.stderr)  # fmt: skip
-    if once and (daemon.progress().failed or held):
-        return EXIT_DOCUMENTS_FAILED
-    return EXIT_OK
+    if outcome.held:
+        print(
+            f"unstract-watcher: {outcome.held} job(s) held with an unknown upload outcome; "
+            "see `jobs list --state held`",
+            file=sys.stderr,
+        )
+    return EXIT_DOCUMENTS_FAILED if outcome.failed or outcome.held else EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -269,9 +276,18 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from watcher.demo import run_demo
+    return run_demo(Path(args.dir), run_config_once, port=args.port, serve=args.serve)
 
-    return run_demo(Path(args.dir), port=args.port, serve=args.serve)
+
+def run_config_once(config_path: Path) -> int:
+    """`run --once` of a config file (the demo's)."""
+    settings = config_module.load(config_path)
+    configure(settings.daemon.log_level, settings.daemon.log_format)
+    store = _open_store(settings)
+    try:
+        return run_daemon(settings, store, once=True)
+    finally:
+        store.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

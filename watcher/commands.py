@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from watcher.config import PipelineConfig
+from watcher.files import sha256_of
 from watcher.jobs import Job, JobState
 from watcher.output import move_durably
 from watcher.store import Store
@@ -27,7 +28,6 @@ from watcher.store.operator import (
 )
 from watcher.store.presence import daemons_now
 from watcher.unstract import find_file_item
-from watcher.watch import sha256_of
 
 ERROR_WIDTH = 60  # `jobs list` cuts errors here, unless --full
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")

@@ -14,13 +14,11 @@ import shlex
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from watcher import config as config_module
 from watcher.config import ConfigError
-from watcher.logs import configure
-from watcher.store import Store
 
 if TYPE_CHECKING:
     from watcher.emulator import EmulatorServer
@@ -124,8 +122,14 @@ def write_samples(inbox: Path, samples: dict[str, str]) -> None:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
-def run_demo(folder: Path, port: int | None = None, serve: bool = False) -> int:
-    """Samples, the emulator, one `run --once`; with `serve`, the emulator stays up after."""
+def run_demo(
+    folder: Path,
+    run_once: Callable[[Path], int],
+    port: int | None = None,
+    serve: bool = False,
+) -> int:
+    """Samples, the emulator, one `run --once` of its config (`run_once` returns the exit
+    code); with `serve`, the emulator stays up after."""
     folder = folder.resolve()
     inbox, results = folder / "inbox", folder / "results"
     scans, scan_results = folder / "scans", folder / "scan-results"
@@ -136,7 +140,7 @@ def run_demo(folder: Path, port: int | None = None, serve: bool = False) -> int:
     server = _start_emulator(port)
     try:
         config_path, run_line = _write_config(folder, server, port)
-        code = _run_once(config_path)
+        code = run_once(config_path)
         for title, where in (("Unstract results", results),
                              ("LLMWhisperer results", scan_results)):  # fmt: skip
             print(f"\n{title} in {where}:")
@@ -198,19 +202,6 @@ def _own_command() -> list[str]:
     """How this program is started from a shell: the venv's script when there is one."""
     script = Path(sys.executable).parent / "unstract-watcher"
     return [str(script)] if script.is_file() else [sys.executable, "-m", "watcher.cli"]
-
-
-def _run_once(config_path: Path) -> int:
-    from watcher.cli import run_daemon
-
-    settings = config_module.load(config_path)
-    configure(settings.daemon.log_level, settings.daemon.log_format)
-    store = Store(settings.database.url)
-    store.upgrade()
-    try:
-        return run_daemon(settings, store, once=True)
-    finally:
-        store.close()
 
 
 def _serve_until_stopped(

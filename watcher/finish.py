@@ -8,16 +8,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from watcher.config import NotifyConfig
+from watcher.context import ContextLoop, Live
 from watcher.crashpoints import crash_point
 from watcher.filters import as_text
 from watcher.jobs import Job
 from watcher.logs import about, get_logger
-from watcher.metrics import Metrics
 from watcher.notices import Draft, document_draft
 from watcher.output import dispose_source, fsync_folder, result_document, write_result
 from watcher.runtime import Pipeline
-from watcher.store import Store, StoreError
+from watcher.store import StoreError
 from watcher.store.table_sink import TableSinks, table_row
 from watcher.unstract import find_file_item
 
@@ -32,36 +31,26 @@ def _usage_metadata(job: Job) -> Any:
     return item.get("metadata") if item else None
 
 
-class Finisher:
-    def __init__(
-        self,
-        store: Store,
-        pipelines: dict[str, Pipeline],
-        owner: str,
-        stop: threading.Event,
-        finished: threading.Event,
-        notify: NotifyConfig | None = None,
-    ) -> None:
-        self.store = store
-        self.notify = notify  # None: no notices
-        self.sinks = TableSinks(store)  # pipelines' result tables, opened when first used
-        self.pipelines = pipelines
-        self.owner = owner
-        self.stop = stop
-        self.finished = finished
-        self.outcomes: Counter[str] = Counter()  # this process's finished jobs, by outcome
-        self.metrics = Metrics()  # the daemon hands its own in
-        self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
+class Finisher(ContextLoop):
+    """The loop that writes result and error files, and counts this process's outcomes."""
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.finished.clear()
-            self.last_beat = time.monotonic()
+    name = "finish"
+
+    def __init__(self, live: Live) -> None:
+        super().__init__(live)
+        self.notify = live.current.settings.notify  # None: no notices; [notify] takes a restart
+        self.sinks = TableSinks(live.current.store)  # result tables, opened when first used
+        self.outcomes: Counter[str] = Counter()  # this process's finished jobs, by outcome
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.wakes.finished.clear()
+            self.beat()
             written, troubled = self.finish_stored()
             if troubled:
-                self.stop.wait(DISK_TROUBLE_WAIT_SECONDS)
+                stop.wait(DISK_TROUBLE_WAIT_SECONDS)
             elif not written:
-                self.finished.wait(IDLE_WAIT_SECONDS)
+                self.wakes.finished.wait(IDLE_WAIT_SECONDS)
 
     def finish_stored(self) -> tuple[int, int]:
         """Write files for stored outcomes; return (finished, could not write).

@@ -20,10 +20,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from watcher.config import NotifyConfig
+from watcher.context import ContextLoop, Live
 from watcher.logs import get_logger
-from watcher.metrics import Metrics
 from watcher.notices import Notice, body, retry_delay
-from watcher.store import Store
 from watcher.store.outbox import (
     claim_due_notices,
     next_notice_due_in,
@@ -41,30 +40,29 @@ LEASE_MARGIN_SECONDS = 10.0
 SIGNATURE_HEADER = "X-Unstract-Watcher-Signature"
 
 
-class Notifier:
-    def __init__(
-        self, store: Store, config: NotifyConfig, stop: threading.Event, metrics: Metrics
-    ) -> None:
-        self.store = store
+class Notifier(ContextLoop):
+    """The loop that sends the outbox's notices to `config`'s webhook."""
+
+    name = "notify"
+
+    def __init__(self, live: Live, config: NotifyConfig) -> None:
+        super().__init__(live)
         self.config = config
-        self.stop = stop
-        self.metrics = metrics
         self.receiver = urlsplit(config.webhook_url.get_secret_value()).hostname or "?"
         self.client = httpx.Client()  # replaced in run(), closed when it returns
-        self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
         self._failures = 0  # in a row: sets the wait
 
-    def run(self) -> None:
+    def run(self, stop: threading.Event) -> None:
         # A fresh client each time the supervisor (re)starts the loop after a database outage.
         self.client = httpx.Client(timeout=self.config.timeout_seconds, follow_redirects=False)
         try:
-            while not self.stop.is_set():
-                self.last_beat = time.monotonic()
-                self.stop.wait(self.send_due())
+            while not stop.is_set():
+                self.beat()
+                stop.wait(self.send_due(stop))
         finally:
             self.client.close()
 
-    def send_due(self) -> float:
+    def send_due(self, stop: threading.Event) -> float:
         """Send what is due; return how long to wait before looking again."""
         lease = max(LEASE_SECONDS, 3 * self.config.timeout_seconds)
         notices = claim_due_notices(self.store, BATCH, lease)
@@ -72,8 +70,8 @@ class Notifier:
         # have claimed the same notice: the rest of the batch is claimed again instead.
         last_start = time.monotonic() + lease - self.config.timeout_seconds - LEASE_MARGIN_SECONDS
         for index, notice in enumerate(notices):
-            self.last_beat = time.monotonic()
-            if self.stop.is_set() or self.last_beat > last_start:  # not tried: due again now
+            self.beat()
+            if stop.is_set() or self.last_beat > last_start:  # not tried: due again now
                 postpone_notices(self.store, notices[index:], 0.0)
                 return 0.0
             error = self._post(notice)

@@ -9,10 +9,10 @@ import os
 import shutil
 import stat
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
 from tqdm import tqdm
@@ -22,31 +22,58 @@ from watcher.daemon import Daemon
 from watcher.store import KnownFile
 
 
-def drain_with_progress(daemon: Daemon) -> None:
-    """Wait until the daemon has drained; with a progress bar when stderr is a terminal."""
+class ProgressBar:
+    """A `run --once` main-loop callback: draws the bar from its first round, and keeps log
+    lines above it until closed."""
+
+    def __init__(self) -> None:
+        self._bar: tqdm[Any] | None = None
+        self._logs = ExitStack()
+
+    def __call__(self, daemon: Daemon) -> None:
+        bar = self._bar or self._open(daemon)
+        figures = daemon.progress()
+        # Never backwards: the total only grows (a file dropped meanwhile), n only counts up.
+        bar.total = max(bar.total or 0, figures.finished + figures.unfinished)
+        bar.n = max(bar.n, figures.finished)
+        bar.set_postfix(failed=figures.failed, refresh=False)
+        bar.refresh()
+
+    def _open(self, daemon: Daemon) -> tqdm[Any]:
+        done = daemon.progress()
+        # In this order: a job queued meanwhile is in `unfinished` or, once known, not counted new.
+        total = done.finished + done.unfinished + documents_to_take(daemon)
+        # A pty that reports no size (ssh without a tty size, `script`) would hide tqdm's bar.
+        size = shutil.get_terminal_size()
+        self._bar = tqdm(
+            desc="documents",
+            unit="doc",
+            total=total,
+            ncols=max(size.columns, 40),
+            nrows=max(size.lines, 5),
+        )
+        self._logs.enter_context(logs_above())
+        return self._bar
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.total = self._bar.n  # drained: what was counted but not taken was nothing
+            self._bar.refresh()
+            self._bar.close()
+        self._logs.close()
+
+
+@contextmanager
+def progress_bar() -> Iterator[ProgressBar | None]:
+    """A progress bar for `run --once` when stderr is a terminal, else None."""
     if not sys.stderr.isatty():
-        daemon.wait_until_drained()
+        yield None
         return
-    done = daemon.progress()
-    # In this order: a job queued meanwhile is in `unfinished` or, once known, not counted new.
-    total = done.finished + done.unfinished + documents_to_take(daemon)
-    # A pty that reports no size (ssh without a tty size, `script`) would hide tqdm's bar.
-    size = shutil.get_terminal_size()
-    with tqdm(desc="documents", unit="doc", total=total, ncols=max(size.columns, 40),
-              nrows=max(size.lines, 5)) as bar, logs_above():  # fmt: skip
-        waiter = _background(daemon.wait_until_drained)
-        while True:
-            figures = daemon.progress()
-            # Never backwards: the total only grows (a file dropped meanwhile), n only counts up.
-            bar.total = total = max(total, figures.finished + figures.unfinished)
-            bar.n = max(bar.n, figures.finished)
-            bar.set_postfix(failed=figures.failed, refresh=False)
-            if not waiter.is_alive():
-                bar.total = bar.n  # drained: what was counted but not taken was nothing to do
-                bar.refresh()
-                break
-            bar.refresh()
-            waiter.join(0.2)
+    bar = ProgressBar()
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def documents_to_take(daemon: Daemon) -> int:
@@ -105,9 +132,3 @@ def logs_above() -> Iterator[None]:
         yield
     finally:
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
-
-
-def _background(target: Callable[[], None]) -> threading.Thread:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread

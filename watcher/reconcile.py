@@ -13,12 +13,11 @@ import time
 from typing import Any
 
 from watcher.backend import PollKind
+from watcher.context import ContextLoop, Live
 from watcher.crashpoints import crash_point
 from watcher.jobs import Decision, Job, JobState, Outcome, decide_after_poll
 from watcher.logs import about, get_logger
-from watcher.metrics import Metrics
-from watcher.runtime import Pipeline, WorkSignal
-from watcher.store import Store
+from watcher.runtime import Pipeline
 
 log = get_logger()
 BATCH = 4  # each of the poll loops takes a few at a time, so they share the due ones
@@ -36,41 +35,26 @@ def report_released(uploads: int, fetches: int) -> None:
         log.warning("result fetches interrupted by the last stop are checked again", jobs=fetches)
 
 
-class Reconciler:
-    def __init__(
-        self,
-        store: Store,
-        pipelines: dict[str, Pipeline],
-        owner: str,
-        stop: threading.Event,
-        submitted: WorkSignal,
-        finished: threading.Event,
-        work: WorkSignal,
-    ) -> None:
-        self.store = store
-        self.pipelines = pipelines
-        self.owner = owner
-        self.stop = stop
+class Reconciler(ContextLoop):
+    """One poll loop. The first (`sweeps`) also takes back the claims of instances that died."""
+
+    def __init__(self, live: Live, index: int = 0) -> None:
+        super().__init__(live)
+        self.name = f"poll-{index}"
+        self.sweeps = index == 0
         self._next_sweep = 0.0
-        self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
-        self.hold: list[str] = []  # pipelines whose interrupted uploads are held
-        self.sweeps = True  # this loop also takes back dead instances' claims (one loop does)
-        self.metrics = Metrics()  # the daemon hands its own in
-        self.submitted = submitted
-        self.work = work
-        self.finished = finished
         self.rng = random.Random()
 
-    def run(self) -> None:
+    def run(self, stop: threading.Event) -> None:
         busy = False  # the last round polled something: look for more straight away
-        while not self.stop.is_set():
-            self.last_beat = time.monotonic()
+        while not stop.is_set():
+            self.beat()
             if self.sweeps:
                 self.sweep()
             wait = 0.0 if busy else self._idle_wait()  # a read: no write lock when idle
-            busy = wait <= 0 and self.poll_due() > 0
+            busy = wait <= 0 and self.poll_due(stop) > 0
             if not busy:  # until the earliest poll is due, or a new submission
-                self.submitted.wait(max(wait, MIN_WAIT_SECONDS))
+                self.wakes.submitted.wait(max(wait, MIN_WAIT_SECONDS))
 
     def _idle_wait(self) -> float:
         """Sleep until the earliest poll is due (a new submission wakes us sooner); other
@@ -87,20 +71,20 @@ class Reconciler:
         if time.monotonic() < self._next_sweep:
             return
         self._next_sweep = time.monotonic() + SWEEP_SECONDS
-        uploads, fetches = self.store.release_claims(hold=self.hold)
+        uploads, fetches = self.store.release_claims(hold=self.context.hold_pipelines())
         report_released(uploads, fetches)
         if uploads:
-            self.work.set()
+            self.wakes.work.set()
 
-    def poll_due(self) -> int:
+    def poll_due(self, stop: threading.Event) -> int:
         """Poll every execution whose next poll is due; return how many were polled."""
         due = self.store.claim_due_polls(self.owner, BATCH, list(self.pipelines))
         polled = 0  # each poll ends its job's claim; the rest are let go if we leave early
         try:
             for job in due:
-                if self.stop.is_set():
+                if stop.is_set():
                     break  # polled again on the next start
-                self.last_beat = time.monotonic()
+                self.beat()
                 self._poll_claimed(job)
                 polled += 1
         finally:
@@ -151,11 +135,11 @@ class Reconciler:
             self.metrics.errors.labels(pipeline.name, "pipeline_refused").inc()
         if decision.state is JobState.RESULT_STORED:
             log.info("execution ended", outcome=decision.outcome, status=outcome.server_status)
-            self.finished.set()
-            self.work.set()  # a slot of max_in_flight is free again
+            self.wakes.finished.set()
+            self.wakes.work.set()  # a slot of max_in_flight is free again
         elif decision.state is JobState.QUEUED:
             log.warning("result is gone from the server; submitting again", error=decision.error)
-            self.work.set()
+            self.wakes.work.set()
         elif outcome.kind is PollKind.RETRY:
             log.warning("status poll failed; will poll again", error=outcome.error)
 

@@ -20,35 +20,6 @@ from watcher.unstract import UnstractClient
 log = get_logger()
 
 
-class WorkSignal:
-    """Wakes one idle upload worker per piece of new work (an Event would wake them all, and
-    all but one would find nothing to claim). Pending wake-ups are capped at the workers."""
-
-    def __init__(self, workers: int = 1) -> None:
-        self._cond = threading.Condition()
-        self._pending = 0
-        self._cap = max(1, workers)
-
-    def set(self) -> None:
-        with self._cond:
-            self._pending = min(self._cap, self._pending + 1)
-            self._cond.notify(1)
-
-    def wake_all(self) -> None:
-        with self._cond:
-            self._pending = self._cap
-            self._cond.notify_all()
-
-    def wait(self, timeout: float) -> bool:
-        with self._cond:
-            if not self._pending:
-                self._cond.wait(timeout)
-            if self._pending:
-                self._pending -= 1
-                return True
-            return False
-
-
 @dataclass
 class Pipeline:
     config: PipelineConfig

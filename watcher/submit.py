@@ -7,17 +7,15 @@ import mimetypes
 import os
 import random
 import threading
-import time
 from pathlib import Path
 
 from watcher.backend import SubmitKind, SubmitOutcome, Upload
+from watcher.context import ContextLoop, Live
 from watcher.crashpoints import crash_point
+from watcher.files import open_regular
 from watcher.jobs import Decision, Job, JobState, decide_after_submit
 from watcher.logs import about, get_logger
-from watcher.metrics import Metrics
-from watcher.runtime import Pipeline, WorkSignal
-from watcher.store import Store
-from watcher.watch import open_regular
+from watcher.runtime import Pipeline
 
 log = get_logger()
 MAX_IDLE_SECONDS = 2.0
@@ -58,37 +56,21 @@ def read_regular_file(path: Path, limit: int) -> bytes:
         return handle.read(limit + 1)
 
 
-class Uploader:
-    """One upload worker thread's loop. Several share the store, the pipelines and the events."""
+class Uploader(ContextLoop):
+    """One upload worker's loop. Several share the store, the pipelines and the wake-ups."""
 
-    def __init__(
-        self,
-        store: Store,
-        pipelines: dict[str, Pipeline],
-        owner: str,
-        stop: threading.Event,
-        work: WorkSignal,
-        submitted: WorkSignal,
-        finished: threading.Event,
-    ) -> None:
-        self.store = store
-        self.pipelines = pipelines
-        self.owner = owner
-        self.stop = stop
-        self.work = work
-        self.submitted = submitted
-        self.finished = finished
+    def __init__(self, live: Live, index: int = 0) -> None:
+        super().__init__(live)
+        self.name = f"upload-{index}"
         self.rng = random.Random()
-        self.metrics = Metrics()  # the daemon hands its own in
-        self.last_beat = time.monotonic()  # the watchdog checks that this loop goes round
 
-    def run(self) -> None:
+    def run(self, stop: threading.Event) -> None:
         # The last claim found work, or new work or a free slot woke us: claim straight
         # away. Otherwise a read first: no write lock while there is nothing to do.
         go = False
         job: Job | None = None  # claimed, not yet sent
-        while not self.stop.is_set():
-            self.last_beat = time.monotonic()
+        while not stop.is_set():
+            self.beat()
             if job is None:
                 limits = self._limits()
                 wait = 0.0 if go else self._idle_wait(limits)
@@ -96,9 +78,9 @@ class Uploader:
             if job is None:
                 # Due work we could not claim means every pipeline is at max_in_flight: a
                 # freed slot wakes us (WorkSignal), so wait long.
-                go = self.work.wait(MAX_IDLE_SECONDS if wait <= 0 else wait)
+                go = self.wakes.work.wait(MAX_IDLE_SECONDS if wait <= 0 else wait)
                 continue
-            job, go = self._take(job)
+            job, go = self._take(job, claim_next=not stop.is_set())
         if job is not None:  # claimed with the last upload's answer, never sent
             self._put_back(job)
 
@@ -106,7 +88,7 @@ class Uploader:
         """A claimed job that will not be sent now goes back to the queue, attempt refunded."""
         self.store.record_submit(job, Decision(JobState.QUEUED, refund_attempt=True), None)
 
-    def _take(self, job: Job) -> tuple[Job | None, bool]:
+    def _take(self, job: Job, claim_next: bool) -> tuple[Job | None, bool]:
         """Upload a claimed job; return the next one if claimed meanwhile, and whether to
         claim straight away otherwise."""
         pipeline = self.pipelines.get(job.pipeline)
@@ -114,7 +96,7 @@ class Uploader:
             self._put_back(job)
             return None, True
         with about(job):
-            return self.upload(job, pipeline)
+            return self.upload(job, pipeline, claim_next)
 
     def _idle_wait(self, limits: dict[str, int]) -> float:
         """Until the next retry is due; new work wakes one worker sooner. Other instances'
@@ -130,9 +112,12 @@ class Uploader:
             if not p.is_paused()
         }
 
-    def upload(self, job: Job, pipeline: Pipeline) -> tuple[Job | None, bool]:
+    def upload(
+        self, job: Job, pipeline: Pipeline, claim_next: bool = True
+    ) -> tuple[Job | None, bool]:
         """Send the document, record the answer; return the worker's next job if it was
-        claimed with the answer, and whether to claim straight away otherwise."""
+        claimed with the answer (only when `claim_next`), and whether to claim straight away
+        otherwise."""
         if job.attempts > pipeline.policy.max_attempts:
             # Only interrupted uploads (a crash, a drain cut off) get here: each restart
             # counts one, and a document that kills the process must not loop forever.
@@ -148,7 +133,7 @@ class Uploader:
         crash_point("after_post")
         decision = decide_after_submit(outcome, job.attempts, pipeline.policy, self.rng,
                                        pipeline.expected_execution_seconds)  # fmt: skip
-        recorded, next_job, tried = self._record(job, decision, outcome.http_status)
+        recorded, next_job, tried = self._record(job, decision, outcome.http_status, claim_next)
         if recorded:
             self._after(decision, outcome, pipeline)
         else:
@@ -157,12 +142,12 @@ class Uploader:
         return next_job, not tried
 
     def _record(
-        self, job: Job, decision: Decision, http_status: int | None
+        self, job: Job, decision: Decision, http_status: int | None, claim_next: bool
     ) -> tuple[bool, Job | None, bool]:
         """(recorded, the next job, whether one was looked for): an accepted upload is
         recorded together with the next claim, in one transaction."""
         limits = self._limits()
-        if decision.state is not JobState.SUBMITTED or self.stop.is_set() or not limits:
+        if decision.state is not JobState.SUBMITTED or not claim_next or not limits:
             return self.store.record_submit(job, decision, http_status), None, False
         recorded, next_job = self.store.record_submit_and_claim(
             job, decision, http_status, self.owner, limits
@@ -201,7 +186,7 @@ class Uploader:
         self.store.record_submit(job, decision, None)
         self.metrics.errors.labels(job.pipeline, "bad_file").inc()
         log.warning("document failed before upload", error=error)
-        self.finished.set()
+        self.wakes.finished.set()
 
     def _after(self, decision: Decision, outcome: SubmitOutcome, pipeline: Pipeline) -> None:
         self.metrics.uploads.labels(pipeline.name, outcome.kind.value).inc()
@@ -214,13 +199,13 @@ class Uploader:
             pipeline.on_accepted()
             if pipeline.paused_reason:  # the API takes our uploads again: the pause is over
                 pipeline.resume()
-            self.submitted.set()
+            self.wakes.submitted.set()
         elif decision.state is JobState.HELD:
             log.error("upload outcome unknown; job held for an operator", error=outcome.error)
             self.metrics.errors.labels(pipeline.name, "upload_held").inc()
         elif decision.state is JobState.RESULT_STORED:
             log.warning(_failure_headline(outcome), error=decision.error)
-            self.finished.set()
+            self.wakes.finished.set()
         elif decision.pause_pipeline:
             pipeline.pause(outcome.error or f"HTTP {outcome.http_status}", decision.delay_seconds)
             self.metrics.errors.labels(pipeline.name, "pipeline_refused").inc()

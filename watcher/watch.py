@@ -1,8 +1,8 @@
 """Finding documents: filesystem events as hints, directory listings as the truth.
 
-Each pipeline has a `FolderWatcher`. watchdog events, a scan at start and a periodic rescan all
-feed the same `StabilityTracker`; a path is hashed and queued only once its size and mtime have
-stood still for `settle_seconds` (reliability-notes A2, A5, A7).
+The `Discovery` loop runs one `FolderWatcher` per pipeline. watchdog events, a scan at start
+and a periodic rescan all feed the same `StabilityTracker`; a path is hashed and queued only
+once its size and mtime have stood still for `settle_seconds` (reliability-notes A2, A5, A7).
 
 A watch follows a folder, not a path: when `watch_dir` is deleted, moved away or replaced (a
 share unmounted and mounted again, a tool that recreates the folder), the old watch sees
@@ -13,110 +13,34 @@ listed as soon as it exists.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
 import stat as stat_mode
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from watcher.context import Context, ContextLoop, Live
+from watcher.files import FileStat, NotARegularFile, StabilityTracker, sha256_of
 from watcher.filters import FileFilter, as_text
 from watcher.logs import get_logger
 from watcher.store import KnownFile
 
 log = get_logger()
-HASH_CHUNK = 1024 * 1024
+DISCOVERY_MAX_WAIT_SECONDS = 1.0
+# Longer relative paths cannot be keys of PostgreSQL's unique index (2704 bytes a row).
+MAX_PATH_BYTES = 2048
 # watchdog's inotify backend warns when a watch for a just-created subfolder is registered
 # twice in a race (new folder events vs. its recursive walk); the watch works either way.
 warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
-
-
-@dataclass(frozen=True)
-class FileStat:
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class _Pending:
-    stat: FileStat
-    still_since: float
-
-
-@dataclass
-class StabilityTracker:
-    """Pure: which paths have had the same size and mtime for `settle_seconds`."""
-
-    settle_seconds: float
-    _pending: dict[str, _Pending] = field(default_factory=dict)
-
-    def observe(self, path: str, stat: FileStat | None, now: float) -> bool:
-        """Record a fresh stat of `path` (None: gone); return True once it is stable."""
-        if stat is None:
-            self._pending.pop(path, None)
-            return False
-        entry = self._pending.get(path)
-        if entry is None or entry.stat != stat:
-            entry = self._pending[path] = _Pending(stat, now)
-        if now - entry.still_since >= self.settle_seconds:
-            del self._pending[path]
-            return True
-        return False
-
-    def paths(self) -> list[str]:
-        return list(self._pending)
-
-    def due(self, now: float) -> list[str]:
-        """Paths whose settle time has passed: only these need a fresh stat. A change before
-        then shows in that stat (or in an event) and starts their settle time again."""
-        settle = self.settle_seconds
-        return [path for path, p in self._pending.items() if now - p.still_since >= settle]
-
-    def next_check(self) -> float | None:
-        """When the earliest pending path could become stable."""
-        if not self._pending:
-            return None
-        return min(p.still_since for p in self._pending.values()) + self.settle_seconds
-
-    def forget(self, path: str) -> None:
-        self._pending.pop(path, None)
-
-
-class NotARegularFile(OSError):
-    """The path was a regular file when listed, but is something else (a FIFO, ...) now."""
-
-
-def open_regular(path: Path) -> BinaryIO:
-    """Open a regular file for reading; raise NotARegularFile for anything else.
-
-    O_NONBLOCK: a FIFO swapped in after the stat must not block the open until a writer comes.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat_mode.S_ISREG(os.fstat(fd).st_mode):
-            raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def sha256_of(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open_regular(path) as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 @dataclass(frozen=True)
@@ -147,6 +71,8 @@ class FolderWatcher:
         known: dict[str, KnownFile],
         enqueue: Enqueue,
         wake: threading.Event,
+        rescan_seconds: float = 300.0,
+        on_progress: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self.root = root.resolve()
@@ -159,11 +85,11 @@ class FolderWatcher:
         self._wake = wake
         self._hints: set[str] = set()
         self._hints_lock = threading.Lock()
-        self.rescan_seconds = 300.0
+        self.rescan_seconds = rescan_seconds
         self._warned: set[str] = set()  # paths already reported, so a rescan does not repeat
         self.listing_error: str | None = None  # why the root could not be listed, for /healthz
         self._real_folders: dict[Path, bool] = {}  # see _real_folder
-        self.on_progress: Callable[[], None] = lambda: None  # the daemon's hang check
+        self.on_progress = on_progress  # discovery's heartbeat: a long scan is not a hang
         self.log = log.bind(pipeline=name)
         self._observer: Any = None
         self._observing = (False, 1.0)  # polling?, polling interval
@@ -442,3 +368,128 @@ def start_observer(watcher: FolderWatcher, polling: bool, polling_interval: floa
     observer.daemon = True
     observer.start()
     return observer
+
+
+class Discovery(ContextLoop):
+    """The discovery loop: every pipeline's watcher takes its events, lists its folder at
+    start and every rescan_seconds, and queues the files that settled."""
+
+    name = "discovery"
+
+    def __init__(self, live: Live, watch_events: bool = True) -> None:
+        super().__init__(live)
+        self.watch_events = watch_events  # False (`run --once`): listings only, no observers
+        self.watchers: dict[str, FolderWatcher] = {}  # built by begin()
+        self.first_pass_done = threading.Event()  # every folder was listed once
+        self._in_pass = threading.Event()
+        self._list_all = threading.Event()  # new watchers (a reload): list their folders now
+
+    def watchers_for(self, context: Context) -> dict[str, FolderWatcher]:
+        """A watcher per pipeline of `context`, knowing what the job table has seen."""
+        return {name: self._watcher(context, name) for name in context.pipelines}
+
+    def begin(self) -> None:
+        """At start: a watcher per pipeline, watching its folder."""
+        self.watchers = self.watchers_for(self.context)
+        self._observe()
+
+    def _observe(self) -> None:
+        if not self.watch_events:
+            return
+        for name, watcher in list(self.watchers.items()):
+            config = self.pipelines[name].config
+            watcher.watch(config.observer == "polling", config.polling_interval_seconds)
+
+    def stop_watching(self) -> None:
+        for watcher in self.watchers.values():
+            watcher.stop_watching()
+
+    def replace_watchers(self, watchers: dict[str, FolderWatcher]) -> None:
+        """After a reload (the new context is current): watch and list the new folders."""
+        self.stop_watching()
+        self.watchers = watchers
+        self._observe()
+        self._list_all.set()
+        self.wakes.discovery.set()
+
+    def run(self, stop: threading.Event) -> None:
+        rescan_at: dict[str, float] = {}
+        while not stop.is_set():
+            self.wakes.discovery.clear()
+            self._in_pass.set()
+            if self._list_all.is_set():
+                self._list_all.clear()
+                rescan_at.clear()
+            self.beat()
+            self._pass(rescan_at, time.monotonic())
+            self.first_pass_done.set()
+            self._in_pass.clear()
+            self.wakes.discovery.wait(self._wait(rescan_at))
+
+    def _pass(self, rescan_at: dict[str, float], now: float) -> None:
+        for name, watcher in list(self.watchers.items()):
+            if watcher.check_root():  # a new folder at watch_dir: list it now
+                rescan_at[name] = 0.0
+            if now >= rescan_at.get(name, 0.0):
+                watcher.scan(now)
+                rescan_at[name] = now + watcher.rescan_seconds
+            watcher.step(now)
+
+    def _wait(self, rescan_at: dict[str, float]) -> float:
+        checks = [w.next_check() for w in self.watchers.values()]
+        moments = [c for c in checks if c is not None] + list(rescan_at.values())
+        moments.append(time.monotonic() + DISCOVERY_MAX_WAIT_SECONDS)
+        wait = min(moments) - time.monotonic()
+        return min(DISCOVERY_MAX_WAIT_SECONDS, max(0.01, wait))
+
+    def pending(self) -> bool:
+        """A pass is under way, or a file is settling or hinted: more may be queued soon."""
+        if self._in_pass.is_set():
+            return True
+        return any(w.tracker.paths() or w.has_hints() for w in self.watchers.values())
+
+    def problems(self) -> list[str]:
+        """What /healthz reports of the folders."""
+        return [
+            f"watch_dir of pipeline {name} cannot be listed: {w.listing_error}"
+            for name, w in list(self.watchers.items())
+            if w.listing_error
+        ]
+
+    def dead_observers(self) -> list[str]:
+        return [f"observer of {n}" for n, w in list(self.watchers.items()) if not w.watching()]
+
+    def _watcher(self, context: Context, name: str) -> FolderWatcher:
+        config = context.pipelines[name].config
+        return FolderWatcher(
+            name,
+            context.pipelines[name].placement.watch_dir,
+            recursive=config.recursive,
+            file_filter=config.file_filter(),
+            settle_seconds=config.settle_seconds,
+            known=context.store.known_files(name),
+            enqueue=partial(_enqueue, context, name),
+            wake=context.wakes.discovery,
+            rescan_seconds=config.rescan_seconds,
+            on_progress=self.beat,
+        )
+
+
+def _enqueue(context: Context, pipeline: str, found: list[Discovered]) -> None:
+    """Queue settled files in the job table; a path too long to be a key gets a log line."""
+    fits = []
+    for one in found:
+        if len(os.fsencode(one.relative_path)) <= MAX_PATH_BYTES:
+            fits.append(one)
+            continue
+        log.error(
+            "path too long to queue; rename the file or a folder above it",
+            pipeline=pipeline,
+            path=as_text(one.relative_path)[:200] + "...",
+            limit_bytes=MAX_PATH_BYTES,
+        )
+    rows = [(f.relative_path, f.sha256, f.size, f.mtime_ns) for f in fits]
+    for one, job_id in zip(fits, context.store.enqueue_many(pipeline, rows), strict=True):
+        if job_id is not None:
+            log.info("queued", pipeline=pipeline, path=as_text(one.relative_path), job_id=job_id)
+            context.wakes.work.set()

@@ -1,0 +1,127 @@
+"""What the loops of a running daemon share: one frozen `Context`, built at start and again by
+each reload, and the wake-up signals that outlive reloads.
+
+A loop never keeps a pipeline or a setting across rounds: it reads `live.current` when it
+needs one, so a reload is one swap of the context and nothing is patched in place.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from watcher.config import Settings
+from watcher.metrics import Metrics
+from watcher.runtime import Pipeline
+from watcher.store import Store
+from watcher.supervisor import Loop
+
+
+class WorkSignal:
+    """Wakes one idle worker per piece of new work (an Event would wake them all, and all but
+    one would find nothing to claim). Pending wake-ups are capped at the workers."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._cap = max(1, workers)
+
+    def set(self) -> None:
+        with self._cond:
+            self._pending = min(self._cap, self._pending + 1)
+            self._cond.notify(1)
+
+    def wake_all(self) -> None:
+        with self._cond:
+            self._pending = self._cap
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        with self._cond:
+            if not self._pending:
+                self._cond.wait(timeout)
+            if self._pending:
+                self._pending -= 1
+                return True
+            return False
+
+
+@dataclass(frozen=True)
+class Wakes:
+    """Signals that end an idle loop's wait early. Each loop also wakes on stop (`wake_all`)."""
+
+    work: WorkSignal  # a job may be ready for upload: one idle upload worker looks
+    submitted: WorkSignal  # an execution id was recorded: one idle poll loop looks
+    finished: threading.Event = field(default_factory=threading.Event)  # an outcome was stored
+    discovery: threading.Event = field(default_factory=threading.Event)  # a watch event came
+
+    @classmethod
+    def for_workers(cls, upload_workers: int, poll_workers: int) -> Wakes:
+        return cls(WorkSignal(upload_workers), WorkSignal(poll_workers))
+
+    def wake_all(self) -> None:
+        self.work.wake_all()
+        self.submitted.wake_all()
+        self.finished.set()
+        self.discovery.set()
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a loop works with, as of the last start or reload."""
+
+    settings: Settings
+    store: Store
+    pipelines: Mapping[str, Pipeline]
+    owner: str  # this instance's name on the claims it takes
+    metrics: Metrics
+    wakes: Wakes
+
+    def hold_pipelines(self) -> list[str]:
+        """Pipelines whose interrupted uploads wait for an operator instead of a resubmit."""
+        return [n for n, p in self.pipelines.items() if p.config.api.on_unknown_outcome == "hold"]
+
+
+class Live:
+    """The current context. Reading `current` is one attribute load, so no lock is needed."""
+
+    def __init__(self, context: Context) -> None:
+        self.current = context
+
+    def swap(self, context: Context) -> Context:
+        """Make `context` current; return the one it replaces."""
+        old, self.current = self.current, context
+        return old
+
+
+class ContextLoop(Loop):
+    """A loop that works with the current context, read afresh at each use."""
+
+    def __init__(self, live: Live) -> None:
+        super().__init__()
+        self.live = live
+
+    @property
+    def context(self) -> Context:
+        return self.live.current
+
+    @property
+    def store(self) -> Store:
+        return self.live.current.store
+
+    @property
+    def pipelines(self) -> Mapping[str, Pipeline]:
+        return self.live.current.pipelines
+
+    @property
+    def owner(self) -> str:
+        return self.live.current.owner
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.live.current.metrics
+
+    @property
+    def wakes(self) -> Wakes:
+        return self.live.current.wakes
