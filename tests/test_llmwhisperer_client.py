@@ -16,6 +16,7 @@ from watcher.llmwhisperer import (
     classify_retrieve,
     classify_status,
     classify_submit,
+    wire_options,
 )
 
 HASH = "1a2b3c4d|0123456789abcdef0123456789abcdef"
@@ -129,7 +130,7 @@ def test_retrieve_answers(status: int, body: bytes, kind: PollKind) -> None:
 def client(handler: Any, **options: Any) -> LLMWhispererClient:
     api = LLMWhispererApiConfig(kind="llmwhisperer", api_key_env="X", **options)
     return LLMWhispererClient(
-        "https://llmw.example/api/v2", SecretStr("k-123"), options=api.options(),
+        "https://llmw.example/api/v2", SecretStr("k-123"), options=wire_options(api),
         connect_timeout=1, read_timeout=1, max_connections=2,
         transport=httpx.MockTransport(handler),
     )  # fmt: skip

@@ -23,6 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from watcher import llmwhisperer, unstract
+from watcher.backend import Backend, ResultFormat
+
 # The server's tag rules (unstract-api-behaviour.md section 3).
 TAG_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]*$")
 TAG_MAX_LENGTH = 50
@@ -142,6 +145,12 @@ class UnstractApiConfig(ApiBase):
             )
         return url if url.endswith("/") else url + "/"
 
+    def build_backend(self) -> Backend:
+        return unstract.build(self)
+
+    def result_format(self) -> ResultFormat:
+        return unstract.UnstractResults()
+
 
 class LLMWhispererApiConfig(ApiBase):
     """LLMWhisperer v2 text extraction; option names and defaults are the service's own."""
@@ -193,17 +202,11 @@ class LLMWhispererApiConfig(ApiBase):
             raise ValueError("must be the v2 base URL, e.g. https://HOST/api/v2")
         return url.rstrip("/")
 
-    def options(self) -> dict[str, str]:
-        """The query options to send: the ones that differ from the service's defaults."""
-        skip = {"kind", "url", "write_text_file", *ApiBase.model_fields}
-        sent = {"mode": self.mode, "output_mode": self.output_mode, "tag": self.tag}
-        for name, field in type(self).model_fields.items():
-            value = getattr(self, name)
-            if name not in skip and value != field.default:
-                sent[name] = str(value).lower() if isinstance(value, bool) else str(value)
-        if "page_separator" in sent:
-            sent["page_seperator"] = sent["page_separator"]  # older services read only this
-        return sent
+    def build_backend(self) -> Backend:
+        return llmwhisperer.build(self)
+
+    def result_format(self) -> ResultFormat:
+        return llmwhisperer.LLMWhispererResults(self.write_text_file)
 
 
 def _is_page_range(item: str) -> bool:
@@ -225,6 +228,27 @@ ApiConfig = Annotated[
     | Annotated[LLMWhispererApiConfig, Tag("llmwhisperer")],
     Discriminator(_api_kind),
 ]
+
+
+# How each kind's stored answers read, for result files whose pipeline's config is not at hand.
+RESULT_FORMATS: dict[str, ResultFormat] = {
+    "unstract": unstract.UnstractResults(),
+    "llmwhisperer": llmwhisperer.LLMWhispererResults(),
+}
+
+
+def result_format(kind: Any) -> ResultFormat | None:
+    """The format of a result file's `"backend"`; None for a kind this watcher does not know."""
+    return RESULT_FORMATS.get(kind) if isinstance(kind, str) else None
+
+
+def stored_usage(body: Any, file_name: str) -> Any:
+    """The usage metadata in a stored answer of any kind: each kind finds only its own."""
+    for found in RESULT_FORMATS.values():
+        usage = found.usage(body, file_name)
+        if usage is not None:
+            return usage
+    return None
 
 
 def key_file_path(name: str) -> Path | None:
