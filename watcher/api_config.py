@@ -148,9 +148,6 @@ class UnstractApiConfig(ApiBase):
     def build_backend(self) -> Backend:
         return unstract.build(self)
 
-    def result_format(self) -> ResultFormat:
-        return unstract.UnstractResults()
-
 
 class LLMWhispererApiConfig(ApiBase):
     """LLMWhisperer v2 text extraction; option names and defaults are the service's own."""
@@ -205,9 +202,6 @@ class LLMWhispererApiConfig(ApiBase):
     def build_backend(self) -> Backend:
         return llmwhisperer.build(self)
 
-    def result_format(self) -> ResultFormat:
-        return llmwhisperer.LLMWhispererResults(self.write_text_file)
-
 
 def _is_page_range(item: str) -> bool:
     match = PAGE_RANGE.match(item)
@@ -232,8 +226,7 @@ ApiConfig = Annotated[
 
 # How each kind's stored answers read, for result files whose pipeline's config is not at hand.
 RESULT_FORMATS: dict[str, ResultFormat] = {
-    "unstract": unstract.UnstractResults(),
-    "llmwhisperer": llmwhisperer.LLMWhispererResults(),
+    found.kind: found for found in (unstract.UnstractResults(), llmwhisperer.LLMWhispererResults())
 }
 
 

@@ -8,7 +8,7 @@ blindly: after any doubt the status is asked first (`retrieved` means the text i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -261,7 +261,7 @@ class LLMWhispererResults:
     """A stored retrieve answer: the whole answer is the document's result."""
 
     write_text_file: bool = False  # also <name>.txt with the extracted text
-    kind: str = "llmwhisperer"
+    kind: str = field(default="llmwhisperer", init=False)
 
     def document(
         self, body: Any, file_name: str, execution_id: str | None, success: bool

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -196,7 +196,7 @@ def classify_check(status_code: int, content: bytes) -> CheckOutcome:
 class UnstractResults:
     """A stored Status API answer: one item per file, and ours holds the result."""
 
-    kind: str = "unstract"
+    kind: str = field(default="unstract", init=False)
 
     def document(
         self, body: Any, file_name: str, execution_id: str | None, success: bool
