@@ -65,11 +65,11 @@ def document_row(job: Job, document: dict[str, Any], result_file: Path) -> dict[
         "attempts": document.get("attempts"),
         "result_file": as_text(str(result_file)),
     }
-    kind = result_format(document.get("backend"))
-    if kind is None:
+    results = result_format(document.get("backend"))
+    if results is None:
         row.update(result_cells(document.get("result")))
     else:
-        row.update(kind.export_cells(document, result_file))
+        row.update(results.export_cells(document, result_file))
     return row
 
 
