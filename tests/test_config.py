@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from watcher import check, config
 from watcher.cli import EXIT_CONFIG, main
 from watcher.emulator.whisper_options import OptionError, parse_pages
+from watcher.llmwhisperer import wire_options
 
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
 KEY = "6f1c2a8e-3b7d-4c59-9e21-0d4b8a7f5c13"
@@ -301,7 +302,7 @@ def test_page_ranges_the_emulator_takes_are_valid(tmp_path: Path, pages: str) ->
     settings = config.from_mapping(whisper_pages(tmp_path, pages))
     api = settings.pipelines[0].api
     assert isinstance(api, config.LLMWhispererApiConfig)
-    parse_pages(api.options().get("pages_to_extract") or None)  # the emulator accepts it
+    parse_pages(wire_options(api).get("pages_to_extract") or None)  # the emulator accepts it
 
 
 @pytest.mark.parametrize("pages", ["-", "1--2", "5-1", "1-5,", "0", "0-3", ",", "1,,2", " ",

@@ -10,12 +10,15 @@ import pytest
 from pydantic import SecretStr
 
 from watcher.backend import PollKind, SubmitKind, Upload
-from watcher.config import LLMWhispererApiConfig
+from watcher.config import ApiBase, LLMWhispererApiConfig
 from watcher.llmwhisperer import (
+    ALWAYS_SENT,
+    OPTIONS,
     LLMWhispererClient,
     classify_retrieve,
     classify_status,
     classify_submit,
+    wire_options,
 )
 
 HASH = "1a2b3c4d|0123456789abcdef0123456789abcdef"
@@ -129,10 +132,14 @@ def test_retrieve_answers(status: int, body: bytes, kind: PollKind) -> None:
 def client(handler: Any, **options: Any) -> LLMWhispererClient:
     api = LLMWhispererApiConfig(kind="llmwhisperer", api_key_env="X", **options)
     return LLMWhispererClient(
-        "https://llmw.example/api/v2", SecretStr("k-123"), options=api.options(),
-        connect_timeout=1, read_timeout=1, max_connections=2,
+        "https://llmw.example/api/v2",
+        SecretStr("k-123"),
+        options=wire_options(api),
+        connect_timeout=1,
+        read_timeout=1,
+        max_connections=2,
         transport=httpx.MockTransport(handler),
-    )  # fmt: skip
+    )
 
 
 def test_submit_sends_raw_bytes_with_the_key_header_and_changed_options_only() -> None:
@@ -154,6 +161,21 @@ def test_submit_sends_raw_bytes_with_the_key_header_and_changed_options_only() -
     assert params == {"mode": "high_quality", "output_mode": "layout_preserving", "tag": "scans",
                       "page_separator": "--page--", "page_seperator": "--page--",
                       "file_name": "scan 1.pdf"}  # fmt: skip
+
+
+def test_every_extraction_option_of_the_config_is_sent_when_changed() -> None:
+    """The wire options are listed by name: a config field added later must be listed too."""
+    not_options = {"kind", "url", "write_text_file", *ApiBase.model_fields}
+    options = set(LLMWhispererApiConfig.model_fields) - not_options
+    assert options == {*ALWAYS_SENT, *OPTIONS}
+    api = LLMWhispererApiConfig(kind="llmwhisperer", api_key_env="X", add_line_nos=True, lang="deu")
+    assert wire_options(api) == {
+        "mode": "form",
+        "output_mode": "layout_preserving",
+        "tag": "default",
+        "lang": "deu",
+        "add_line_nos": "true",
+    }
 
 
 def test_status_and_retrieve_urls_carry_the_hash() -> None:

@@ -21,6 +21,9 @@ from watcher.output import (
     write_atomically,
     write_result,
 )
+from watcher.unstract import UnstractResults
+
+UNSTRACT = UnstractResults()
 
 BODY = {"status": "COMPLETED", "message": [
     {"file": "a.pdf", "status": "Success", "result": {"output": {"total": 5}},
@@ -46,7 +49,7 @@ def placement(tmp_path: Path, **changes: Any) -> Placement:
 
 
 def test_the_result_document_carries_the_api_item_as_returned() -> None:
-    document = result_document(job(), "unstract")
+    document = result_document(job(), UNSTRACT)
     assert document == {
         "source": "sub/a.pdf", "sha256": "f" * 64, "size": 4, "status": "success",
         "backend": "unstract", "execution_id": "e-1", "result": {"output": {"total": 5}},
@@ -55,22 +58,22 @@ def test_the_result_document_carries_the_api_item_as_returned() -> None:
 
 
 def test_a_failure_document_says_why() -> None:
-    document = result_document(job(outcome="failed", last_error="bad scan"), "unstract")
+    document = result_document(job(outcome="failed", last_error="bad scan"), UNSTRACT)
     assert document["status"] == "failed" and document["error"] == "bad scan"
 
 
 def test_results_go_beside_the_source_or_under_output_dir(tmp_path: Path) -> None:
-    assert write_result(job(), placement(tmp_path), "unstract") == tmp_path / "drop/sub/a.pdf.json"
+    assert write_result(job(), placement(tmp_path), UNSTRACT) == tmp_path / "drop/sub/a.pdf.json"
     elsewhere = placement(tmp_path, output_dir=tmp_path / "out")
     failed = job(outcome="failed", last_error="x")
-    assert write_result(failed, elsewhere, "unstract") == tmp_path / "out/sub/a.pdf.error.json"
+    assert write_result(failed, elsewhere, UNSTRACT) == tmp_path / "out/sub/a.pdf.error.json"
 
 
 def test_a_success_removes_an_older_error_file(tmp_path: Path) -> None:
     where = placement(tmp_path)
-    error_file = write_result(job(outcome="failed", last_error="x"), where, "unstract")
+    error_file = write_result(job(outcome="failed", last_error="x"), where, UNSTRACT)
     assert error_file.exists()
-    write_result(job(), where, "unstract")
+    write_result(job(), where, UNSTRACT)
     assert not error_file.exists()
     assert json.loads((tmp_path / "drop/sub/a.pdf.json").read_text())["status"] == "success"
 
@@ -147,7 +150,7 @@ def test_a_restart_sweeps_its_own_young_temps_but_not_other_instances(tmp_path: 
 def test_a_source_name_near_the_limit_still_gets_its_result(tmp_path: Path) -> None:
     long_name = "é" * 122 + ".pdf"  # 248 bytes: + ".error.json" would pass the 255-byte limit
     failed = job(relative_path=long_name, outcome="failed", last_error="x")
-    target = write_result(failed, placement(tmp_path), "unstract")
+    target = write_result(failed, placement(tmp_path), UNSTRACT)
     assert target.exists() and target.name.endswith(f"~{failed.id}.error.json")
     assert json.loads(target.read_text())["source"] == long_name
 

@@ -193,18 +193,6 @@ class LLMWhispererApiConfig(ApiBase):
             raise ValueError("must be the v2 base URL, e.g. https://HOST/api/v2")
         return url.rstrip("/")
 
-    def options(self) -> dict[str, str]:
-        """The query options to send: the ones that differ from the service's defaults."""
-        skip = {"kind", "url", "write_text_file", *ApiBase.model_fields}
-        sent = {"mode": self.mode, "output_mode": self.output_mode, "tag": self.tag}
-        for name, field in type(self).model_fields.items():
-            value = getattr(self, name)
-            if name not in skip and value != field.default:
-                sent[name] = str(value).lower() if isinstance(value, bool) else str(value)
-        if "page_separator" in sent:
-            sent["page_seperator"] = sent["page_separator"]  # older services read only this
-        return sent
-
 
 def _is_page_range(item: str) -> bool:
     match = PAGE_RANGE.match(item)

@@ -1,14 +1,19 @@
-"""What the pipeline needs from a remote API, whatever the API: submit a document, poll it.
+"""What the pipeline needs from a remote API, whatever the API: submit a document, poll it,
+and turn its stored answer into the document's result.
 
-Each API kind (`watcher.unstract`, later `watcher.llmwhisperer`) implements `Backend` and turns
-every HTTP answer and transport error into one of the small outcome values below. The decisions
-about jobs (`watcher.jobs`) read only these values, so they test without sockets.
+Each API kind has one module that implements `Backend` and turns every HTTP answer and
+transport error into one of the small outcome values below, and a `ResultFormat` that says
+what a stored terminal answer means for the document's files and rows. The decisions about
+jobs (`watcher.jobs`) read only these values, so they test without sockets; output, finish,
+export and the commands read only `ResultFormat`, so they never name an API.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -86,22 +91,71 @@ class Upload:
     content_type: str
 
 
+@dataclass(frozen=True)
+class DocumentResult:
+    """One document's part of a stored terminal answer, as its result file holds it."""
+
+    result: Any = None
+    metadata: Any = None
+    # Keys of the result file after the common ones, in this order (an API's own names).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SideFile:
+    """A file written beside a success's result file: `<source><suffix>`, holding `content`."""
+
+    suffix: str
+    content: bytes
+
+
+class ResultFormat(Protocol):
+    """What one API kind's stored answers mean for a document; needs no key and no network.
+
+    `kind` is the API's name as result files carry it (`"backend"`). `usage` is the metadata
+    block holding the API's usage and cost figures, if its answers have one.
+    """
+
+    @property
+    def kind(self) -> str: ...
+
+    def document(
+        self, body: Any, file_name: str, execution_id: str | None, success: bool
+    ) -> DocumentResult: ...
+
+    def usage(self, body: Any, file_name: str) -> Any: ...
+
+    def side_files(self, body: Any) -> tuple[SideFile, ...]: ...
+
+    def export_cells(self, document: Mapping[str, Any], result_file: Path) -> dict[str, Any]: ...
+
+
+# A read-once call for the result of an execution that a poll found READY.
+Fetch = Callable[[str, str], PollOutcome]
+
+
 class Backend(Protocol):
     """One remote API. Implementations never raise for HTTP or network trouble.
 
-    `poll` says where an execution stands; for an API whose results come from a separate,
-    read-once call (LLMWhisperer's retrieve) it answers READY and `fetch` makes that call.
-    Both are given the uploaded file name, to pick this document's part of the answer.
-    `check` proves the URL and the key without creating anything or spending credits.
+    `poll` says where an execution stands. An API whose results come from a separate,
+    read-once call (LLMWhisperer's retrieve) answers READY and has a `fetch` that makes the
+    call; an API that delivers results in its status answer never answers READY and has no
+    `fetch` (None). Both are given the uploaded file name, to pick this document's part of
+    the answer. `check` proves the URL and the key without creating anything or spending
+    credits. `results` reads the answers this backend stores.
     """
 
     name: str
 
+    @property
+    def results(self) -> ResultFormat: ...
+
+    @property
+    def fetch(self) -> Fetch | None: ...
+
     def submit(self, upload: Upload) -> SubmitOutcome: ...
 
     def poll(self, execution_id: str, file_name: str) -> PollOutcome: ...
-
-    def fetch(self, execution_id: str, file_name: str) -> PollOutcome: ...
 
     def check(self) -> CheckOutcome: ...
 

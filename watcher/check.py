@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 from watcher.api_config import is_credential_elsewhere, key_file_path
 from watcher.backend import CheckOutcome
+from watcher.backends import build_backend
 from watcher.config import PipelineConfig, Settings, pipeline_label
-from watcher.runtime import build_backend
 
 
 def summary(settings: Settings, path: Path) -> list[str]:

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from watcher.backends import stored_usage
 from watcher.config import PipelineConfig
 from watcher.files import sha256_of
+from watcher.flatten import cost_in_dollars
 from watcher.jobs import Job, JobState
 from watcher.output import move_durably
 from watcher.store import Store
@@ -27,7 +29,6 @@ from watcher.store.operator import (
     summaries,
 )
 from watcher.store.presence import daemons_now
-from watcher.unstract import find_file_item
 
 ERROR_WIDTH = 60  # `jobs list` cuts errors here, unless --full
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -125,13 +126,7 @@ def job_record(job: Job) -> dict[str, Any]:
 
 def cost_of(job: Job) -> float | None:
     """LLM cost reported by the API for this document (with include_metadata), if any."""
-    item = find_file_item(job.result_body, job.upload_name) or {}
-    metadata = item.get("metadata")
-    usage = metadata.get("usage") if isinstance(metadata, dict) else None
-    try:
-        return float(usage["cost_in_dollars"]) if isinstance(usage, dict) else None
-    except (KeyError, TypeError, ValueError):
-        return None
+    return cost_in_dollars(stored_usage(job.result_body, job.upload_name))
 
 
 def jobs_list(store: Store, filters: dict[str, Any], as_json: bool, full: bool = False) -> str:

@@ -19,16 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from watcher.backends import result_format
 from watcher.commands import when
-from watcher.filters import RESULT_SUFFIX, as_text
-from watcher.flatten import (
-    WHISPER_BULK,
-    cell_text,
-    column_order,
-    confidence_figures,
-    cost_in_dollars,
-    result_cells,
-)
+from watcher.filters import as_text
+from watcher.flatten import cell_text, column_order, cost_in_dollars, result_cells
 from watcher.jobs import Job
 from watcher.output import Placement, temp_beside
 from watcher.store import Store
@@ -54,10 +48,9 @@ class Tally:
     columns: set[str] = field(default_factory=set)
 
 
-def document_row(
-    job: Job, document: dict[str, Any], result_file: Path, text_file: Path | None
-) -> dict[str, Any]:
-    """One document's row: its own columns, then its result's fields; pure."""
+def document_row(job: Job, document: dict[str, Any], result_file: Path) -> dict[str, Any]:
+    """One document's row: its own columns, then its result's fields (as the API kind that
+    wrote the file flattens them; files beside it are looked for)."""
     row: dict[str, Any] = {
         "pipeline": job.pipeline,
         "source": document.get("source", job.display_path),
@@ -72,13 +65,11 @@ def document_row(
         "attempts": document.get("attempts"),
         "result_file": as_text(str(result_file)),
     }
-    result = document.get("result")
-    if document.get("backend") == "llmwhisperer" and isinstance(result, dict):
-        row["text_file"] = as_text(str(text_file)) if text_file is not None else None
-        row.update(confidence_figures(result.get("confidence_metadata")))
-        row.update(result_cells(result, skip=WHISPER_BULK))
+    results = result_format(document.get("backend"))
+    if results is None:
+        row.update(result_cells(document.get("result")))
     else:
-        row.update(result_cells(result))
+        row.update(results.export_cells(document, result_file))
     return row
 
 
@@ -100,8 +91,7 @@ def read_row(job: Job, placement: Placement) -> dict[str, Any] | str | None:
         return f"{as_text(str(path))} does not hold a JSON object"
     if document.get("sha256") != job.sha256:
         return None
-    text = path.with_name(path.name.removesuffix(RESULT_SUFFIX) + ".txt")
-    return document_row(job, document, path, text if text.is_file() else None)
+    return document_row(job, document, path)
 
 
 def _superseded(other_kind: Path, job: Job) -> bool:

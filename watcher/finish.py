@@ -18,7 +18,6 @@ from watcher.output import dispose_source, fsync_folder, result_document, write_
 from watcher.runtime import Pipeline
 from watcher.store import StoreError
 from watcher.store.table_sink import TableSinks, table_row
-from watcher.unstract import find_file_item
 
 log = get_logger()
 BATCH = 64
@@ -26,9 +25,8 @@ IDLE_WAIT_SECONDS = 2.0  # an outcome stored by this process wakes us sooner
 DISK_TROUBLE_WAIT_SECONDS = 5.0
 
 
-def _usage_metadata(job: Job) -> Any:
-    item = find_file_item(job.result_body, job.upload_name)
-    return item.get("metadata") if item else None
+def _usage_metadata(job: Job, pipeline: Pipeline) -> Any:
+    return pipeline.backend.results.usage(job.result_body, job.upload_name)
 
 
 class Finisher(ContextLoop):
@@ -100,7 +98,7 @@ class Finisher(ContextLoop):
             table = mine[0][1].config.table
             if table is None:
                 continue
-            rows = [table_row(job, result_document(job, p.backend.name), now) for job, p in mine]
+            rows = [table_row(job, result_document(job, p.backend.results), now) for job, p in mine]
             try:
                 self.sinks.write(table, rows)
             except StoreError as exc:
@@ -115,7 +113,7 @@ class Finisher(ContextLoop):
         if self.notify is None:
             return {}
         drafts = {
-            job.id: document_draft(job, result_document(job, pipeline.backend.name), target,
+            job.id: document_draft(job, result_document(job, pipeline.backend.results), target,
                                    self.notify.on_success)
             for job, pipeline, target in written
         }  # fmt: skip
@@ -138,7 +136,9 @@ class Finisher(ContextLoop):
     def _write(self, job: Job, pipeline: Pipeline) -> Path | None:
         self.last_beat = time.monotonic()
         try:
-            return write_result(job, pipeline.placement, pipeline.backend.name, sync_folder=False)
+            return write_result(
+                job, pipeline.placement, pipeline.backend.results, sync_folder=False
+            )
         except OSError as exc:
             # Disk full, folder gone, no permission: the outcome stays stored; try again later.
             log.error("cannot write the result file; will retry", error=str(exc))
@@ -171,4 +171,4 @@ class Finisher(ContextLoop):
         if outcome == "failed":
             self.metrics.errors.labels(pipeline.name, "document_failed").inc()
         else:
-            self.metrics.record_usage(pipeline.name, _usage_metadata(job))
+            self.metrics.record_usage(pipeline.name, _usage_metadata(job, pipeline))

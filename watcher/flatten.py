@@ -20,9 +20,6 @@ DOCUMENT_COLUMNS = (
 )  # fmt: skip
 # A result field whose top-level name is one of these goes under `result.` instead.
 RESERVED = frozenset({*DOCUMENT_COLUMNS, "result"})
-# LLMWhisperer's per-line arrays and the text itself: the text file holds the text, and the
-# confidence figures sum the rest up.
-WHISPER_BULK = frozenset({"result_text", "line_metadata", "confidence_metadata"})
 
 
 def escape(key: str) -> str:
@@ -53,24 +50,6 @@ def result_cells(result: Any, skip: frozenset[str] = frozenset()) -> dict[str, A
         name = escape(key)
         cells.update(flatten(item, f"result.{name}" if key in RESERVED else name))
     return cells
-
-
-def confidence_figures(confidence_metadata: Any) -> dict[str, Any]:
-    """LLMWhisperer lists, per line, the words it read with low confidence: how many there
-    are, and the lowest confidence given."""
-    if not isinstance(confidence_metadata, list):
-        return {}
-    words = [w for line in confidence_metadata if isinstance(line, list) for w in line]
-    scores = [w["confidence"] for w in words if _is_number(_get(w, "confidence"))]
-    return {"low_confidence_words": len(words), "min_confidence": min(scores, default=None)}
-
-
-def _get(value: Any, key: str) -> Any:
-    return value.get(key) if isinstance(value, dict) else None
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def cost_in_dollars(metadata: Any) -> float | None:

@@ -7,21 +7,30 @@ blindly: after any doubt the status is asked first (`retrieved` means the text i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
+from watcher.api_config import LLMWhispererApiConfig
 from watcher.backend import (
     CheckOutcome,
+    DocumentResult,
     PollKind,
     PollOutcome,
+    SideFile,
     SubmitKind,
     SubmitOutcome,
     Upload,
     refusal,
 )
-from watcher.unstract import NOT_SENT_ERRORS, decode_json, transport_error
+from watcher.filters import as_text
+from watcher.flatten import result_cells
+from watcher.output import side_path
+from watcher.unstract import NOT_SENT_ERRORS, decode_json, http_options, transport_error
 
 RUNNING_STATUSES = {"accepted", "processing"}
 READY_STATUSES = {"processed", "webhook_retries_exceeded"}
@@ -29,6 +38,26 @@ GONE_STATUSES = {"retrieved", "delivered"}
 BROKEN_CODES = {401, 402, 403, 404}
 # A gateway's 502/503: it found no service to hand the request to, so nothing was created.
 NOT_ACTED_ON_CODES = {502, 503}
+# The options of POST /whisper, by their config names and in the order they are sent:
+# ALWAYS_SENT always, the others when the config differs from the service's default.
+ALWAYS_SENT = ("mode", "output_mode", "tag")
+OPTIONS = (
+    "page_separator",
+    "pages_to_extract",
+    "lang",
+    "median_filter_size",
+    "gaussian_blur_radius",
+    "line_splitter_tolerance",
+    "line_splitter_strategy",
+    "horizontal_stretch_factor",
+    "mark_vertical_lines",
+    "mark_horizontal_lines",
+    "add_line_nos",
+)
+TEXT_SUFFIX = ".txt"  # the extracted text beside the result file: <name>.txt
+# The per-line arrays and the text itself: the text file holds the text, and the
+# confidence figures sum the rest up.
+BULK_FIELDS = frozenset({"result_text", "line_metadata", "confidence_metadata"})
 
 
 def _service_message(body: Any) -> str:
@@ -61,8 +90,10 @@ def classify_submit(
     if status_code in (200, 202) and isinstance(body, dict) and body.get("whisper_hash"):
         return SubmitOutcome(SubmitKind.ACCEPTED, str(body["whisper_hash"]), status_code)
     if status_code == 429:
-        return SubmitOutcome(SubmitKind.RETRY, None, status_code, error, rate_limited=True,
-                             retry_after_seconds=_retry_after(headers))  # fmt: skip
+        wait = _retry_after(headers)
+        return SubmitOutcome(
+            SubmitKind.RETRY, None, status_code, error, rate_limited=True, retry_after_seconds=wait
+        )
     if status_code in BROKEN_CODES:
         return SubmitOutcome(
             SubmitKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, error)
@@ -136,8 +167,8 @@ def classify_check(status_code: int, content: bytes) -> CheckOutcome:
     if status_code in BROKEN_CODES:
         return CheckOutcome(False, refusal(status_code, message))
     said = message[:80]
-    return CheckOutcome(False, f"not an answer of LLMWhisperer v2 (HTTP {status_code}"
-                               f"{': ' + said if said else ''})")  # fmt: skip
+    found = f"HTTP {status_code}{': ' + said if said else ''}"
+    return CheckOutcome(False, f"not an answer of LLMWhisperer v2 ({found})")
 
 
 def _usage(body: dict[str, Any]) -> str:
@@ -165,8 +196,10 @@ class LLMWhispererClient:
         read_timeout: float,
         max_connections: int,
         transport: httpx.BaseTransport | None = None,
+        results: LLMWhispererResults | None = None,
     ) -> None:
         self.name = "llmwhisperer"
+        self.results = results or LLMWhispererResults()
         self._options = options
         self._client = httpx.Client(
             base_url=url.rstrip("/") + "/",
@@ -219,3 +252,83 @@ def result_text(body: Any) -> str | None:
     """The extracted text of a stored retrieve answer."""
     text = body.get("result_text") if isinstance(body, dict) else None
     return text if isinstance(text, str) else None
+
+
+@dataclass(frozen=True)
+class LLMWhispererResults:
+    """A stored retrieve answer: the whole answer is the document's result."""
+
+    write_text_file: bool = False  # also <name>.txt with the extracted text
+    kind: str = field(default="llmwhisperer", init=False)
+
+    def document(
+        self, body: Any, file_name: str, execution_id: str | None, success: bool
+    ) -> DocumentResult:
+        result = body if success else None
+        metadata = result.get("metadata") if isinstance(result, dict) else None
+        return DocumentResult(result, metadata, {"whisper_hash": execution_id})
+
+    def usage(self, body: Any, file_name: str) -> Any:
+        return None  # no LLM is paid per document: pages are counted by the service
+
+    def side_files(self, body: Any) -> tuple[SideFile, ...]:
+        text = result_text(body) if self.write_text_file else None
+        return () if text is None else (SideFile(TEXT_SUFFIX, text.encode("utf-8")),)
+
+    def export_cells(self, document: Mapping[str, Any], result_file: Path) -> dict[str, Any]:
+        result = document.get("result")
+        if not isinstance(result, dict):
+            return result_cells(result)
+        text = side_path(result_file, TEXT_SUFFIX)
+        return {
+            "text_file": as_text(str(text)) if text.is_file() else None,
+            **confidence_figures(result.get("confidence_metadata")),
+            **result_cells(result, skip=BULK_FIELDS),
+        }
+
+
+def confidence_figures(confidence_metadata: Any) -> dict[str, Any]:
+    """Per line, the words read with low confidence: how many there are, and the lowest
+    confidence given."""
+    if not isinstance(confidence_metadata, list):
+        return {}
+    words = [w for line in confidence_metadata if isinstance(line, list) for w in line]
+    scores = [w["confidence"] for w in words if _is_number(_get(w, "confidence"))]
+    return {"low_confidence_words": len(words), "min_confidence": min(scores, default=None)}
+
+
+def _get(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def wire_options(api: LLMWhispererApiConfig) -> dict[str, str]:
+    """The query options to send: mode, output_mode and tag, then those that differ from
+    the service's defaults."""
+    defaults = type(api).model_fields
+    sent = {name: _wire(getattr(api, name)) for name in ALWAYS_SENT}
+    for name in OPTIONS:
+        value = getattr(api, name)
+        if value != defaults[name].default:
+            sent[name] = _wire(value)
+    if "page_separator" in sent:
+        sent["page_seperator"] = sent["page_separator"]  # older services read only this
+    return sent
+
+
+def _wire(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def build(api: LLMWhispererApiConfig) -> LLMWhispererClient:
+    """The client for one [pipelines.api] table of kind llmwhisperer."""
+    return LLMWhispererClient(
+        api.url,
+        api.resolve_key(),
+        options=wire_options(api),
+        results=LLMWhispererResults(api.write_text_file),
+        **http_options(api),
+    )

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from watcher.backend import ResultFormat
 from watcher.crashpoints import crash_point
 from watcher.filters import ERROR_SUFFIX, RESULT_SUFFIX
 from watcher.jobs import Job
-from watcher.llmwhisperer import result_text
-from watcher.unstract import find_file_item
 
 # Specific enough that the startup sweep never touches a temp file of anyone else.
 TEMP_SUFFIX = ".unstract-watcher.tmp"
@@ -34,7 +33,6 @@ class Placement:
     output_dir: Path | None  # None: beside the source
     after_success: str  # keep | move | delete
     archive_dir: Path | None
-    text_file: bool = False  # LLMWhisperer: also <name>.txt with the extracted text
     temp_tag: str = "x"  # this instance's mark in temp names, so its restart can sweep them
 
     def source(self, job: Job) -> Path:
@@ -59,30 +57,28 @@ class Placement:
         return target.with_name(f"{stem}~{job.id}{suffix}")
 
 
-def result_document(job: Job, backend: str) -> dict[str, Any]:
+def result_document(job: Job, results: ResultFormat) -> dict[str, Any]:
     """The JSON written for a job whose outcome is stored; pure."""
     success = job.outcome == "success"
-    if backend == "llmwhisperer":
-        result = job.result_body if success else None
-        metadata = result.get("metadata") if isinstance(result, dict) else None
-    else:
-        item = find_file_item(job.result_body, job.upload_name) or {}
-        result, metadata = item.get("result"), item.get("metadata")
-    document: dict[str, Any] = {
+    found = results.document(job.result_body, job.upload_name, job.execution_id, success)
+    return {
         "source": job.display_path,
         "sha256": job.sha256,
         "size": job.size,
         "status": "success" if success else "failed",
-        "backend": backend,
+        "backend": results.kind,
         "execution_id": job.execution_id,
-        "result": result,
-        "metadata": metadata,
+        "result": found.result,
+        "metadata": found.metadata,
         "error": None if success else (job.last_error or "unknown error"),
         "attempts": job.attempts,
+        **found.extra,
     }
-    if backend == "llmwhisperer":
-        document["whisper_hash"] = job.execution_id
-    return document
+
+
+def side_path(result_file: Path, suffix: str) -> Path:
+    """Where a file beside a result file goes: `a.pdf.json` -> `a.pdf<suffix>`."""
+    return result_file.with_name(result_file.name.removesuffix(RESULT_SUFFIX) + suffix)
 
 
 def temp_beside(path: Path, temp_tag: str) -> Path:
@@ -122,14 +118,17 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_result(job: Job, placement: Placement, backend: str, sync_folder: bool = True) -> Path:
-    document = result_document(job, backend)
+def write_result(
+    job: Job, placement: Placement, results: ResultFormat, sync_folder: bool = True
+) -> Path:
+    """The result or error file (a success's side files first); return the result file."""
+    document = result_document(job, results)
     data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
     target = placement.result_path(job)
-    text = result_text(job.result_body) if placement.text_file else None
-    if text is not None and job.outcome == "success":
-        write_atomically(target.with_name(target.name.removesuffix(RESULT_SUFFIX) + ".txt"),
-                         text.encode("utf-8"), placement.temp_tag, sync_folder)  # fmt: skip
+    side_files = results.side_files(job.result_body) if job.outcome == "success" else ()
+    for side in side_files:
+        path = side_path(target, side.suffix)
+        write_atomically(path, side.content, placement.temp_tag, sync_folder)
     write_atomically(target, data + b"\n", placement.temp_tag, sync_folder)
     placement.stale_result_path(job).unlink(missing_ok=True)
     return target

@@ -110,7 +110,9 @@ class Reconciler(ContextLoop):
             # A read-once fetch: commit that it is under way, so a crash mid-fetch is known.
             if not self.store.begin_fetch(job):
                 return
-            outcome = pipeline.backend.fetch(job.execution_id, job.upload_name)
+            fetch = pipeline.backend.fetch
+            assert fetch is not None, "only a backend that fetches answers READY"
+            outcome = fetch(job.execution_id, job.upload_name)
         if outcome.kind in TERMINAL_KINDS:
             crash_point("after_poll")
         now = self.store.clock()

@@ -7,15 +7,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from watcher.backend import Backend
-from watcher.config import LLMWhispererApiConfig, PipelineConfig, UnstractApiConfig
+from watcher.backends import build_backend
+from watcher.config import PipelineConfig
 from watcher.jobs import RetryPolicy, updated_estimate
-from watcher.llmwhisperer import LLMWhispererClient
 from watcher.logs import get_logger
 from watcher.output import Placement
-from watcher.unstract import UnstractClient
 
 log = get_logger()
 
@@ -103,18 +101,6 @@ class Pipeline:
                 self.on_pause_change("")
 
 
-def build_backend(api: UnstractApiConfig | LLMWhispererApiConfig) -> Backend:
-    timeouts: dict[str, Any] = dict(
-        connect_timeout=api.connect_timeout_seconds,
-        read_timeout=api.read_timeout_seconds,
-        max_connections=api.max_in_flight + 4,
-    )
-    if isinstance(api, LLMWhispererApiConfig):
-        return LLMWhispererClient(api.url, api.resolve_key(), options=api.options(), **timeouts)
-    return UnstractClient(api.url, api.resolve_key(), tags=api.tags,
-                          include_metadata=api.include_metadata, **timeouts)  # fmt: skip
-
-
 def build_pipeline(config: PipelineConfig) -> Pipeline:
     api = config.api
     policy = RetryPolicy(
@@ -134,5 +120,4 @@ def placement_for(config: PipelineConfig) -> Placement:
         output_dir=Path(config.output_dir).resolve() if config.output_dir != "" else None,
         after_success=config.after_success,
         archive_dir=Path(config.archive_dir).resolve() if config.archive_dir != "" else None,
-        text_file=getattr(config.api, "write_text_file", False),
     )

@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
+from watcher.api_config import ApiBase, UnstractApiConfig
 from watcher.backend import (
     CheckOutcome,
+    DocumentResult,
     PollKind,
     PollOutcome,
+    SideFile,
     SubmitKind,
     SubmitOutcome,
     Upload,
     refusal,
 )
+from watcher.flatten import result_cells
 
 RUNNING_STATUSES = {"PENDING", "EXECUTING", "READY", "QUEUED", "INITIATED"}
 FAILED_STATUSES = {"ERROR", "STOPPED"}
@@ -180,12 +186,37 @@ def classify_check(status_code: int, content: bytes) -> CheckOutcome:
     if status_code in (401, 403) or (status_code == 404 and "API not found" in error):
         return CheckOutcome(False, refusal(status_code, error))
     said = error or _short(content)[:80]
-    return CheckOutcome(False, f"not an answer of an Unstract API deployment (HTTP "
-                               f"{status_code}{': ' + said if said else ''})")  # fmt: skip
+    found = f"HTTP {status_code}{': ' + said if said else ''}"
+    return CheckOutcome(False, f"not an answer of an Unstract API deployment ({found})")
+
+
+@dataclass(frozen=True)
+class UnstractResults:
+    """A stored Status API answer: one item per file, and ours holds the result."""
+
+    kind: str = field(default="unstract", init=False)
+
+    def document(
+        self, body: Any, file_name: str, execution_id: str | None, success: bool
+    ) -> DocumentResult:
+        item = find_file_item(body, file_name) or {}
+        return DocumentResult(item.get("result"), item.get("metadata"))
+
+    def usage(self, body: Any, file_name: str) -> Any:
+        item = find_file_item(body, file_name)
+        return item.get("metadata") if item else None
+
+    def side_files(self, body: Any) -> tuple[SideFile, ...]:
+        return ()
+
+    def export_cells(self, document: Mapping[str, Any], result_file: Path) -> dict[str, Any]:
+        return result_cells(document.get("result"))
 
 
 class UnstractClient:
     """The httpx implementation of `Backend` for one API deployment (one pooled client)."""
+
+    fetch = None  # results come in the Status API's terminal answer
 
     def __init__(
         self,
@@ -200,6 +231,7 @@ class UnstractClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.name = "unstract"
+        self.results = UnstractResults()
         self._url = url
         self._form = {"timeout": "0", "include_metadata": str(include_metadata).lower()}
         if tags:
@@ -231,10 +263,6 @@ class UnstractClient:
             return PollOutcome(PollKind.RETRY, error=transport_error(exc))
         return classify_poll(response.status_code, response.content, file_name)
 
-    def fetch(self, execution_id: str, file_name: str) -> PollOutcome:
-        # The Status API delivers results in its terminal answer; there is nothing to fetch.
-        return PollOutcome(PollKind.RETRY, error="the Unstract API has no separate fetch")
-
     def check(self) -> CheckOutcome:
         try:
             response = self._client.get(self._url, params={"execution_id": NO_SUCH_EXECUTION})
@@ -244,6 +272,26 @@ class UnstractClient:
 
     def close(self) -> None:
         self._client.close()
+
+
+def build(api: UnstractApiConfig) -> UnstractClient:
+    """The client for one [pipelines.api] table of kind unstract."""
+    return UnstractClient(
+        api.url,
+        api.resolve_key(),
+        tags=api.tags,
+        include_metadata=api.include_metadata,
+        **http_options(api),
+    )
+
+
+def http_options(api: ApiBase) -> dict[str, Any]:
+    """The httpx client settings every API kind takes from its config."""
+    return {
+        "connect_timeout": api.connect_timeout_seconds,
+        "read_timeout": api.read_timeout_seconds,
+        "max_connections": api.max_in_flight + 4,
+    }
 
 
 def transport_error(exc: httpx.HTTPError) -> str:
