@@ -19,21 +19,50 @@ KEY_ENV = "TEST_UNSTRACT_API_KEY"
 
 
 def write_config(
-    folder: Path, url: str, db_url: str, pipeline: dict[str, Any] | None = None,
-    api: dict[str, Any] | None = None, daemon: dict[str, Any] | None = None,
-) -> Path:  # fmt: skip
+    folder: Path,
+    url: str,
+    db_url: str,
+    pipeline: dict[str, Any] | None = None,
+    api: dict[str, Any] | None = None,
+    daemon: dict[str, Any] | None = None,
+) -> Path:
     """A config file for one pipeline watching folder/drop; keys of the three tables override."""
     drop = folder / "drop"
     drop.mkdir(parents=True, exist_ok=True)
-    pipeline_table = {"name": "docs", "watch_dir": str(drop), "settle_seconds": 0.3,
-                      "rescan_seconds": 30.0, **(pipeline or {})}  # fmt: skip
-    api_table = {"url": url, "api_key_env": KEY_ENV, "tags": ["tests"], "max_in_flight": 10,
-                 "poll_initial_seconds": 0.1, "poll_max_seconds": 1.0, **(api or {})}  # fmt: skip
+    pipeline_table = {
+        "name": "docs",
+        "watch_dir": str(drop),
+        "settle_seconds": 0.3,
+        "rescan_seconds": 30.0,
+        **(pipeline or {}),
+    }
+    api_table = {
+        "url": url,
+        "api_key_env": KEY_ENV,
+        "tags": ["tests"],
+        "max_in_flight": 10,
+        "poll_initial_seconds": 0.1,
+        "poll_max_seconds": 1.0,
+        **(api or {}),
+    }
     # A stable instance id: a restart takes back its own claims at once (on PostgreSQL too).
-    daemon_table = {"upload_workers": 4, "log_format": "json", "log_level": "info",
-                    "drain_seconds": 5.0, "instance_id": "test-instance", **(daemon or {})}  # fmt: skip
-    lines = [f"[database]\nurl = {json.dumps(db_url)}\n", "[daemon]", *_pairs(daemon_table),
-             "\n[[pipelines]]", *_pairs(pipeline_table), "\n[pipelines.api]", *_pairs(api_table)]  # fmt: skip
+    daemon_table = {
+        "upload_workers": 4,
+        "log_format": "json",
+        "log_level": "info",
+        "drain_seconds": 5.0,
+        "instance_id": "test-instance",
+        **(daemon or {}),
+    }
+    lines = [
+        f"[database]\nurl = {json.dumps(db_url)}\n",
+        "[daemon]",
+        *_pairs(daemon_table),
+        "\n[[pipelines]]",
+        *_pairs(pipeline_table),
+        "\n[pipelines.api]",
+        *_pairs(api_table),
+    ]
     path = folder / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

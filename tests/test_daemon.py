@@ -58,8 +58,12 @@ def test_health_reports_a_drop_folder_that_cannot_be_listed(
     tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, api_key())
-    config = write_config(tmp_path, "http://127.0.0.1:9/deployment/api/org/api/", sqlite_url,
-                          pipeline={"rescan_seconds": 0.2})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        "http://127.0.0.1:9/deployment/api/org/api/",
+        sqlite_url,
+        pipeline={"rescan_seconds": 0.2},
+    )
     with running_daemon(config) as daemon:
         assert daemon.health_problems() == []
         (tmp_path / "drop").rename(tmp_path / "gone")  # an unmounted share, a deleted folder

@@ -28,7 +28,11 @@ def js(body: Any) -> bytes:
 @pytest.mark.parametrize(
     ("status", "body", "kind"),
     [
-        (202, js({"message": "Whisper Job Accepted", "status": "processing", "whisper_hash": HASH}), SubmitKind.ACCEPTED),
+        (
+            202,
+            js({"message": "Whisper Job Accepted", "status": "processing", "whisper_hash": HASH}),
+            SubmitKind.ACCEPTED,
+        ),
         (200, js({"status": "processing", "whisper_hash": HASH}), SubmitKind.ACCEPTED),
         (400, js({"message": "Invalid line_splitter_strategy"}), SubmitKind.DOCUMENT_FAILED),
         (401, js({"message": "API key missing or not valid"}), SubmitKind.PIPELINE_BROKEN),
@@ -44,7 +48,7 @@ def js(body: Any) -> bytes:
         (503, b"<html>503 Service Temporarily Unavailable</html>", SubmitKind.RETRY),
         (413, b"<html>413</html>", SubmitKind.DOCUMENT_FAILED),
     ],
-)  # fmt: skip
+)
 def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
     outcome = classify_submit(status, body, httpx.Headers({"Retry-After": "7"}))
     assert outcome.kind is kind
@@ -69,9 +73,17 @@ def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
         (400, js({"status": "error_pdf_corrupt", "message": "corrupt"}), PollKind.FAILED),
         (200, js({"status": "retrieved"}), PollKind.RESULT_GONE),
         (200, js({"status": "delivered"}), PollKind.RESULT_GONE),
-        (400, js({"status": "retrieved", "message": "deleted once retrieved"}), PollKind.RESULT_GONE),
+        (
+            400,
+            js({"status": "retrieved", "message": "deleted once retrieved"}),
+            PollKind.RESULT_GONE,
+        ),
         (200, js({"status": "unknown"}), PollKind.LOST),
-        (400, js({"message": "Whisper job not found for the provided whisper hash"}), PollKind.LOST),
+        (
+            400,
+            js({"message": "Whisper job not found for the provided whisper hash"}),
+            PollKind.LOST,
+        ),
         (401, js({"message": "bad key"}), PollKind.PIPELINE_BROKEN),
         (500, b"oops", PollKind.RETRY),
         # any JSON 404 of the status endpoint: the hash is unknown or expired (section 2.2)
@@ -82,7 +94,7 @@ def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
         (404, b"", PollKind.RETRY),
         (429, js({"message": "slow down"}), PollKind.RETRY),
     ],
-)  # fmt: skip
+)
 def test_status_answers(status: int, body: bytes, kind: PollKind) -> None:
     assert classify_status(status, body).kind is kind
 
@@ -102,8 +114,13 @@ def test_a_status_answer_says_why_in_words_not_json(status: int, body: bytes, er
     assert classify_status(status, body).error == error
 
 
-RETRIEVED = {"result_text": "Hello <<<", "confidence_metadata": [], "line_metadata": [],
-             "metadata": {}, "webhook_metadata": ""}  # fmt: skip
+RETRIEVED = {
+    "result_text": "Hello <<<",
+    "confidence_metadata": [],
+    "line_metadata": [],
+    "metadata": {},
+    "webhook_metadata": "",
+}
 
 
 @pytest.mark.parametrize(
@@ -129,10 +146,14 @@ def test_retrieve_answers(status: int, body: bytes, kind: PollKind) -> None:
 def client(handler: Any, **options: Any) -> LLMWhispererClient:
     api = LLMWhispererApiConfig(kind="llmwhisperer", api_key_env="X", **options)
     return LLMWhispererClient(
-        "https://llmw.example/api/v2", SecretStr("k-123"), options=api.options(),
-        connect_timeout=1, read_timeout=1, max_connections=2,
+        "https://llmw.example/api/v2",
+        SecretStr("k-123"),
+        options=api.options(),
+        connect_timeout=1,
+        read_timeout=1,
+        max_connections=2,
         transport=httpx.MockTransport(handler),
-    )  # fmt: skip
+    )
 
 
 def test_submit_sends_raw_bytes_with_the_key_header_and_changed_options_only() -> None:
@@ -151,9 +172,14 @@ def test_submit_sends_raw_bytes_with_the_key_header_and_changed_options_only() -
     assert request.headers["Content-Type"] == "application/octet-stream"
     assert request.read() == b"%PDF-1.7 bytes"
     params = dict(request.url.params)
-    assert params == {"mode": "high_quality", "output_mode": "layout_preserving", "tag": "scans",
-                      "page_separator": "--page--", "page_seperator": "--page--",
-                      "file_name": "scan 1.pdf"}  # fmt: skip
+    assert params == {
+        "mode": "high_quality",
+        "output_mode": "layout_preserving",
+        "tag": "scans",
+        "page_separator": "--page--",
+        "page_seperator": "--page--",
+        "file_name": "scan 1.pdf",
+    }
 
 
 def test_status_and_retrieve_urls_carry_the_hash() -> None:

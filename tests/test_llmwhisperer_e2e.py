@@ -91,9 +91,12 @@ poll_max_seconds = 0.5
 
 
 def test_both_kinds_side_by_side(
-    tmp_path: Path, server: EmulatorServer, unstract: UnstractEmulator,
-    whisperer: LLMWhispererEmulator, db_url: str,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    server: EmulatorServer,
+    unstract: UnstractEmulator,
+    whisperer: LLMWhispererEmulator,
+    db_url: str,
+) -> None:
     config = two_pipelines(tmp_path, server, db_url, write_text_file=True, mode="high_quality")
     for index in range(5):
         (tmp_path / "invoices" / f"inv-{index}.txt").write_bytes(b"invoice %d" % index)
@@ -189,8 +192,10 @@ def test_a_500_after_the_whisper_was_created_is_held_when_the_policy_says_hold(
     config = two_pipelines(tmp_path, server, db_url, on_unknown_outcome="hold")
     (tmp_path / "scans" / "a.txt").write_bytes(b"billed once")
     with running_daemon(config) as daemon:
-        wait_for(lambda: any(j.state is JobState.HELD for j in daemon.store.list_jobs()),
-                 what="the held job")  # fmt: skip
+        wait_for(
+            lambda: any(j.state is JobState.HELD for j in daemon.store.list_jobs()),
+            what="the held job",
+        )
         jobs = daemon.store.list_jobs("scans")
     assert [(j.state, j.attempts) for j in jobs] == [(JobState.HELD, 1)]
     assert "outcome unknown" in jobs[0].last_error

@@ -27,8 +27,11 @@ def test_every_line_about_a_document_names_it(
     (tmp_path / "drop" / "bad.txt").write_bytes(b"EMULATOR-FAIL secret content")
     done = subprocess.run(
         [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, KEY_ENV: api_key()},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, KEY_ENV: api_key()},
+    )
     assert done.returncode == 1, done.stderr  # bad.txt failed
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     about = {"submitted", "execution ended", "result written", "error file written"}

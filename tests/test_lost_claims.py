@@ -162,10 +162,14 @@ read_timeout_seconds = 15
 
 @pytest.mark.parametrize("point", ["upload_claim", "poll_claim", "fetch_claim", "result_claim"])
 def test_every_document_finishes_after_a_lost_claim_answer_without_a_restart(
-    tmp_path: Path, server: EmulatorServer, unstract: UnstractEmulator,
-    whisperer: LLMWhispererEmulator, db_url: str, point: str,
+    tmp_path: Path,
+    server: EmulatorServer,
+    unstract: UnstractEmulator,
+    whisperer: LLMWhispererEmulator,
+    db_url: str,
+    point: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setenv(KEY_ENV, api_key())
     monkeypatch.setenv(LLMW_KEY_ENV, LLMW_DEMO_KEY)
     config = two_pipelines(tmp_path, server, db_url)
@@ -221,10 +225,13 @@ def test_a_poll_batch_cut_short_by_an_error_leaves_no_claim_held(
     tmp_path: Path, store: Store, server: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "drop").mkdir()
-    config = PipelineConfig.model_validate({
-        "name": "p", "watch_dir": str(tmp_path / "drop"),
-        "api": {"url": deployment_url(server), "api_key": api_key()},
-    })  # fmt: skip
+    config = PipelineConfig.model_validate(
+        {
+            "name": "p",
+            "watch_dir": str(tmp_path / "drop"),
+            "api": {"url": deployment_url(server), "api_key": api_key()},
+        }
+    )
     pipeline = build_pipeline(config)
     for name in ("a.pdf", "b.pdf"):
         store.enqueue("p", name, sha256_hex(name), 1, 1)
@@ -237,8 +244,9 @@ def test_a_poll_batch_cut_short_by_an_error_leaves_no_claim_held(
 
     monkeypatch.setattr(store, "_record_poll", down)
     stop = threading.Event()
-    reconciler = Reconciler(store, {"p": pipeline}, "me", stop, WorkSignal(1),
-                            threading.Event(), WorkSignal(1))  # fmt: skip
+    reconciler = Reconciler(
+        store, {"p": pipeline}, "me", stop, WorkSignal(1), threading.Event(), WorkSignal(1)
+    )
     try:
         with pytest.raises(sa.exc.OperationalError):
             reconciler.poll_due()

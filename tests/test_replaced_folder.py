@@ -35,8 +35,12 @@ def emulator() -> UnstractEmulator:
 
 
 def config_for(tmp_path: Path, server: EmulatorServer, db_url: str, observer: str) -> Path:
-    pipeline = {"rescan_seconds": RESCAN_SECONDS, "observer": observer,
-                "polling_interval_seconds": 0.5, "recursive": True}  # fmt: skip
+    pipeline = {
+        "rescan_seconds": RESCAN_SECONDS,
+        "observer": observer,
+        "polling_interval_seconds": 0.5,
+        "recursive": True,
+    }
     return write_config(tmp_path, deployment_url(server), db_url, pipeline=pipeline)
 
 

@@ -30,14 +30,27 @@ def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert analyze, "systemd-analyze is needed (Debian package systemd)"
     unit = tmp_path / "unstract-watcher.service"
     executable = Path(sys.executable).parent / "unstract-watcher"
-    unit.write_text(UNIT.read_text().replace(
-        "/opt/unstract-watcher/.venv/bin/unstract-watcher", str(executable)))  # fmt: skip
+    unit.write_text(
+        UNIT.read_text().replace(
+            "/opt/unstract-watcher/.venv/bin/unstract-watcher", str(executable)
+        )
+    )
     done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     text = UNIT.read_text()
-    for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "LoadCredential=",
-                      "StateDirectory=", "ConfigurationDirectory=", "ProtectSystem=strict",
-                      "ReadWritePaths=", "NoNewPrivileges=yes", "PrivateTmp=yes", "User="):  # fmt: skip
+    for directive in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "LoadCredential=",
+        "StateDirectory=",
+        "ConfigurationDirectory=",
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "User=",
+    ):
         assert directive in text
 
 
@@ -73,13 +86,22 @@ def test_notifications_watchdog_reload_and_stop(
     key_file = tmp_path / "unstract.key"
     key_file.write_text("00000000-0000-4000-8000-000000000000")  # wrong: the pipeline pauses
     key_file.chmod(0o600)
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
-                          api={"api_key_env": "", "api_key_file": str(key_file)})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        sqlite_url,
+        api={"api_key_env": "", "api_key_file": str(key_file)},
+    )
     (tmp_path / "drop" / "a.txt").write_bytes(b"waits for a good key")
     notes = Notifications(tmp_path / "notify.sock")
     env = {**os.environ, "NOTIFY_SOCKET": str(notes.path), "WATCHDOG_USEC": "1000000"}
-    process = subprocess.Popen([sys.executable, "-m", "watcher.cli", "run", "--config", str(config)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "watcher.cli", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         notes.wait_for("READY=1")
         notes.wait_for("WATCHDOG=1")  # pinged while every loop goes round
@@ -140,8 +162,9 @@ def test_metrics_and_health_over_http(
     from harness import KEY_ENV, running_daemon
 
     monkeypatch.setenv(KEY_ENV, api_key())
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
-                          api={"include_metadata": True})  # fmt: skip
+    config = write_config(
+        tmp_path, deployment_url(server), sqlite_url, api={"include_metadata": True}
+    )
     config.write_text(config.read_text() + "\n[metrics]\nenabled = true\nport = 0\n")
     for index in range(3):
         (tmp_path / "drop" / f"{index}.txt").write_bytes(b"document %d" % index)

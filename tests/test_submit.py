@@ -57,9 +57,12 @@ def test_a_file_over_the_limit_is_not_read(tmp_path: Path) -> None:
 
 
 def test_a_document_whose_uploads_keep_being_cut_off_is_given_up(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     """Each crash mid-upload counts an attempt; past max_attempts the document gets an
     error file instead of being sent again after every restart."""
     monkeypatch.setenv(KEY_ENV, api_key())
