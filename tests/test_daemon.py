@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,12 +47,23 @@ def test_any_other_error_in_a_loop_stops_the_daemon(daemon: Daemon) -> None:
     assert isinstance(daemon.failure, ValueError) and daemon.stop_event.is_set()
 
 
-def test_a_stop_during_an_outage_ends_the_wait(daemon: Daemon) -> None:
+def test_a_stop_during_an_outage_ends_the_wait(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daemon_module, "OUTAGE_FIRST_WAIT_SECONDS", 60.0)
+    failed = threading.Event()
+
     def loop() -> None:
-        daemon.stop()
+        failed.set()
         raise sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
 
-    daemon._supervised(loop)
+    supervisor = threading.Thread(target=daemon._supervised, args=(loop,))
+    supervisor.start()
+    assert failed.wait(10)  # the outage began; the supervisor now waits 60 s to try again
+    stopped_at = time.monotonic()
+    daemon.stop()
+    supervisor.join(10)
+    assert not supervisor.is_alive() and time.monotonic() - stopped_at < 5.0
     assert daemon.failure is None
 
 
