@@ -10,10 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from watcher import config as config_module
 from watcher.daemon import Daemon
 from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG, EmulatorServer
 from watcher.store import Store
+from watcher.watch import FolderWatcher
 
 KEY_ENV = "TEST_UNSTRACT_API_KEY"
 
@@ -98,6 +101,36 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+SENTINEL = "zz-sentinel.pdf"
+
+
+def let_discovery_catch_up(daemon: Daemon, drop: Path, results: Path | None = None) -> None:
+    """A positive signal before asserting that nothing else happened: an empty file dropped
+    now gets its error file (without any API call) only once the watcher has settled and
+    queued what it saw before it; then every job queued by then is finished. The sentinel
+    and its error file are removed again, so the trees are as they were."""
+    source = drop / SENTINEL
+    error_file = (results or drop) / f"{SENTINEL}.error.json"
+    source.write_bytes(b"")
+    wait_for(error_file.exists, what="the sentinel's error file")
+    wait_for(lambda: daemon.progress().unfinished == 0, what="all jobs finished")
+    source.unlink()
+    error_file.unlink()
+
+
+def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Times of every full listing of a drop folder from now on (the real scan still runs)."""
+    scans: list[float] = []
+    real_scan = FolderWatcher.scan
+
+    def scan(watcher: FolderWatcher, now: float) -> None:
+        real_scan(watcher, now)
+        scans.append(now)
+
+    monkeypatch.setattr(FolderWatcher, "scan", scan)
+    return scans
 
 
 def sha256(path: Path) -> str:

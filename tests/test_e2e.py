@@ -15,7 +15,9 @@ import pytest
 from harness import (
     KEY_ENV,
     api_key,
+    count_scans,
     deployment_url,
+    let_discovery_catch_up,
     results_under,
     running_daemon,
     sha256,
@@ -73,7 +75,7 @@ def test_fifty_documents_plus_old_ones_plus_a_slow_one(
         writer.join()
         wait_for(lambda: len(results_under(results)) == 56, what="56 result files")
         wait_for(lambda: daemon.progress().unfinished == 0, what="all jobs finished")
-        time.sleep(1.0)  # room for any wrong re-ingestion to show up
+        let_discovery_catch_up(daemon, drop, results)  # room for any wrong re-ingestion
     found = results_under(results)
     sources = sorted(p.relative_to(drop).as_posix() for p in drop.rglob("*.txt"))
     assert sorted(name.removesuffix(".json") for name in found) == sources
@@ -89,8 +91,13 @@ def test_fifty_documents_plus_old_ones_plus_a_slow_one(
 
 
 def test_results_beside_sources_are_never_ingested_again(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    scans = count_scans(monkeypatch)
     config = write_config(
         tmp_path, deployment_url(server), db_url, pipeline={"rescan_seconds": 0.5}
     )
@@ -99,7 +106,9 @@ def test_results_beside_sources_are_never_ingested_again(
         for index in range(5):
             (drop / f"a-{index}.txt").write_bytes(document(index))
         wait_for(lambda: len(list(drop.glob("*.txt.json"))) == 5, what="5 results")
-        time.sleep(1.5)  # three rescans see the results beside the sources
+        seen = len(scans)
+        wait_for(lambda: len(scans) >= seen + 3, what="three rescans that see the results")
+        wait_for(lambda: daemon.progress().unfinished == 0, what="all jobs finished")
         jobs = daemon.store.list_jobs()
     assert sorted(j.relative_path for j in jobs) == [f"a-{i}.txt" for i in range(5)]
     assert emulator.stats().executions_created == 5
@@ -116,10 +125,10 @@ def test_same_content_again_is_skipped_changed_content_is_processed(
         wait_for(lambda: daemon.progress().finished == 1, what="first version")
         os.utime(source)  # touched, same content
         source.write_bytes(b"version one")
-        time.sleep(1.0)
+        let_discovery_catch_up(daemon, source.parent)  # the touched file was looked at again
         assert emulator.stats().executions_created == 1
         source.write_bytes(b"version two")
-        wait_for(lambda: daemon.progress().finished == 2, what="second version")
+        wait_for(lambda: daemon.progress().finished == 3, what="second version (and sentinel)")
     result = results_under(tmp_path / "drop")["a.txt.json"]
     assert result["sha256"] == sha256(source)
     assert emulator.stats().executions_created == 2
@@ -262,13 +271,14 @@ def test_emulator_command_serves_the_demo_deployment(tmp_path: Path) -> None:
 
 
 def test_the_rescan_finds_files_no_event_reported(
-    tmp_path: Path, server: EmulatorServer, db_url: str
+    tmp_path: Path, server: EmulatorServer, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    scans = count_scans(monkeypatch)
     config = write_config(
         tmp_path, deployment_url(server), db_url, pipeline={"rescan_seconds": 0.5}
     )
     with running_daemon(config, watch_events=False) as daemon:
-        time.sleep(0.3)  # after the startup scan
+        wait_for(lambda: len(scans) >= 1, what="the startup scan")
         (tmp_path / "drop" / "late.txt").write_bytes(b"only a rescan can see me")
         wait_for(lambda: daemon.progress().finished == 1, what="the rescan")
     assert "late.txt.json" in results_under(tmp_path / "drop")

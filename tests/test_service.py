@@ -9,13 +9,27 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from harness import api_key, deployment_url, results_under, wait_for, write_config
+from harness import (
+    KEY_ENV,
+    api_key,
+    deployment_url,
+    results_under,
+    running_daemon,
+    wait_for,
+    write_config,
+)
+from structlog.testing import capture_logs
 
+from watcher import config as config_module
 from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.jobs import JobState
 
 UNIT = Path(__file__).parent.parent / "deploy" / "systemd" / "unstract-watcher.service"
 
@@ -134,10 +148,6 @@ def test_notifications_watchdog_reload_and_stop(
 def test_a_reload_adds_and_removes_pipelines_without_losing_jobs(
     tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness import KEY_ENV, running_daemon
-
-    from watcher import config as config_module
-
     monkeypatch.setenv(KEY_ENV, api_key())
     config = write_config(tmp_path, deployment_url(server), sqlite_url)
     second = tmp_path / "second"
@@ -158,9 +168,6 @@ def test_a_reload_adds_and_removes_pipelines_without_losing_jobs(
 def test_metrics_and_health_over_http(
     tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import httpx
-    from harness import KEY_ENV, running_daemon
-
     monkeypatch.setenv(KEY_ENV, api_key())
     config = write_config(
         tmp_path, deployment_url(server), sqlite_url, api={"include_metadata": True}
@@ -192,11 +199,6 @@ def test_metrics_and_health_over_http(
 def test_a_pipeline_removed_mid_flight_keeps_its_executions_for_when_it_returns(
     tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness import KEY_ENV, running_daemon
-
-    from watcher import config as config_module
-    from watcher.jobs import JobState
-
     monkeypatch.setenv(KEY_ENV, api_key())
     slow = demo_emulator(execution_seconds=1.5)
     with EmulatorServer(slow, host="127.0.0.1", port=0) as server:
@@ -231,15 +233,13 @@ class _StuckLoop:
     last_beat = -1e9
 
 
+def withheld(logs: list[dict[str, Any]]) -> int:
+    return sum(1 for line in logs if line["event"].startswith("daemon loops are stuck"))
+
+
 def test_the_watchdog_ping_stops_while_a_loop_is_stuck(
     tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import threading
-
-    from harness import KEY_ENV, running_daemon
-
-    from watcher import config as config_module
-
     monkeypatch.setenv(KEY_ENV, api_key())
     notes = Notifications(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(notes.path))
@@ -251,13 +251,18 @@ def test_the_watchdog_ping_stops_while_a_loop_is_stuck(
         notes.wait_for("READY=1")
         notes.wait_for("WATCHDOG=1")
         stuck = _StuckLoop()
-        daemon._loops.append(stuck)
-        time.sleep(0.6)  # a ping already on its way may still come
-        mark = len(notes.collect())
-        time.sleep(1.5)  # three pings' worth
-        assert not [n for n in notes.collect()[mark:] if n == "WATCHDOG=1"]  # systemd restarts us
-        assert "stuck: _StuckLoop" in daemon.health_problems()
-        daemon._loops.remove(stuck)
+        with capture_logs() as logs:
+            daemon._loops.append(stuck)
+            # Each round that would have pinged logs instead; a ping sent before the first of
+            # them is already in the socket when we count.
+            wait_for(lambda: withheld(logs) >= 1, what="a withheld ping")
+            mark = len(notes.collect())
+            wait_for(lambda: withheld(logs) >= 4, what="three more pings' worth")
+            assert not [
+                n for n in notes.collect()[mark:] if n == "WATCHDOG=1"
+            ]  # systemd restarts us
+            assert "stuck: _StuckLoop" in daemon.health_problems()
+            daemon._loops.remove(stuck)
         notes.wait_for("WATCHDOG=1", after=len(notes.collect()))
         daemon.stop()
         serving.join(10)
