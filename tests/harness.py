@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +24,7 @@ from watcher.store import Store
 from watcher.watch import FolderWatcher
 
 KEY_ENV = "TEST_UNSTRACT_API_KEY"
+LLMW_KEY_ENV = "TEST_LLMWHISPERER_KEY"
 
 
 def write_config(
@@ -143,6 +149,53 @@ def results_under(folder: Path) -> dict[str, dict[str, Any]]:
         path.relative_to(folder).as_posix(): json.loads(path.read_text())
         for path in folder.rglob("*.json")
     }
+
+
+def daemon_command(config: Path, once: bool) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "watcher.cli",
+        "run",
+        "--config",
+        str(config),
+        *(["--once"] if once else []),
+    ]
+
+
+def environment(crash_at: str = "") -> dict[str, str]:
+    env = {**os.environ, KEY_ENV: api_key()}
+    env.pop("UNSTRACT_WATCHER_CRASH_AT", None)
+    if crash_at:
+        env["UNSTRACT_WATCHER_CRASH_AT"] = crash_at
+    return env
+
+
+def drop_documents(drop: Path, count: int) -> dict[str, str]:
+    """Write `count` documents; return relative path -> sha256."""
+    written = {}
+    for index in range(count):
+        folder = drop / f"batch-{index % 4}"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"doc-{index:04}.txt"
+        path.write_bytes(f"document {index}\n".encode() * (1 + index % 7))
+        written[path.relative_to(drop).as_posix()] = sha256(path)
+    return written
+
+
+def kill_9_repeatedly(config: Path, times: int, seed: int) -> None:
+    """Start the daemon as a process and SIGKILL it after 0.5 to 1.5 s, `times` times over."""
+    chance = random.Random(seed)
+    for _ in range(times):
+        process = subprocess.Popen(
+            daemon_command(config, once=False),
+            env=environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(chance.uniform(0.5, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
 
 
 def api_key() -> str:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 from harness import (
-    KEY_ENV,
-    api_key,
     deployment_url,
     results_under,
     running_daemon,
@@ -20,18 +18,10 @@ from harness import (
 )
 
 from watcher import watch
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer, UnstractEmulator
 from watcher.jobs import JobState
 
-
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 def test_odd_files_and_names(

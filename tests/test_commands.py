@@ -25,7 +25,7 @@ from harness import (
 )
 
 from watcher.commands import parse_since
-from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator
 from watcher.jobs import JobState
 from watcher.metrics import Metrics, serve_metrics
 from watcher.store import Store, jobs
@@ -35,14 +35,7 @@ ALL_STATES = [state.value for state in JobState]
 NO_API = f"http://127.0.0.1:9/deployment/api/{DEMO_ORG}/{DEMO_API}/"  # never called
 
 
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -7,58 +7,32 @@ executions each document got.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from harness import KEY_ENV, api_key, deployment_url, results_under, sha256, wait_for, write_config
+from harness import (
+    daemon_command,
+    deployment_url,
+    drop_documents,
+    environment,
+    results_under,
+    wait_for,
+    write_config,
+)
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer, UnstractEmulator
 from watcher.output import TEMP_SUFFIX
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.3)
-
-
-def daemon_command(config: Path, once: bool) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "watcher.cli",
-        "run",
-        "--config",
-        str(config),
-        *(["--once"] if once else []),
-    ]
-
-
-def environment(crash_at: str = "") -> dict[str, str]:
-    env = {**os.environ, KEY_ENV: api_key()}
-    env.pop("UNSTRACT_WATCHER_CRASH_AT", None)
-    if crash_at:
-        env["UNSTRACT_WATCHER_CRASH_AT"] = crash_at
-    return env
-
-
-def drop_documents(drop: Path, count: int) -> dict[str, str]:
-    """Write `count` documents; return relative path -> sha256."""
-    written = {}
-    for index in range(count):
-        folder = drop / f"batch-{index % 4}"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"doc-{index:04}.txt"
-        path.write_bytes(f"document {index}\n".encode() * (1 + index % 7))
-        written[path.relative_to(drop).as_posix()] = sha256(path)
-    return written
+def execution_seconds() -> float:
+    return 0.3
 
 
 def explained_repeats(log: bytes) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from harness import KEY_ENV, api_key, running_daemon, wait_for, write_config
+from harness import running_daemon, wait_for, write_config
 
 from watcher import daemon as daemon_module
 from watcher.config import load
@@ -18,8 +18,9 @@ from watcher.store import Store
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
-    monkeypatch.setenv(KEY_ENV, api_key())
+def daemon(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, api_keys: None
+) -> Iterator[Daemon]:
     config = write_config(tmp_path, "http://127.0.0.1:9/deployment/api/org/api/", sqlite_url)
     monkeypatch.setattr(daemon_module, "OUTAGE_FIRST_WAIT_SECONDS", 0.01)
     store = Store(sqlite_url)
@@ -67,10 +68,10 @@ def test_a_stop_during_an_outage_ends_the_wait(
     assert daemon.failure is None
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_health_reports_a_drop_folder_that_cannot_be_listed(
-    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sqlite_url: str
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
     config = write_config(
         tmp_path,
         "http://127.0.0.1:9/deployment/api/org/api/",

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from harness import KEY_ENV, api_key, deployment_url, running_daemon, wait_for, write_config
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer
 from watcher.emulator.results import ECHO_KEY, FAIL_MARKER
 from watcher.flatten import DOCUMENT_COLUMNS, column_order, flatten, result_cells
 
@@ -23,14 +23,12 @@ FAILING = 12
 ODD_NAMES = ['Rechnung 5, "März".txt', "=SUM(A1).txt", "line\nbreak.txt", "ключ;tab\t.txt"]
 
 
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.05)
+def execution_seconds() -> float:
+    return 0.05
 
 
 def extraction(index: int) -> dict[str, Any]:

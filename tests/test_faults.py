@@ -7,8 +7,6 @@ from typing import Any
 
 import pytest
 from harness import (
-    KEY_ENV,
-    api_key,
     deployment_url,
     results_under,
     running_daemon,
@@ -18,18 +16,15 @@ from harness import (
 )
 
 from watcher.daemon import Daemon
-from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator
 from watcher.jobs import Job, JobState
 
-
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.2)
+def execution_seconds() -> float:
+    return 0.2
 
 
 def run_documents(

@@ -26,18 +26,12 @@ from watcher.emulator import (
     LLMW_DEMO_KEY,
     EmulatorServer,
     UnstractEmulator,
-    demo_emulator,
     llmwhisperer_demo_emulator,
     llmwhisperer_url,
     mount_llmwhisperer,
 )
 from watcher.llmwhisperer import LLMWhispererClient
 from watcher.unstract import UnstractClient
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
 
 
 def two_pipelines(tmp_path: Path, scans_api: str) -> Path:
@@ -67,10 +61,10 @@ def check_config(config: Path, capsys: pytest.CaptureFixture[str], *flags: str) 
     return code, captured.out + captured.err
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_an_unreadable_key_file_names_the_key_and_the_pipeline(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
     (tmp_path / "folder.key").mkdir()
     config = two_pipelines(
         tmp_path,
@@ -276,10 +270,10 @@ def status_of(config: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_status_labels_its_columns_and_says_whether_a_daemon_runs(
-    tmp_path: Path, server: EmulatorServer, db_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
     config = write_config(tmp_path, deployment_url(server), db_url)
     assert main(["db", "upgrade", "--config", str(config)]) == 0
     shown = status_of(config)

@@ -8,15 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from harness import KEY_ENV, api_key, deployment_url, write_config
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
+from watcher.emulator import EmulatorServer
 
 
 def test_every_line_about_a_document_names_it(

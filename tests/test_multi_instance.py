@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from harness import KEY_ENV, api_key, deployment_url, results_under, sha256, wait_for, write_config
 
-from watcher.emulator import DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import DEMO_ORG, EmulatorServer, UnstractEmulator
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.3)
+def execution_seconds() -> float:
+    return 0.3
 
 
 def events(log: Path) -> list[dict[str, object]]:

@@ -6,21 +6,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import random
 import signal
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import KEY_ENV, api_key, deployment_url, running_daemon, wait_for, write_config
+from harness import (
+    daemon_command,
+    deployment_url,
+    drop_documents,
+    environment,
+    kill_9_repeatedly,
+    running_daemon,
+    wait_for,
+    write_config,
+)
 from receiver import Receiver
-from test_crash import daemon_command, drop_documents, environment
 
 from watcher import config as config_module
-from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator
 from watcher.notices import Notice, body, slack_text
 from watcher.store import Store
 from watcher.store.outbox import pending_notices
@@ -28,14 +34,7 @@ from watcher.store.outbox import pending_notices
 SECRET = "hook-secret-7f3a"
 
 
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 @pytest.fixture
@@ -148,17 +147,8 @@ def test_kill_9_neither_loses_nor_repeats_a_notice(
     )
     with_notify(config, receiver, True)
     documents = drop_documents(tmp_path / "drop", 120)
-    chance = random.Random(18)
-    for _ in range(4):  # the receiver is down: nothing is on the wire when the kill comes
-        process = subprocess.Popen(
-            daemon_command(config, once=False),
-            env=environment(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(chance.uniform(0.5, 1.5))
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
+    # The receiver is down: nothing is on the wire when the kill comes.
+    kill_9_repeatedly(config, times=4, seed=18)
     receiver.up()
     process = subprocess.Popen(
         daemon_command(config, once=False),

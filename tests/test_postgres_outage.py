@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 from harness import (
-    KEY_ENV,
-    api_key,
     deployment_url,
     results_under,
     running_daemon,
@@ -27,7 +25,7 @@ from private_postgres import PrivatePostgres
 
 from watcher import crashpoints
 from watcher.daemon import Daemon
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer, UnstractEmulator
 from watcher.jobs import JobState
 
 DOCUMENTS = 80
@@ -36,8 +34,8 @@ OUTAGE_SECONDS = 2.0
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.3)
+def execution_seconds() -> float:
+    return 0.3
 
 
 @pytest.fixture
@@ -59,14 +57,13 @@ def reached(daemon: Daemon, finished: int) -> bool:
 
 @pytest.mark.postgres
 @pytest.mark.slow
+@pytest.mark.usefixtures("api_keys")
 def test_every_document_finishes_across_postgresql_outages(
     tmp_path: Path,
     server: EmulatorServer,
     emulator: UnstractEmulator,
     private_postgres: PrivatePostgres,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
     # A lease of 30 s: longer than the test's whole wait, so a lease of ours left stuck (or
     # left to run out) fails it; claims must be given back by the instance itself.
     api = {

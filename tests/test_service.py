@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 from harness import (
-    KEY_ENV,
     api_key,
     deployment_url,
     results_under,
@@ -28,15 +27,10 @@ from harness import (
 from structlog.testing import capture_logs
 
 from watcher import config as config_module
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer, demo_emulator
 from watcher.jobs import JobState
 
 UNIT = Path(__file__).parent.parent / "deploy" / "systemd" / "unstract-watcher.service"
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
 
 
 def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -145,10 +139,10 @@ def test_notifications_watchdog_reload_and_stop(
     assert api_key() not in stderr
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_a_reload_adds_and_removes_pipelines_without_losing_jobs(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
     config = write_config(tmp_path, deployment_url(server), sqlite_url)
     second = tmp_path / "second"
     second.mkdir()
@@ -165,10 +159,10 @@ def test_a_reload_adds_and_removes_pipelines_without_losing_jobs(
     assert "b.txt.json" in results_under(second)
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_metrics_and_health_over_http(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
     config = write_config(
         tmp_path, deployment_url(server), sqlite_url, api={"include_metadata": True}
     )
@@ -196,10 +190,10 @@ def test_metrics_and_health_over_http(
     assert sick.status_code == 503 and "stuck: discovery" in sick.json()["problems"]
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_a_pipeline_removed_mid_flight_keeps_its_executions_for_when_it_returns(
-    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, db_url: str
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
     slow = demo_emulator(execution_seconds=1.5)
     with EmulatorServer(slow, host="127.0.0.1", port=0) as server:
         config = write_config(tmp_path, deployment_url(server), db_url)
@@ -237,10 +231,10 @@ def withheld(logs: list[dict[str, Any]]) -> int:
     return sum(1 for line in logs if line["event"].startswith("daemon loops are stuck"))
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_the_watchdog_ping_stops_while_a_loop_is_stuck(
     tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
     notes = Notifications(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(notes.path))
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1s: a ping every 0.5 s

@@ -4,33 +4,33 @@ refuses rows leaves its documents waiting, never lost."""
 from __future__ import annotations
 
 import json
-import random
-import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from harness import KEY_ENV, api_key, deployment_url, running_daemon, wait_for, write_config
-from test_crash import daemon_command, drop_documents, environment
+from harness import (
+    daemon_command,
+    deployment_url,
+    drop_documents,
+    environment,
+    kill_9_repeatedly,
+    running_daemon,
+    wait_for,
+    write_config,
+)
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer
 from watcher.jobs import JobState
 from watcher.store import Store
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("api_keys")]
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.3)
+def execution_seconds() -> float:
+    return 0.3
 
 
 def with_table(config: Path, name: str, url: str = "") -> Path:
@@ -62,17 +62,7 @@ def test_one_row_per_finished_document_after_repeated_kill_9(
     )
     with_table(config, "invoices")
     documents = drop_documents(tmp_path / "drop", 150)
-    chance = random.Random(1818)
-    for _ in range(5):
-        process = subprocess.Popen(
-            daemon_command(config, once=False),
-            env=environment(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(chance.uniform(0.5, 1.5))
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
+    kill_9_repeatedly(config, times=5, seed=1818)
     finished = subprocess.run(
         daemon_command(config, once=True), env=environment(), capture_output=True, timeout=120
     )

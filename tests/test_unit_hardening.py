@@ -13,18 +13,12 @@ import sys
 from functools import cache
 from pathlib import Path
 
-import pytest
 from harness import KEY_ENV, api_key, deployment_url, results_under, wait_for, write_config
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "deploy" / "systemd" / "unstract-watcher.service"
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
 
 
 def analyze(*args: str) -> str:
