@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from harness import KEY_ENV, api_key, deployment_url, write_config
+from harness import KEY_ENV, api_key, deployment_url, wait_for, write_config
 
 from watcher.emulator import EmulatorServer, UnstractEmulator
 
@@ -66,8 +65,9 @@ def test_the_key_is_not_in_the_daemon_arguments(
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(1.0)
-        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        proc = Path(f"/proc/{process.pid}/cmdline")
+        wait_for(lambda: b"watcher.cli" in proc.read_bytes(), what="the daemon's own arguments")
+        cmdline = proc.read_bytes()
         assert b"run" in cmdline
         assert api_key().encode() not in cmdline
     finally:
