@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from harness import KEY_ENV, LLMW_KEY_ENV
 
-from watcher.emulator import EmulatorServer, UnstractEmulator
+from watcher.emulator import (
+    DEMO_KEY,
+    LLMW_DEMO_KEY,
+    EmulatorServer,
+    LLMWhispererEmulator,
+    UnstractEmulator,
+    demo_emulator,
+    mount_llmwhisperer,
+)
 from watcher.store import Store
 
 PG_URL = os.environ.get(
@@ -55,7 +64,35 @@ def store(db_url: str) -> Iterator[Store]:
 
 
 @pytest.fixture
-def server(emulator: UnstractEmulator) -> Iterator[EmulatorServer]:
-    """The emulator over loopback HTTP; each test module says which `emulator` it serves."""
+def api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo keys in the environment variables the tests' configs name."""
+    monkeypatch.setenv(KEY_ENV, DEMO_KEY)
+    monkeypatch.setenv(LLMW_KEY_ENV, LLMW_DEMO_KEY)
+
+
+@pytest.fixture
+def execution_seconds() -> float:
+    """How long the Unstract emulator's executions run; a module overrides it."""
+    return 0.1
+
+
+@pytest.fixture
+def emulator(execution_seconds: float) -> UnstractEmulator:
+    return demo_emulator(execution_seconds=execution_seconds)
+
+
+@pytest.fixture
+def whisperer() -> LLMWhispererEmulator | None:
+    """An LLMWhisperer emulator to serve beside Unstract's; a module overrides it."""
+    return None
+
+
+@pytest.fixture
+def server(
+    emulator: UnstractEmulator, whisperer: LLMWhispererEmulator | None
+) -> Iterator[EmulatorServer]:
+    """The emulators over loopback HTTP (LLMWhisperer's too, where a module has one)."""
     with EmulatorServer(emulator, host="127.0.0.1", port=0) as started:
+        if whisperer is not None:
+            mount_llmwhisperer(started, whisperer)
         yield started

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from watcher import config as config_module
 from watcher.config import Settings
@@ -19,26 +26,57 @@ from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG, EmulatorServer
 from watcher.metrics import Metrics
 from watcher.runtime import Pipeline
 from watcher.store import Store
+from watcher.watch import FolderWatcher
 
 KEY_ENV = "TEST_UNSTRACT_API_KEY"
+LLMW_KEY_ENV = "TEST_LLMWHISPERER_KEY"
 
 
 def write_config(
-    folder: Path, url: str, db_url: str, pipeline: dict[str, Any] | None = None,
-    api: dict[str, Any] | None = None, daemon: dict[str, Any] | None = None,
-) -> Path:  # fmt: skip
+    folder: Path,
+    url: str,
+    db_url: str,
+    pipeline: dict[str, Any] | None = None,
+    api: dict[str, Any] | None = None,
+    daemon: dict[str, Any] | None = None,
+) -> Path:
     """A config file for one pipeline watching folder/drop; keys of the three tables override."""
     drop = folder / "drop"
     drop.mkdir(parents=True, exist_ok=True)
-    pipeline_table = {"name": "docs", "watch_dir": str(drop), "settle_seconds": 0.3,
-                      "rescan_seconds": 30.0, **(pipeline or {})}  # fmt: skip
-    api_table = {"url": url, "api_key_env": KEY_ENV, "tags": ["tests"], "max_in_flight": 10,
-                 "poll_initial_seconds": 0.1, "poll_max_seconds": 1.0, **(api or {})}  # fmt: skip
+    pipeline_table = {
+        "name": "docs",
+        "watch_dir": str(drop),
+        "settle_seconds": 0.3,
+        "rescan_seconds": 30.0,
+        **(pipeline or {}),
+    }
+    api_table = {
+        "url": url,
+        "api_key_env": KEY_ENV,
+        "tags": ["tests"],
+        "max_in_flight": 10,
+        "poll_initial_seconds": 0.1,
+        "poll_max_seconds": 1.0,
+        **(api or {}),
+    }
     # A stable instance id: a restart takes back its own claims at once (on PostgreSQL too).
-    daemon_table = {"upload_workers": 4, "log_format": "json", "log_level": "info",
-                    "drain_seconds": 5.0, "instance_id": "test-instance", **(daemon or {})}  # fmt: skip
-    lines = [f"[database]\nurl = {json.dumps(db_url)}\n", "[daemon]", *_pairs(daemon_table),
-             "\n[[pipelines]]", *_pairs(pipeline_table), "\n[pipelines.api]", *_pairs(api_table)]  # fmt: skip
+    daemon_table = {
+        "upload_workers": 4,
+        "log_format": "json",
+        "log_level": "info",
+        "drain_seconds": 5.0,
+        "instance_id": "test-instance",
+        **(daemon or {}),
+    }
+    lines = [
+        f"[database]\nurl = {json.dumps(db_url)}\n",
+        "[daemon]",
+        *_pairs(daemon_table),
+        "\n[[pipelines]]",
+        *_pairs(pipeline_table),
+        "\n[pipelines.api]",
+        *_pairs(api_table),
+    ]
     path = folder / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -93,6 +131,36 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+SENTINEL = "zz-sentinel.pdf"
+
+
+def let_discovery_catch_up(daemon: Daemon, drop: Path, results: Path | None = None) -> None:
+    """A positive signal before asserting that nothing else happened: an empty file dropped
+    now gets its error file (without any API call) only once the watcher has settled and
+    queued what it saw before it; then every job queued by then is finished. The sentinel
+    and its error file are removed again, so the trees are as they were."""
+    source = drop / SENTINEL
+    error_file = (results or drop) / f"{SENTINEL}.error.json"
+    source.write_bytes(b"")
+    wait_for(error_file.exists, what="the sentinel's error file")
+    wait_for(lambda: daemon.progress().unfinished == 0, what="all jobs finished")
+    source.unlink()
+    error_file.unlink()
+
+
+def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Times of every full listing of a drop folder from now on (the real scan still runs)."""
+    scans: list[float] = []
+    real_scan = FolderWatcher.scan
+
+    def scan(watcher: FolderWatcher, now: float) -> None:
+        real_scan(watcher, now)
+        scans.append(now)
+
+    monkeypatch.setattr(FolderWatcher, "scan", scan)
+    return scans
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -103,6 +171,53 @@ def results_under(folder: Path) -> dict[str, dict[str, Any]]:
         path.relative_to(folder).as_posix(): json.loads(path.read_text())
         for path in folder.rglob("*.json")
     }
+
+
+def daemon_command(config: Path, once: bool) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "watcher.cli",
+        "run",
+        "--config",
+        str(config),
+        *(["--once"] if once else []),
+    ]
+
+
+def environment(crash_at: str = "") -> dict[str, str]:
+    env = {**os.environ, KEY_ENV: api_key()}
+    env.pop("UNSTRACT_WATCHER_CRASH_AT", None)
+    if crash_at:
+        env["UNSTRACT_WATCHER_CRASH_AT"] = crash_at
+    return env
+
+
+def drop_documents(drop: Path, count: int) -> dict[str, str]:
+    """Write `count` documents; return relative path -> sha256."""
+    written = {}
+    for index in range(count):
+        folder = drop / f"batch-{index % 4}"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"doc-{index:04}.txt"
+        path.write_bytes(f"document {index}\n".encode() * (1 + index % 7))
+        written[path.relative_to(drop).as_posix()] = sha256(path)
+    return written
+
+
+def kill_9_repeatedly(config: Path, times: int, seed: int) -> None:
+    """Start the daemon as a process and SIGKILL it after 0.5 to 1.5 s, `times` times over."""
+    chance = random.Random(seed)
+    for _ in range(times):
+        process = subprocess.Popen(
+            daemon_command(config, once=False),
+            env=environment(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(chance.uniform(0.5, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
 
 
 def api_key() -> str:

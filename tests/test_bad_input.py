@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 from harness import (
-    KEY_ENV,
-    api_key,
     deployment_url,
     results_under,
     running_daemon,
@@ -20,29 +18,28 @@ from harness import (
 )
 
 from watcher import watch
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer, UnstractEmulator
 from watcher.jobs import JobState
 
-
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 def test_odd_files_and_names(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"private, outside the drop folder")
     # Rescans come often, so a warning given once per path would show up again if it repeated.
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"max_file_bytes": 1000, "rescan_seconds": 0.2})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        db_url,
+        pipeline={"max_file_bytes": 1000, "rescan_seconds": 0.2},
+    )
     drop = tmp_path / "drop"
     (drop / "a").mkdir()
     (drop / "b").mkdir()
@@ -77,16 +74,21 @@ def test_odd_files_and_names(
     assert sha256(outside) not in emulator.stats().posts_by_sha256
     out = capsys.readouterr().out.splitlines()
     assert "symlink that leads out of watch_dir" in "\n".join(out)
-    for message, name in [("not a regular file; ignored", "pipe.pdf"),
-                          ("broken symlink; ignored", "broken.txt")]:  # fmt: skip
+    for message, name in [
+        ("not a regular file; ignored", "pipe.pdf"),
+        ("broken symlink; ignored", "broken.txt"),
+    ]:
         assert len([line for line in out if message in line and name in line]) == 1, name
     assert "folder.pdf" not in "\n".join(out)  # a folder in a recursive tree is walked
 
 
 def test_unreadable_file_is_logged_and_retried_later(
-    tmp_path: Path, server: EmulatorServer, db_url: str, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    server: EmulatorServer,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     # As root (CI) no permission bit stops a read, so the refusal is faked at the one call.
     real_sha256_of = watch.sha256_of
     refuse = {"locked.txt"}
@@ -97,8 +99,9 @@ def test_unreadable_file_is_logged_and_retried_later(
         return real_sha256_of(path)
 
     monkeypatch.setattr(watch, "sha256_of", sha256_of)
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"rescan_seconds": 0.5})  # fmt: skip
+    config = write_config(
+        tmp_path, deployment_url(server), db_url, pipeline={"rescan_seconds": 0.5}
+    )
     (tmp_path / "drop" / "locked.txt").write_bytes(b"locked")
     (tmp_path / "drop" / "open.txt").write_bytes(b"open")
     with running_daemon(config) as daemon:
@@ -111,11 +114,13 @@ def test_unreadable_file_is_logged_and_retried_later(
 
 @pytest.mark.parametrize("change", ["vanish", "rewrite"])
 def test_a_file_that_changes_before_upload_is_not_sent(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
     change: str,
-) -> None:  # fmt: skip
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          daemon={"upload_workers": 1})  # fmt: skip
+) -> None:
+    config = write_config(tmp_path, deployment_url(server), db_url, daemon={"upload_workers": 1})
     source = tmp_path / "drop" / "a.txt"
     source.write_bytes(b"as it was hashed")
     with running_daemon(config, watch_events=False) as daemon:
@@ -155,14 +160,21 @@ def test_a_full_disk_delays_the_result_file_and_loses_nothing(
                     handle.write(b"\0" * 4096)
             except OSError:
                 pass
-        config = write_config(tmp_path, deployment_url(server), db_url,
-                              pipeline={"output_dir": str(results)})  # fmt: skip
+        config = write_config(
+            tmp_path, deployment_url(server), db_url, pipeline={"output_dir": str(results)}
+        )
         (tmp_path / "drop" / "a.txt").write_bytes(b"result needs room")
         with running_daemon(config) as daemon:
-            wait_for(lambda: any(j.state is JobState.RESULT_STORED for j in daemon.store.list_jobs()),
-                     what="the stored result")  # fmt: skip
-            wait_for(lambda: daemon.finisher.outcomes.total() == 0 and not (results / "a.txt.json").exists(),
-                     what="a failed write")  # fmt: skip
+            wait_for(
+                lambda: any(j.state is JobState.RESULT_STORED for j in daemon.store.list_jobs()),
+                what="the stored result",
+            )
+            wait_for(
+                lambda: (
+                    daemon.finisher.outcomes.total() == 0 and not (results / "a.txt.json").exists()
+                ),
+                what="a failed write",
+            )
             filler.unlink()  # the operator frees space
             wait_for(lambda: daemon.progress().finished == 1, what="the result once there is room")
         assert results_under(results)["a.txt.json"]["status"] == "success"

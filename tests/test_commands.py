@@ -25,7 +25,7 @@ from harness import (
 )
 
 from watcher.commands import parse_since
-from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator
 from watcher.jobs import JobState
 from watcher.metrics import Metrics, serve_metrics
 from watcher.store import Store, jobs
@@ -35,20 +35,14 @@ ALL_STATES = [state.value for state in JobState]
 NO_API = f"http://127.0.0.1:9/deployment/api/{DEMO_ORG}/{DEMO_API}/"  # never called
 
 
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "watcher.cli", *args, "--config", str(config)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, KEY_ENV: api_key()})  # fmt: skip
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env={**os.environ, KEY_ENV: api_key()}
+    )
 
 
 def test_find_a_failed_document_fix_it_and_retry_it_while_the_daemon_runs(
@@ -178,16 +172,33 @@ def put_jobs(db_url: str, states: dict[str, tuple[str, JobState]]) -> Store:
 
 def test_status_shows_every_state_and_marks_removed_pipelines(tmp_path: Path, db_url: str) -> None:
     config = write_config(tmp_path, NO_API, db_url)
-    states = {"q": JobState.QUEUED, "s": JobState.SUBMITTED, "r": JobState.RESULT_STORED,
-              "k": JobState.SKIPPED, "h": JobState.HELD}  # fmt: skip
-    store = put_jobs(db_url, {p: ("docs", state) for p, state in states.items()}
-                     | {"old": ("gone", JobState.FAILED)})  # fmt: skip
+    states = {
+        "q": JobState.QUEUED,
+        "s": JobState.SUBMITTED,
+        "r": JobState.RESULT_STORED,
+        "k": JobState.SKIPPED,
+        "h": JobState.HELD,
+    }
+    store = put_jobs(
+        db_url,
+        {p: ("docs", state) for p, state in states.items()} | {"old": ("gone", JobState.FAILED)},
+    )
     record_pause(store, "gone", "401 Unauthorized")  # left behind when it was removed
     store.close()
 
     shown = cli(config, "status").stdout.splitlines()
-    assert shown[0].split()[:10] == ["pipeline", "queued", "in", "flight", "result_stored",
-                                     "done", "failed", "skipped", "held", "oldest"]  # fmt: skip
+    assert shown[0].split()[:10] == [
+        "pipeline",
+        "queued",
+        "in",
+        "flight",
+        "result_stored",
+        "done",
+        "failed",
+        "skipped",
+        "held",
+        "oldest",
+    ]
     assert shown[1].split()[:8] == ["docs", "1", "1", "1", "0", "0", "1", "1"]
     assert shown[0].endswith("paused") and shown[1].endswith(" no")  # not paused; no daemon runs
     assert shown[2].split()[:8] == ["gone", "0", "0", "0", "0", "1", "0", "0"]
@@ -207,8 +218,14 @@ def test_jobs_list_refuses_an_unknown_state(tmp_path: Path, sqlite_url: str) -> 
 
 def test_retry_says_why_not(tmp_path: Path, db_url: str) -> None:
     config = write_config(tmp_path, NO_API, db_url)
-    put_jobs(db_url, {"a.txt": ("docs", JobState.DONE), "b.txt": ("docs", JobState.SUBMITTED),
-                      "c.txt": ("gone", JobState.FAILED)}).close()  # fmt: skip
+    put_jobs(
+        db_url,
+        {
+            "a.txt": ("docs", JobState.DONE),
+            "b.txt": ("docs", JobState.SUBMITTED),
+            "c.txt": ("gone", JobState.FAILED),
+        },
+    ).close()
     refusals = {
         ("retry", "1"): "job 1 is done; only failed, skipped or held jobs can be retried",
         ("retry", "2"): "job 2 is submitted; only failed, skipped or held jobs can be retried",
@@ -229,8 +246,12 @@ def test_retry_brings_a_failed_source_back_from_the_archive(
 ) -> None:
     emulator.deployment(DEMO_ORG, DEMO_API).fail_glob = "bad*"
     archive = tmp_path / "archive"
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          {"after_success": "move", "archive_dir": str(archive)})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        db_url,
+        {"after_success": "move", "archive_dir": str(archive)},
+    )
     drop = tmp_path / "drop"
     (drop / "sub").mkdir()
     (drop / "sub" / "bad.txt").write_bytes(b"a document the API refuses at first")
@@ -267,8 +288,11 @@ def test_retry_brings_a_failed_source_back_from_the_archive(
 )
 def test_metrics_answer_while_the_database_is_down(tmp_path: Path, database: str) -> None:
     path = tmp_path / "state.db"
-    store = Store(f"sqlite:///{path}" if database == "sqlite" else
-                  PG_URL.replace("127.0.0.1:5432", "127.0.0.1:1"))  # fmt: skip
+    store = Store(
+        f"sqlite:///{path}"
+        if database == "sqlite"
+        else PG_URL.replace("127.0.0.1:5432", "127.0.0.1:1")
+    )
     if database == "sqlite":
         store.upgrade()
         store.engine.dispose()

@@ -36,9 +36,16 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_example_loads_and_documents_every_key(tmp_path: Path) -> None:
     settings = config.from_mapping(example(tmp_path))
     text = EXAMPLE.read_text()
-    models = [config.DatabaseConfig, config.DaemonConfig, config.MetricsConfig,
-              config.NotifyConfig, config.PipelineConfig, config.TableConfig,
-              config.UnstractApiConfig, config.LLMWhispererApiConfig]  # fmt: skip
+    models = [
+        config.DatabaseConfig,
+        config.DaemonConfig,
+        config.MetricsConfig,
+        config.NotifyConfig,
+        config.PipelineConfig,
+        config.TableConfig,
+        config.UnstractApiConfig,
+        config.LLMWhispererApiConfig,
+    ]
     for model in models:
         for name in model.model_fields:
             documented = f"\n{name} = " in text or f"\n# {name} = " in text
@@ -70,23 +77,50 @@ def api(raw: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda r: r["pipelines"][0]["api"].update(tags=["a", "b"]), "pipelines[0] (\"invoices\").api.tags: the server takes at most one tag"),
-        (lambda r: r["pipelines"][0]["api"].update(tags=["1abc"]), "pipelines[0] (\"invoices\").api.tags: tag '1abc'"),
+        (
+            lambda r: r["pipelines"][0]["api"].update(tags=["a", "b"]),
+            'pipelines[0] ("invoices").api.tags: the server takes at most one tag',
+        ),
+        (
+            lambda r: r["pipelines"][0]["api"].update(tags=["1abc"]),
+            "pipelines[0] (\"invoices\").api.tags: tag '1abc'",
+        ),
         (lambda r: r["pipelines"][0]["api"].update(tags=["a" * 51]), "at most 50 characters"),
-        (lambda r: r["pipelines"][0]["api"].update(url="https://x.example/api/v1/foo"), "pipelines[0] (\"invoices\").api.url: must have the deployment shape"),
-        (lambda r: r["pipelines"][0]["api"].update(api_key="k"), "set exactly one of api_key_env, api_key_file or api_key"),
-        (lambda r: r["pipelines"][0]["api"].update(api_key_env="NO_SUCH_VARIABLE_X"), "pipelines[0] (\"invoices\").api.api_key_env: environment variable NO_SUCH_VARIABLE_X is empty or unset"),
-        (lambda r: r["pipelines"][0]["api"].update(kind="openai"), "pipelines[0] (\"invoices\").api.kind"),
-        (lambda r: r["pipelines"][0].update(watch_dir="/no/such/folder"), "pipelines[0] (\"invoices\").watch_dir: /no/such/folder does not exist"),
-        (lambda r: r["pipelines"][0].update(settle_secs=2), "pipelines[0] (\"invoices\").settle_secs: unknown key"),
+        (
+            lambda r: r["pipelines"][0]["api"].update(url="https://x.example/api/v1/foo"),
+            'pipelines[0] ("invoices").api.url: must have the deployment shape',
+        ),
+        (
+            lambda r: r["pipelines"][0]["api"].update(api_key="k"),
+            "set exactly one of api_key_env, api_key_file or api_key",
+        ),
+        (
+            lambda r: r["pipelines"][0]["api"].update(api_key_env="NO_SUCH_VARIABLE_X"),
+            'pipelines[0] ("invoices").api.api_key_env: environment variable NO_SUCH_VARIABLE_X is empty or unset',
+        ),
+        (
+            lambda r: r["pipelines"][0]["api"].update(kind="openai"),
+            'pipelines[0] ("invoices").api.kind',
+        ),
+        (
+            lambda r: r["pipelines"][0].update(watch_dir="/no/such/folder"),
+            'pipelines[0] ("invoices").watch_dir: /no/such/folder does not exist',
+        ),
+        (
+            lambda r: r["pipelines"][0].update(settle_secs=2),
+            'pipelines[0] ("invoices").settle_secs: unknown key',
+        ),
         (lambda r: r["daemon"].update(upload_workers=0), "daemon.upload_workers"),
         (lambda r: r["daemon"].update(log_format="xml"), "daemon.log_format"),
         (lambda r: r["database"].update(url="mysql://x"), "database.url"),
-        (lambda r: r["pipelines"][0].update(after_success="move"), "pipelines[0] (\"invoices\").archive_dir: required"),
+        (
+            lambda r: r["pipelines"][0].update(after_success="move"),
+            'pipelines[0] ("invoices").archive_dir: required',
+        ),
         (lambda r: r.update(pipelines=[]), "pipelines"),
         (lambda r: r["pipelines"].append(dict(r["pipelines"][0])), "used twice"),
     ],
-)  # fmt: skip
+)
 def test_bad_configs_name_the_key(tmp_path: Path, change: Any, expected: str) -> None:
     assert expected in bad(tmp_path, change)
 
@@ -198,10 +232,14 @@ def commented_llmwhisperer_api() -> dict[str, Any]:
 def test_the_example_shows_every_default() -> None:
     raw = tomllib.loads(EXAMPLE.read_text())
     pipeline = raw["pipelines"][0]
-    tables = [(config.DatabaseConfig, raw["database"]), (config.DaemonConfig, raw["daemon"]),
-              (config.MetricsConfig, raw["metrics"]), (config.PipelineConfig, pipeline),
-              (config.UnstractApiConfig, pipeline["api"]),
-              (config.LLMWhispererApiConfig, commented_llmwhisperer_api())]  # fmt: skip
+    tables = [
+        (config.DatabaseConfig, raw["database"]),
+        (config.DaemonConfig, raw["daemon"]),
+        (config.MetricsConfig, raw["metrics"]),
+        (config.PipelineConfig, pipeline),
+        (config.UnstractApiConfig, pipeline["api"]),
+        (config.LLMWhispererApiConfig, commented_llmwhisperer_api()),
+    ]
     for model, table in tables:
         for name, value in table.items():
             field = model.model_fields[name]
@@ -215,8 +253,9 @@ def test_the_example_shows_every_default() -> None:
 def test_an_archive_whose_subfolder_is_watched_is_refused(tmp_path: Path, sub: str) -> None:
     def archive_above(raw: dict[str, Any]) -> None:
         (tmp_path / sub).mkdir()
-        raw["pipelines"][0].update(watch_dir=str(tmp_path / sub), after_success="move",
-                                   archive_dir=str(tmp_path))  # fmt: skip
+        raw["pipelines"][0].update(
+            watch_dir=str(tmp_path / sub), after_success="move", archive_dir=str(tmp_path)
+        )
 
     message = bad(tmp_path, archive_above)
     assert (
@@ -255,9 +294,13 @@ def test_a_table_variable_that_is_not_json_names_the_variable(
 
 
 @pytest.mark.parametrize(
-    "variable", ["UNSTRACT_WATCHER_PIPELINES", "UNSTRACT_WATCHER_PIPELINES__0__NAME",
-                 "unstract_watcher_pipelines__0__api__api_key"],
-)  # fmt: skip
+    "variable",
+    [
+        "UNSTRACT_WATCHER_PIPELINES",
+        "UNSTRACT_WATCHER_PIPELINES__0__NAME",
+        "unstract_watcher_pipelines__0__api__api_key",
+    ],
+)
 def test_pipeline_variables_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
@@ -292,8 +335,11 @@ def test_absolute_and_in_memory_sqlite_urls_load(tmp_path: Path, url: str) -> No
 
 def whisper_pages(tmp_path: Path, pages: str) -> dict[str, Any]:
     raw = example(tmp_path)
-    raw["pipelines"][0]["api"] = {"kind": "llmwhisperer", "api_key_env": "INVOICES_API_KEY",
-                                  "pages_to_extract": pages}  # fmt: skip
+    raw["pipelines"][0]["api"] = {
+        "kind": "llmwhisperer",
+        "api_key_env": "INVOICES_API_KEY",
+        "pages_to_extract": pages,
+    }
     return raw
 
 
@@ -305,8 +351,9 @@ def test_page_ranges_the_emulator_takes_are_valid(tmp_path: Path, pages: str) ->
     parse_pages(wire_options(api).get("pages_to_extract") or None)  # the emulator accepts it
 
 
-@pytest.mark.parametrize("pages", ["-", "1--2", "5-1", "1-5,", "0", "0-3", ",", "1,,2", " ",
-                                   "a", "-5", "1-2-3", "1 - 2"])  # fmt: skip
+@pytest.mark.parametrize(
+    "pages", ["-", "1--2", "5-1", "1-5,", "0", "0-3", ",", "1,,2", " ", "a", "-5", "1-2-3", "1 - 2"]
+)
 def test_page_ranges_the_emulator_refuses_are_refused(tmp_path: Path, pages: str) -> None:
     message = bad(tmp_path, lambda raw: raw.update(whisper_pages(tmp_path, pages)))
     assert (

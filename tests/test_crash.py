@@ -7,51 +7,32 @@ executions each document got.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from harness import KEY_ENV, api_key, deployment_url, results_under, sha256, wait_for, write_config
+from harness import (
+    daemon_command,
+    deployment_url,
+    drop_documents,
+    environment,
+    results_under,
+    wait_for,
+    write_config,
+)
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer, UnstractEmulator
 from watcher.output import TEMP_SUFFIX
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.3)
-
-
-def daemon_command(config: Path, once: bool) -> list[str]:
-    return [sys.executable, "-m", "watcher.cli", "run", "--config", str(config),
-            *(["--once"] if once else [])]  # fmt: skip
-
-
-def environment(crash_at: str = "") -> dict[str, str]:
-    env = {**os.environ, KEY_ENV: api_key()}
-    env.pop("UNSTRACT_WATCHER_CRASH_AT", None)
-    if crash_at:
-        env["UNSTRACT_WATCHER_CRASH_AT"] = crash_at
-    return env
-
-
-def drop_documents(drop: Path, count: int) -> dict[str, str]:
-    """Write `count` documents; return relative path -> sha256."""
-    written = {}
-    for index in range(count):
-        folder = drop / f"batch-{index % 4}"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"doc-{index:04}.txt"
-        path.write_bytes(f"document {index}\n".encode() * (1 + index % 7))
-        written[path.relative_to(drop).as_posix()] = sha256(path)
-    return written
+def execution_seconds() -> float:
+    return 0.3
 
 
 def explained_repeats(log: bytes) -> int:
@@ -88,24 +69,42 @@ def assert_each_document_once(results: Path, documents: dict[str, str]) -> None:
     ],
 )
 def test_crash_at_each_step_then_restart(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
-    crash_at: str, may_repeat: bool,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
+    crash_at: str,
+    may_repeat: bool,
+) -> None:
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"output_dir": str(results), "after_success": "move",
-                                    "archive_dir": str(tmp_path / "archive")},
-                          daemon={"upload_workers": 1})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        db_url,
+        pipeline={
+            "output_dir": str(results),
+            "after_success": "move",
+            "archive_dir": str(tmp_path / "archive"),
+        },
+        daemon={"upload_workers": 1},
+    )
     documents = drop_documents(tmp_path / "drop", 6)
-    crashed = subprocess.run(daemon_command(config, once=True), env=environment(crash_at),
-                             capture_output=True, timeout=60)  # fmt: skip
+    crashed = subprocess.run(
+        daemon_command(config, once=True),
+        env=environment(crash_at),
+        capture_output=True,
+        timeout=60,
+    )
     assert crashed.returncode == 137, crashed.stderr
-    finished = subprocess.run(daemon_command(config, once=True), env=environment(),
-                              capture_output=True, timeout=60)  # fmt: skip
+    finished = subprocess.run(
+        daemon_command(config, once=True), env=environment(), capture_output=True, timeout=60
+    )
     assert finished.returncode == 0, finished.stderr
     assert_each_document_once(results, documents)
-    archived = sorted(p.relative_to(tmp_path / "archive/processed").as_posix()
-                      for p in (tmp_path / "archive/processed").rglob("*.txt"))  # fmt: skip
+    archived = sorted(
+        p.relative_to(tmp_path / "archive/processed").as_posix()
+        for p in (tmp_path / "archive/processed").rglob("*.txt")
+    )
     assert archived == sorted(documents)
     executions = emulator.stats().posts_by_sha256
     assert all(executions[digest] >= 1 for digest in documents.values())
@@ -122,9 +121,13 @@ def test_kill_9_repeatedly_under_load(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"output_dir": str(results)},
-                          daemon={"upload_workers": 4})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        db_url,
+        pipeline={"output_dir": str(results)},
+        daemon={"upload_workers": 4},
+    )
     documents = drop_documents(tmp_path / "drop", 300)
     chance = random.Random(2026)
     kills = 0
@@ -132,14 +135,19 @@ def test_kill_9_repeatedly_under_load(
     for run in range(6):
         logs.append(tmp_path / f"run-{run}.log")
         with logs[-1].open("wb") as log:
-            process = subprocess.Popen(daemon_command(config, once=False), env=environment(),
-                                       stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+            process = subprocess.Popen(
+                daemon_command(config, once=False),
+                env=environment(),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
             time.sleep(chance.uniform(0.4, 1.5))
             process.send_signal(signal.SIGKILL)
             process.wait(10)
         kills += 1
-    finished = subprocess.run(daemon_command(config, once=True), env=environment(),
-                              capture_output=True, timeout=120)  # fmt: skip
+    finished = subprocess.run(
+        daemon_command(config, once=True), env=environment(), capture_output=True, timeout=120
+    )
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert_each_document_once(results, documents)
     executions = emulator.stats().posts_by_sha256
@@ -157,11 +165,17 @@ def test_sigterm_drains_and_the_next_start_resumes(
 ) -> None:
     emulator.deployment("org_demo", "invoices").execution_seconds = 2.0
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"output_dir": str(results)})  # fmt: skip
+    config = write_config(
+        tmp_path, deployment_url(server), db_url, pipeline={"output_dir": str(results)}
+    )
     documents = drop_documents(tmp_path / "drop", 12)
-    process = subprocess.Popen(daemon_command(config, once=False), env=environment(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        daemon_command(config, once=False),
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: emulator.stats().executions_created >= 8, what="executions under way")
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -169,8 +183,9 @@ def test_sigterm_drains_and_the_next_start_resumes(
     assert process.returncode == 0, stderr[-2000:]
     assert time.monotonic() - started < 10  # bounded by drain_seconds, not by the executions
     assert len(results_under(results)) < 12  # it stopped without waiting for every execution
-    finished = subprocess.run(daemon_command(config, once=True), env=environment(),
-                              capture_output=True, timeout=60)  # fmt: skip
+    finished = subprocess.run(
+        daemon_command(config, once=True), env=environment(), capture_output=True, timeout=60
+    )
     assert finished.returncode == 0
     assert_each_document_once(results, documents)
     assert set(emulator.stats().posts_by_sha256.values()) == {1}  # running ones were resumed

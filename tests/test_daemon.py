@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from harness import KEY_ENV, api_key, running_daemon, wait_for, write_config
+from harness import running_daemon, wait_for, write_config
 
 from watcher import supervisor as supervisor_module
 from watcher.supervisor import Loop, Supervisor
@@ -82,12 +82,16 @@ def test_a_stop_during_an_outage_ends_the_wait(monkeypatch: pytest.MonkeyPatch) 
     assert time.monotonic() - asked < 5 and rounds == [1]
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_health_reports_a_drop_folder_that_cannot_be_listed(
-    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sqlite_url: str
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
-    config = write_config(tmp_path, "http://127.0.0.1:9/deployment/api/org/api/", sqlite_url,
-                          pipeline={"rescan_seconds": 0.2})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        "http://127.0.0.1:9/deployment/api/org/api/",
+        sqlite_url,
+        pipeline={"rescan_seconds": 0.2},
+    )
     with running_daemon(config) as daemon:
         assert daemon.health_problems() == []
         (tmp_path / "drop").rename(tmp_path / "gone")  # an unmounted share, a deleted folder

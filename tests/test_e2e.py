@@ -15,7 +15,9 @@ import pytest
 from harness import (
     KEY_ENV,
     api_key,
+    count_scans,
     deployment_url,
+    let_discovery_catch_up,
     results_under,
     running_daemon,
     sha256,
@@ -23,18 +25,15 @@ from harness import (
     write_config,
 )
 
-from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator
 from watcher.jobs import JobState
 
-
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.2)
+def execution_seconds() -> float:
+    return 0.2
 
 
 def document(index: int) -> bytes:
@@ -54,8 +53,9 @@ def test_fifty_documents_plus_old_ones_plus_a_slow_one(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"output_dir": str(results)})  # fmt: skip
+    config = write_config(
+        tmp_path, deployment_url(server), db_url, pipeline={"output_dir": str(results)}
+    )
     drop = tmp_path / "drop"
     for index in range(5):  # there before the daemon starts
         (drop / f"old-{index}.txt").write_bytes(document(1000 + index))
@@ -72,7 +72,7 @@ def test_fifty_documents_plus_old_ones_plus_a_slow_one(
         writer.join()
         wait_for(lambda: len(results_under(results)) == 56, what="56 result files")
         wait_for(lambda: daemon.progress().unfinished == 0, what="all jobs finished")
-        time.sleep(1.0)  # room for any wrong re-ingestion to show up
+        let_discovery_catch_up(daemon, drop, results)  # room for any wrong re-ingestion
     found = results_under(results)
     sources = sorted(p.relative_to(drop).as_posix() for p in drop.rglob("*.txt"))
     assert sorted(name.removesuffix(".json") for name in found) == sources
@@ -88,16 +88,24 @@ def test_fifty_documents_plus_old_ones_plus_a_slow_one(
 
 
 def test_results_beside_sources_are_never_ingested_again(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"rescan_seconds": 0.5})  # fmt: skip
+    scans = count_scans(monkeypatch)
+    config = write_config(
+        tmp_path, deployment_url(server), db_url, pipeline={"rescan_seconds": 0.5}
+    )
     drop = tmp_path / "drop"
     with running_daemon(config) as daemon:
         for index in range(5):
             (drop / f"a-{index}.txt").write_bytes(document(index))
         wait_for(lambda: len(list(drop.glob("*.txt.json"))) == 5, what="5 results")
-        time.sleep(1.5)  # three rescans see the results beside the sources
+        seen = len(scans)
+        wait_for(lambda: len(scans) >= seen + 3, what="three rescans that see the results")
+        wait_for(lambda: daemon.progress().unfinished == 0, what="all jobs finished")
         jobs = daemon.store.list_jobs()
     assert sorted(j.relative_path for j in jobs) == [f"a-{i}.txt" for i in range(5)]
     assert emulator.stats().executions_created == 5
@@ -114,10 +122,10 @@ def test_same_content_again_is_skipped_changed_content_is_processed(
         wait_for(lambda: daemon.progress().finished == 1, what="first version")
         os.utime(source)  # touched, same content
         source.write_bytes(b"version one")
-        time.sleep(1.0)
+        let_discovery_catch_up(daemon, source.parent)  # the touched file was looked at again
         assert emulator.stats().executions_created == 1
         source.write_bytes(b"version two")
-        wait_for(lambda: daemon.progress().finished == 2, what="second version")
+        wait_for(lambda: daemon.progress().finished == 3, what="second version (and sentinel)")
     result = results_under(tmp_path / "drop")["a.txt.json"]
     assert result["sha256"] == sha256(source)
     assert emulator.stats().executions_created == 2
@@ -160,9 +168,16 @@ def test_after_success_moves_or_deletes_the_source(
     tmp_path: Path, server: EmulatorServer, db_url: str, policy: str
 ) -> None:
     archive = tmp_path / "archive"
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"after_success": policy, "archive_dir": str(archive),
-                                    "output_dir": str(tmp_path / "out")})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        db_url,
+        pipeline={
+            "after_success": policy,
+            "archive_dir": str(archive),
+            "output_dir": str(tmp_path / "out"),
+        },
+    )
     drop = tmp_path / "drop"
     (drop / "sub").mkdir()
     (drop / "sub" / "ok.txt").write_bytes(b"fine")
@@ -179,9 +194,12 @@ def test_after_success_moves_or_deletes_the_source(
 
 
 def test_a_bad_key_pauses_the_pipeline_and_keeps_the_documents(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setenv(KEY_ENV, "00000000-0000-4000-8000-000000000000")
     config = write_config(tmp_path, deployment_url(server), db_url)
     for index in range(12):
@@ -205,8 +223,9 @@ def test_run_once_as_a_process(tmp_path: Path, server: EmulatorServer, db_url: s
     for index in range(8):
         (tmp_path / "drop" / f"{index}.txt").write_bytes(document(index))
     command = [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, KEY_ENV: api_key()})  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env={**os.environ, KEY_ENV: api_key()}
+    )
     assert done.returncode == 0, done.stderr
     assert len(results_under(tmp_path / "drop")) == 8
     assert api_key() not in done.stderr + done.stdout
@@ -225,8 +244,9 @@ def test_emulator_command_serves_the_demo_deployment(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "watcher.cli", "emulator", "--port", str(port)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         assert "emulator on" in process.stdout.readline()
@@ -235,8 +255,11 @@ def test_emulator_command_serves_the_demo_deployment(tmp_path: Path) -> None:
         import httpx
 
         url = f"http://127.0.0.1:{port}/deployment/api/{DEMO_ORG}/{DEMO_API}/"
-        answer = httpx.post(url, headers={"Authorization": f"Bearer {api_key()}"},
-                            files={"files": ("a.txt", b"hello", "text/plain")})  # fmt: skip
+        answer = httpx.post(
+            url,
+            headers={"Authorization": f"Bearer {api_key()}"},
+            files={"files": ("a.txt", b"hello", "text/plain")},
+        )
         assert answer.status_code == 200
         assert answer.json()["message"]["execution_status"] == "PENDING"
     finally:
@@ -245,12 +268,14 @@ def test_emulator_command_serves_the_demo_deployment(tmp_path: Path) -> None:
 
 
 def test_the_rescan_finds_files_no_event_reported(
-    tmp_path: Path, server: EmulatorServer, db_url: str
+    tmp_path: Path, server: EmulatorServer, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"rescan_seconds": 0.5})  # fmt: skip
+    scans = count_scans(monkeypatch)
+    config = write_config(
+        tmp_path, deployment_url(server), db_url, pipeline={"rescan_seconds": 0.5}
+    )
     with running_daemon(config, watch_events=False) as daemon:
-        time.sleep(0.3)  # after the startup scan
+        wait_for(lambda: len(scans) >= 1, what="the startup scan")
         (tmp_path / "drop" / "late.txt").write_bytes(b"only a rescan can see me")
         wait_for(lambda: daemon.progress().finished == 1, what="the rescan")
     assert "late.txt.json" in results_under(tmp_path / "drop")
@@ -259,8 +284,12 @@ def test_the_rescan_finds_files_no_event_reported(
 def test_the_polling_observer_for_network_shares(
     tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"observer": "polling", "polling_interval_seconds": 0.2})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        db_url,
+        pipeline={"observer": "polling", "polling_interval_seconds": 0.2},
+    )
     with running_daemon(config) as daemon:
         for index in range(3):
             (tmp_path / "drop" / f"{index}.txt").write_bytes(document(index))
@@ -276,16 +305,25 @@ def test_run_once_on_a_terminal_shows_a_progress_bar(
         (tmp_path / "drop" / f"{index}.txt").write_bytes(document(index))
     inner = f"{sys.executable} -m watcher.cli run --once --config {config} 2>&1"
     # `script` gives the command a pseudo-terminal, as an operator's shell would.
-    done = subprocess.run(["script", "-qec", inner, "/dev/null"], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, KEY_ENV: api_key()})  # fmt: skip
+    done = subprocess.run(
+        ["script", "-qec", inner, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, KEY_ENV: api_key()},
+    )
     assert done.returncode == 0, done.stdout[-2000:]
     assert "documents: 100%" in done.stdout and "6/6" in done.stdout
 
 
 def test_the_readme_demo_command(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "watcher.cli", "demo", "--dir", str(demo)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "watcher.cli", "demo", "--dir", str(demo)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     unstract = results_under(demo / "results")
     assert len(unstract) == 5 and all(r["status"] == "success" for r in unstract.values())

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from harness import KEY_ENV, api_key, deployment_url, running_daemon, wait_for, write_config
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer
 from watcher.emulator.results import ECHO_KEY, FAIL_MARKER
 from watcher.flatten import DOCUMENT_COLUMNS, column_order, flatten, result_cells
 
@@ -23,23 +23,24 @@ FAILING = 12
 ODD_NAMES = ['Rechnung 5, "März".txt', "=SUM(A1).txt", "line\nbreak.txt", "ключ;tab\t.txt"]
 
 
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.05)
+def execution_seconds() -> float:
+    return 0.05
 
 
 def extraction(index: int) -> dict[str, Any]:
     """A result with nested fields, lists, odd names and values; some fields only some have."""
     invoice: dict[str, Any] = {
-        "total": index * 1.25, "number": f"INV-{index:05}", "paid": index % 2 == 0,
-        "due": None, "lines": [{"sku": "A-1", "qty": index}, {"sku": 'B "2"', "qty": 0.5}],
+        "total": index * 1.25,
+        "number": f"INV-{index:05}",
+        "paid": index % 2 == 0,
+        "due": None,
+        "lines": [{"sku": "A-1", "qty": index}, {"sku": 'B "2"', "qty": 0.5}],
         "vendor": {"name": 'Müller, "GmbH"\nBerlin', "vat.id": f"DE{index}", "back\\slash": "x"},
-    }  # fmt: skip
+    }
     if index % 10 == 0:
         invoice["discount"] = {"percent": 5, "reason": "=HYPERLINK()"}
     return {"invoice": invoice, "": "empty key", "empty": {}, "ключ значение": "真", "n": "007"}
@@ -63,8 +64,9 @@ def drop_documents(drop: Path) -> dict[str, dict[str, Any] | None]:
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "watcher.cli", *args, "--config", str(config)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, KEY_ENV: api_key()})  # fmt: skip
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, KEY_ENV: api_key()}
+    )
 
 
 def split_column(name: str) -> list[str]:
@@ -114,9 +116,13 @@ def finished(
     tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> tuple[Path, Path, dict[str, dict[str, Any] | None]]:
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"output_dir": str(results)},
-                          api={"include_metadata": True, "max_in_flight": 20})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        db_url,
+        pipeline={"output_dir": str(results)},
+        api={"include_metadata": True, "max_in_flight": 20},
+    )
     expected = drop_documents(tmp_path / "drop")
     with running_daemon(config) as daemon:
         wait_for(lambda: daemon.progress().finished == DOCUMENTS, timeout=90, what="all results")

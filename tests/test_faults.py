@@ -7,8 +7,6 @@ from typing import Any
 
 import pytest
 from harness import (
-    KEY_ENV,
-    api_key,
     deployment_url,
     results_under,
     running_daemon,
@@ -18,36 +16,42 @@ from harness import (
 )
 
 from watcher.daemon import Daemon
-from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator
 from watcher.jobs import Job, JobState
 
-
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.2)
+def execution_seconds() -> float:
+    return 0.2
 
 
 def run_documents(
-    tmp_path: Path, server: EmulatorServer, db: str, count: int, *, api: dict[str, Any] | None = None,
+    tmp_path: Path,
+    server: EmulatorServer,
+    db: str,
+    count: int,
+    *,
+    api: dict[str, Any] | None = None,
     until: str = "finished",
-) -> tuple[list[Job], Daemon]:  # fmt: skip
+) -> tuple[list[Job], Daemon]:
     """Drop `count` documents, run the daemon until they are finished; return the job rows
     and the stopped daemon (its pipelines and metrics stay readable)."""
-    config = write_config(tmp_path, deployment_url(server), db,
-                          api={"max_attempts": 5, **(api or {})})  # fmt: skip
+    config = write_config(
+        tmp_path, deployment_url(server), db, api={"max_attempts": 5, **(api or {})}
+    )
     for index in range(count):
         (tmp_path / "drop" / f"{index}.txt").write_bytes(f"document {index}".encode())
     with running_daemon(config) as daemon:
         if until == "finished":
             wait_for(lambda: daemon.progress().finished == count, timeout=60, what="documents")
         else:
-            wait_for(lambda: any(j.state.value == until for j in daemon.store.list_jobs()),
-                     timeout=60, what=until)  # fmt: skip
+            wait_for(
+                lambda: any(j.state.value == until for j in daemon.store.list_jobs()),
+                timeout=60,
+                what=until,
+            )
         return daemon.store.list_jobs(), daemon
 
 
@@ -72,9 +76,12 @@ def successes(tmp_path: Path) -> list[str]:
     ],
 )
 def test_transient_faults_are_retried_without_duplicates(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
     fault: dict[str, Any],
-) -> None:  # fmt: skip
+) -> None:
     emulator.set_faults(**fault)
     jobs, _ = run_documents(tmp_path, server, db_url, 4)
     assert successes(tmp_path) == [f"{i}.txt.json" for i in range(4)]
@@ -101,8 +108,9 @@ def test_a_500_after_the_server_acted_is_held_when_the_policy_says_hold(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(post_error_after_create=1)
-    jobs, _ = run_documents(tmp_path, server, db_url, 1, api={"on_unknown_outcome": "hold"},
-                            until="held")  # fmt: skip
+    jobs, _ = run_documents(
+        tmp_path, server, db_url, 1, api={"on_unknown_outcome": "hold"}, until="held"
+    )
     assert [(j.state, j.attempts) for j in jobs] == [(JobState.HELD, 1)]
     assert "outcome unknown" in jobs[0].last_error and "Server Error (500)" in jobs[0].last_error
     stats = emulator.stats()
@@ -123,8 +131,9 @@ def test_a_dropped_connection_is_held_when_the_policy_says_hold(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(post_drop_after_create=1)
-    jobs, _ = run_documents(tmp_path, server, db_url, 1, api={"on_unknown_outcome": "hold"},
-                            until="held")  # fmt: skip
+    jobs, _ = run_documents(
+        tmp_path, server, db_url, 1, api={"on_unknown_outcome": "hold"}, until="held"
+    )
     assert [(j.state, j.attempts) for j in jobs] == [(JobState.HELD, 1)]
     assert "outcome unknown" in jobs[0].last_error
     assert emulator.stats().executions_created == 1  # never sent twice
@@ -135,9 +144,14 @@ def test_a_slow_server_beyond_the_read_timeout_is_an_unknown_outcome(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(slow_seconds=1.5)
-    jobs, _ = run_documents(tmp_path, server, db_url, 1,
-                            api={"on_unknown_outcome": "hold", "read_timeout_seconds": 0.5},
-                            until="held")  # fmt: skip
+    jobs, _ = run_documents(
+        tmp_path,
+        server,
+        db_url,
+        1,
+        api={"on_unknown_outcome": "hold", "read_timeout_seconds": 0.5},
+        until="held",
+    )
     assert "ReadTimeout" in jobs[0].last_error
 
 

@@ -19,11 +19,16 @@ from watcher.store import Store
 @pytest.fixture
 def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     (tmp_path / "drop").mkdir()
-    config = PipelineConfig.model_validate({
-        "name": "p", "watch_dir": str(tmp_path / "drop"),
-        "api": {"url": "https://unstract.example/deployment/api/org_1/invoices/",
-                "api_key": "6f1c2a8e-3b7d-4c59-9e21-0d4b8a7f5c13"},
-    })  # fmt: skip
+    config = PipelineConfig.model_validate(
+        {
+            "name": "p",
+            "watch_dir": str(tmp_path / "drop"),
+            "api": {
+                "url": "https://unstract.example/deployment/api/org_1/invoices/",
+                "api_key": "6f1c2a8e-3b7d-4c59-9e21-0d4b8a7f5c13",
+            },
+        }
+    )
     built = build_pipeline(config)
     yield built
     built.backend.close()
@@ -36,8 +41,10 @@ def stored(store: Store, names: list[str]) -> None:
         assert job is not None
         store.record_submit(job, Decision(JobState.SUBMITTED, 0.0, execution_id=f"e-{index}"), 200)
     for polled in store.claim_due_polls("me", 50, ["p"]):
-        body = {"status": "COMPLETED", "message": [
-            {"file": polled.file_name, "status": "Success", "result": {"n": 1}}]}  # fmt: skip
+        body = {
+            "status": "COMPLETED",
+            "message": [{"file": polled.file_name, "status": "Success", "result": {"n": 1}}],
+        }
         store.record_poll(polled, Decision(JobState.RESULT_STORED, outcome="success"), 200, body)
 
 

@@ -26,7 +26,6 @@ from watcher.emulator import (
     LLMW_DEMO_KEY,
     EmulatorServer,
     UnstractEmulator,
-    demo_emulator,
     llmwhisperer_demo_emulator,
     llmwhisperer_url,
     mount_llmwhisperer,
@@ -35,16 +34,12 @@ from watcher.llmwhisperer import LLMWhispererClient
 from watcher.unstract import UnstractClient
 
 
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
-
-
 def two_pipelines(tmp_path: Path, scans_api: str) -> Path:
     """A config with pipelines "docs" (Unstract, key from KEY_ENV) and "scans" (its api table
     given as TOML lines)."""
-    config = write_config(tmp_path, "http://127.0.0.1:9/deployment/api/org/api/",
-                          f"sqlite:///{tmp_path / 'state.db'}")  # fmt: skip
+    config = write_config(
+        tmp_path, "http://127.0.0.1:9/deployment/api/org/api/", f"sqlite:///{tmp_path / 'state.db'}"
+    )
     (tmp_path / "scans").mkdir(exist_ok=True)
     config.write_text(
         config.read_text()
@@ -66,17 +61,22 @@ def check_config(config: Path, capsys: pytest.CaptureFixture[str], *flags: str) 
     return code, captured.out + captured.err
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_an_unreadable_key_file_names_the_key_and_the_pipeline(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
     (tmp_path / "folder.key").mkdir()
-    config = two_pipelines(tmp_path, f'kind = "llmwhisperer"\nurl = "http://127.0.0.1:9/api/v2"\n'
-                                     f'api_key_file = "{tmp_path / "folder.key"}"')  # fmt: skip
+    config = two_pipelines(
+        tmp_path,
+        f'kind = "llmwhisperer"\nurl = "http://127.0.0.1:9/api/v2"\n'
+        f'api_key_file = "{tmp_path / "folder.key"}"',
+    )
     code, out = check_config(config, capsys)
     assert code == EXIT_CONFIG
-    assert (f'pipelines[1] ("scans").api.api_key_file: cannot read the key file '
-            f"{tmp_path / 'folder.key'}: Is a directory") in out  # fmt: skip
+    assert (
+        f'pipelines[1] ("scans").api.api_key_file: cannot read the key file '
+        f"{tmp_path / 'folder.key'}: Is a directory"
+    ) in out
     assert "Traceback" not in out
 
 
@@ -84,8 +84,11 @@ def test_check_config_reports_every_problem_in_one_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
-    config = two_pipelines(tmp_path, 'kind = "llmwhisperer"\nurl = "http://127.0.0.1:9/api/v2"\n'
-                                     'api_key_env = "NO_SUCH_KEY_VARIABLE"\nmod = "form"')  # fmt: skip
+    config = two_pipelines(
+        tmp_path,
+        'kind = "llmwhisperer"\nurl = "http://127.0.0.1:9/api/v2"\n'
+        'api_key_env = "NO_SUCH_KEY_VARIABLE"\nmod = "form"',
+    )
     text = config.read_text().replace(str(tmp_path / "drop"), str(tmp_path / "no-such-folder"))
     config.write_text(text.replace("settle_seconds", "settle_secs"))
     code, out = check_config(config, capsys)
@@ -110,13 +113,17 @@ def closed_port() -> int:
 
 def test_a_refused_connection_is_logged_as_such(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}/deployment/api/org_demo/invoices/"
-    config = write_config(tmp_path, url, f"sqlite:///{tmp_path / 'state.db'}",
-                          api={"max_attempts": 1})  # fmt: skip
+    config = write_config(
+        tmp_path, url, f"sqlite:///{tmp_path / 'state.db'}", api={"max_attempts": 1}
+    )
     (tmp_path / "drop" / "a.txt").write_bytes(b"never reaches the API")
     done = subprocess.run(
         [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, KEY_ENV: api_key()},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, KEY_ENV: api_key()},
+    )
     assert done.returncode == 1, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     failed = [line for line in lines if line.get("path") == "a.txt" and line["level"] == "warning"]
@@ -144,8 +151,9 @@ def test_a_refused_key_reads_the_same_for_both_apis(server: EmulatorServer) -> N
     mount_llmwhisperer(server, llmwhisperer_demo_emulator())
     wrong = SecretStr("00000000-0000-4000-8000-000000000000")
     timeouts = {"connect_timeout": 5.0, "read_timeout": 5.0, "max_connections": 1}
-    unstract = UnstractClient(deployment_url(server), wrong, tags=[], include_metadata=False,
-                              **timeouts)  # fmt: skip
+    unstract = UnstractClient(
+        deployment_url(server), wrong, tags=[], include_metadata=False, **timeouts
+    )
     whisperer = LLMWhispererClient(llmwhisperer_url(server), wrong, options={}, **timeouts)
     upload = Upload("a.txt", b"text", "text/plain")
     reasons = [client.submit(upload).error for client in (unstract, whisperer)]
@@ -162,17 +170,22 @@ def online_config(tmp_path: Path, apis: dict[str, str]) -> Path:
     lines = [f'[database]\nurl = "sqlite:///{tmp_path / "state.db"}"']
     for name, api in apis.items():
         (tmp_path / name).mkdir(exist_ok=True)
-        lines.append(f'[[pipelines]]\nname = "{name}"\nwatch_dir = "{tmp_path / name}"\n'
-                     f"[pipelines.api]\nconnect_timeout_seconds = 5\n{api}")  # fmt: skip
+        lines.append(
+            f'[[pipelines]]\nname = "{name}"\nwatch_dir = "{tmp_path / name}"\n'
+            f"[pipelines.api]\nconnect_timeout_seconds = 5\n{api}"
+        )
     path = tmp_path / "config.toml"
     path.write_text("\n\n".join(lines) + "\n")
     return path
 
 
 def test_check_config_online_proves_each_url_and_key_without_spending_anything(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     whisperer = llmwhisperer_demo_emulator()
     mount_llmwhisperer(server, whisperer)
     monkeypatch.setenv("GOOD_KEY", DEMO_KEY)
@@ -191,8 +204,11 @@ def test_check_config_online_proves_each_url_and_key_without_spending_anything(
     }
     code, out = check_config(online_config(tmp_path, apis), capsys, "--online")
     assert code == EXIT_CONFIG
-    said = {line.split('"')[1]: line for line in out.splitlines() if line.startswith("pipelines[")
-            and " at http" in line}  # fmt: skip
+    said = {
+        line.split('"')[1]: line
+        for line in out.splitlines()
+        if line.startswith("pipelines[") and " at http" in line
+    }
     assert ": OK: the deployment answered and accepted the key" in said["good"]
     assert ": FAILED: the API key was refused (HTTP 401: Unauthorized)" in said["wrong-key"]
     assert ": FAILED: no API at this URL" in said["wrong-deployment"]
@@ -214,8 +230,10 @@ def test_the_demo_config_runs_as_its_first_lines_say(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     serving = subprocess.Popen(
         [sys.executable, "-m", "watcher.cli", "demo", "--serve", "--port", "0", "--dir", str(demo)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert serving.stdout is not None
         said = ""
@@ -228,8 +246,9 @@ def test_the_demo_config_runs_as_its_first_lines_say(tmp_path: Path) -> None:
         assert run_line in said  # the same line both places
         (demo / "inbox" / "new-invoice.txt").write_text("INVOICE 0003\nTotal: 7.00 EUR\n")
         env = {key: value for key, value in os.environ.items() if not key.startswith("DEMO_")}
-        again = subprocess.run(["bash", "-c", run_line], capture_output=True, text=True,
-                               timeout=60, env=env)  # fmt: skip
+        again = subprocess.run(
+            ["bash", "-c", run_line], capture_output=True, text=True, timeout=60, env=env
+        )
         assert again.returncode == 0, again.stderr[-2000:]
         result = json.loads((demo / "results" / "new-invoice.txt.json").read_text())
         assert result["status"] == "success"
@@ -242,16 +261,19 @@ def test_the_demo_config_runs_as_its_first_lines_say(tmp_path: Path) -> None:
 def status_of(config: Path) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "watcher.cli", "status", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, KEY_ENV: api_key()},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, KEY_ENV: api_key()},
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_status_labels_its_columns_and_says_whether_a_daemon_runs(
-    tmp_path: Path, server: EmulatorServer, db_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
     config = write_config(tmp_path, deployment_url(server), db_url)
     assert main(["db", "upgrade", "--config", str(config)]) == 0
     shown = status_of(config)
@@ -267,16 +289,20 @@ def test_status_labels_its_columns_and_says_whether_a_daemon_runs(
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "watcher.cli", *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, KEY_ENV: api_key()},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, KEY_ENV: api_key()},
+    )
 
 
 def test_jobs_list_shows_whole_errors_on_request_and_no_upload_for_an_empty_file(
     tmp_path: Path,
 ) -> None:
     url = f"http://127.0.0.1:{closed_port()}/deployment/api/org_demo/invoices/"
-    config = write_config(tmp_path, url, f"sqlite:///{tmp_path / 'state.db'}",
-                          api={"max_attempts": 1})  # fmt: skip
+    config = write_config(
+        tmp_path, url, f"sqlite:///{tmp_path / 'state.db'}", api={"max_attempts": 1}
+    )
     (tmp_path / "drop" / "a.txt").write_bytes(b"never reaches the API")
     (tmp_path / "drop" / "empty.txt").write_bytes(b"")
     assert cli(config, "run", "--once").returncode == 1
@@ -296,18 +322,30 @@ def test_jobs_list_shows_whole_errors_on_request_and_no_upload_for_an_empty_file
 def test_run_once_progress_counts_the_folders_at_the_start_and_logs_go_above_it(
     tmp_path: Path, server: EmulatorServer
 ) -> None:
-    config = write_config(tmp_path, deployment_url(server), f"sqlite:///{tmp_path / 'state.db'}",
-                          api={"max_in_flight": 2})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        f"sqlite:///{tmp_path / 'state.db'}",
+        api={"max_in_flight": 2},
+    )
     for index in range(12):
         (tmp_path / "drop" / f"{index}.txt").write_bytes(f"document {index}".encode())
     inner = f"{sys.executable} -m watcher.cli run --once --config {config} 2>&1"
     # `script` gives the command a pseudo-terminal, as an operator's shell would.
-    done = subprocess.run(["script", "-qec", inner, "/dev/null"], capture_output=True, text=True,
-                          timeout=90, env={**os.environ, KEY_ENV: api_key()})  # fmt: skip
+    done = subprocess.run(
+        ["script", "-qec", inner, "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, KEY_ENV: api_key()},
+    )
     assert done.returncode == 0, done.stdout[-2000:]
     segments = [s for s in re.split(r"[\r\n]", done.stdout) if s.strip()]
-    figures = [tuple(map(int, m.groups())) for s in segments
-               if (m := re.search(r"documents:.*?\| *(\d+)/(\d+)", s))]  # fmt: skip
+    figures = [
+        tuple(map(int, m.groups()))
+        for s in segments
+        if (m := re.search(r"documents:.*?\| *(\d+)/(\d+)", s))
+    ]
     assert figures and {total for _, total in figures} == {12}  # the total from the start on
     counts = [count for count, _ in figures]
     assert counts == sorted(counts) and counts[-1] == 12  # never backwards

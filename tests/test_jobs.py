@@ -27,11 +27,25 @@ POLICY = RetryPolicy(max_attempts=3, execution_deadline_seconds=600)
 
 def job(**changes: Any) -> Job:
     values: dict[str, Any] = dict(
-        id=1, pipeline="p", relative_path="in/a.pdf", sha256="0" * 64, size=1, mtime_ns=1,
-        state=JobState.SUBMITTED, attempts=1, execution_id="e1", poll_count=0, outcome=None,
-        result_body=None, last_http_status=None, last_error="", lease_owner=None,
-        created_at=0.0, submitted_at=0.0, updated_at=0.0,
-    )  # fmt: skip
+        id=1,
+        pipeline="p",
+        relative_path="in/a.pdf",
+        sha256="0" * 64,
+        size=1,
+        mtime_ns=1,
+        state=JobState.SUBMITTED,
+        attempts=1,
+        execution_id="e1",
+        poll_count=0,
+        outcome=None,
+        result_body=None,
+        last_http_status=None,
+        last_error="",
+        lease_owner=None,
+        created_at=0.0,
+        submitted_at=0.0,
+        updated_at=0.0,
+    )
     values.update(changes)
     return Job(**values)
 
@@ -54,10 +68,20 @@ def test_every_state_has_its_transitions_listed() -> None:
         (SubmitOutcome(SubmitKind.RETRY, None, 503, "down"), 1, JobState.QUEUED, None),
         (SubmitOutcome(SubmitKind.RETRY, None, 503, "down"), 3, JobState.RESULT_STORED, "failed"),
         (SubmitOutcome(SubmitKind.UNKNOWN, None, None, "ReadTimeout"), 1, JobState.QUEUED, None),
-        (SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, 400, "empty"), 1, JobState.RESULT_STORED, "failed"),
-        (SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, 401, "Unauthorized"), 3, JobState.QUEUED, None),
+        (
+            SubmitOutcome(SubmitKind.DOCUMENT_FAILED, None, 400, "empty"),
+            1,
+            JobState.RESULT_STORED,
+            "failed",
+        ),
+        (
+            SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, 401, "Unauthorized"),
+            3,
+            JobState.QUEUED,
+            None,
+        ),
     ],
-)  # fmt: skip
+)
 def test_after_submit(
     outcome: SubmitOutcome, attempts: int, state: JobState, result: str | None
 ) -> None:
@@ -85,18 +109,56 @@ OK_ITEM = {"file": "a.pdf", "status": "Success", "result": {"output": {}}, "erro
     ("outcome", "state", "result", "error_part"),
     [
         (PollOutcome(PollKind.RUNNING, "EXECUTING", 422), JobState.SUBMITTED, None, ""),
-        (PollOutcome(PollKind.RETRY, None, 502, "bad gateway"), JobState.SUBMITTED, None, "bad gateway"),
-        (PollOutcome(PollKind.COMPLETED, "COMPLETED", 200, body=body(OK_ITEM)), JobState.RESULT_STORED, "success", ""),
-        (PollOutcome(PollKind.FAILED, "ERROR", 422, "bad scan",
-                     body={"status": "ERROR", "message": [{"file": "a.pdf", "status": "Failed", "error": "bad scan"}]}),
-         JobState.RESULT_STORED, "failed", "bad scan"),
-        (PollOutcome(PollKind.FAILED, "STOPPED", 422, "", body={"status": "STOPPED", "message": None}),
-         JobState.RESULT_STORED, "failed", "STOPPED"),
-        (PollOutcome(PollKind.RESULT_GONE, "COMPLETED", 406, "result already read"), JobState.QUEUED, None, "again"),
+        (
+            PollOutcome(PollKind.RETRY, None, 502, "bad gateway"),
+            JobState.SUBMITTED,
+            None,
+            "bad gateway",
+        ),
+        (
+            PollOutcome(PollKind.COMPLETED, "COMPLETED", 200, body=body(OK_ITEM)),
+            JobState.RESULT_STORED,
+            "success",
+            "",
+        ),
+        (
+            PollOutcome(
+                PollKind.FAILED,
+                "ERROR",
+                422,
+                "bad scan",
+                body={
+                    "status": "ERROR",
+                    "message": [{"file": "a.pdf", "status": "Failed", "error": "bad scan"}],
+                },
+            ),
+            JobState.RESULT_STORED,
+            "failed",
+            "bad scan",
+        ),
+        (
+            PollOutcome(
+                PollKind.FAILED, "STOPPED", 422, "", body={"status": "STOPPED", "message": None}
+            ),
+            JobState.RESULT_STORED,
+            "failed",
+            "STOPPED",
+        ),
+        (
+            PollOutcome(PollKind.RESULT_GONE, "COMPLETED", 406, "result already read"),
+            JobState.QUEUED,
+            None,
+            "again",
+        ),
         (PollOutcome(PollKind.LOST, None, 404, "does not exist"), JobState.QUEUED, None, "again"),
-        (PollOutcome(PollKind.PIPELINE_BROKEN, None, 401, "Unauthorized"), JobState.SUBMITTED, None, "Unauthorized"),
+        (
+            PollOutcome(PollKind.PIPELINE_BROKEN, None, 401, "Unauthorized"),
+            JobState.SUBMITTED,
+            None,
+            "Unauthorized",
+        ),
     ],
-)  # fmt: skip
+)
 def test_after_poll(
     outcome: PollOutcome, state: JobState, result: str | None, error_part: str
 ) -> None:

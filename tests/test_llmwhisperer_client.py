@@ -31,7 +31,11 @@ def js(body: Any) -> bytes:
 @pytest.mark.parametrize(
     ("status", "body", "kind"),
     [
-        (202, js({"message": "Whisper Job Accepted", "status": "processing", "whisper_hash": HASH}), SubmitKind.ACCEPTED),
+        (
+            202,
+            js({"message": "Whisper Job Accepted", "status": "processing", "whisper_hash": HASH}),
+            SubmitKind.ACCEPTED,
+        ),
         (200, js({"status": "processing", "whisper_hash": HASH}), SubmitKind.ACCEPTED),
         (400, js({"message": "Invalid line_splitter_strategy"}), SubmitKind.DOCUMENT_FAILED),
         (401, js({"message": "API key missing or not valid"}), SubmitKind.PIPELINE_BROKEN),
@@ -47,7 +51,7 @@ def js(body: Any) -> bytes:
         (503, b"<html>503 Service Temporarily Unavailable</html>", SubmitKind.RETRY),
         (413, b"<html>413</html>", SubmitKind.DOCUMENT_FAILED),
     ],
-)  # fmt: skip
+)
 def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
     outcome = classify_submit(status, body, httpx.Headers({"Retry-After": "7"}))
     assert outcome.kind is kind
@@ -72,9 +76,17 @@ def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
         (400, js({"status": "error_pdf_corrupt", "message": "corrupt"}), PollKind.FAILED),
         (200, js({"status": "retrieved"}), PollKind.RESULT_GONE),
         (200, js({"status": "delivered"}), PollKind.RESULT_GONE),
-        (400, js({"status": "retrieved", "message": "deleted once retrieved"}), PollKind.RESULT_GONE),
+        (
+            400,
+            js({"status": "retrieved", "message": "deleted once retrieved"}),
+            PollKind.RESULT_GONE,
+        ),
         (200, js({"status": "unknown"}), PollKind.LOST),
-        (400, js({"message": "Whisper job not found for the provided whisper hash"}), PollKind.LOST),
+        (
+            400,
+            js({"message": "Whisper job not found for the provided whisper hash"}),
+            PollKind.LOST,
+        ),
         (401, js({"message": "bad key"}), PollKind.PIPELINE_BROKEN),
         (500, b"oops", PollKind.RETRY),
         # any JSON 404 of the status endpoint: the hash is unknown or expired (section 2.2)
@@ -85,7 +97,7 @@ def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
         (404, b"", PollKind.RETRY),
         (429, js({"message": "slow down"}), PollKind.RETRY),
     ],
-)  # fmt: skip
+)
 def test_status_answers(status: int, body: bytes, kind: PollKind) -> None:
     assert classify_status(status, body).kind is kind
 
@@ -105,8 +117,13 @@ def test_a_status_answer_says_why_in_words_not_json(status: int, body: bytes, er
     assert classify_status(status, body).error == error
 
 
-RETRIEVED = {"result_text": "Hello <<<", "confidence_metadata": [], "line_metadata": [],
-             "metadata": {}, "webhook_metadata": ""}  # fmt: skip
+RETRIEVED = {
+    "result_text": "Hello <<<",
+    "confidence_metadata": [],
+    "line_metadata": [],
+    "metadata": {},
+    "webhook_metadata": "",
+}
 
 
 @pytest.mark.parametrize(
@@ -158,9 +175,14 @@ def test_submit_sends_raw_bytes_with_the_key_header_and_changed_options_only() -
     assert request.headers["Content-Type"] == "application/octet-stream"
     assert request.read() == b"%PDF-1.7 bytes"
     params = dict(request.url.params)
-    assert params == {"mode": "high_quality", "output_mode": "layout_preserving", "tag": "scans",
-                      "page_separator": "--page--", "page_seperator": "--page--",
-                      "file_name": "scan 1.pdf"}  # fmt: skip
+    assert params == {
+        "mode": "high_quality",
+        "output_mode": "layout_preserving",
+        "tag": "scans",
+        "page_separator": "--page--",
+        "page_seperator": "--page--",
+        "file_name": "scan 1.pdf",
+    }
 
 
 def test_every_extraction_option_of_the_config_is_sent_when_changed() -> None:

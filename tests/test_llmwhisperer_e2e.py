@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import (
     KEY_ENV,
-    api_key,
+    LLMW_KEY_ENV,
     deployment_url,
     results_under,
     running_daemon,
@@ -19,40 +18,25 @@ from harness import (
 )
 
 from watcher.emulator import (
-    LLMW_DEMO_KEY,
     EmulatorServer,
     LLMWhispererEmulator,
     UnstractEmulator,
-    demo_emulator,
     llmwhisperer_demo_emulator,
 )
-from watcher.emulator.llmwhisperer import llmwhisperer_url, mount_llmwhisperer
+from watcher.emulator.llmwhisperer import llmwhisperer_url
 from watcher.jobs import JobState
 
-LLMW_KEY_ENV = "TEST_LLMWHISPERER_KEY"
-
-
-@pytest.fixture(autouse=True)
-def keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
-    monkeypatch.setenv(LLMW_KEY_ENV, LLMW_DEMO_KEY)
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 @pytest.fixture
-def unstract() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.2)
+def execution_seconds() -> float:
+    return 0.2
 
 
 @pytest.fixture(params=["current", "legacy"])
 def whisperer(request: pytest.FixtureRequest) -> LLMWhispererEmulator:
     return llmwhisperer_demo_emulator(processing_seconds=0.3, status_generation=request.param)
-
-
-@pytest.fixture
-def server(unstract: UnstractEmulator, whisperer: LLMWhispererEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(unstract, host="127.0.0.1", port=0) as started:
-        mount_llmwhisperer(started, whisperer)
-        yield started
 
 
 def two_pipelines(folder: Path, server: EmulatorServer, db_url: str, **llmw: Any) -> Path:
@@ -91,9 +75,12 @@ poll_max_seconds = 0.5
 
 
 def test_both_kinds_side_by_side(
-    tmp_path: Path, server: EmulatorServer, unstract: UnstractEmulator,
-    whisperer: LLMWhispererEmulator, db_url: str,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    whisperer: LLMWhispererEmulator,
+    db_url: str,
+) -> None:
     config = two_pipelines(tmp_path, server, db_url, write_text_file=True, mode="high_quality")
     for index in range(5):
         (tmp_path / "invoices" / f"inv-{index}.txt").write_bytes(b"invoice %d" % index)
@@ -117,7 +104,7 @@ def test_both_kinds_side_by_side(
     stats = whisperer.stats()
     assert stats.whispers_created == 6 and set(stats.posts_by_sha256.values()) == {1}
     assert set(stats.retrieves_by_hash.values()) == {1}  # each text read exactly once
-    assert unstract.stats().executions_created == 5
+    assert emulator.stats().executions_created == 5
     # the .txt results beside their sources were not taken as new documents
     assert sum(1 for _ in (tmp_path / "scans").glob("*.txt.txt.json")) == 0
 
@@ -189,8 +176,10 @@ def test_a_500_after_the_whisper_was_created_is_held_when_the_policy_says_hold(
     config = two_pipelines(tmp_path, server, db_url, on_unknown_outcome="hold")
     (tmp_path / "scans" / "a.txt").write_bytes(b"billed once")
     with running_daemon(config) as daemon:
-        wait_for(lambda: any(j.state is JobState.HELD for j in daemon.store.list_jobs()),
-                 what="the held job")  # fmt: skip
+        wait_for(
+            lambda: any(j.state is JobState.HELD for j in daemon.store.list_jobs()),
+            what="the held job",
+        )
         jobs = daemon.store.list_jobs("scans")
     assert [(j.state, j.attempts) for j in jobs] == [(JobState.HELD, 1)]
     assert "outcome unknown" in jobs[0].last_error

@@ -8,15 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from harness import KEY_ENV, api_key, deployment_url, write_config
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
+from watcher.emulator import EmulatorServer
 
 
 def test_every_line_about_a_document_names_it(
@@ -27,8 +21,11 @@ def test_every_line_about_a_document_names_it(
     (tmp_path / "drop" / "bad.txt").write_bytes(b"EMULATOR-FAIL secret content")
     done = subprocess.run(
         [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, KEY_ENV: api_key()},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, KEY_ENV: api_key()},
+    )
     assert done.returncode == 1, done.stderr  # bad.txt failed
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     about = {"submitted", "execution ended", "result written", "error file written"}

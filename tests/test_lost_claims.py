@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from harness import (
     KEY_ENV,
+    LLMW_KEY_ENV,
     api_key,
     deployment_url,
     live_context,
@@ -28,14 +29,12 @@ from harness import (
 from watcher import crashpoints
 from watcher.config import PipelineConfig
 from watcher.emulator import (
-    LLMW_DEMO_KEY,
     EmulatorServer,
     LLMWhispererEmulator,
     UnstractEmulator,
-    demo_emulator,
     llmwhisperer_demo_emulator,
 )
-from watcher.emulator.llmwhisperer import llmwhisperer_url, mount_llmwhisperer
+from watcher.emulator.llmwhisperer import llmwhisperer_url
 from watcher.jobs import Decision, JobState
 from watcher.reconcile import Reconciler
 from watcher.runtime import build_pipeline
@@ -43,7 +42,6 @@ from watcher.store import Store, jobs
 from watcher.store import store as store_module
 
 SHA_A = "a" * 64
-LLMW_KEY_ENV = "TEST_LLMWHISPERER_KEY"
 
 
 @pytest.fixture(autouse=True)
@@ -123,20 +121,13 @@ def test_a_claim_in_hand_is_never_taken_for_an_orphan(store: Store) -> None:
 
 
 @pytest.fixture
-def unstract() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.2)
+def execution_seconds() -> float:
+    return 0.2
 
 
 @pytest.fixture
 def whisperer() -> LLMWhispererEmulator:
     return llmwhisperer_demo_emulator(processing_seconds=0.2)
-
-
-@pytest.fixture
-def server(unstract: UnstractEmulator, whisperer: LLMWhispererEmulator) -> Iterator[EmulatorServer]:
-    with EmulatorServer(unstract, host="127.0.0.1", port=0) as started:
-        mount_llmwhisperer(started, whisperer)
-        yield started
 
 
 def two_pipelines(folder: Path, server: EmulatorServer, db_url: str) -> Path:
@@ -169,13 +160,15 @@ read_timeout_seconds = 15
 
 
 @pytest.mark.parametrize("point", ["upload_claim", "poll_claim", "fetch_claim", "result_claim"])
+@pytest.mark.usefixtures("api_keys")
 def test_every_document_finishes_after_a_lost_claim_answer_without_a_restart(
-    tmp_path: Path, server: EmulatorServer, unstract: UnstractEmulator,
-    whisperer: LLMWhispererEmulator, db_url: str, point: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    monkeypatch.setenv(KEY_ENV, api_key())
-    monkeypatch.setenv(LLMW_KEY_ENV, LLMW_DEMO_KEY)
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    whisperer: LLMWhispererEmulator,
+    db_url: str,
+    point: str,
+) -> None:
     config = two_pipelines(tmp_path, server, db_url)
     crashpoints.lose_answer_at(point, 2)
     for index in range(4):
@@ -192,8 +185,8 @@ def test_every_document_finishes_after_a_lost_claim_answer_without_a_restart(
         results = results_under(tmp_path / folder)
         assert len(results) == 4 and {r["status"] for r in results.values()} == {"success"}
     # Nothing was submitted twice.
-    assert unstract.stats().executions_created == 4
-    assert set(unstract.stats().posts_by_sha256.values()) == {1}
+    assert emulator.stats().executions_created == 4
+    assert set(emulator.stats().posts_by_sha256.values()) == {1}
     assert whisperer.stats().whispers_created == 4
     assert set(whisperer.stats().retrieves_by_hash.values()) == {1}
 
@@ -229,10 +222,13 @@ def test_a_poll_batch_cut_short_by_an_error_leaves_no_claim_held(
     tmp_path: Path, store: Store, server: EmulatorServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "drop").mkdir()
-    config = PipelineConfig.model_validate({
-        "name": "p", "watch_dir": str(tmp_path / "drop"),
-        "api": {"url": deployment_url(server), "api_key": api_key()},
-    })  # fmt: skip
+    config = PipelineConfig.model_validate(
+        {
+            "name": "p",
+            "watch_dir": str(tmp_path / "drop"),
+            "api": {"url": deployment_url(server), "api_key": api_key()},
+        }
+    )
     pipeline = build_pipeline(config)
     for name in ("a.pdf", "b.pdf"):
         store.enqueue("p", name, sha256_hex(name), 1, 1)

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from harness import KEY_ENV, api_key, deployment_url, results_under, sha256, wait_for, write_config
 
-from watcher.emulator import DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import DEMO_ORG, EmulatorServer, UnstractEmulator
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.3)
+def execution_seconds() -> float:
+    return 0.3
 
 
 def events(log: Path) -> list[dict[str, object]]:
@@ -39,11 +39,13 @@ def test_three_instances_one_killed(
 ) -> None:
     results = tmp_path / "results"
     config = write_config(
-        tmp_path, deployment_url(server), postgres_url,
+        tmp_path,
+        deployment_url(server),
+        postgres_url,
         pipeline={"output_dir": str(results), "rescan_seconds": 5.0},
         daemon={"instance_id": ""},  # hostname:pid, a different one for each process
         api={"max_in_flight": 12, "read_timeout_seconds": 3.0, "connect_timeout_seconds": 1.0},
-    )  # fmt: skip
+    )
     drop = tmp_path / "drop"
     documents = {}
     for index in range(200):
@@ -54,8 +56,10 @@ def test_three_instances_one_killed(
     env = {**os.environ, KEY_ENV: api_key()}
     logs = [tmp_path / f"instance-{i}.log" for i in range(3)]
     handles = [log.open("w") for log in logs]
-    processes = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=handle)
-                 for handle in handles]  # fmt: skip
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=handle)
+        for handle in handles
+    ]
     try:
         wait_for(lambda: len(results_under(results)) >= 40, timeout=60, what="work under way")
         processes[0].send_signal(signal.SIGKILL)  # dies holding uploads, polls and writes
@@ -78,8 +82,9 @@ def test_three_instances_one_killed(
     stats = emulator.stats()
     assert stats.max_concurrent[DEMO_ORG] <= 12  # max_in_flight holds across the instances
     survivors = [event for log in logs[1:] for event in events(log)]
-    explained = sum(int(str(e["jobs"])) for e in survivors
-                    if str(e["event"]).startswith("uploads interrupted"))  # fmt: skip
+    explained = sum(
+        int(str(e["jobs"])) for e in survivors if str(e["event"]).startswith("uploads interrupted")
+    )
     explained += sum(1 for e in survivors if str(e["event"]).startswith("result is gone"))
     repeats = sum(stats.posts_by_sha256[digest] - 1 for digest in documents.values())
     assert all(stats.posts_by_sha256[digest] >= 1 for digest in documents.values())

@@ -6,21 +6,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import random
 import signal
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import KEY_ENV, api_key, deployment_url, running_daemon, wait_for, write_config
+from harness import (
+    daemon_command,
+    deployment_url,
+    drop_documents,
+    environment,
+    kill_9_repeatedly,
+    running_daemon,
+    wait_for,
+    write_config,
+)
 from receiver import Receiver
-from test_crash import daemon_command, drop_documents, environment
 
 from watcher import config as config_module
-from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator
 from watcher.notices import Notice, body, slack_text
 from watcher.store import Store
 from watcher.store.outbox import pending_notices
@@ -28,14 +34,7 @@ from watcher.store.outbox import pending_notices
 SECRET = "hook-secret-7f3a"
 
 
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 @pytest.fixture
@@ -46,8 +45,10 @@ def receiver() -> Iterator[Receiver]:
 
 
 def with_notify(config: Path, receiver: Receiver, on_success: bool) -> Path:
-    table = (f'\n[notify]\nwebhook_url = "{receiver.url}"\nsecret = "{SECRET}"\n'
-             f"on_success = {json.dumps(on_success)}\nretry_max_seconds = 0.5\n")  # fmt: skip
+    table = (
+        f'\n[notify]\nwebhook_url = "{receiver.url}"\nsecret = "{SECRET}"\n'
+        f"on_success = {json.dumps(on_success)}\nretry_max_seconds = 0.5\n"
+    )
     config.write_text(config.read_text() + table)
     return config
 
@@ -68,9 +69,12 @@ def assert_signed(receiver: Receiver) -> None:
 
 
 def test_notices_wait_for_a_receiver_that_is_down_then_arrive_once_each(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
     receiver: Receiver,
-) -> None:  # fmt: skip
+) -> None:
     emulator.deployment(DEMO_ORG, DEMO_API).fail_glob = "bad*"
     config = with_notify(write_config(tmp_path, deployment_url(server), db_url), receiver, True)
     names = ["good-1.txt", "good-2.txt", "good-3.txt", "bad-1.txt", "bad-2.txt"]
@@ -84,9 +88,14 @@ def test_notices_wait_for_a_receiver_that_is_down_then_arrive_once_each(
         receiver.up()
         wait_for(lambda: not outbox(db_url), what="the outbox to empty")
         sample = daemon.metrics.registry.get_sample_value
-        tries = [sample("unstract_watcher_notices_total",
-                        {"pipeline": "docs", "event": e, "outcome": "failed"}) or 0
-                 for e in ("document_failed", "document_done")]  # fmt: skip
+        tries = [
+            sample(
+                "unstract_watcher_notices_total",
+                {"pipeline": "docs", "event": e, "outcome": "failed"},
+            )
+            or 0
+            for e in ("document_failed", "document_done")
+        ]
     notices = receiver.notices()
     assert sorted(n["source"] for n in notices) == sorted(names)  # each once
     assert len({n["id"] for n in notices}) == 5
@@ -102,9 +111,12 @@ def test_notices_wait_for_a_receiver_that_is_down_then_arrive_once_each(
 
 
 def test_a_pause_and_its_end_are_notified_once(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
     receiver: Receiver,
-) -> None:  # fmt: skip
+) -> None:
     receiver.up()
     emulator.set_faults(unauthorized=True)
     config = with_notify(write_config(tmp_path, deployment_url(server), db_url), receiver, False)
@@ -123,27 +135,33 @@ def test_a_pause_and_its_end_are_notified_once(
 
 @pytest.mark.slow
 def test_kill_9_neither_loses_nor_repeats_a_notice(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
     receiver: Receiver,
-) -> None:  # fmt: skip
+) -> None:
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"output_dir": str(results)})  # fmt: skip
+    config = write_config(
+        tmp_path, deployment_url(server), db_url, pipeline={"output_dir": str(results)}
+    )
     with_notify(config, receiver, True)
     documents = drop_documents(tmp_path / "drop", 120)
-    chance = random.Random(18)
-    for _ in range(4):  # the receiver is down: nothing is on the wire when the kill comes
-        process = subprocess.Popen(daemon_command(config, once=False), env=environment(),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        time.sleep(chance.uniform(0.5, 1.5))
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
+    # The receiver is down: nothing is on the wire when the kill comes.
+    kill_9_repeatedly(config, times=4, seed=18)
     receiver.up()
-    process = subprocess.Popen(daemon_command(config, once=False), env=environment(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        daemon_command(config, once=False),
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_for(lambda: len(list(results.rglob("*.json"))) == len(documents), timeout=90,
-                 what="every result")  # fmt: skip
+        wait_for(
+            lambda: len(list(results.rglob("*.json"))) == len(documents),
+            timeout=90,
+            what="every result",
+        )
         wait_for(lambda: not outbox(db_url), timeout=30, what="the outbox to empty")
     finally:
         process.send_signal(signal.SIGTERM)
@@ -154,8 +172,9 @@ def test_kill_9_neither_loses_nor_repeats_a_notice(
 
 
 def test_slack_format_is_a_message() -> None:
-    notice = Notice(7, "document_failed", "invoices", {"source": "a.pdf", "error": "bad scan"},
-                    0, 0.0)  # fmt: skip
+    notice = Notice(
+        7, "document_failed", "invoices", {"source": "a.pdf", "error": "bad scan"}, 0, 0.0
+    )
     assert json.loads(body(notice, "slack")) == {"text": slack_text(notice)}
     assert "a.pdf" in slack_text(notice) and "bad scan" in slack_text(notice)
     assert json.loads(body(notice, "json"))["id"] == 7

@@ -25,25 +25,49 @@ from watcher.unstract import UnstractResults
 
 UNSTRACT = UnstractResults()
 
-BODY = {"status": "COMPLETED", "message": [
-    {"file": "a.pdf", "status": "Success", "result": {"output": {"total": 5}},
-     "metadata": {"source_name": "a.pdf"}, "error": None}]}  # fmt: skip
+BODY = {
+    "status": "COMPLETED",
+    "message": [
+        {
+            "file": "a.pdf",
+            "status": "Success",
+            "result": {"output": {"total": 5}},
+            "metadata": {"source_name": "a.pdf"},
+            "error": None,
+        }
+    ],
+}
 
 
 def job(**changes: Any) -> Job:
     values: dict[str, Any] = dict(
-        id=7, pipeline="p", relative_path="sub/a.pdf", sha256="f" * 64, size=4, mtime_ns=1,
-        state=JobState.RESULT_STORED, attempts=1, execution_id="e-1", poll_count=2,
-        outcome="success", result_body=BODY, last_http_status=200, last_error="",
-        lease_owner=None, created_at=0.0, submitted_at=0.0, updated_at=0.0,
-    )  # fmt: skip
+        id=7,
+        pipeline="p",
+        relative_path="sub/a.pdf",
+        sha256="f" * 64,
+        size=4,
+        mtime_ns=1,
+        state=JobState.RESULT_STORED,
+        attempts=1,
+        execution_id="e-1",
+        poll_count=2,
+        outcome="success",
+        result_body=BODY,
+        last_http_status=200,
+        last_error="",
+        lease_owner=None,
+        created_at=0.0,
+        submitted_at=0.0,
+        updated_at=0.0,
+    )
     values.update(changes)
     return Job(**values)
 
 
 def placement(tmp_path: Path, **changes: Any) -> Placement:
-    values: dict[str, Any] = dict(watch_dir=tmp_path / "drop", output_dir=None,
-                                  after_success="keep", archive_dir=None)  # fmt: skip
+    values: dict[str, Any] = dict(
+        watch_dir=tmp_path / "drop", output_dir=None, after_success="keep", archive_dir=None
+    )
     values.update(changes)
     return Placement(**values)
 
@@ -51,10 +75,17 @@ def placement(tmp_path: Path, **changes: Any) -> Placement:
 def test_the_result_document_carries_the_api_item_as_returned() -> None:
     document = result_document(job(), UNSTRACT)
     assert document == {
-        "source": "sub/a.pdf", "sha256": "f" * 64, "size": 4, "status": "success",
-        "backend": "unstract", "execution_id": "e-1", "result": {"output": {"total": 5}},
-        "metadata": {"source_name": "a.pdf"}, "error": None, "attempts": 1,
-    }  # fmt: skip
+        "source": "sub/a.pdf",
+        "sha256": "f" * 64,
+        "size": 4,
+        "status": "success",
+        "backend": "unstract",
+        "execution_id": "e-1",
+        "result": {"output": {"total": 5}},
+        "metadata": {"source_name": "a.pdf"},
+        "error": None,
+        "attempts": 1,
+    }
 
 
 def test_a_failure_document_says_why() -> None:

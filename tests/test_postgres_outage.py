@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 from harness import (
-    KEY_ENV,
-    api_key,
     deployment_url,
     results_under,
     running_daemon,
@@ -27,7 +25,7 @@ from private_postgres import PrivatePostgres
 
 from watcher import crashpoints
 from watcher.daemon import Daemon
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer, UnstractEmulator
 from watcher.jobs import JobState
 
 DOCUMENTS = 80
@@ -36,8 +34,8 @@ OUTAGE_SECONDS = 2.0
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.3)
+def execution_seconds() -> float:
+    return 0.3
 
 
 @pytest.fixture
@@ -59,17 +57,29 @@ def reached(daemon: Daemon, finished: int) -> bool:
 
 @pytest.mark.postgres
 @pytest.mark.slow
+@pytest.mark.usefixtures("api_keys")
 def test_every_document_finishes_across_postgresql_outages(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator,
-    private_postgres: PrivatePostgres, monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    monkeypatch.setenv(KEY_ENV, api_key())
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    private_postgres: PrivatePostgres,
+) -> None:
     # A lease of 30 s: longer than the test's whole wait, so a lease of ours left stuck (or
     # left to run out) fails it; claims must be given back by the instance itself.
-    api = {"max_in_flight": 20, "connect_timeout_seconds": 5, "read_timeout_seconds": 15,
-           "poll_initial_seconds": 0.2, "poll_max_seconds": 0.5}  # fmt: skip
-    config = write_config(tmp_path, deployment_url(server), private_postgres.url, api=api,
-                          daemon={"upload_workers": 6, "poll_workers": 3})  # fmt: skip
+    api = {
+        "max_in_flight": 20,
+        "connect_timeout_seconds": 5,
+        "read_timeout_seconds": 15,
+        "poll_initial_seconds": 0.2,
+        "poll_max_seconds": 0.5,
+    }
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        private_postgres.url,
+        api=api,
+        daemon={"upload_workers": 6, "poll_workers": 3},
+    )
     drop = tmp_path / "drop"
     for point in ("upload_claim", "poll_claim", "result_claim"):
         crashpoints.lose_answer_at(point, 5)
@@ -83,8 +93,11 @@ def test_every_document_finishes_across_postgresql_outages(
             private_postgres.stop_immediately()
             time.sleep(OUTAGE_SECONDS)  # the length of the outage, not a proof of anything
             private_postgres.start()
-        wait_for(lambda: daemon.progress().finished + daemon.progress().failed >= DOCUMENTS,
-                 timeout=25, what="every document")  # fmt: skip
+        wait_for(
+            lambda: daemon.progress().finished + daemon.progress().failed >= DOCUMENTS,
+            timeout=25,
+            what="every document",
+        )
         rows = daemon.store.list_jobs()
         assert daemon.failure is None and not daemon.stop_event.is_set()
     assert crashpoints.armed_answer_losses() == []

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 from harness import (
-    KEY_ENV,
-    api_key,
     deployment_url,
     results_under,
     running_daemon,
@@ -18,25 +16,22 @@ from harness import (
 )
 
 from watcher.daemon import Daemon
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer
 
 # Far beyond every wait below: a document found only by the rescan fails the test.
 RESCAN_SECONDS = 600.0
 
 
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 def config_for(tmp_path: Path, server: EmulatorServer, db_url: str, observer: str) -> Path:
-    pipeline = {"rescan_seconds": RESCAN_SECONDS, "observer": observer,
-                "polling_interval_seconds": 0.5, "recursive": True}  # fmt: skip
+    pipeline = {
+        "rescan_seconds": RESCAN_SECONDS,
+        "observer": observer,
+        "polling_interval_seconds": 0.5,
+        "recursive": True,
+    }
     return write_config(tmp_path, deployment_url(server), db_url, pipeline=pipeline)
 
 

@@ -5,18 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
-from harness import KEY_ENV, api_key, deployment_url, write_config
+from harness import KEY_ENV, api_key, deployment_url, wait_for, write_config
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
+from watcher.emulator import EmulatorServer, UnstractEmulator
 
 
 def run_once(config: Path) -> subprocess.CompletedProcess[str]:
@@ -37,8 +30,7 @@ def test_debug_logs_and_results_never_hold_the_key(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(proxy_html=2, get_error=2, post_drop_after_create=1)
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          daemon={"log_level": "debug"})  # fmt: skip
+    config = write_config(tmp_path, deployment_url(server), db_url, daemon={"log_level": "debug"})
     for index in range(3):
         (tmp_path / "drop" / f"{index}.txt").write_bytes(b"document %d" % index)
     (tmp_path / "drop" / "bad.txt").write_bytes(b"EMULATOR-FAIL")
@@ -53,8 +45,7 @@ def test_a_revoked_key_ends_run_once_with_a_clear_message_and_no_key(
     tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
 ) -> None:
     emulator.set_faults(unauthorized=True)
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          daemon={"log_level": "debug"})  # fmt: skip
+    config = write_config(tmp_path, deployment_url(server), db_url, daemon={"log_level": "debug"})
     (tmp_path / "drop" / "a.txt").write_bytes(b"waits for a good key")
     done = run_once(config)
     assert done.returncode == 75
@@ -67,11 +58,16 @@ def test_the_key_is_not_in_the_daemon_arguments(
 ) -> None:
     config = write_config(tmp_path, deployment_url(server), db_url)
     command = [sys.executable, "-m", "watcher.cli", "run", "--config", str(config)]
-    process = subprocess.Popen(command, env={**os.environ, KEY_ENV: api_key()},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, KEY_ENV: api_key()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        time.sleep(1.0)
-        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        proc = Path(f"/proc/{process.pid}/cmdline")
+        wait_for(lambda: b"watcher.cli" in proc.read_bytes(), what="the daemon's own arguments")
+        cmdline = proc.read_bytes()
         assert b"run" in cmdline
         assert api_key().encode() not in cmdline
     finally:

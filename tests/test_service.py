@@ -12,19 +12,26 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
-from harness import api_key, deployment_url, results_under, wait_for, write_config
+from harness import (
+    api_key,
+    deployment_url,
+    results_under,
+    running_daemon,
+    wait_for,
+    write_config,
+)
+from structlog.testing import capture_logs
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher import config as config_module
+from watcher.emulator import EmulatorServer, demo_emulator
+from watcher.jobs import JobState
 from watcher.supervisor import Loop
 
 UNIT = Path(__file__).parent.parent / "deploy" / "systemd" / "unstract-watcher.service"
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
 
 
 def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -32,14 +39,27 @@ def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert analyze, "systemd-analyze is needed (Debian package systemd)"
     unit = tmp_path / "unstract-watcher.service"
     executable = Path(sys.executable).parent / "unstract-watcher"
-    unit.write_text(UNIT.read_text().replace(
-        "/opt/unstract-watcher/.venv/bin/unstract-watcher", str(executable)))  # fmt: skip
+    unit.write_text(
+        UNIT.read_text().replace(
+            "/opt/unstract-watcher/.venv/bin/unstract-watcher", str(executable)
+        )
+    )
     done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     text = UNIT.read_text()
-    for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "LoadCredential=",
-                      "StateDirectory=", "ConfigurationDirectory=", "ProtectSystem=strict",
-                      "ReadWritePaths=", "NoNewPrivileges=yes", "PrivateTmp=yes", "User="):  # fmt: skip
+    for directive in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "LoadCredential=",
+        "StateDirectory=",
+        "ConfigurationDirectory=",
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "User=",
+    ):
         assert directive in text
 
 
@@ -75,13 +95,22 @@ def test_notifications_watchdog_reload_and_stop(
     key_file = tmp_path / "unstract.key"
     key_file.write_text("00000000-0000-4000-8000-000000000000")  # wrong: the pipeline pauses
     key_file.chmod(0o600)
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
-                          api={"api_key_env": "", "api_key_file": str(key_file)})  # fmt: skip
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        sqlite_url,
+        api={"api_key_env": "", "api_key_file": str(key_file)},
+    )
     (tmp_path / "drop" / "a.txt").write_bytes(b"waits for a good key")
     notes = Notifications(tmp_path / "notify.sock")
     env = {**os.environ, "NOTIFY_SOCKET": str(notes.path), "WATCHDOG_USEC": "1000000"}
-    process = subprocess.Popen([sys.executable, "-m", "watcher.cli", "run", "--config", str(config)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "watcher.cli", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         notes.wait_for("READY=1")
         notes.wait_for("WATCHDOG=1")  # pinged while every loop goes round
@@ -111,14 +140,10 @@ def test_notifications_watchdog_reload_and_stop(
     assert api_key() not in stderr
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_a_reload_adds_and_removes_pipelines_without_losing_jobs(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
 ) -> None:
-    from harness import KEY_ENV, running_daemon
-
-    from watcher import config as config_module
-
-    monkeypatch.setenv(KEY_ENV, api_key())
     config = write_config(tmp_path, deployment_url(server), sqlite_url)
     second = tmp_path / "second"
     second.mkdir()
@@ -135,15 +160,13 @@ def test_a_reload_adds_and_removes_pipelines_without_losing_jobs(
     assert "b.txt.json" in results_under(second)
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_metrics_and_health_over_http(
-    tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
 ) -> None:
-    import httpx
-    from harness import KEY_ENV, running_daemon
-
-    monkeypatch.setenv(KEY_ENV, api_key())
-    config = write_config(tmp_path, deployment_url(server), sqlite_url,
-                          api={"include_metadata": True})  # fmt: skip
+    config = write_config(
+        tmp_path, deployment_url(server), sqlite_url, api={"include_metadata": True}
+    )
     config.write_text(config.read_text() + "\n[metrics]\nenabled = true\nport = 0\n")
     for index in range(3):
         (tmp_path / "drop" / f"{index}.txt").write_bytes(b"document %d" % index)
@@ -168,15 +191,10 @@ def test_metrics_and_health_over_http(
     assert sick.status_code == 503 and "stuck: discovery" in sick.json()["problems"]
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_a_pipeline_removed_mid_flight_keeps_its_executions_for_when_it_returns(
-    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, db_url: str
 ) -> None:
-    from harness import KEY_ENV, running_daemon
-
-    from watcher import config as config_module
-    from watcher.jobs import JobState
-
-    monkeypatch.setenv(KEY_ENV, api_key())
     slow = demo_emulator(execution_seconds=1.5)
     with EmulatorServer(slow, host="127.0.0.1", port=0) as server:
         config = write_config(tmp_path, deployment_url(server), db_url)
@@ -216,12 +234,14 @@ class _StuckLoop(Loop):
         stop.wait()
 
 
+def withheld(logs: list[dict[str, Any]]) -> int:
+    return sum(1 for line in logs if line["event"].startswith("daemon loops are stuck"))
+
+
+@pytest.mark.usefixtures("api_keys")
 def test_the_watchdog_ping_stops_while_a_loop_is_stuck(
     tmp_path: Path, server: EmulatorServer, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from harness import KEY_ENV, running_daemon
-
-    monkeypatch.setenv(KEY_ENV, api_key())
     notes = Notifications(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(notes.path))
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1s: a ping every 0.5 s
@@ -230,13 +250,18 @@ def test_the_watchdog_ping_stops_while_a_loop_is_stuck(
         notes.wait_for("READY=1")
         notes.wait_for("WATCHDOG=1")
         stuck = _StuckLoop()
-        daemon.supervisor.start([stuck])
-        time.sleep(0.6)  # a ping already on its way may still come
-        mark = len(notes.collect())
-        time.sleep(1.5)  # three pings' worth
-        assert not [n for n in notes.collect()[mark:] if n == "WATCHDOG=1"]  # systemd restarts us
-        assert "stuck: _StuckLoop" in daemon.health_problems()
-        stuck.beat()  # it moves on again: the pings come back
+        with capture_logs() as logs:
+            daemon.supervisor.start([stuck])
+            # Each round that would have pinged logs instead; a ping sent before the first of
+            # them is already in the socket when we count.
+            wait_for(lambda: withheld(logs) >= 1, what="a withheld ping")
+            mark = len(notes.collect())
+            wait_for(lambda: withheld(logs) >= 4, what="three more pings' worth")
+            assert not [
+                n for n in notes.collect()[mark:] if n == "WATCHDOG=1"
+            ]  # systemd restarts us
+            assert "stuck: _StuckLoop" in daemon.health_problems()
+            stuck.beat()  # it moves on again: the pings come back
         notes.wait_for("WATCHDOG=1", after=len(notes.collect()))
     notes.wait_for("STOPPING=1")
     notes.sock.close()

@@ -164,8 +164,11 @@ def test_two_instances_discovering_the_same_file_make_one_job(db_url: str) -> No
     stores = [Store(db_url) for _ in range(2)]
     stores[0].upgrade()
     ids: list[int | None] = []
-    threads = [threading.Thread(target=lambda s=s: ids.append(s.enqueue("p", "a.pdf", SHA_A, 1, 1)))
-               for s in stores for _ in range(4)]  # fmt: skip
+    threads = [
+        threading.Thread(target=lambda s=s: ids.append(s.enqueue("p", "a.pdf", SHA_A, 1, 1)))
+        for s in stores
+        for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

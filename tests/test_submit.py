@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 from harness import (
-    KEY_ENV,
-    api_key,
     deployment_url,
     results_under,
     running_daemon,
@@ -19,14 +17,9 @@ from harness import (
 )
 
 from watcher.config import load
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer, UnstractEmulator
 from watcher.store import Store
 from watcher.submit import TooLarge, read_regular_file
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
 
 
 def test_a_fifo_in_a_documents_place_is_refused_without_blocking(tmp_path: Path) -> None:
@@ -56,13 +49,15 @@ def test_a_file_over_the_limit_is_not_read(tmp_path: Path) -> None:
     assert read_regular_file(big, 2001) == b"x" * 2001
 
 
+@pytest.mark.usefixtures("api_keys")
 def test_a_document_whose_uploads_keep_being_cut_off_is_given_up(
-    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    tmp_path: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    db_url: str,
+) -> None:
     """Each crash mid-upload counts an attempt; past max_attempts the document gets an
     error file instead of being sent again after every restart."""
-    monkeypatch.setenv(KEY_ENV, api_key())
     config = write_config(tmp_path, deployment_url(server), db_url, api={"max_attempts": 2})
     source = tmp_path / "drop" / "a.txt"
     source.write_bytes(b"kills the process\n")

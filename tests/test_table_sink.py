@@ -4,33 +4,33 @@ refuses rows leaves its documents waiting, never lost."""
 from __future__ import annotations
 
 import json
-import random
-import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from harness import KEY_ENV, api_key, deployment_url, running_daemon, wait_for, write_config
-from test_crash import daemon_command, drop_documents, environment
+from harness import (
+    daemon_command,
+    deployment_url,
+    drop_documents,
+    environment,
+    kill_9_repeatedly,
+    running_daemon,
+    wait_for,
+    write_config,
+)
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer
 from watcher.jobs import JobState
 from watcher.store import Store
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KEY_ENV, api_key())
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("api_keys")]
 
 
 @pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.3)
+def execution_seconds() -> float:
+    return 0.3
 
 
 def with_table(config: Path, name: str, url: str = "") -> Path:
@@ -57,19 +57,15 @@ def test_one_row_per_finished_document_after_repeated_kill_9(
     tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
     results = tmp_path / "results"
-    config = write_config(tmp_path, deployment_url(server), db_url,
-                          pipeline={"output_dir": str(results)})  # fmt: skip
+    config = write_config(
+        tmp_path, deployment_url(server), db_url, pipeline={"output_dir": str(results)}
+    )
     with_table(config, "invoices")
     documents = drop_documents(tmp_path / "drop", 150)
-    chance = random.Random(1818)
-    for _ in range(5):
-        process = subprocess.Popen(daemon_command(config, once=False), env=environment(),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        time.sleep(chance.uniform(0.5, 1.5))
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
-    finished = subprocess.run(daemon_command(config, once=True), env=environment(),
-                              capture_output=True, timeout=120)  # fmt: skip
+    kill_9_repeatedly(config, times=5, seed=1818)
+    finished = subprocess.run(
+        daemon_command(config, once=True), env=environment(), capture_output=True, timeout=120
+    )
     assert finished.returncode == 0, finished.stderr[-2000:]
     rows = table_rows(db_url, "invoices")
     assert sorted((r["source"], r["sha256"]) for r in rows) == sorted(documents.items())
@@ -88,8 +84,9 @@ def test_a_table_that_refuses_rows_leaves_the_documents_waiting(
     engine = sa.create_engine(sink_url)
     with engine.begin() as conn:  # a table of that name that cannot take our rows
         conn.exec_driver_sql("CREATE TABLE invoices (id INTEGER PRIMARY KEY, other TEXT)")
-    config = with_table(write_config(tmp_path, deployment_url(server), db_url), "invoices",
-                        sink_url)  # fmt: skip
+    config = with_table(
+        write_config(tmp_path, deployment_url(server), db_url), "invoices", sink_url
+    )
     (tmp_path / "drop" / "a.txt").write_bytes(b"needs its row")
     with running_daemon(config) as daemon:
 

@@ -13,18 +13,12 @@ import sys
 from functools import cache
 from pathlib import Path
 
-import pytest
 from harness import KEY_ENV, api_key, deployment_url, results_under, wait_for, write_config
 
-from watcher.emulator import EmulatorServer, UnstractEmulator, demo_emulator
+from watcher.emulator import EmulatorServer
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "deploy" / "systemd" / "unstract-watcher.service"
-
-
-@pytest.fixture
-def emulator() -> UnstractEmulator:
-    return demo_emulator(execution_seconds=0.1)
 
 
 def analyze(*args: str) -> str:
@@ -36,15 +30,23 @@ def analyze(*args: str) -> str:
 
 
 def test_the_security_score_is_at_most_the_readmes() -> None:
-    stated = re.search(r"`systemd-analyze security` rates it \*\*(\d+\.\d)\*\*",
-                       (ROOT / "README.md").read_text())  # fmt: skip
+    stated = re.search(
+        r"`systemd-analyze security` rates it \*\*(\d+\.\d)\*\*", (ROOT / "README.md").read_text()
+    )
     assert stated, "the README states the unit's score"
-    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)",
-                      analyze("security", "--offline=true", str(UNIT)))  # fmt: skip
+    found = re.search(
+        r"Overall exposure level for \S+: (\d+\.\d)",
+        analyze("security", "--offline=true", str(UNIT)),
+    )
     assert found and float(found[1]) <= float(stated[1]), found
     text = UNIT.read_text()
-    for line in ("ProtectProc=invisible", "RemoveIPC=yes", "PrivateMounts=yes",
-                 "SystemCallFilter=~@privileged @resources", "SystemCallErrorNumber=EPERM"):  # fmt: skip
+    for line in (
+        "ProtectProc=invisible",
+        "RemoveIPC=yes",
+        "PrivateMounts=yes",
+        "SystemCallFilter=~@privileged @resources",
+        "SystemCallErrorNumber=EPERM",
+    ):
         assert f"\n{line}\n" in text, line
 
 
@@ -78,23 +80,37 @@ def test_the_daemon_works_under_the_units_system_call_filter(
 ) -> None:
     allowed = unit_allows()
     assert "setrlimit" not in allowed and "chown" not in allowed and "read" in allowed
-    filtered = [sys.executable, str(Path(__file__).parent / "seccomp_exec.py"),
-                ",".join(sorted(allowed)), "--"]  # fmt: skip
+    filtered = [
+        sys.executable,
+        str(Path(__file__).parent / "seccomp_exec.py"),
+        ",".join(sorted(allowed)),
+        "--",
+    ]
     probe = "import os\ntry:\n    os.setpriority(os.PRIO_PROCESS, 0, 1)\nexcept PermissionError:\n    print('denied')"
-    denied = subprocess.run([*filtered, sys.executable, "-c", probe], capture_output=True,
-                            text=True, timeout=30)  # fmt: skip
+    denied = subprocess.run(
+        [*filtered, sys.executable, "-c", probe], capture_output=True, text=True, timeout=30
+    )
     assert denied.stdout.strip() == "denied", denied.stderr  # the filter is on
     config = write_config(tmp_path, deployment_url(server), f"sqlite:///{tmp_path / 'state.db'}")
     (tmp_path / "drop" / "before.txt").write_bytes(b"there at the start")
     daemon = [sys.executable, "-m", "watcher.cli", "run", "--config", str(config)]
-    process = subprocess.Popen([*filtered, *daemon], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, KEY_ENV: api_key()})  # fmt: skip
+    process = subprocess.Popen(
+        [*filtered, *daemon],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, KEY_ENV: api_key()},
+    )
     try:
-        wait_for(lambda: "before.txt.json" in results_under(tmp_path / "drop"),
-                 what="the first result under the filter")  # fmt: skip
+        wait_for(
+            lambda: "before.txt.json" in results_under(tmp_path / "drop"),
+            what="the first result under the filter",
+        )
         (tmp_path / "drop" / "after.txt").write_bytes(b"seen by inotify")
-        wait_for(lambda: "after.txt.json" in results_under(tmp_path / "drop"),
-                 what="a document dropped while it runs")  # fmt: skip
+        wait_for(
+            lambda: "after.txt.json" in results_under(tmp_path / "drop"),
+            what="a document dropped while it runs",
+        )
         process.send_signal(signal.SIGHUP)  # a reload, as systemctl reload sends it
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)

@@ -22,8 +22,13 @@ def std_error(detail: str, kind: str = "client_error", attr: str | None = None) 
 
 
 def exec_message(status: str, error: str | None = None, result: Any = None) -> bytes:
-    message = {"execution_id": EXEC_ID, "execution_status": status, "error": error,
-               "status_api": f"/deployment/api/o/a/?execution_id={EXEC_ID}", "result": result}  # fmt: skip
+    message = {
+        "execution_id": EXEC_ID,
+        "execution_status": status,
+        "error": error,
+        "status_api": f"/deployment/api/o/a/?execution_id={EXEC_ID}",
+        "result": result,
+    }
     return json.dumps({"message": message}).encode()
 
 
@@ -40,17 +45,35 @@ ITEM_FAILED = {"file": "a.pdf", "status": "Failed", "result": None, "error": "ba
     [
         (200, exec_message("PENDING"), SubmitKind.ACCEPTED),
         (200, exec_message("EXECUTING"), SubmitKind.ACCEPTED),
-        (400, std_error("Tag 'x y' is invalid.", "validation_error", "tags"), SubmitKind.DOCUMENT_FAILED),
-        (400, std_error("The submitted file is empty.", "validation_error"), SubmitKind.DOCUMENT_FAILED),
+        (
+            400,
+            std_error("Tag 'x y' is invalid.", "validation_error", "tags"),
+            SubmitKind.DOCUMENT_FAILED,
+        ),
+        (
+            400,
+            std_error("The submitted file is empty.", "validation_error"),
+            SubmitKind.DOCUMENT_FAILED,
+        ),
         (401, std_error("Unauthorized"), SubmitKind.PIPELINE_BROKEN),
         (403, std_error("Missing api key"), SubmitKind.PIPELINE_BROKEN),
         (404, std_error("API not found"), SubmitKind.PIPELINE_BROKEN),
         (404, std_error("API not found or Inactive"), SubmitKind.PIPELINE_BROKEN),
-        (422, std_error("Pipeline 'x' is inactive, please activate the pipeline"), SubmitKind.PIPELINE_BROKEN),
-        (429, std_error("Organization has reached the maximum concurrent API requests limit (20/20). Please try again later."), SubmitKind.RETRY),
+        (
+            422,
+            std_error("Pipeline 'x' is inactive, please activate the pipeline"),
+            SubmitKind.PIPELINE_BROKEN,
+        ),
+        (
+            429,
+            std_error(
+                "Organization has reached the maximum concurrent API requests limit (20/20). Please try again later."
+            ),
+            SubmitKind.RETRY,
+        ),
         (413, b"<html>413 Request Entity Too Large</html>", SubmitKind.DOCUMENT_FAILED),
     ],
-)  # fmt: skip
+)
 def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
     outcome = classify_submit(status, body)
     assert outcome.kind is kind
@@ -82,7 +105,7 @@ def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
         (503, b"", SubmitKind.RETRY),
         (408, b"<html>408 Request Timeout</html>", SubmitKind.RETRY),
     ],
-)  # fmt: skip
+)
 def test_failed_uploads_by_what_the_server_could_have_done(
     status: int, body: bytes, kind: SubmitKind
 ) -> None:
@@ -111,7 +134,11 @@ def test_429_lowers_nothing_by_itself_but_is_marked() -> None:
         (422, status_body("STOPPED", None), PollKind.FAILED),
         (500, status_body("ERROR", [ITEM_FAILED]), PollKind.FAILED),  # TOOL_IMAGE_NOT_FOUND
         (404, std_error(f"Execution with ID '{EXEC_ID}' does not exist."), PollKind.LOST),
-        (400, std_error("Invalid execution_id 'x'. Must be a valid UUID.", "validation_error"), PollKind.LOST),
+        (
+            400,
+            std_error("Invalid execution_id 'x'. Must be a valid UUID.", "validation_error"),
+            PollKind.LOST,
+        ),
         (404, std_error("API not found"), PollKind.PIPELINE_BROKEN),
         (401, std_error("Unauthorized"), PollKind.PIPELINE_BROKEN),
         (403, std_error("Missing api key"), PollKind.PIPELINE_BROKEN),
@@ -120,7 +147,7 @@ def test_429_lowers_nothing_by_itself_but_is_marked() -> None:
         (502, b"<html>502 Bad Gateway</html>", PollKind.RETRY),
         (504, b"", PollKind.RETRY),
     ],
-)  # fmt: skip
+)
 def test_poll_answers(status: int, body: bytes, kind: PollKind) -> None:
     assert classify_poll(status, body, "a.pdf").kind is kind
 
@@ -155,8 +182,13 @@ def test_our_file_is_picked_out_of_a_completed_execution(
 
 
 def _client(handler: Any, **kwargs: Any) -> UnstractClient:
-    options: dict[str, Any] = dict(tags=["invoices"], include_metadata=True, connect_timeout=1,
-                                   read_timeout=1, max_connections=2)  # fmt: skip
+    options: dict[str, Any] = dict(
+        tags=["invoices"],
+        include_metadata=True,
+        connect_timeout=1,
+        read_timeout=1,
+        max_connections=2,
+    )
     options.update(kwargs)
     return UnstractClient(
         "https://unstract.example/deployment/api/org_1/invoices/",

@@ -56,9 +56,15 @@ class Collector:
 
 def make_watcher(root: Path, collector: Collector, recursive: bool = True) -> FolderWatcher:
     return FolderWatcher(
-        "p", root, recursive=recursive, file_filter=FileFilter(include=tuple(DEFAULT_INCLUDE)),
-        settle_seconds=0.0, known={}, enqueue=collector, wake=threading.Event(),
-    )  # fmt: skip
+        "p",
+        root,
+        recursive=recursive,
+        file_filter=FileFilter(include=tuple(DEFAULT_INCLUDE)),
+        settle_seconds=0.0,
+        known={},
+        enqueue=collector,
+        wake=threading.Event(),
+    )
 
 
 def test_scan_takes_regular_files_and_skips_the_rest(tmp_path: Path) -> None:
@@ -139,9 +145,15 @@ def test_files_in_an_excluded_archive_are_not_queued_from_native_events(tmp_path
     collector = Collector()
     wake = threading.Event()
     watcher = FolderWatcher(
-        "p", root, recursive=True, settle_seconds=0.0, known={}, enqueue=collector, wake=wake,
+        "p",
+        root,
+        recursive=True,
+        settle_seconds=0.0,
+        known={},
+        enqueue=collector,
+        wake=wake,
         file_filter=FileFilter(include=tuple(DEFAULT_INCLUDE), exclude=("archive",)),
-    )  # fmt: skip
+    )
     observer = start_observer(watcher, polling=False, polling_interval=1.0)
     try:
         (root / "archive" / "processed" / "moved.pdf").write_bytes(b"%PDF moved")

@@ -13,14 +13,12 @@ from .demo import (
     llmwhisperer_demo_emulator,
 )
 from .executions import Status
-from .faults import Faults
+from .faults import Faults, WhisperFaults
 from .llmwhisperer import LLMWhispererEmulator, llmwhisperer_url, mount_llmwhisperer
 from .server import EmulatorServer, serve_forever
-from .stats import EmulatorStats
+from .stats import EmulatorStats, WhisperStats
 from .unstract import Deployment, GlobalKey, UnstractEmulator
-from .whisper_faults import WhisperFaults
 from .whisper_jobs import StatusGeneration
-from .whisper_stats import WhisperStats
 
 __all__ = [
     "DEMO_API",

@@ -7,11 +7,10 @@ import dataclasses
 import textwrap
 from collections.abc import Iterable
 
-from .faults import Faults
+from .faults import Faults, WhisperFaults
 from .llmwhisperer import CONTROL_PREFIX, LLMWhispererEmulator
 from .results import FAIL_MARKER
 from .unstract import Deployment, UnstractEmulator
-from .whisper_faults import WhisperFaults
 
 DEMO_ORG = "org_demo"
 DEMO_API = "invoices"

@@ -17,12 +17,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .faults import WhisperFaults
 from .responses import Request, Response, bad_gateway_page, dropped_connection, json_response
-from .whisper_faults import WhisperFaults
+from .stats import WhisperCounters, WhisperStats, usage_info
 from .whisper_jobs import StatusDialect, StatusGeneration, Whisper, parse_generation
 from .whisper_options import OptionError, WhisperOptions, parse_bool, parse_options
 from .whisper_results import StagedDocument, stage_document
-from .whisper_stats import WhisperCounters, WhisperStats, usage_info
 
 if TYPE_CHECKING:
     from .server import EmulatorServer
