@@ -71,6 +71,7 @@ class Daemon:
         self.store = store
         self.owner = settings.daemon.instance_id or f"{socket.gethostname()}:{os.getpid()}"
         self.stop_event = threading.Event()
+        store.stop_waits_on(self.stop_event)
         self.work = WorkSignal(settings.daemon.upload_workers)  # a job may be ready for upload
         # An execution id was recorded: wakes one idle poll loop.
         self.submitted = WorkSignal(settings.daemon.poll_workers)
@@ -93,10 +94,11 @@ class Daemon:
         self.announce = settings.notify is not None  # pauses and resumes go to the outbox
         self.finisher.metrics = self.metrics
         # A claim outlives the longest HTTP call it covers, so a live instance never loses one.
-        store.lease_seconds = LEASE_MARGIN_SECONDS + max(
+        longest_call = max(
             p.config.api.connect_timeout_seconds + p.config.api.read_timeout_seconds
             for p in self.pipelines.values()
         )
+        store.set_lease_seconds(LEASE_MARGIN_SECONDS + longest_call)
         self.failure: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self._initial_scan_done = threading.Event()
@@ -107,14 +109,11 @@ class Daemon:
     def start(self, watch_events: bool = True) -> None:
         """Recover, scan, and start every loop. Returns once the daemon is up."""
         self.store.lock_for_daemon(self.owner)
-        # SQLite serves one daemon process: every claim in it is a leftover of the last run.
-        uploads, fetches = self.store.release_claims(
-            everything=self.store.is_sqlite, owner=self.owner, hold=self.hold_pipelines()
-        )
+        uploads, fetches = self.store.release_leftover_claims(self.owner, self.hold_pipelines())
         report_released(uploads, fetches)
         now = time.time()
         # With SQLite we are the only writer, so every temp file of ours is a crash's leftover.
-        temp_age = 0.0 if self.store.is_sqlite else STALE_TEMP_SECONDS
+        temp_age = 0.0 if self.store.sole_writer else STALE_TEMP_SECONDS
         for name, pipeline in self.pipelines.items():
             record_pause(self.store, name, "")
             pipeline.on_pause_change = self._pause_recorder(name)

@@ -23,7 +23,7 @@ from watcher.config import NotifyConfig
 from watcher.logs import get_logger
 from watcher.metrics import Metrics
 from watcher.notices import Notice, body, retry_delay
-from watcher.store import Store
+from watcher.store import Store, retry_transient
 from watcher.store.outbox import (
     claim_due_notices,
     next_notice_due_in,
@@ -31,7 +31,6 @@ from watcher.store.outbox import (
     notice_sent,
     postpone_notices,
 )
-from watcher.store.store import retry_transient
 
 log = get_logger()
 BATCH = 32
