@@ -371,11 +371,8 @@ class Daemon:
 
     def health_problems(self) -> list[str]:
         """What /healthz reports: an unreachable database, stuck loops, dead watchers."""
-        problems = []
-        try:
-            self.store.now()
-        except Exception as exc:  # any database error means unhealthy, whatever its type
-            problems.append(f"database: {type(exc).__name__}")
+        unreachable = self.store.unreachable_reason()
+        problems = [f"database: {unreachable}"] if unreachable else []
         problems += [f"watch_dir of pipeline {name} cannot be listed: {w.listing_error}"
                      for name, w in list(self.watchers.items()) if w.listing_error]  # fmt: skip
         return problems + [f"stuck: {name}" for name in self.hung_loops()]

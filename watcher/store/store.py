@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from watcher.jobs import UNFINISHED, Job
 from watcher.store.database import Database
 from watcher.store.discovery import Discovery
-from watcher.store.errors import StoreError, store_error
+from watcher.store.errors import StoreError, db_error_text, store_error
 from watcher.store.instance_lock import lock_instance
 from watcher.store.leases import Leases
 from watcher.store.polls import Polls
@@ -122,6 +122,14 @@ class Store(Discovery, Uploads, Polls, Results, Leases):
             self._instance_conn.close()
             self._instance_conn = None
         self.db.close()
+
+    def unreachable_reason(self) -> str | None:
+        """Why the database does not answer now (for /healthz), or None if it does."""
+        try:
+            self.now()
+        except Exception as exc:  # any database error means unhealthy, whatever its type
+            return db_error_text(exc)
+        return None
 
     def unfinished_count(self, pipelines: list[str]) -> int:
         query = (
