@@ -39,7 +39,7 @@ from watcher.jobs import Decision, JobState
 from watcher.reconcile import Reconciler
 from watcher.runtime import build_pipeline
 from watcher.store import Store, jobs
-from watcher.store import store as store_module
+from watcher.store import writes as store_module
 
 SHA_A = "a" * 64
 
@@ -197,7 +197,7 @@ def test_an_accepted_uploads_id_is_kept_and_held_through_a_long_outage(
     store.enqueue("p", "a.pdf", SHA_A, 1, 1)
     job = store.claim_for_upload("me", {"p": 5})
     assert job is not None
-    real = store._record_submit
+    real = store.record_submit_once
     sweeps: list[int] = []
 
     def down_then_up(*args: Any) -> bool:  # each call stands for a whole round of retries
@@ -209,7 +209,7 @@ def test_an_accepted_uploads_id_is_kept_and_held_through_a_long_outage(
             raise sa.exc.OperationalError("UPDATE jobs", {}, Exception("server closed"))
         return real(*args)
 
-    monkeypatch.setattr(store, "_record_submit", down_then_up)
+    monkeypatch.setattr(store, "record_submit_once", down_then_up)
     monkeypatch.setattr(store_module, "OUTAGE_RETRY_SECONDS", 0.01)
     accepted = Decision(JobState.SUBMITTED, 0.0, execution_id="e-1")
     assert store.record_submit(job, accepted, 200)
@@ -239,7 +239,7 @@ def test_a_poll_batch_cut_short_by_an_error_leaves_no_claim_held(
     def down(*args: Any, **kwargs: Any) -> bool:
         raise sa.exc.OperationalError("UPDATE jobs", {}, Exception("server closed"))
 
-    monkeypatch.setattr(store, "_record_poll", down)
+    monkeypatch.setattr(store, "record_poll_once", down)
     stop = threading.Event()
     reconciler = Reconciler(live_context(store, [pipeline]))
     try:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from watcher.jobs import Decision, JobState
 from watcher.store import Store, StoreError, jobs
-from watcher.store import store as store_module
+from watcher.store import writes as store_module
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -208,7 +208,7 @@ def test_a_skipped_version_is_queued_again_when_it_comes_back(store: Store) -> N
 
 
 def test_the_upload_claim_uses_the_lease_set_after_construction(store: Store) -> None:
-    store.lease_seconds = 5000.0  # what the daemon sets from the HTTP timeouts
+    store.set_lease_seconds(5000.0)  # what the daemon sets from the HTTP timeouts
     store.enqueue("p", "a.pdf", SHA_A, 1, 1)
     assert store.claim_for_upload("me", {"p": 5}) is not None
     with store.engine.connect() as conn:
@@ -234,7 +234,7 @@ def test_a_result_in_hand_is_stored_after_a_database_outage(
 ) -> None:
     submitted(store)
     polled = store.claim_due_polls("me", 10, ["p"])[0]
-    real = store._record_poll
+    real = store.record_poll_once
     outage = iter([True, True, False])  # the database is down for two tries (a fault we
     # cannot produce on the real server without stopping it for every other test)
 
@@ -243,7 +243,7 @@ def test_a_result_in_hand_is_stored_after_a_database_outage(
             raise sa.exc.OperationalError("UPDATE jobs", {}, Exception("server closed"))
         return real(*args)
 
-    monkeypatch.setattr(store, "_record_poll", flaky)
+    monkeypatch.setattr(store, "record_poll_once", flaky)
     monkeypatch.setattr(store_module, "OUTAGE_RETRY_SECONDS", 0.01)
     body = {"status": "COMPLETED", "message": [{"file": "a.pdf", "status": "Success"}]}
     assert store.record_poll(polled, Decision(JobState.RESULT_STORED, outcome="success"), 200, body)
@@ -259,7 +259,7 @@ def test_a_poll_without_a_result_gives_up_on_an_outage(
     def down(*args: Any) -> bool:
         raise sa.exc.OperationalError("UPDATE jobs", {}, Exception("server closed"))
 
-    monkeypatch.setattr(store, "_record_poll", down)
+    monkeypatch.setattr(store, "record_poll_once", down)
     with pytest.raises(sa.exc.OperationalError):  # the loop waits it out (daemon._supervised)
         store.record_poll(polled, Decision(JobState.SUBMITTED, 1.0), 422)
 
@@ -334,7 +334,7 @@ def test_the_clock_carries_on_while_the_database_is_away(
         raise sa.exc.OperationalError("SELECT now", {}, Exception("server closed"))
 
     monkeypatch.setattr(store, "now", away)
-    store._clock_read_at -= 2 * store_module.CLOCK_RESYNC_SECONDS  # time to read it again
+    store.clock.expire()  # time to read it again
     assert before <= store.clock() < before + 5  # the last offset, carried by ours
     fresh = Store(store.url)
     monkeypatch.setattr(fresh, "now", away)

@@ -24,7 +24,7 @@ from watcher.store.operator import (
     RETRYABLE,
     PipelineSummary,
     get_job,
-    list_jobs,
+    jobs_newest_first,
     retry_jobs,
     summaries,
 )
@@ -93,7 +93,7 @@ def _daemons(store: Store) -> str:
     count = daemons_now(store)
     if count == 0:
         return "daemon: none is running on this database now (nothing is being processed)"
-    if store.is_sqlite:
+    if store.sole_writer:
         return "daemon: one is running on this database now"
     return f"daemon: {count} running on this database now (sessions named unstract-watcher)"
 
@@ -131,7 +131,7 @@ def cost_of(job: Job) -> float | None:
 
 def jobs_list(store: Store, filters: dict[str, Any], as_json: bool, full: bool = False) -> str:
     """Jobs, newest first; errors cut to ERROR_WIDTH characters unless `full`."""
-    found = list_jobs(store, **filters)
+    found = jobs_newest_first(store, **filters)
     if as_json:
         return json.dumps([job_record(j) for j in found], indent=2)
     errors = [j.last_error or "" for j in found]
@@ -185,7 +185,7 @@ def retry_pipeline(
     already run on the server); return how many, and lines saying what was done."""
     if name not in pipelines:
         raise RetryRefused(f"pipeline {name} is not in the config")
-    failed = list_jobs(store, state=JobState.FAILED.value, pipeline=name)
+    failed = jobs_newest_first(store, state=JobState.FAILED.value, pipeline=name)
     if not failed:
         return 0, [f"pipeline {name} has no failed jobs"]
     notes, ready = [], []
@@ -254,7 +254,7 @@ def file_digest(path: Path) -> str:
 
 
 def report(store: Store, filters: dict[str, Any], fmt: str) -> str:
-    records = [job_record(j) for j in reversed(list_jobs(store, **filters))]
+    records = [job_record(j) for j in reversed(jobs_newest_first(store, **filters))]
     if fmt == "json":
         return json.dumps(records, indent=2)
     out = io.StringIO()

@@ -88,11 +88,13 @@ class Daemon:
         wakes = Wakes.for_workers(settings.daemon.upload_workers, settings.daemon.poll_workers)
         self.live = Live(self._context(settings, store, owner, Metrics(store), wakes))
         # A claim outlives the longest HTTP call it covers, so a live instance never loses one.
-        store.lease_seconds = LEASE_MARGIN_SECONDS + max(
+        longest_call = max(
             p.config.api.connect_timeout_seconds + p.config.api.read_timeout_seconds
             for p in self.pipelines.values()
         )
+        store.set_lease_seconds(LEASE_MARGIN_SECONDS + longest_call)
         self.stop_event = threading.Event()
+        store.stop_waits_on(self.stop_event)  # an outage's retries end when we stop
         self.reload_requested = threading.Event()  # set by SIGHUP; the main loop reloads
         self.started = threading.Event()  # every loop runs
         self.supervisor = Supervisor(self.stop_event, on_failure=self.stop)
@@ -164,12 +166,9 @@ class Daemon:
         context = self.context
         store = context.store
         store.lock_for_daemon(context.owner)
-        # SQLite serves one daemon process: every claim in it is a leftover of the last run.
-        hold = context.hold_pipelines()
-        report_released(
-            *store.release_claims(everything=store.is_sqlite, owner=context.owner, hold=hold)
-        )
-        self._tidy_folders(temp_age=0.0 if store.is_sqlite else STALE_TEMP_SECONDS)
+        report_released(*store.release_leftover_claims(context.owner, context.hold_pipelines()))
+        # With SQLite we are the only writer, so every temp file of ours is a crash's leftover.
+        self._tidy_folders(temp_age=0.0 if store.sole_writer else STALE_TEMP_SECONDS)
         for name, pipeline in context.pipelines.items():
             record_pause(store, name, "")
             pipeline.on_pause_change = self._pause_recorder(name)
@@ -275,11 +274,8 @@ class Daemon:
 
     def health_problems(self) -> list[str]:
         """What /healthz reports: an unreachable database, stuck loops, dead watchers."""
-        problems = []
-        try:
-            self.store.now()
-        except Exception as exc:  # any database error means unhealthy, whatever its type
-            problems.append(f"database: {type(exc).__name__}")
+        unreachable = self.store.unreachable_reason()
+        problems = [f"database: {unreachable}"] if unreachable else []
         problems += self.discovery.problems()
         return problems + [f"stuck: {name}" for name in self.hung_loops()]
 

@@ -35,6 +35,7 @@ class JobState(StrEnum):
     HELD = "held"  # the upload's outcome is unknown and the policy is "hold": an operator decides
 
 
+# Every state write in watcher/store is checked against this table (store.statements.moved).
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.SUBMITTING}),
     JobState.SUBMITTING: frozenset(
@@ -54,7 +55,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.DONE: frozenset(),
     JobState.FAILED: frozenset({JobState.QUEUED}),
     JobState.SKIPPED: frozenset({JobState.QUEUED}),
-    JobState.HELD: frozenset({JobState.QUEUED, JobState.RESULT_STORED}),
+    JobState.HELD: frozenset({JobState.QUEUED}),  # an operator's retry
 }
 IN_FLIGHT = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.FETCHING)
 UNFINISHED = (*IN_FLIGHT, JobState.QUEUED, JobState.RESULT_STORED)

@@ -23,6 +23,7 @@ from watcher.config import NotifyConfig
 from watcher.context import ContextLoop, Live
 from watcher.logs import get_logger
 from watcher.notices import Notice, body, retry_delay
+from watcher.store import retry_transient
 from watcher.store.outbox import (
     claim_due_notices,
     next_notice_due_in,
@@ -30,7 +31,6 @@ from watcher.store.outbox import (
     notice_sent,
     postpone_notices,
 )
-from watcher.store.store import retry_transient
 
 log = get_logger()
 BATCH = 32

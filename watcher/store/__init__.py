@@ -1,10 +1,16 @@
 """The durable job table: the only package that speaks SQL."""
 
+from watcher.store.database import Database, retry_transient
+from watcher.store.discovery import KnownFile
+from watcher.store.errors import TRANSIENT_DB_ERRORS, StoreError, db_error_text
 from watcher.store.schema import jobs, metadata, results
-from watcher.store.store import TRANSIENT_DB_ERRORS, KnownFile, Store, StoreError, db_error_text
+from watcher.store.statements import IllegalTransition
+from watcher.store.store import Store
 
 __all__ = [
     "TRANSIENT_DB_ERRORS",
+    "Database",
+    "IllegalTransition",
     "KnownFile",
     "Store",
     "StoreError",
@@ -12,4 +18,5 @@ __all__ = [
     "jobs",
     "metadata",
     "results",
+    "retry_transient",
 ]

@@ -35,7 +35,7 @@ def finished_jobs(
     query = query.order_by(jobs.c.id).limit(batch)
     last = 0
     while True:
-        with store._read() as conn:
+        with store.db.read() as conn:
             rows = conn.execute(query.where(jobs.c.id > last)).all()
         yield from (to_job(row) for row in rows)
         if len(rows) < batch:

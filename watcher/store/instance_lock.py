@@ -64,8 +64,8 @@ def lock_instance(engine: Engine, owner: str) -> Connection | None:
     conn = engine.connect()
     conn.execute(sa.select(sa.func.set_config("application_name", session_name(), False)))
     schema = conn.execute(sa.select(sa.func.current_schema())).scalar_one()
-    key = int.from_bytes(hashlib.sha256(f"{schema}\0{owner}".encode()).digest()[:8], "big",
-                         signed=True)  # fmt: skip
+    digest = hashlib.sha256(f"{schema}\0{owner}".encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
     if not _try(conn, key) and not (_end_dead_holder(conn, key) and _try(conn, key)):
         conn.close()
         return None
@@ -92,8 +92,10 @@ def _end_dead_holder(conn: Connection, key: int) -> bool:
         {"high": unsigned >> 32, "low": unsigned & 0xFFFF_FFFF},
     ).all()
     ours = session_name()
-    ended = [pid for pid, name in holders if is_dead_earlier_life(name or "", ours)
-             and conn.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar()]  # fmt: skip
+    dead = [pid for pid, name in holders if is_dead_earlier_life(name or "", ours)]
+    ended = [
+        pid for pid in dead if conn.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar()
+    ]
     conn.commit()
     # pg_terminate_backend only signals: the lock is free once that backend has exited.
     deadline = time.monotonic() + TERMINATE_WAIT_SECONDS

@@ -11,15 +11,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import as_file, files
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from watcher.jobs import IN_FLIGHT, Job, JobState
 from watcher.notices import pause_draft
+from watcher.store.errors import StoreError, store_error
 from watcher.store.outbox import add_notices
 from watcher.store.schema import jobs, pipeline_state, to_job
-from watcher.store.store import Store, StoreError
+from watcher.store.statements import moved
+from watcher.store.store import Store
 
 RETRYABLE = (JobState.FAILED, JobState.SKIPPED, JobState.HELD)
 
@@ -73,19 +76,13 @@ def reading(store: Store) -> Iterator[Connection]:
     """A read transaction (never waits for the daemon's writes); database errors become
     StoreError, which the commands report as unreachable and the metrics as down."""
     try:
-        with store._read() as conn:
+        with store.db.read() as conn:
             yield conn
     except sa.exc.SQLAlchemyError as exc:
-        raise StoreError(_reason(exc)) from None
+        raise store_error(exc) from None
 
 
-def _reason(exc: sa.exc.SQLAlchemyError) -> str:
-    detail = getattr(exc, "orig", None) or exc
-    lines = str(detail).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def list_jobs(
+def jobs_newest_first(
     store: Store,
     *,
     state: str | None = None,
@@ -120,18 +117,34 @@ def retry_jobs(store: Store, job_ids: Sequence[int]) -> int:
         sa.update(jobs)
         .where(jobs.c.state.in_([s.value for s in RETRYABLE]))
         .where(jobs.c.id.in_(list(job_ids)))
-        .values(
-            state=JobState.QUEUED.value, attempts=0, next_attempt_at=store._now,
-            execution_id=None, outcome=None, result_body=None, poll_count=0, lease_owner=None,
-            lease_until=None, last_error="retried by an operator", updated_at=store._now,
-            finished_at=None,
-        )
-    )  # fmt: skip
+        .values(state=_retried_state(), last_error="retried by an operator", **_fresh(store))
+    )
     try:
-        with store._tx() as conn:
+        with store.db.write() as conn:
             return int(conn.execute(query).rowcount)
     except sa.exc.SQLAlchemyError as exc:
-        raise StoreError(_reason(exc)) from None
+        raise store_error(exc) from None
+
+
+def _retried_state() -> str:
+    """Queued: a move every retryable state may make (checked against the transitions)."""
+    for state in RETRYABLE:
+        moved(state, JobState.QUEUED)
+    return JobState.QUEUED.value
+
+
+def _fresh(store: Store) -> dict[str, Any]:
+    """The columns of a job that was never tried, due now."""
+    now = store.db.now
+    nothing = ("execution_id", "outcome", "result_body", "lease_owner", "lease_until")
+    return {
+        "attempts": 0,
+        "poll_count": 0,
+        "next_attempt_at": now,
+        "updated_at": now,
+        "finished_at": None,
+        **dict.fromkeys(nothing),
+    }
 
 
 def summaries(store: Store, configured: Collection[str] | None = None) -> list[PipelineSummary]:
@@ -194,7 +207,7 @@ def held_jobs(store: Store, pipelines: list[str]) -> int:
         .where(jobs.c.state == JobState.HELD.value)
         .where(jobs.c.pipeline.in_(pipelines))
     )
-    with store._tx() as conn:
+    with store.db.write() as conn:
         return int(conn.execute(query).scalar_one())
 
 
@@ -202,14 +215,11 @@ def record_pause(store: Store, name: str, reason: str, announce: bool = False) -
     """Remember whether a pipeline is paused (reason '' = running), for `status`; with
     `announce`, a pause that begins or ends puts its notice in the outbox, in the same
     transaction (so it is sent once, whichever instance saw it)."""
-    values = dict(name=name, paused_reason=reason, updated_at=store._now)
-    insert = store._insert(pipeline_state).values(**values)
-    upsert = insert.on_conflict_do_update(
-        index_elements=[pipeline_state.c.name],
-        set_=dict(paused_reason=reason, updated_at=store._now),
-    )
+    values = {"paused_reason": reason, "updated_at": store.db.now}
+    insert = store.db.insert(pipeline_state).values(name=name, **values)
+    upsert = insert.on_conflict_do_update(index_elements=[pipeline_state.c.name], set_=values)
     was = sa.select(pipeline_state.c.paused_reason).where(pipeline_state.c.name == name)
-    with store._tx() as conn:
+    with store.db.write() as conn:
         before = conn.execute(was.with_for_update()).scalar() if announce else None
         conn.execute(upsert)
         draft = pause_draft(name, before or "", reason) if announce else None

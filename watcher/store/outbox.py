@@ -7,16 +7,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from watcher.notices import Draft, Notice
+from watcher.store.database import Database
 from watcher.store.schema import metadata
 
-if TYPE_CHECKING:  # the store adds notices with its own changes: it imports this module
-    from watcher.store.store import Store
+
+class Store(Protocol):
+    """What the outbox needs of the store, which imports this module: it adds notices in
+    the transactions of its own changes."""
+
+    @property
+    def db(self) -> Database: ...
+
 
 outbox = sa.Table(
     "outbox",
@@ -35,10 +42,15 @@ outbox = sa.Table(
 def add_notices(conn: Connection, drafts: Iterable[Draft], now: Any) -> None:
     """Inside the caller's transaction: the notices of the change it is making."""
     rows = [
-        {"event": d.event, "pipeline": d.pipeline, "created_at": now, "next_attempt_at": now,
-         "payload": json.dumps(d.payload, ensure_ascii=False)}
+        {
+            "event": d.event,
+            "pipeline": d.pipeline,
+            "created_at": now,
+            "next_attempt_at": now,
+            "payload": json.dumps(d.payload, ensure_ascii=False),
+        }
         for d in drafts
-    ]  # fmt: skip
+    ]
     if rows:
         conn.execute(sa.insert(outbox), rows)
 
@@ -48,7 +60,7 @@ def claim_due_notices(store: Store, limit: int, lease_seconds: float) -> list[No
     sender leaves them alone until this one has said how it went (or died)."""
     due = (
         sa.select(outbox.c.id)
-        .where(outbox.c.next_attempt_at <= store._now)
+        .where(outbox.c.next_attempt_at <= store.db.now)
         .order_by(outbox.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -56,22 +68,27 @@ def claim_due_notices(store: Store, limit: int, lease_seconds: float) -> list[No
     claim = (
         sa.update(outbox)
         .where(outbox.c.id.in_(due.scalar_subquery()))
-        .values(next_attempt_at=store._now + lease_seconds)
+        .values(next_attempt_at=store.db.now + lease_seconds)
         .returning(*outbox.c)
     )
-    with store._tx() as conn:
+    with store.db.write() as conn:
         rows = conn.execute(claim).all()
     return sorted((_notice(row) for row in rows), key=lambda notice: notice.id)
 
 
 def _notice(row: sa.Row[Any]) -> Notice:
-    return Notice(id=row.id, event=row.event, pipeline=row.pipeline,
-                  payload=json.loads(row.payload), attempts=row.attempts,
-                  created_at=row.created_at)  # fmt: skip
+    return Notice(
+        id=row.id,
+        event=row.event,
+        pipeline=row.pipeline,
+        payload=json.loads(row.payload),
+        attempts=row.attempts,
+        created_at=row.created_at,
+    )
 
 
 def notice_sent(store: Store, notice: Notice) -> None:
-    with store._tx() as conn:
+    with store.db.write() as conn:
         conn.execute(sa.delete(outbox).where(outbox.c.id == notice.id))
 
 
@@ -80,10 +97,13 @@ def notice_failed(store: Store, notice: Notice, delay_seconds: float, error: str
     query = (
         sa.update(outbox)
         .where(outbox.c.id == notice.id)
-        .values(attempts=outbox.c.attempts + 1, last_error=error[:500],
-                next_attempt_at=store._now + delay_seconds)
-    )  # fmt: skip
-    with store._tx() as conn:
+        .values(
+            attempts=outbox.c.attempts + 1,
+            last_error=error[:500],
+            next_attempt_at=store.db.now + delay_seconds,
+        )
+    )
+    with store.db.write() as conn:
         conn.execute(query)
 
 
@@ -94,22 +114,22 @@ def postpone_notices(store: Store, notices: Sequence[Notice], delay_seconds: flo
     query = (
         sa.update(outbox)
         .where(outbox.c.id.in_([n.id for n in notices]))
-        .values(next_attempt_at=store._now + delay_seconds)
+        .values(next_attempt_at=store.db.now + delay_seconds)
     )
-    with store._tx() as conn:
+    with store.db.write() as conn:
         conn.execute(query)
 
 
 def next_notice_due_in(store: Store) -> float | None:
     """Seconds until the next notice is due (<= 0: now); None: the outbox is empty."""
-    with store._read() as conn:
-        first = conn.execute(sa.select(sa.func.min(outbox.c.next_attempt_at) - store._now))
+    with store.db.read() as conn:
+        first = conn.execute(sa.select(sa.func.min(outbox.c.next_attempt_at) - store.db.now))
         value = first.scalar_one()
     return None if value is None else float(value)
 
 
 def pending_notices(store: Store) -> list[Notice]:
     """Every notice still to send, oldest first (for tests and operators)."""
-    with store._read() as conn:
+    with store.db.read() as conn:
         rows = conn.execute(sa.select(outbox).order_by(outbox.c.id)).all()
     return [_notice(row) for row in rows]

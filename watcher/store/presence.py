@@ -20,8 +20,8 @@ from watcher.store.store import Store
 
 def daemons_now(store: Store) -> int:
     """How many daemons hold this database now (SQLite: 0 or 1)."""
-    if store.is_sqlite:
-        return int(_sqlite_lock_held(sa.engine.make_url(store.url).database or ""))
+    if store.sole_writer:
+        return int(_sqlite_lock_held(store.db.sqlite_file()))
     query = sa.text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND application_name LIKE :named AND pid <> pg_backend_pid()"

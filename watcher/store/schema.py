@@ -78,20 +78,22 @@ results = sa.Table(
 )
 
 
+# Columns a Job takes as they are; `to_job` converts the others.
+PLAIN_COLUMNS = tuple(
+    "id pipeline sha256 size mtime_ns attempts execution_id poll_count outcome last_http_status "
+    "last_error lease_owner created_at submitted_at updated_at finished_at".split()
+)
+
+
 def to_job(row: sa.Row[Any]) -> Job:
     m = row._mapping
+    body = m["result_body"]
     return Job(
-        id=m["id"], pipeline=m["pipeline"],
+        **{name: m[name] for name in PLAIN_COLUMNS},
         relative_path=fs_path(m["relative_path"], m["relative_path_raw"]),
-        sha256=m["sha256"], size=m["size"], mtime_ns=m["mtime_ns"], state=JobState(m["state"]),
-        attempts=m["attempts"], execution_id=m["execution_id"], poll_count=m["poll_count"],
-        outcome=m["outcome"],
-        result_body=json.loads(m["result_body"]) if m["result_body"] else None,
-        last_http_status=m["last_http_status"], last_error=m["last_error"],
-        lease_owner=m["lease_owner"], created_at=m["created_at"],
-        submitted_at=m["submitted_at"], updated_at=m["updated_at"],
-        finished_at=m["finished_at"],
-    )  # fmt: skip
+        state=JobState(m["state"]),
+        result_body=json.loads(body) if body else None,
+    )
 
 
 def db_path(relative_path: str) -> tuple[str, bytes | None]:

@@ -1,14 +1,33 @@
 """The statements that run for every document, built once with bind parameters: building
-one (and its cache key) costs more than running it on SQLite. `Store` runs them."""
+one (and its cache key) costs more than running it on SQLite. `Store` runs them.
+
+Every state a statement writes is checked against `jobs.TRANSITIONS` (`moved`, `fenced`):
+a write that would take a job along an edge the table does not have is a programming error.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
-from watcher.jobs import IN_FLIGHT, JobState
+from watcher.jobs import IN_FLIGHT, Job, JobState, can_move
 from watcher.store.schema import jobs
+
+
+class IllegalTransition(AssertionError):
+    """A write would move a job along an edge that `jobs.TRANSITIONS` does not have."""
+
+
+def moved(source: JobState, target: JobState) -> str:
+    """The state value to write for a job in `source`; raises if the move is not allowed."""
+    if not can_move(source, target):
+        raise IllegalTransition(f"a job may not go from {source.value} to {target.value}")
+    return target.value
+
+
+DUE_COLUMNS = ((JobState.QUEUED, jobs.c.next_attempt_at), (JobState.SUBMITTED, jobs.c.next_poll_at))
 
 
 class Statements:
@@ -20,7 +39,7 @@ class Statements:
         self._prepare_discovery()
         self._prepare_upload_claim(pipelines, lease_until)
         self._prepare_poll_and_write_claims(pipelines, lease_until)
-        # Every state change: the SET clause comes from the parameters' keys (see Store._fenced).
+        # Every state change: the SET clause comes from the parameters' keys (see `fenced`).
         self.fenced_stmt = (
             sa.update(jobs)
             .where(jobs.c.id == sa.bindparam("b_id"))
@@ -32,9 +51,24 @@ class Statements:
             (state, column.name): sa.select(sa.func.min(column) - self.now)
             .where(jobs.c.state == state.value)
             .where(jobs.c.pipeline.in_(pipelines))
-            for state, column in ((JobState.QUEUED, jobs.c.next_attempt_at),
-                                  (JobState.SUBMITTED, jobs.c.next_poll_at))
-        }  # fmt: skip
+            for state, column in DUE_COLUMNS
+        }
+
+    def fenced(
+        self, conn: Connection, job: Job, expected: JobState, values: dict[str, Any]
+    ) -> bool:
+        """Update only if the row is still as we claimed it: same state, attempt and owner.
+        An instance whose lease ran out and was taken over changes nothing. `values` are
+        plain values (the SET clause is built from their keys on a prebuilt statement)."""
+        if "state" in values:
+            moved(expected, JobState(values["state"]))
+        fence = {
+            "b_id": job.id,
+            "b_state": expected.value,
+            "b_attempts": job.attempts,
+            "b_owner": job.lease_owner,
+        }
+        return bool(conn.execute(self.fenced_stmt, {**values, **fence}).rowcount)
 
     def _prepare_upload_claim(self, pipelines: Any, lease_until: Any) -> None:
         self.in_flight_by_pipeline = (
@@ -56,7 +90,7 @@ class Statements:
             sa.update(jobs)
             .where(jobs.c.id == candidate)
             .values(
-                state=JobState.SUBMITTING.value,
+                state=moved(JobState.QUEUED, JobState.SUBMITTING),
                 attempts=jobs.c.attempts + 1,
                 lease_owner=sa.bindparam("claim_owner"),
                 lease_until=lease_until,
@@ -66,7 +100,7 @@ class Statements:
         )
 
     def _prepare_discovery(self) -> None:
-        # The SET clauses come from the parameters' keys, as in Store._fenced.
+        # The SET clauses come from the parameters' keys, as in `fenced`.
         self.insert_job = self.insert(jobs).on_conflict_do_nothing().returning(jobs.c.id)
         document = (
             (jobs.c.pipeline == sa.bindparam("b_pipeline"))
@@ -93,10 +127,11 @@ class Statements:
         self.claim_polls = (
             sa.update(jobs)
             .where(jobs.c.id.in_(due_polls))
-            .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until,
-                    next_poll_at=lease_until)
+            .values(
+                lease_owner=sa.bindparam("owner"), lease_until=lease_until, next_poll_at=lease_until
+            )
             .returning(*jobs.c)
-        )  # fmt: skip
+        )
         free = (
             jobs.c.lease_owner.is_(None)
             | (jobs.c.lease_owner == sa.bindparam("owner"))  # ours: e.g. after a full disk

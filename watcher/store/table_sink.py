@@ -23,8 +23,9 @@ from sqlalchemy.engine import Connection, Engine
 from watcher.config import TableConfig
 from watcher.flatten import cost_in_dollars
 from watcher.jobs import Job
+from watcher.store.errors import store_error
 from watcher.store.schema import create_engine
-from watcher.store.store import Store, StoreError
+from watcher.store.store import Store
 
 JSON = sa.JSON().with_variant(JSONB(), "postgresql")
 KEY = ("pipeline", "source", "sha256")
@@ -52,12 +53,17 @@ def result_table(name: str) -> sa.Table:
 def table_row(job: Job, document: dict[str, Any], finished_at: float) -> dict[str, Any]:
     """A finished document's row, from its result file's content; pure."""
     return {
-        "pipeline": job.pipeline, "source": document["source"], "sha256": job.sha256,
-        "execution_id": job.execution_id, "status": document["status"],
+        "pipeline": job.pipeline,
+        "source": document["source"],
+        "sha256": job.sha256,
+        "execution_id": job.execution_id,
+        "status": document["status"],
         "finished_at": datetime.fromtimestamp(finished_at, UTC),
-        "cost": cost_in_dollars(document.get("metadata")), "error": document["error"],
-        "result": document["result"], "metadata": document["metadata"],
-    }  # fmt: skip
+        "cost": cost_in_dollars(document.get("metadata")),
+        "error": document["error"],
+        "result": document["result"],
+        "metadata": document["metadata"],
+    }
 
 
 class TableSinks:
@@ -79,8 +85,7 @@ class TableSinks:
                 conn.execute(self._upsert(url, table), list(rows))
         except sa.exc.SQLAlchemyError as exc:
             self._ready.pop((url, config.name), None)  # dropped or changed: look again next time
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise StoreError(f"table {config.name}: {detail}") from None
+            raise store_error(exc, f"table {config.name}") from None
 
     def close(self) -> None:
         for engine in self._engines.values():
@@ -116,7 +121,7 @@ class TableSinks:
 
     def _transaction(self, url: str) -> AbstractContextManager[Connection]:
         # The daemon's database: through its store, which serialises SQLite's writers.
-        return self.store._tx() if not url else _begin(self._engine(url))
+        return self.store.db.write() if not url else _begin(self._engine(url))
 
 
 @contextmanager

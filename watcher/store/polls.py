@@ -1,0 +1,124 @@
+"""The reconciler's queries: claim due polls, mark a read-once fetch, record the answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from watcher.jobs import Decision, Job, JobState
+from watcher.store.database import retry_transient
+from watcher.store.schema import jobs, results
+from watcher.store.writes import StoreBase, ends_claim
+
+
+class Polls(StoreBase):
+    def claim_due_polls(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
+        """Take executions whose next poll is due. Moving next_poll_at a lease ahead keeps
+        other instances off them until we record the answer (or die)."""
+        return self.claim_many("poll_claim", self.sql.claim_polls, owner, limit, pipelines)
+
+    @ends_claim
+    @retry_transient
+    def release_poll(self, job: Job) -> bool:
+        """Give back a claimed poll not made (its pipeline was removed by a reload): it is
+        due again at once for whoever serves that pipeline."""
+        values = {"lease_owner": None, "lease_until": None, "next_poll_at": self.clock()}
+        return self.fenced_update(job, JobState.SUBMITTED, values)
+
+    def begin_fetch(self, job: Job) -> bool:
+        """Mark that a read-once result is being fetched, before the request is sent. False:
+        the claim is lost (or its answer was: then `release_orphans` sends it back to
+        polling), and nothing may be fetched."""
+        started = False
+        try:
+            started = self._begin_fetch(job)
+        finally:
+            if not started:
+                self.let_go([job])
+        return started
+
+    @retry_transient
+    def _begin_fetch(self, job: Job) -> bool:
+        now = self.clock()
+        values = {
+            "state": JobState.FETCHING.value,
+            "updated_at": now,
+            "lease_until": now + self.lease_seconds,
+        }
+        with self.db.write(lose_answer_at="fetch_claim") as conn:
+            return self.sql.fenced(conn, job, JobState.SUBMITTED, values)
+
+    @ends_claim
+    def record_poll(
+        self,
+        job: Job,
+        decision: Decision,
+        http_status: int | None,
+        body: Any = None,
+        fetching: bool = False,
+    ) -> bool:
+        """Apply a poll's (or a fetch's) decision. A result is stored in the same transaction,
+        also in `results` by execution id, kept even if the job was taken over meanwhile.
+
+        A terminal body in hand may be the only copy there is (the server hands it out once):
+        its write is retried for as long as the database is down, never dropped.
+        """
+        if body is None:
+            return self.record_poll_once(job, decision, http_status, body, fetching)
+        return self.until_stored(
+            "a result that the API hands out once",
+            self.record_poll_once,
+            job,
+            decision,
+            http_status,
+            body,
+            fetching,
+        )
+
+    @retry_transient
+    def record_poll_once(
+        self, job: Job, decision: Decision, http_status: int | None, body: Any, fetching: bool
+    ) -> bool:
+        """`record_poll` with one round of retries (none through a long outage)."""
+        values: dict[str, Any] = self.decision_values(decision, http_status)
+        values["poll_count"] = job.poll_count + 1  # only the claim's holder polls it
+        if body is not None:
+            values["result_body"] = json.dumps(body)
+        if decision.state is JobState.QUEUED:
+            values["execution_id"] = None
+        expected = JobState.FETCHING if fetching else JobState.SUBMITTED
+        with self.db.write(ending=[job]) as conn:
+            if body is not None and decision.outcome is not None and job.execution_id:
+                self._keep_result(conn, job, decision, values)
+            return self.sql.fenced(conn, job, expected, values)
+
+    def _keep_result(
+        self, conn: Connection, job: Job, decision: Decision, values: dict[str, Any]
+    ) -> None:
+        kept = {
+            "execution_id": job.execution_id,
+            "job_id": job.id,
+            "outcome": decision.outcome,
+            "error": decision.error,
+            "body": values["result_body"],
+            "created_at": values["updated_at"],
+        }
+        conn.execute(self.db.insert(results).values(**kept).on_conflict_do_nothing())
+
+    def stored_result(self, execution_id: str) -> tuple[str, str, Any] | None:
+        """(outcome, error, body) of an execution's terminal answer, if one was ever stored."""
+        query = sa.select(results.c.outcome, results.c.error, results.c.body).where(
+            results.c.execution_id == execution_id
+        )
+        with self.db.read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return row.outcome, row.error, json.loads(row.body) if row.body else None
+
+    def next_poll_due_in(self, pipelines: list[str]) -> float | None:
+        """Seconds until the earliest status poll is due (<= 0: now); None: none."""
+        return self.due_in(jobs.c.next_poll_at, JobState.SUBMITTED, pipelines)

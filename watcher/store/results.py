@@ -1,0 +1,53 @@
+"""The finisher's queries: claim jobs whose outcome is stored, mark their files written."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from watcher.jobs import Job, JobState
+from watcher.notices import Draft
+from watcher.store.database import retry_transient
+from watcher.store.outbox import add_notices
+from watcher.store.writes import StoreBase
+
+
+class Results(StoreBase):
+    def claim_stored_results(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
+        """Take jobs whose outcome is stored, to write their files (one instance per job)."""
+        return self.claim_many("result_claim", self.sql.claim_results, owner, limit, pipelines)
+
+    def mark_finished(self, job: Job) -> bool:
+        return self.mark_finished_many([job])[0]
+
+    def mark_finished_many(
+        self, finished: Sequence[Job], notices: Mapping[int, Draft] | None = None
+    ) -> list[bool]:
+        """Their files are written: done or failed, in one transaction; fenced on the claim.
+        A job's notice (by job id) goes into the outbox in the same transaction, if its
+        change was made."""
+        try:
+            return self._mark_finished_many(finished, notices or {})
+        except BaseException:
+            self.let_go(finished)
+            raise
+
+    @retry_transient
+    def _mark_finished_many(
+        self, finished: Sequence[Job], notices: Mapping[int, Draft]
+    ) -> list[bool]:
+        now = self.clock()
+        # In id order, as other multi-row updates lock them.
+        with self.db.write(ending=finished) as conn:
+            done = {
+                job.id: self.sql.fenced(conn, job, JobState.RESULT_STORED, _finished(job, now))
+                for job in sorted(finished, key=lambda job: job.id)
+            }
+            drafts = (d for job_id, d in notices.items() if done.get(job_id))
+            add_notices(conn, drafts, now)
+        return [done[job.id] for job in finished]
+
+
+def _finished(job: Job, now: float) -> dict[str, Any]:
+    state = JobState.DONE if job.outcome == "success" else JobState.FAILED
+    return {"state": state.value, "finished_at": now, "updated_at": now, "lease_owner": None}
