@@ -8,15 +8,24 @@ from typing import Any
 import pytest
 
 from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome
+from watcher.files import TooLarge
 from watcher.jobs import (
     TRANSITIONS,
     Job,
     JobState,
-    RetryPolicy,
-    backoff_seconds,
+    PipelineChange,
+    StoredCopy,
+    Wake,
     can_move,
     decide_after_poll,
     decide_after_submit,
+    decide_before_upload,
+    decide_content,
+    decide_unreadable,
+)
+from watcher.schedule import (
+    RetryPolicy,
+    backoff_seconds,
     next_poll_seconds,
     poll_delay_seconds,
     updated_estimate,
@@ -278,3 +287,80 @@ def test_the_estimate_takes_what_is_known() -> None:
     assert updated_estimate(5.0, 5.2, None) == 5.0  # a late first poll says nothing new
     assert updated_estimate(5.0, 5.2, None, shrink=True) == 4.5  # ... but try earlier
     assert updated_estimate(5.0, 5.5, 5.0, shrink=True) == 5.0 + 0.2 * 0.25  # no step
+
+
+# What a decision asks the loop to do next, besides the row it writes.
+def test_an_accepted_upload_wakes_a_poll_loop_and_widens_the_pipeline() -> None:
+    outcome = SubmitOutcome(SubmitKind.ACCEPTED, "e9", 200)
+    decision = decide_after_submit(outcome, 1, POLICY, random.Random(1))
+    assert decision.wakes == {Wake.POLLS} and decision.pipeline_change is PipelineChange.ACCEPTED
+    assert [line.event for line in decision.logs] == ["submitted"]
+
+
+def test_a_429_narrows_the_pipeline_and_counts_a_retry() -> None:
+    outcome = SubmitOutcome(SubmitKind.RETRY, None, 429, "busy", rate_limited=True)
+    decision = decide_after_submit(outcome, 1, POLICY, random.Random(1))
+    assert decision.pipeline_change is PipelineChange.RATE_LIMITED and not decision.wakes
+    assert (decision.error_kind, decision.retry_stage) == ("rate_limited", "upload")
+
+
+def test_a_refused_key_pauses_without_a_retry_count() -> None:
+    outcome = SubmitOutcome(SubmitKind.PIPELINE_BROKEN, None, 401, "")
+    decision = decide_after_submit(outcome, 1, POLICY, random.Random(1))
+    assert decision.pause_pipeline and decision.pause_reason == "HTTP 401"
+    assert decision.retry_stage is None and decision.error_kind == "pipeline_refused"
+
+
+def test_an_ended_execution_stores_its_body_and_wakes_the_finisher_and_an_uploader() -> None:
+    body = {"status": "COMPLETED"}
+    outcome = PollOutcome(PollKind.COMPLETED, "COMPLETED", 200, body=body)
+    decision = decide_after_poll(outcome, job(), 5.0, POLICY, random.Random(1))
+    assert decision.result_body == body and decision.ended
+    assert decision.wakes == {Wake.FINISHER, Wake.UPLOADS}
+
+
+def test_a_result_gone_uses_another_instances_stored_copy() -> None:
+    outcome = PollOutcome(PollKind.RESULT_GONE, None, 406, "gone")
+    stored = StoredCopy("success", "", {"kept": True})
+    decision = decide_after_poll(outcome, job(), 5.0, POLICY, random.Random(1), stored=stored)
+    assert (decision.state, decision.outcome, decision.result_body) == (
+        JobState.RESULT_STORED,
+        "success",
+        {"kept": True},
+    )
+    again = decide_after_poll(outcome, job(), 5.0, POLICY, random.Random(1))
+    assert again.state is JobState.QUEUED and again.wakes == {Wake.UPLOADS}
+
+
+def test_a_failed_poll_counts_a_retry_and_keeps_polling() -> None:
+    outcome = PollOutcome(PollKind.RETRY, None, 502, "bad gateway")
+    decision = decide_after_poll(outcome, job(), 5.0, POLICY, random.Random(1))
+    assert decision.state is JobState.SUBMITTED and not decision.ended
+    assert (decision.error_kind, decision.retry_stage) == ("poll", "poll")
+
+
+@pytest.mark.parametrize(
+    ("problem", "state", "error"),
+    [
+        (FileNotFoundError(2, "gone"), JobState.SKIPPED, "removed before it could be uploaded"),
+        (TooLarge(5000), JobState.RESULT_STORED, "5000 bytes, over max_file_bytes = 100"),
+        (PermissionError(13, "Permission denied"), JobState.RESULT_STORED, "Permission denied"),
+    ],
+)
+def test_an_unreadable_document_is_skipped_or_failed(
+    problem: OSError, state: JobState, error: str
+) -> None:
+    decision = decide_unreadable(problem, 100)
+    assert decision.state is state and error in decision.error
+    assert decision.refund_attempt == (state is JobState.RESULT_STORED)
+
+
+def test_changed_or_empty_content_and_too_many_attempts_are_not_sent() -> None:
+    assert decide_content(job(), "0" * 64, 10) is None
+    changed = decide_content(job(), "1" * 64, 10)
+    assert changed is not None and changed.state is JobState.SKIPPED
+    empty = decide_content(job(), "0" * 64, 0)
+    assert empty is not None and empty.error == "the file is empty"
+    assert decide_before_upload(job(attempts=3), POLICY) is None
+    given_up = decide_before_upload(job(attempts=4, last_error="x"), POLICY)
+    assert given_up is not None and "gave up after 3 attempts; last error: x" in given_up.error

@@ -18,8 +18,8 @@ from harness import (
 
 from watcher.config import load
 from watcher.emulator import EmulatorServer, UnstractEmulator
+from watcher.files import TooLarge, read_regular_file
 from watcher.store import Store
-from watcher.submit import TooLarge, read_regular_file
 
 
 def test_a_fifo_in_a_documents_place_is_refused_without_blocking(tmp_path: Path) -> None:

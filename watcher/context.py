@@ -8,14 +8,18 @@ needs one, so a reload is one swap of the context and nothing is patched in plac
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from watcher.config import Settings
+from watcher.jobs import Decision, Wake
+from watcher.logs import get_logger
 from watcher.metrics import Metrics
 from watcher.runtime import Pipeline
 from watcher.store import Store
 from watcher.supervisor import Loop
+
+log = get_logger()
 
 
 class WorkSignal:
@@ -59,6 +63,16 @@ class Wakes:
     @classmethod
     def for_workers(cls, upload_workers: int, poll_workers: int) -> Wakes:
         return cls(WorkSignal(upload_workers), WorkSignal(poll_workers))
+
+    def give(self, wakes: Iterable[Wake]) -> None:
+        """Wake one idle loop of each kind that has work now."""
+        signals: dict[Wake, WorkSignal | threading.Event] = {
+            Wake.UPLOADS: self.work,
+            Wake.POLLS: self.submitted,
+            Wake.FINISHER: self.finished,
+        }
+        for wake in wakes:
+            signals[wake].set()
 
     def wake_all(self) -> None:
         self.work.wake_all()
@@ -125,3 +139,15 @@ class ContextLoop(Loop):
     @property
     def wakes(self) -> Wakes:
         return self.live.current.wakes
+
+    def carry_out(self, decision: Decision, pipeline: Pipeline) -> None:
+        """What a recorded decision asks for besides its row: the pipeline's change, its log
+        lines and counters, and the loops it gives work to."""
+        pipeline.apply(decision.pipeline_change, decision.pause_reason, decision.delay_seconds)
+        if decision.error_kind is not None:
+            self.metrics.errors.labels(pipeline.name, decision.error_kind).inc()
+        if decision.retry_stage is not None:
+            self.metrics.retries.labels(pipeline.name, decision.retry_stage).inc()
+        for line in decision.logs:
+            getattr(log, line.level)(line.event, **line.fields)
+        self.wakes.give(decision.wakes)

@@ -1,26 +1,23 @@
 """Jobs: their states, the allowed transitions, and the pure decisions that move them.
 
 "Given this API answer, what happens to the job" and "how long until the next try" live here as
-functions of plain values: no clock, no I/O, no database.
+functions of plain values: no clock, no I/O, no database. A `Decision` says what to write and
+what to do next (which loops to wake, what the pipeline learns, what to log and count); the
+loops record it and carry it out without looking at the answer again.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
 from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome
+from watcher.files import TooLarge
 from watcher.filters import as_text
-
-EARLY_FRACTION = 0.9  # first poll a little before the typical execution time
-STEP_FRACTION = 0.1  # then a poll every 10 % of it ...
-LATE_FACTOR = 2.0  # ... until twice the typical time has passed
-GROWTH = 0.5  # after that, wait half the execution's age
-MIN_POLL_GAP_SECONDS = 0.02
-EWMA_WEIGHT = 0.2  # how much one execution moves the typical execution time
-SHRINK_FACTOR = 0.9  # ended by its first poll: try the next first poll a little earlier
+from watcher.schedule import RetryPolicy, backoff_seconds, next_poll_seconds
 
 
 class JobState(StrEnum):
@@ -107,88 +104,116 @@ class Job:
         return raw.decode("utf-8", errors="replace")
 
 
+class Wake(StrEnum):
+    """Idle loops that a recorded decision gives work to."""
+
+    UPLOADS = "uploads"  # a job is queued again, or a slot of max_in_flight came free
+    POLLS = "polls"  # an execution id was recorded
+    FINISHER = "finisher"  # an outcome was stored
+
+
+class PipelineChange(StrEnum):
+    """What an answer says about the pipeline as a whole."""
+
+    ACCEPTED = "accepted"  # an upload got through: one more at once, and any pause is over
+    RATE_LIMITED = "rate_limited"  # 429: fewer uploads at once
+    PAUSE = "pause"  # the key, URL or deployment is refused: no uploads for a while
+
+
 @dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 5
-    backoff_base_seconds: float = 2.0
-    backoff_cap_seconds: float = 300.0
-    poll_initial_seconds: float = 0.25
-    poll_max_seconds: float = 30.0
-    poll_growth: float = 1.6
-    execution_deadline_seconds: float = 6 * 3600.0
-    paused_recheck_seconds: float = 60.0
-    # An upload whose outcome is unknown (timeout or connection lost after sending):
-    # "resubmit" risks a second execution, "hold" waits for an operator.
-    on_unknown_outcome: Literal["resubmit", "hold"] = "resubmit"
+class LogLine:
+    level: Literal["info", "warning", "error"]
+    event: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with a job after an answer: its next state and what to record."""
+    """What to do with a job after an answer: what to record, and what to do next."""
 
     state: JobState
     delay_seconds: float = 0.0  # until the next upload attempt or the next poll
     error: str = ""
     outcome: Outcome | None = None
     execution_id: str | None = None
-    pause_pipeline: bool = False  # the key, URL or deployment is wrong: stop this pipeline
     refund_attempt: bool = False  # the attempt does not count (the pipeline was at fault)
+    result_body: Any = None  # the terminal answer, stored with the state (it is read once)
+    # What the loop carries out once the decision is recorded:
+    pipeline_change: PipelineChange | None = None
+    pause_reason: str = ""
+    ended: bool = False  # the execution had ended when asked: its duration is learnt
+    wakes: frozenset[Wake] = frozenset()
+    logs: tuple[LogLine, ...] = ()
+    error_kind: str | None = None  # counted in errors_total
+    retry_stage: str | None = None  # counted in retries_total
+
+    @property
+    def pause_pipeline(self) -> bool:
+        return self.pipeline_change is PipelineChange.PAUSE
 
 
-def backoff_seconds(attempt: int, policy: RetryPolicy, rng: random.Random) -> float:
-    """Capped exponential backoff with full jitter, for attempt 1, 2, ..."""
-    ceiling = min(policy.backoff_cap_seconds, policy.backoff_base_seconds * 2 ** (attempt - 1))
-    return rng.uniform(ceiling / 2, ceiling)
+@dataclass(frozen=True)
+class StoredCopy:
+    """An outcome another instance already read and stored for the same execution."""
+
+    outcome: Outcome
+    error: str
+    body: Any
 
 
-def poll_delay_seconds(poll_count: int, policy: RetryPolicy) -> float:
-    """Gap before poll number `poll_count + 1`: short at first, growing for long executions."""
-    delay = policy.poll_initial_seconds * policy.poll_growth**poll_count
-    return min(policy.poll_max_seconds, delay)
+FINISH = frozenset({Wake.FINISHER})
+ENDED = frozenset({Wake.FINISHER, Wake.UPLOADS})  # an outcome to write, a slot came free
 
 
-def next_poll_seconds(
-    elapsed: float, poll_count: int, expected: float | None, policy: RetryPolicy
-) -> float:
-    """Seconds until the next poll of an execution submitted `elapsed` seconds ago.
-
-    Without an estimate, gaps grow from poll_initial_seconds. With `expected` (how long this
-    pipeline's executions typically take), the first poll comes a little before that, then
-    short steps until well past it, then growing gaps again for the odd long one. Counting
-    from the submission, not from the last answer, keeps the schedule from drifting.
-    """
-    if expected is None:
-        return poll_delay_seconds(poll_count, policy)
-    early = EARLY_FRACTION * expected
-    if elapsed < early:
-        return max(MIN_POLL_GAP_SECONDS, early - elapsed)
-    if elapsed < LATE_FACTOR * expected + policy.poll_initial_seconds:
-        step = STEP_FRACTION * expected
-        return min(policy.poll_max_seconds, max(MIN_POLL_GAP_SECONDS, step))
-    return min(policy.poll_max_seconds, max(policy.poll_initial_seconds, GROWTH * elapsed))
+def decide_before_upload(job: Job, policy: RetryPolicy) -> Decision | None:
+    """Only interrupted uploads (a crash, a drain cut off) get past max_attempts: each restart
+    counts one, and a document that kills the process must not loop forever."""
+    if job.attempts > policy.max_attempts:
+        last = job.last_error or "interrupted"
+        return failed_before_upload(
+            f"gave up after {job.attempts - 1} attempts; last error: {last}"
+        )
+    return None
 
 
-def updated_estimate(
-    expected: float | None, ended_by: float, polled_before: float | None, shrink: bool = False
-) -> float:
-    """A pipeline's typical execution time, after an execution was seen ended when asked
-    `ended_by` seconds after its submission.
+def decide_unreadable(problem: OSError, limit_bytes: int) -> Decision:
+    """The document could not be read for its upload."""
+    if isinstance(problem, FileNotFoundError):
+        reason = "the file was removed before it could be uploaded"
+        return _skipped(reason, "file vanished before upload")
+    if isinstance(problem, TooLarge):
+        error = f"the file has {problem.size} bytes, over max_file_bytes = {limit_bytes}"
+        return failed_before_upload(error)
+    return failed_before_upload(f"cannot read the file: {problem.strerror or problem}")
 
-    After a poll that saw it running (`polled_before`), it ended in between: the middle of
-    the two is averaged in (so the estimate does not creep upward by how late polls run).
-    Ended by its first poll, which comes a little before the estimate, it took at most
-    `ended_by`: the estimate drops to that at once, which follows a service that got faster
-    within a few documents. With `shrink` it drops a step more: only an earlier first poll
-    can tell whether executions are faster still, and without it the estimate would settle
-    at the reconciler's own lateness / (1 - EARLY_FRACTION). The caller shrinks at most once
-    per typical execution time, so executions that ended side by side, which all say the
-    same, do not pull it down once each.
-    """
-    if polled_before is None:
-        bound = ended_by if expected is None else min(expected, ended_by)
-        return SHRINK_FACTOR * bound if shrink else bound
-    sample = (max(0.0, polled_before) + ended_by) / 2
-    return sample if expected is None else expected + EWMA_WEIGHT * (sample - expected)
+
+def decide_content(job: Job, content_sha256: str, size: int) -> Decision | None:
+    """None if the bytes read are the ones that were hashed, and there are some."""
+    if content_sha256 != job.sha256:
+        reason = "the file changed before upload; the new content is queued anew"
+        return _skipped(reason, "file changed before upload")
+    if not size:
+        return failed_before_upload("the file is empty")
+    return None
+
+
+def failed_before_upload(error: str) -> Decision:
+    """Failed without an upload this time: the claim's attempt is refunded, so an empty file
+    shows 0 attempts, and a given-up one the uploads it really had."""
+    line = LogLine("warning", "document failed before upload", {"error": error})
+    return Decision(
+        JobState.RESULT_STORED,
+        error=error,
+        outcome="failed",
+        refund_attempt=True,
+        error_kind="bad_file",
+        wakes=FINISH,
+        logs=(line,),
+    )
+
+
+def _skipped(reason: str, event: str) -> Decision:
+    return Decision(JobState.SKIPPED, error=reason, logs=(LogLine("info", event),))
 
 
 def decide_after_submit(
@@ -198,27 +223,86 @@ def decide_after_submit(
     rng: random.Random,
     expected: float | None = None,
 ) -> Decision:
-    if outcome.kind is SubmitKind.ACCEPTED:
+    kind = outcome.kind
+    if kind is SubmitKind.ACCEPTED:
         first = next_poll_seconds(0.0, 0, expected, policy)
-        return Decision(JobState.SUBMITTED, first, execution_id=outcome.execution_id)
-    if outcome.kind is SubmitKind.DOCUMENT_FAILED:
-        return _failed(f"the API refused the document: {outcome.error}")
-    if outcome.kind is SubmitKind.PIPELINE_BROKEN:
+        line = LogLine("info", "submitted", {"execution_id": outcome.execution_id})
+        return Decision(
+            JobState.SUBMITTED,
+            first,
+            execution_id=outcome.execution_id,
+            pipeline_change=PipelineChange.ACCEPTED,
+            wakes=frozenset({Wake.POLLS}),
+            logs=(line,),
+        )
+    if kind is SubmitKind.DOCUMENT_FAILED:
+        error = f"the API refused the document: {outcome.error}"
+        return _upload_failed("document refused by the API", error)
+    if kind is SubmitKind.PIPELINE_BROKEN:
+        reason = outcome.error or f"HTTP {outcome.http_status}"
         return Decision(
             JobState.QUEUED,
             policy.paused_recheck_seconds,
             outcome.error,
-            pause_pipeline=True,
             refund_attempt=True,
+            pipeline_change=PipelineChange.PAUSE,
+            pause_reason=reason,
+            error_kind="pipeline_refused",
         )
-    if outcome.kind is SubmitKind.UNKNOWN and policy.on_unknown_outcome == "hold":
-        return Decision(JobState.HELD, error=f"upload outcome unknown ({outcome.error}); held")
+    if kind is SubmitKind.UNKNOWN and policy.on_unknown_outcome == "hold":
+        line = LogLine(
+            "error", "upload outcome unknown; job held for an operator", {"error": outcome.error}
+        )
+        return Decision(
+            JobState.HELD,
+            error=f"upload outcome unknown ({outcome.error}); held",
+            error_kind="upload_held",
+            logs=(line,),
+        )
     if outcome.rate_limited:
         # The server is full, not the document at fault: back off without using up attempts.
-        delay = max(backoff_seconds(1 + min(attempts, 5), policy, rng),
-                    outcome.retry_after_seconds or 0.0)  # fmt: skip
-        return Decision(JobState.QUEUED, delay, outcome.error, refund_attempt=True)
-    return _again_or_give_up(outcome.error, attempts, policy, rng)
+        delay = max(
+            backoff_seconds(1 + min(attempts, 5), policy, rng), outcome.retry_after_seconds or 0.0
+        )
+        decision = Decision(
+            JobState.QUEUED,
+            delay,
+            outcome.error,
+            refund_attempt=True,
+            pipeline_change=PipelineChange.RATE_LIMITED,
+        )
+        return _upload_again(decision, outcome, "rate_limited")
+    if attempts >= policy.max_attempts:
+        error = f"gave up after {attempts} attempts; last error: {outcome.error}"
+        return _upload_failed("document failed: its uploads did not get through", error)
+    decision = Decision(JobState.QUEUED, backoff_seconds(attempts, policy, rng), outcome.error)
+    return _upload_again(
+        decision, outcome, "upload_unknown" if kind is SubmitKind.UNKNOWN else "upload"
+    )
+
+
+def _upload_failed(headline: str, error: str) -> Decision:
+    line = LogLine("warning", headline, {"error": error})
+    return replace(_failed(error), wakes=FINISH, logs=(line,))
+
+
+def _upload_again(decision: Decision, outcome: SubmitOutcome, error_kind: str) -> Decision:
+    line = LogLine(
+        "warning",
+        "upload failed; will retry",
+        {
+            "http_status": outcome.http_status,
+            "error": outcome.error,
+            "outcome_unknown": outcome.kind is SubmitKind.UNKNOWN,
+            "retry_in_seconds": round(decision.delay_seconds, 1),
+        },
+    )
+    return replace(decision, error_kind=error_kind, retry_stage="upload", logs=(line,))
+
+
+def needs_stored_copy(outcome: PollOutcome) -> bool:
+    """The server says the result is gone: another instance may have read and kept it."""
+    return outcome.kind in (PollKind.RESULT_GONE, PollKind.LOST)
 
 
 def decide_after_poll(
@@ -228,34 +312,104 @@ def decide_after_poll(
     policy: RetryPolicy,
     rng: random.Random,
     expected: float | None = None,
+    *,
+    fetched: bool = False,
+    stored: StoredCopy | None = None,
+) -> Decision:
+    """After a status poll (or, `fetched`, a read-once fetch); `stored` is another
+    instance's copy of the outcome, looked up when `needs_stored_copy`."""
+    decision = _poll_decision(outcome, job, elapsed_seconds, policy, rng, expected, stored)
+    if outcome.kind is PollKind.RETRY:
+        decision = replace(decision, error_kind="poll", retry_stage="poll")
+        if decision.state is JobState.SUBMITTED:
+            line = LogLine(
+                "warning", "status poll failed; will poll again", {"error": outcome.error}
+            )
+            decision = replace(decision, logs=(*decision.logs, line))
+    # Ended by the time we asked: the answer's round trip is not execution time.
+    ended = fetched or outcome.kind in (PollKind.COMPLETED, PollKind.FAILED, PollKind.READY)
+    return replace(decision, ended=ended)
+
+
+def _poll_decision(
+    outcome: PollOutcome,
+    job: Job,
+    elapsed_seconds: float,
+    policy: RetryPolicy,
+    rng: random.Random,
+    expected: float | None,
+    stored: StoredCopy | None,
 ) -> Decision:
     kind = outcome.kind
     if kind is PollKind.COMPLETED:
-        return Decision(JobState.RESULT_STORED, outcome="success")
+        success = Decision(JobState.RESULT_STORED, outcome="success", result_body=outcome.body)
+        return _execution_ended(success, outcome)
     if kind is PollKind.FAILED:
-        return _failed(outcome.error or f"execution {outcome.server_status}")
+        failed = _failed(outcome.error or f"execution {outcome.server_status}")
+        return _execution_ended(replace(failed, result_body=outcome.body), outcome)
     if kind in (PollKind.RESULT_GONE, PollKind.LOST):
-        return _again_or_give_up(f"{outcome.error}; submitting again", job.attempts, policy, rng)
+        return _result_gone(outcome, job, policy, rng, stored)
     if kind is PollKind.PIPELINE_BROKEN:
         return Decision(
-            JobState.SUBMITTED, policy.paused_recheck_seconds, outcome.error, pause_pipeline=True
+            JobState.SUBMITTED,
+            policy.paused_recheck_seconds,
+            outcome.error,
+            pipeline_change=PipelineChange.PAUSE,
+            pause_reason=outcome.error,
+            error_kind="pipeline_refused",
         )
     if elapsed_seconds > policy.execution_deadline_seconds:
-        return _failed(
-            f"execution {job.execution_id} did not finish within "
-            f"{policy.execution_deadline_seconds:.0f} s (last status {outcome.server_status})"
+        return _execution_ended(
+            _failed(
+                f"execution {job.execution_id} did not finish within "
+                f"{policy.execution_deadline_seconds:.0f} s (last status {outcome.server_status})"
+            ),
+            outcome,
         )
     delay = next_poll_seconds(elapsed_seconds, job.poll_count, expected, policy)
     return Decision(JobState.SUBMITTED, delay, outcome.error)
+
+
+def _result_gone(
+    outcome: PollOutcome,
+    job: Job,
+    policy: RetryPolicy,
+    rng: random.Random,
+    stored: StoredCopy | None,
+) -> Decision:
+    if stored is not None:
+        line = LogLine("info", "result already read by another instance; using its stored copy")
+        kept = Decision(
+            JobState.RESULT_STORED,
+            error=stored.error,
+            outcome=stored.outcome,
+            result_body=stored.body,
+            logs=(line,),
+        )
+        return _execution_ended(kept, outcome)
+    error = f"{outcome.error}; submitting again"
+    if job.attempts >= policy.max_attempts:
+        return _execution_ended(_give_up(error, job.attempts), outcome)
+    line = LogLine("warning", "result is gone from the server; submitting again", {"error": error})
+    return Decision(
+        JobState.QUEUED,
+        backoff_seconds(job.attempts, policy, rng),
+        error,
+        wakes=frozenset({Wake.UPLOADS}),
+        logs=(line,),
+    )
+
+
+def _execution_ended(decision: Decision, outcome: PollOutcome) -> Decision:
+    line = LogLine(
+        "info", "execution ended", {"outcome": decision.outcome, "status": outcome.server_status}
+    )
+    return replace(decision, wakes=ENDED, logs=(*decision.logs, line))
 
 
 def _failed(error: str) -> Decision:
     return Decision(JobState.RESULT_STORED, error=error, outcome="failed")
 
 
-def _again_or_give_up(
-    error: str, attempts: int, policy: RetryPolicy, rng: random.Random
-) -> Decision:
-    if attempts >= policy.max_attempts:
-        return _failed(f"gave up after {attempts} attempts; last error: {error}")
-    return Decision(JobState.QUEUED, backoff_seconds(attempts, policy, rng), error)
+def _give_up(error: str, attempts: int) -> Decision:
+    return _failed(f"gave up after {attempts} attempts; last error: {error}")

@@ -10,12 +10,11 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Any
 
 from watcher.backend import PollKind
 from watcher.context import ContextLoop, Live
 from watcher.crashpoints import crash_point
-from watcher.jobs import Decision, Job, JobState, Outcome, decide_after_poll
+from watcher.jobs import Job, StoredCopy, decide_after_poll, needs_stored_copy
 from watcher.logs import about, get_logger
 from watcher.runtime import Pipeline
 
@@ -103,10 +102,14 @@ class Reconciler(ContextLoop):
         assert job.execution_id is not None
         asked_at = self.store.clock()  # the database's clock, as submitted_at is
         outcome = pipeline.backend.poll(job.execution_id, job.upload_name)
-        log.debug("polled", status=outcome.server_status, http_status=outcome.http_status,
-                  expected_seconds=pipeline.expected_execution_seconds)  # fmt: skip
-        fetching = outcome.kind is PollKind.READY
-        if fetching:
+        log.debug(
+            "polled",
+            status=outcome.server_status,
+            http_status=outcome.http_status,
+            expected_seconds=pipeline.expected_execution_seconds,
+        )
+        fetched = outcome.kind is PollKind.READY
+        if fetched:
             # A read-once fetch: commit that it is under way, so a crash mid-fetch is known.
             if not self.store.begin_fetch(job):
                 return
@@ -115,35 +118,28 @@ class Reconciler(ContextLoop):
             outcome = fetch(job.execution_id, job.upload_name)
         if outcome.kind in TERMINAL_KINDS:
             crash_point("after_poll")
+        stored = self._stored_copy(job) if needs_stored_copy(outcome) else None
         now = self.store.clock()
-        elapsed = now - (job.submitted_at or now)
-        expected = pipeline.expected_execution_seconds
-        decision = decide_after_poll(outcome, job, elapsed, pipeline.policy, self.rng, expected)
-        if outcome.kind in (*TERMINAL_KINDS, PollKind.READY) or fetching:
-            # Ended by the time we asked: the answer's round trip is not execution time.
+        decision = decide_after_poll(
+            outcome,
+            job,
+            now - (job.submitted_at or now),
+            pipeline.policy,
+            self.rng,
+            pipeline.expected_execution_seconds,
+            fetched=fetched,
+            stored=stored,
+        )
+        if decision.ended:
             self._learn_duration(job, pipeline, asked_at - (job.submitted_at or asked_at))
-        body = outcome.body if outcome.kind in TERMINAL_KINDS else None
-        if outcome.kind in (PollKind.RESULT_GONE, PollKind.LOST):
-            decision, body = self._stored_instead(job, decision, body)
-        if not self.store.record_poll(job, decision, outcome.http_status, body, fetching):
+        recorded = self.store.record_poll(
+            job, decision, outcome.http_status, decision.result_body, fetched
+        )
+        if not recorded:
             log.warning("job changed while it was polled; leaving it to its new owner")
             return
         self.metrics.polls.labels(pipeline.name, outcome.kind.value).inc()
-        if outcome.kind is PollKind.RETRY:
-            self.metrics.retries.labels(pipeline.name, "poll").inc()
-            self.metrics.errors.labels(pipeline.name, "poll").inc()
-        if decision.pause_pipeline:
-            pipeline.pause(outcome.error, decision.delay_seconds)
-            self.metrics.errors.labels(pipeline.name, "pipeline_refused").inc()
-        if decision.state is JobState.RESULT_STORED:
-            log.info("execution ended", outcome=decision.outcome, status=outcome.server_status)
-            self.wakes.finished.set()
-            self.wakes.work.set()  # a slot of max_in_flight is free again
-        elif decision.state is JobState.QUEUED:
-            log.warning("result is gone from the server; submitting again", error=decision.error)
-            self.wakes.work.set()
-        elif outcome.kind is PollKind.RETRY:
-            log.warning("status poll failed; will poll again", error=outcome.error)
+        self.carry_out(decision, pipeline)
 
     @staticmethod
     def _learn_duration(job: Job, pipeline: Pipeline, elapsed: float) -> None:
@@ -152,13 +148,11 @@ class Reconciler(ContextLoop):
             polled_before = job.updated_at - job.submitted_at
         pipeline.observe_execution(elapsed, polled_before)
 
-    def _stored_instead(self, job: Job, decision: Decision, body: Any) -> tuple[Decision, Any]:
-        """The server says the result is gone: another instance may have read and kept it."""
+    def _stored_copy(self, job: Job) -> StoredCopy | None:
+        """Another instance's stored outcome of this execution, if it read the result."""
         assert job.execution_id is not None
         stored = self.store.stored_result(job.execution_id)
         if stored is None:
-            return decision, body
-        outcome, error, stored_body = stored
-        log.info("result already read by another instance; using its stored copy")
-        kept: Outcome = "success" if outcome == "success" else "failed"
-        return Decision(JobState.RESULT_STORED, error=error, outcome=kept), stored_body
+            return None
+        outcome, error, body = stored
+        return StoredCopy("success" if outcome == "success" else "failed", error, body)

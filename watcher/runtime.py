@@ -11,9 +11,10 @@ from pathlib import Path
 from watcher.backend import Backend
 from watcher.backends import build_backend
 from watcher.config import PipelineConfig
-from watcher.jobs import RetryPolicy, updated_estimate
+from watcher.jobs import PipelineChange
 from watcher.logs import get_logger
 from watcher.output import Placement
+from watcher.schedule import RetryPolicy, updated_estimate
 
 log = get_logger()
 
@@ -70,6 +71,17 @@ class Pipeline:
             self.allowed_in_flight = min(
                 ceiling, self.allowed_in_flight + 1 / self.allowed_in_flight
             )
+
+    def apply(self, change: PipelineChange | None, reason: str, delay_seconds: float) -> None:
+        """What an answer taught about the pipeline as a whole."""
+        if change is PipelineChange.ACCEPTED:
+            self.on_accepted()
+            if self.paused_reason:  # the API takes our uploads again: the pause is over
+                self.resume()
+        elif change is PipelineChange.RATE_LIMITED:
+            self.on_rate_limited()
+        elif change is PipelineChange.PAUSE:
+            self.pause(reason, delay_seconds)
 
     def is_paused(self, now: float | None = None) -> bool:
         return self.paused_until > (time.monotonic() if now is None else now)

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import mimetypes
-import os
 import random
 import threading
-from pathlib import Path
 
-from watcher.backend import SubmitKind, SubmitOutcome, Upload
+from watcher.backend import Upload
 from watcher.context import ContextLoop, Live
 from watcher.crashpoints import crash_point
-from watcher.files import open_regular
-from watcher.jobs import Decision, Job, JobState, decide_after_submit
+from watcher.files import read_regular_file
+from watcher.jobs import (
+    Decision,
+    Job,
+    JobState,
+    decide_after_submit,
+    decide_before_upload,
+    decide_content,
+    decide_unreadable,
+)
 from watcher.logs import about, get_logger
 from watcher.runtime import Pipeline
 
@@ -24,36 +30,32 @@ MAX_IDLE_SECONDS = 2.0
 # What the Unstract server accepts (unstract-api-behaviour.md section 3); it silently skips any
 # other declared type, so those go as application/octet-stream and the server sniffs them.
 ACCEPTED_TYPES = {
-    "text/plain", "application/pdf", "image/jpeg", "image/png", "image/tiff", "image/bmp",
-    "image/gif", "image/webp", "application/json", "text/csv", "application/msword",
+    "text/plain",
+    "application/pdf",
+    "image/jpeg",
+    "image/png",
+    "image/tiff",
+    "image/bmp",
+    "image/gif",
+    "image/webp",
+    "application/json",
+    "text/csv",
+    "application/msword",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    "application/vnd.ms-excel", "application/vnd.ms-excel.sheet.macroenabled.12",
+    "application/vnd.ms-excel",
+    "application/vnd.ms-excel.sheet.macroenabled.12",
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     "application/vnd.ms-powerpoint",
     "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-    "application/vnd.oasis.opendocument.text", "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
     "application/vnd.oasis.opendocument.presentation",
-}  # fmt: skip
+}
 
 
 def upload_content_type(file_name: str) -> str:
     guessed = mimetypes.guess_type(file_name)[0]
     return guessed if guessed in ACCEPTED_TYPES else "application/octet-stream"
-
-
-class TooLarge(OSError):
-    def __init__(self, size: int) -> None:
-        super().__init__(f"{size} bytes")
-        self.size = size
-
-
-def read_regular_file(path: Path, limit: int) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (never blocks on a FIFO)."""
-    with open_regular(path) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > limit:
-            raise TooLarge(size)
-        return handle.read(limit + 1)
 
 
 class Uploader(ContextLoop):
@@ -118,27 +120,29 @@ class Uploader(ContextLoop):
         """Send the document, record the answer; return the worker's next job if it was
         claimed with the answer (only when `claim_next`), and whether to claim straight away
         otherwise."""
-        if job.attempts > pipeline.policy.max_attempts:
-            # Only interrupted uploads (a crash, a drain cut off) get here: each restart
-            # counts one, and a document that kills the process must not loop forever.
-            self._fail(job, f"gave up after {job.attempts - 1} attempts; last error: "
-                            f"{job.last_error or 'interrupted'}")  # fmt: skip
-            return None, True
-        content = self._read(job, pipeline)
-        if content is None:
+        content, unsent = self._read(job, pipeline)
+        if unsent is not None:
+            if self.store.record_submit(job, unsent, None):
+                self.carry_out(unsent, pipeline)
             return None, True
         content_type = upload_content_type(job.file_name)
         log.debug("uploading", bytes=len(content), content_type=content_type, attempt=job.attempts)
         outcome = pipeline.backend.submit(Upload(job.upload_name, content, content_type))
         crash_point("after_post")
-        decision = decide_after_submit(outcome, job.attempts, pipeline.policy, self.rng,
-                                       pipeline.expected_execution_seconds)  # fmt: skip
+        decision = decide_after_submit(
+            outcome, job.attempts, pipeline.policy, self.rng, pipeline.expected_execution_seconds
+        )
         recorded, next_job, tried = self._record(job, decision, outcome.http_status, claim_next)
         if recorded:
-            self._after(decision, outcome, pipeline)
+            self.metrics.uploads.labels(pipeline.name, outcome.kind.value).inc()
+            if outcome.rate_limited:
+                self.metrics.rate_limited.labels(pipeline.name).inc()
+            self.carry_out(decision, pipeline)
         else:
-            log.warning("lost the claim on this job while uploading; another worker has it",
-                        execution_id=outcome.execution_id)  # fmt: skip
+            log.warning(
+                "lost the claim on this job while uploading; another worker has it",
+                execution_id=outcome.execution_id,
+            )
         return next_job, not tried
 
     def _record(
@@ -154,84 +158,16 @@ class Uploader(ContextLoop):
         )
         return recorded, next_job, True
 
-    def _read(self, job: Job, pipeline: Pipeline) -> bytes | None:
-        """The document's bytes, if they are still the ones that were hashed."""
+    def _read(self, job: Job, pipeline: Pipeline) -> tuple[bytes, Decision | None]:
+        """The document's bytes, or the decision not to send it: too many attempts, or the
+        bytes are gone, unreadable, empty or no longer the ones that were hashed."""
+        too_many = decide_before_upload(job, pipeline.policy)
+        if too_many is not None:
+            return b"", too_many
         limit = pipeline.config.max_file_bytes
         try:
             content = read_regular_file(pipeline.placement.source(job), limit)
-        except FileNotFoundError:
-            self.store.skip(job, "the file was removed before it could be uploaded")
-            log.info("file vanished before upload")
-            return None
-        except TooLarge as exc:
-            self._fail(job, f"the file has {exc.size} bytes, over max_file_bytes = {limit}")
-            return None
         except OSError as exc:
-            self._fail(job, f"cannot read the file: {exc.strerror or exc}")
-            return None
-        if hashlib.sha256(content).hexdigest() != job.sha256:
-            self.store.skip(job, "the file changed before upload; the new content is queued anew")
-            log.info("file changed before upload")
-            return None
-        if not content:
-            self._fail(job, "the file is empty")
-            return None
-        return content
-
-    def _fail(self, job: Job, error: str) -> None:
-        """Fail a document that was not uploaded this time: the claim's attempt is refunded,
-        so an empty file shows 0 attempts, and a given-up one the uploads it really had."""
-        decision = Decision(JobState.RESULT_STORED, error=error, outcome="failed",
-                            refund_attempt=True)  # fmt: skip
-        self.store.record_submit(job, decision, None)
-        self.metrics.errors.labels(job.pipeline, "bad_file").inc()
-        log.warning("document failed before upload", error=error)
-        self.wakes.finished.set()
-
-    def _after(self, decision: Decision, outcome: SubmitOutcome, pipeline: Pipeline) -> None:
-        self.metrics.uploads.labels(pipeline.name, outcome.kind.value).inc()
-        if outcome.rate_limited:
-            self.metrics.rate_limited.labels(pipeline.name).inc()
-        if decision.state is JobState.QUEUED and not decision.pause_pipeline:
-            self.metrics.retries.labels(pipeline.name, "upload").inc()
-        if decision.state is JobState.SUBMITTED:
-            log.info("submitted", execution_id=outcome.execution_id)
-            pipeline.on_accepted()
-            if pipeline.paused_reason:  # the API takes our uploads again: the pause is over
-                pipeline.resume()
-            self.wakes.submitted.set()
-        elif decision.state is JobState.HELD:
-            log.error("upload outcome unknown; job held for an operator", error=outcome.error)
-            self.metrics.errors.labels(pipeline.name, "upload_held").inc()
-        elif decision.state is JobState.RESULT_STORED:
-            log.warning(_failure_headline(outcome), error=decision.error)
-            self.wakes.finished.set()
-        elif decision.pause_pipeline:
-            pipeline.pause(outcome.error or f"HTTP {outcome.http_status}", decision.delay_seconds)
-            self.metrics.errors.labels(pipeline.name, "pipeline_refused").inc()
-        else:
-            if outcome.rate_limited:
-                pipeline.on_rate_limited()
-            unknown = outcome.kind is SubmitKind.UNKNOWN
-            kind = (
-                "rate_limited"
-                if outcome.rate_limited
-                else "upload_unknown"
-                if unknown
-                else "upload"
-            )
-            self.metrics.errors.labels(pipeline.name, kind).inc()
-            log.warning(
-                "upload failed; will retry",
-                http_status=outcome.http_status,
-                error=outcome.error,
-                outcome_unknown=unknown,
-                retry_in_seconds=round(decision.delay_seconds, 1),
-            )
-
-
-def _failure_headline(outcome: SubmitOutcome) -> str:
-    """A document failed at upload: refused by the API, or given up after the retries."""
-    if outcome.kind is SubmitKind.DOCUMENT_FAILED:
-        return "document refused by the API"
-    return "document failed: its uploads did not get through"
+            return b"", decide_unreadable(exc, limit)
+        digest = hashlib.sha256(content).hexdigest()
+        return content, decide_content(job, digest, len(content))

@@ -46,6 +46,8 @@ class Uploads(StoreBase):
         An accepted upload's execution id is the only link to what the server now runs: its
         write is retried for as long as the database is down (dropped, the document would
         be submitted again as an interrupted upload)."""
+        if decision.state is JobState.SKIPPED:
+            return self.skip(job, decision.error)
         if decision.state is not JobState.SUBMITTED:
             return self.record_submit_once(job, decision, http_status)
         return self.until_stored(
