@@ -113,6 +113,16 @@ class Store(Discovery, Uploads, Polls, Results, Leases):
             )
         self._instance_conn = conn
 
+    def holds_instance_lock(self) -> bool:
+        """PostgreSQL: whether the session that holds our instance lock is still alive."""
+        if self._instance_conn is None:
+            return False
+        try:
+            self._instance_conn.execute(sa.select(1))
+        except sa.exc.DBAPIError:
+            return False
+        return True
+
     def close(self) -> None:
         if self._lock_file is not None:
             self._lock_file.close()
