@@ -150,8 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     interrupted = False
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unstract-watcher-bench-")).resolve()
-    ctx = Context(workdir, procs, SMOKE if args.smoke else FULL, args.settle_seconds,
-                  args.org_limit, tuple(args.overrides))  # fmt: skip
+    ctx = Context(
+        workdir,
+        procs,
+        SMOKE if args.smoke else FULL,
+        args.settle_seconds,
+        args.org_limit,
+        tuple(args.overrides),
+    )
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         for name in names:

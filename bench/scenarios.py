@@ -392,10 +392,15 @@ def memory_and_idle(ctx: Context) -> list[Figure]:
             rss.append(run.daemon.status_kib("VmRSS"))
         idle_cpu = _idle_cpu(ctx, run.daemon)
         ctx.processed = run.layout
-    idle = Figure("idle", "idle_cpu_s_per_min",
-                  f"idle CPU with {len(folders) * sizes.memory_batch_docs + 1} docs in the tree",
-                  60 * idle_cpu / sizes.idle_seconds, "s/min", Target("<", 0.3),
-                  f"utime+stime over {sizes.idle_seconds:g} s, scaled to a minute")  # fmt: skip
+    idle = Figure(
+        "idle",
+        "idle_cpu_s_per_min",
+        f"idle CPU with {len(folders) * sizes.memory_batch_docs + 1} docs in the tree",
+        60 * idle_cpu / sizes.idle_seconds,
+        "s/min",
+        Target("<", 0.3),
+        f"utime+stime over {sizes.idle_seconds:g} s, scaled to a minute",
+    )
     return [*_memory_figures(ctx, peaks, rss), idle]
 
 
@@ -406,15 +411,40 @@ def _memory_figures(ctx: Context, peaks: list[int], rss: list[int]) -> list[Figu
     slope = (rss[-1] - rss[0]) / 1024 / max(1, len(rss) - 1) * 1000 / first
     shown = ", ".join(f"{p / 1024:.0f}" for p in peaks)
     return [
-        Figure("memory", "peak_rss_mb", f"peak RSS (VmHWM), {total} docs", peaks[-1] / 1024,
-               "MiB", Target("<", 120), f"VmHWM after each batch of {first} (MiB): {shown}"),
-        Figure("memory", "peak_rss_at_first_batch_mb", f"peak RSS after {first} docs",
-               peaks[0] / 1024, "MiB"),
-        Figure("memory", "rss_growth_pct", f"peak RSS growth {first} → {total} docs", growth,
-               "%", Target("<=", 10), "flat = grows at most 10 %"),
-        Figure("memory", "rss_mib_per_1000_docs", "RSS growth per 1000 more docs", slope,
-               "MiB", note="VmRSS slope from the first batch to the last"),
-    ]  # fmt: skip
+        Figure(
+            "memory",
+            "peak_rss_mb",
+            f"peak RSS (VmHWM), {total} docs",
+            peaks[-1] / 1024,
+            "MiB",
+            Target("<", 120),
+            f"VmHWM after each batch of {first} (MiB): {shown}",
+        ),
+        Figure(
+            "memory",
+            "peak_rss_at_first_batch_mb",
+            f"peak RSS after {first} docs",
+            peaks[0] / 1024,
+            "MiB",
+        ),
+        Figure(
+            "memory",
+            "rss_growth_pct",
+            f"peak RSS growth {first} → {total} docs",
+            growth,
+            "%",
+            Target("<=", 10),
+            "flat = grows at most 10 %",
+        ),
+        Figure(
+            "memory",
+            "rss_mib_per_1000_docs",
+            "RSS growth per 1000 more docs",
+            slope,
+            "MiB",
+            note="VmRSS slope from the first batch to the last",
+        ),
+    ]
 
 
 def _idle_cpu(ctx: Context, daemon: Daemon) -> float:
@@ -474,22 +504,53 @@ def _restart_figures(
     started = float("nan") if started_line is None else started_line - daemon.started_at
     notified = float("nan") if notified_at is None else notified_at - daemon.started_at
     return [
-        Figure("restart", "restart_ready_s", "start → new doc's result - settle", ready, "s",
-               Target("<", 5),
-               f"the reported figure: {docs} processed docs in tree and database; the new doc "
-               "was dropped before the start, so this covers the whole startup scan"),
-        Figure("restart", "restart_started_log_s", "start → `started` log line", started, "s",
-               Target("<", 5), "logged before the startup scan runs"),
-        Figure("restart", "restart_notify_ready_s", "start → sd_notify READY=1", notified, "s",
-               note="sent right after `started`, also before the startup scan"),
-        Figure("restart", "restart_read_mib", "bytes read by the daemon until ready", reads[0],
-               "MiB", note=f"the sources are {docs * 4 / 1024:.0f} MiB, the database "
-               f"{reads[1]:.0f} MiB; reading less than sources + database means the sources were "
-               "not re-hashed (the count also holds Python's modules)"),
-        Figure("restart", "restart_reuploads", "documents uploaded again", posts - 1, "",
-               Target("==", 0)),
+        Figure(
+            "restart",
+            "restart_ready_s",
+            "start → new doc's result - settle",
+            ready,
+            "s",
+            Target("<", 5),
+            f"the reported figure: {docs} processed docs in tree and database; the new doc "
+            "was dropped before the start, so this covers the whole startup scan",
+        ),
+        Figure(
+            "restart",
+            "restart_started_log_s",
+            "start → `started` log line",
+            started,
+            "s",
+            Target("<", 5),
+            "logged before the startup scan runs",
+        ),
+        Figure(
+            "restart",
+            "restart_notify_ready_s",
+            "start → sd_notify READY=1",
+            notified,
+            "s",
+            note="sent right after `started`, also before the startup scan",
+        ),
+        Figure(
+            "restart",
+            "restart_read_mib",
+            "bytes read by the daemon until ready",
+            reads[0],
+            "MiB",
+            note=f"the sources are {docs * 4 / 1024:.0f} MiB, the database "
+            f"{reads[1]:.0f} MiB; reading less than sources + database means the sources were "
+            "not re-hashed (the count also holds Python's modules)",
+        ),
+        Figure(
+            "restart",
+            "restart_reuploads",
+            "documents uploaded again",
+            posts - 1,
+            "",
+            Target("==", 0),
+        ),
         Figure("restart", "restart_rss_mb", "RSS when ready", rss, "MiB"),
-    ]  # fmt: skip
+    ]
 
 
 def _seed(ctx: Context) -> Layout:

@@ -45,9 +45,10 @@ class ApiBase(Strict):
 
     api_key_env: str = Field("", description="Name of the environment variable holding the key.")
     api_key_file: str = Field(
-        "", description="File holding the key; relative paths are looked up in "
-        "$CREDENTIALS_DIRECTORY (systemd LoadCredential)."
-    )  # fmt: skip
+        "",
+        description="File holding the key; relative paths are looked up in "
+        "$CREDENTIALS_DIRECTORY (systemd LoadCredential).",
+    )
     api_key: SecretStr = Field(SecretStr(""), description="The key itself (prefer the two above).")
     max_in_flight: int = Field(
         10, ge=1, le=100, description="Executions of this pipeline running at once."

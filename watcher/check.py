@@ -21,8 +21,9 @@ def summary(settings: Settings, path: Path) -> list[str]:
     lines += [f"warning: {warning}" for warning in secret_warnings(settings, path)]
     for index, pipeline in enumerate(settings.pipelines):
         api = pipeline.api
-        lines.append(f"{pipeline_label(index, pipeline.name)}: {pipeline.watch_dir} -> "
-                     f"{api.kind} {api.url}")  # fmt: skip
+        lines.append(
+            f"{pipeline_label(index, pipeline.name)}: {pipeline.watch_dir} -> {api.kind} {api.url}"
+        )
     return [*lines, f"database: {redacted(settings.database.url)}"]
 
 
@@ -35,8 +36,10 @@ def online(settings: Settings) -> tuple[bool, list[str]]:
     for (index, pipeline), outcome in zip(pipelines, found, strict=True):
         label = f"{pipeline_label(index, pipeline.name)} at {pipeline.api.url}"
         if outcome is None:
-            lines.append(f"{label}: not checked: its key comes from systemd LoadCredential=, "
-                         "which only the service gets")  # fmt: skip
+            lines.append(
+                f"{label}: not checked: its key comes from systemd LoadCredential=, "
+                "which only the service gets"
+            )
             continue
         ok = ok and outcome.ok
         lines.append(f"{label}: {'OK' if outcome.ok else 'FAILED'}: {outcome.found}")

@@ -39,8 +39,11 @@ log = get_logger()
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    return Path(args.config or os.environ.get("UNSTRACT_WATCHER_CONFIG", "")
-                or config_module.DEFAULT_CONFIG_PATH)  # fmt: skip
+    return Path(
+        args.config
+        or os.environ.get("UNSTRACT_WATCHER_CONFIG", "")
+        or config_module.DEFAULT_CONFIG_PATH
+    )
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -63,8 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = _open_store(settings)
     path = _config_path(args)
     try:
-        return run_daemon(settings, store, once=args.once,
-                          load_settings=lambda: config_module.load(path))  # fmt: skip
+        return run_daemon(
+            settings, store, once=args.once, load_settings=lambda: config_module.load(path)
+        )
     finally:
         store.close()
 
@@ -166,8 +170,12 @@ def _since(args: argparse.Namespace) -> float | None:
 
 
 def _filters(args: argparse.Namespace) -> dict[str, object]:
-    return {"state": getattr(args, "state", None), "pipeline": args.pipeline,
-            "since": _since(args), "limit": getattr(args, "limit", None)}  # fmt: skip
+    return {
+        "state": getattr(args, "state", None),
+        "pipeline": args.pipeline,
+        "since": _since(args),
+        "limit": getattr(args, "limit", None),
+    }
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -238,8 +246,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.output:
             target = Path(args.output)
             with output_file(target) as out:
-                tally = export(store, placements, selection, args.format, out, complain,
-                               target.parent)  # fmt: skip
+                tally = export(
+                    store, placements, selection, args.format, out, complain, target.parent
+                )
         else:
             tally = export(store, placements, selection, args.format, sys.stdout, complain)
     finally:
@@ -256,7 +265,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         LLMW_DEMO_KEY,
         demo_emulator,
         llmwhisperer_demo_emulator,
-    )  # fmt: skip
+    )
     from watcher.emulator.server import serve_forever
 
     emulator = demo_emulator(execution_seconds=args.execution_seconds, org_limit=args.org_limit)
@@ -335,12 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8765)
-    emulator.add_argument("--execution-seconds", type=float, default=1.0,
-                          help="how long each emulated execution runs")  # fmt: skip
-    emulator.add_argument("--org-limit", type=int, default=20,
-                          help="concurrent executions allowed before 429")  # fmt: skip
-    emulator.add_argument("--status-generation", choices=["current", "legacy"], default="current",
-                          help="which LLMWhisperer status vocabulary to speak")  # fmt: skip
+    emulator.add_argument(
+        "--execution-seconds", type=float, default=1.0, help="how long each emulated execution runs"
+    )
+    emulator.add_argument(
+        "--org-limit", type=int, default=20, help="concurrent executions allowed before 429"
+    )
+    emulator.add_argument(
+        "--status-generation",
+        choices=["current", "legacy"],
+        default="current",
+        help="which LLMWhisperer status vocabulary to speak",
+    )
     emulator.set_defaults(func=cmd_emulator)
 
     status = sub.add_parser("status", help="per pipeline: jobs by state, in flight, paused")
@@ -389,9 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="try it: sample documents, the emulator and SQLite")
     demo.add_argument("--dir", default="unstract-watcher-demo", help="where the demo works")
-    demo.add_argument("--serve", action="store_true",
-                      help="keep the emulator up afterwards (Ctrl-C stops it), so that the "
-                      "demo's config.toml can be run again as its first lines say")  # fmt: skip
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the emulator up afterwards (Ctrl-C stops it), so that the "
+        "demo's config.toml can be run again as its first lines say",
+    )
     demo.add_argument(
         "--port", type=int, help="the emulator's port (default 8765, or a free one if taken)"
     )

@@ -34,13 +34,31 @@ ERROR_WIDTH = 60  # `jobs list` cuts errors here, unless --full
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 REPORT_FIELDS = [
-    "id", "pipeline", "path", "state", "outcome", "attempts", "execution_id", "sha256", "size",
-    "created_at", "submitted_at", "finished_at", "updated_at", "last_http_status", "error",
+    "id",
+    "pipeline",
+    "path",
+    "state",
+    "outcome",
+    "attempts",
+    "execution_id",
+    "sha256",
+    "size",
+    "created_at",
+    "submitted_at",
+    "finished_at",
+    "updated_at",
+    "last_http_status",
+    "error",
     "cost_in_dollars",
-]  # fmt: skip
+]
 # Besides queued and in flight (submitting, submitted, fetching): every state has a column.
-COUNTED_STATES = [JobState.RESULT_STORED, JobState.DONE, JobState.FAILED, JobState.SKIPPED,
-                  JobState.HELD]  # fmt: skip
+COUNTED_STATES = [
+    JobState.RESULT_STORED,
+    JobState.DONE,
+    JobState.FAILED,
+    JobState.SKIPPED,
+    JobState.HELD,
+]
 
 
 class RetryRefused(Exception):
@@ -70,8 +88,9 @@ def when(epoch: float | None) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]  # fmt: skip
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
@@ -83,8 +102,14 @@ def status(store: Store, configured: Collection[str], as_json: bool) -> str:
     found = summaries(store, configured)
     if as_json:
         return json.dumps([s.__dict__ for s in found], indent=2)
-    headers = ["pipeline", "queued", "in flight", *(s.value for s in COUNTED_STATES),
-               "oldest queued (UTC)", "paused"]  # fmt: skip
+    headers = [
+        "pipeline",
+        "queued",
+        "in flight",
+        *(s.value for s in COUNTED_STATES),
+        "oldest queued (UTC)",
+        "paused",
+    ]
     rows = [_status_row(s) for s in found]
     return "\n".join([table(headers, rows) if rows else "no jobs yet", _daemons(store)])
 
@@ -106,22 +131,36 @@ def _status_row(summary: PipelineSummary) -> list[str]:
         condition = f"PAUSED: {summary.paused_reason}"
     else:
         condition = "no"
-    return [summary.name, str(summary.counts.get(JobState.QUEUED.value, 0)),
-            str(summary.in_flight), *map(str, counts), when(summary.oldest_waiting_since),
-            condition]  # fmt: skip
+    return [
+        summary.name,
+        str(summary.counts.get(JobState.QUEUED.value, 0)),
+        str(summary.in_flight),
+        *map(str, counts),
+        when(summary.oldest_waiting_since),
+        condition,
+    ]
 
 
 def job_record(job: Job) -> dict[str, Any]:
     """One job as scripts see it (and as `report` writes it)."""
     return {
-        "id": job.id, "pipeline": job.pipeline, "path": job.display_path,
-        "state": job.state.value, "outcome": job.outcome, "attempts": job.attempts,
-        "execution_id": job.execution_id, "sha256": job.sha256, "size": job.size,
-        "created_at": when(job.created_at), "submitted_at": when(job.submitted_at),
-        "finished_at": when(job.finished_at), "updated_at": when(job.updated_at),
-        "last_http_status": job.last_http_status, "error": job.last_error,
+        "id": job.id,
+        "pipeline": job.pipeline,
+        "path": job.display_path,
+        "state": job.state.value,
+        "outcome": job.outcome,
+        "attempts": job.attempts,
+        "execution_id": job.execution_id,
+        "sha256": job.sha256,
+        "size": job.size,
+        "created_at": when(job.created_at),
+        "submitted_at": when(job.submitted_at),
+        "finished_at": when(job.finished_at),
+        "updated_at": when(job.updated_at),
+        "last_http_status": job.last_http_status,
+        "error": job.last_error,
         "cost_in_dollars": cost_of(job),
-    }  # fmt: skip
+    }
 
 
 def cost_of(job: Job) -> float | None:
@@ -138,8 +177,18 @@ def jobs_list(store: Store, filters: dict[str, Any], as_json: bool, full: bool =
     cut = not full and any(len(error) > ERROR_WIDTH for error in errors)
     if cut:
         errors = [_shortened(error) for error in errors]
-    rows = [[str(j.id), j.pipeline, j.state.value, str(j.attempts), when(j.updated_at),
-             j.display_path, error] for j, error in zip(found, errors, strict=True)]  # fmt: skip
+    rows = [
+        [
+            str(j.id),
+            j.pipeline,
+            j.state.value,
+            str(j.attempts),
+            when(j.updated_at),
+            j.display_path,
+            error,
+        ]
+        for j, error in zip(found, errors, strict=True)
+    ]
     headers = ["id", "pipeline", "state", "uploads", "updated (UTC)", "path", "last error"]
     if not rows:
         return "no matching jobs"
@@ -170,8 +219,9 @@ def retry_job(store: Store, pipelines: Mapping[str, PipelineConfig], job_id: int
     if job is None:
         raise RetryRefused(f"no job {job_id}")
     if job.state not in RETRYABLE:
-        raise RetryRefused(f"job {job_id} is {job.state.value}; only failed, skipped or held "
-                           "jobs can be retried")  # fmt: skip
+        raise RetryRefused(
+            f"job {job_id} is {job.state.value}; only failed, skipped or held jobs can be retried"
+        )
     notes = prepare_retry(job, pipelines)
     if not retry_jobs(store, [job.id]):
         raise RetryRefused(f"job {job_id} changed meanwhile; see `jobs show {job_id}`")
@@ -204,8 +254,9 @@ def prepare_retry(job: Job, pipelines: Mapping[str, PipelineConfig]) -> list[str
     """Make sure the upload will find the job's source; notes on what was done."""
     config = pipelines.get(job.pipeline)
     if config is None:
-        raise RetryRefused(f"job {job.id} belongs to pipeline {job.pipeline}, which is not "
-                           "in the config")  # fmt: skip
+        raise RetryRefused(
+            f"job {job.id} belongs to pipeline {job.pipeline}, which is not in the config"
+        )
     try:
         note = bring_back(job, config)
     except OSError as exc:
@@ -221,12 +272,15 @@ def bring_back(job: Job, config: PipelineConfig) -> str:
     if source.exists():
         if file_digest(source) == job.sha256:
             return ""
-        raise RetryRefused(f"job {job.id}: {source} holds other content now (queued as a "
-                           "job of its own)")  # fmt: skip
+        raise RetryRefused(
+            f"job {job.id}: {source} holds other content now (queued as a job of its own)"
+        )
     archived = archived_copy(job, config)
     if archived is None:
-        raise RetryRefused(f"job {job.id}: {source} is gone{_archive_hint(config)}; put the "
-                           "file back there, then retry")  # fmt: skip
+        raise RetryRefused(
+            f"job {job.id}: {source} is gone{_archive_hint(config)}; put the "
+            "file back there, then retry"
+        )
     source.parent.mkdir(parents=True, exist_ok=True)
     move_durably(archived, source)  # across file systems via a temp name the watcher ignores
     return f"job {job.id}: moved {archived} back to {source}"

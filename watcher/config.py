@@ -47,10 +47,28 @@ SQLITE_PREFIX = "sqlite:///"
 _API_TABLE: TypeAdapter[ApiConfig] = TypeAdapter(ApiConfig)
 
 DEFAULT_INCLUDE = [
-    "*.pdf", "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.bmp", "*.gif", "*.webp",
-    "*.docx", "*.doc", "*.odt", "*.xlsx", "*.xls", "*.xlsm", "*.ods", "*.pptx", "*.ppt",
-    "*.odp", "*.txt", "*.csv",
-]  # fmt: skip
+    "*.pdf",
+    "*.png",
+    "*.jpg",
+    "*.jpeg",
+    "*.tif",
+    "*.tiff",
+    "*.bmp",
+    "*.gif",
+    "*.webp",
+    "*.docx",
+    "*.doc",
+    "*.odt",
+    "*.xlsx",
+    "*.xls",
+    "*.xlsm",
+    "*.ods",
+    "*.pptx",
+    "*.ppt",
+    "*.odp",
+    "*.txt",
+    "*.csv",
+]
 
 
 class DatabaseConfig(Strict):

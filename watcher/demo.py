@@ -141,16 +141,17 @@ def run_demo(
     try:
         config_path, run_line = _write_config(folder, server, port)
         code = run_once(config_path)
-        for title, where in (("Unstract results", results),
-                             ("LLMWhisperer results", scan_results)):  # fmt: skip
+        for title, where in (("Unstract results", results), ("LLMWhisperer results", scan_results)):
             print(f"\n{title} in {where}:")
             for path in sorted(where.rglob("*.*")):
                 print(f"  {path.relative_to(where)}")
         if serve:
             _serve_until_stopped(server, config_path, run_line, [inbox, scans])
         else:
-            print(f"\nConfig used: {config_path}; its first lines say how to run it again "
-                  "(the emulator it names has stopped: `demo --serve` keeps it up)")  # fmt: skip
+            print(
+                f"\nConfig used: {config_path}; its first lines say how to run it again "
+                "(the emulator it names has stopped: `demo --serve` keeps it up)"
+            )
     finally:
         server.stop()
     return code
@@ -185,14 +186,24 @@ def _write_config(folder: Path, server: EmulatorServer, port: int | None) -> tup
     serve = [*command, "demo", "--serve", "--dir", str(folder)]
     if port:  # an explicit port; the default one, or any free one, is found again
         serve += ["--port", str(port)]
-    run = (f"DEMO_UNSTRACT_API_KEY={DEMO_KEY} DEMO_LLMWHISPERER_API_KEY={LLMW_DEMO_KEY} "
-           f"{shlex.join([*command, 'run', '--once', '--config', str(config_path)])}")  # fmt: skip
-    config_path.write_text(CONFIG.format(
-        base=server.base_url, serve=shlex.join(serve), run=run, state=folder / "state.db",
-        inbox=folder / "inbox", results=folder / "results",
-        url=server.deployment_url(DEMO_ORG, DEMO_API), scans=folder / "scans",
-        scan_results=folder / "scan-results", llmw_url=llmwhisperer_url(server),
-    ))  # fmt: skip
+    run = (
+        f"DEMO_UNSTRACT_API_KEY={DEMO_KEY} DEMO_LLMWHISPERER_API_KEY={LLMW_DEMO_KEY} "
+        f"{shlex.join([*command, 'run', '--once', '--config', str(config_path)])}"
+    )
+    config_path.write_text(
+        CONFIG.format(
+            base=server.base_url,
+            serve=shlex.join(serve),
+            run=run,
+            state=folder / "state.db",
+            inbox=folder / "inbox",
+            results=folder / "results",
+            url=server.deployment_url(DEMO_ORG, DEMO_API),
+            scans=folder / "scans",
+            scan_results=folder / "scan-results",
+            llmw_url=llmwhisperer_url(server),
+        )
+    )
     os.environ["DEMO_UNSTRACT_API_KEY"] = DEMO_KEY
     os.environ["DEMO_LLMWHISPERER_API_KEY"] = LLMW_DEMO_KEY
     return config_path, run
@@ -210,8 +221,11 @@ def _serve_until_stopped(
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # run_daemon's handlers served the run
         signal.signal(signum, lambda _signum, _frame: stop.set())
-    print(f"\nThe emulator stays up on {server.base_url}, as {config_path} names it. Put "
-          f"documents into {' or '.join(map(str, folders))}, then run in another terminal:\n"
-          f"  {run_line}\nCtrl-C stops the emulator.", flush=True)  # fmt: skip
+    print(
+        f"\nThe emulator stays up on {server.base_url}, as {config_path} names it. Put "
+        f"documents into {' or '.join(map(str, folders))}, then run in another terminal:\n"
+        f"  {run_line}\nCtrl-C stops the emulator.",
+        flush=True,
+    )
     while not stop.wait(0.5):
         pass

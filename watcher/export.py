@@ -111,8 +111,9 @@ def spool_rows(
 ) -> Tally:
     """Pass one: each selected document's row as a JSON line into `spool`."""
     tally = Tally()
-    jobs = finished_jobs(store, STATES[selection.state], selection.pipeline,
-                         selection.finished_since)  # fmt: skip
+    jobs = finished_jobs(
+        store, STATES[selection.state], selection.pipeline, selection.finished_since
+    )
     for job in jobs:
         placement = placements.get(job.pipeline)
         row = (

@@ -15,10 +15,23 @@ from fnmatch import fnmatchcase
 # files (reliability-notes A6 and D1). They can never be turned off.
 BUILTIN_IGNORED_NAMES = (
     ".*",  # dotfiles, including our own `.<name>.<random>.tmp` result temps
-    "*.tmp", "*.temp", "*.part", "*.partial", "*.filepart", "*.crdownload", "*.download",
-    "~$*", ".~lock*", "*~", "*.swp", "*.kate-swp", "*_conflict-*",
-    "thumbs.db", "desktop.ini", "icon\r",
-)  # fmt: skip
+    "*.tmp",
+    "*.temp",
+    "*.part",
+    "*.partial",
+    "*.filepart",
+    "*.crdownload",
+    "*.download",
+    "~$*",
+    ".~lock*",
+    "*~",
+    "*.swp",
+    "*.kate-swp",
+    "*_conflict-*",
+    "thumbs.db",
+    "desktop.ini",
+    "icon\r",
+)
 BUILTIN_IGNORED_DIRS = (".*", "@eadir", "__macosx", "$recycle.bin", "lost+found")
 RESULT_SUFFIX = ".json"
 ERROR_SUFFIX = ".error.json"

@@ -102,8 +102,11 @@ class Finisher(ContextLoop):
             try:
                 self.sinks.write(table, rows)
             except StoreError as exc:
-                log.error("the result table refused rows; the documents wait and are retried",
-                          pipeline=name, error=str(exc))  # fmt: skip
+                log.error(
+                    "the result table refused rows; the documents wait and are retried",
+                    pipeline=name,
+                    error=str(exc),
+                )
                 self.metrics.errors.labels(name, "table_write").inc()
                 refused.update(job.id for job, _ in mine)
         return refused
@@ -113,10 +116,11 @@ class Finisher(ContextLoop):
         if self.notify is None:
             return {}
         drafts = {
-            job.id: document_draft(job, result_document(job, pipeline.backend.results), target,
-                                   self.notify.on_success)
+            job.id: document_draft(
+                job, result_document(job, pipeline.backend.results), target, self.notify.on_success
+            )
             for job, pipeline, target in written
-        }  # fmt: skip
+        }
         return {job_id: draft for job_id, draft in drafts.items() if draft is not None}
 
     @staticmethod
@@ -128,8 +132,11 @@ class Finisher(ContextLoop):
             try:
                 fsync_folder(folder)
             except OSError as exc:  # the folder vanished, or the file system refuses
-                log.error("cannot sync the result folder; will retry", folder=as_text(str(folder)),
-                          error=str(exc))  # fmt: skip
+                log.error(
+                    "cannot sync the result folder; will retry",
+                    folder=as_text(str(folder)),
+                    error=str(exc),
+                )
                 failed.add(folder)
         return failed
 

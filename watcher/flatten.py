@@ -14,10 +14,22 @@ from typing import Any
 
 # The document's own columns, in this order, before the result's fields.
 DOCUMENT_COLUMNS = (
-    "pipeline", "source", "status", "backend", "execution_id", "finished_at",
-    "cost_in_dollars", "error", "sha256", "size", "attempts", "result_file", "text_file",
-    "low_confidence_words", "min_confidence",
-)  # fmt: skip
+    "pipeline",
+    "source",
+    "status",
+    "backend",
+    "execution_id",
+    "finished_at",
+    "cost_in_dollars",
+    "error",
+    "sha256",
+    "size",
+    "attempts",
+    "result_file",
+    "text_file",
+    "low_confidence_words",
+    "min_confidence",
+)
 # A result field whose top-level name is one of these goes under `result.` instead.
 RESERVED = frozenset({*DOCUMENT_COLUMNS, "result"})
 

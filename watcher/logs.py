@@ -20,8 +20,12 @@ from watcher.filters import as_text
 if TYPE_CHECKING:
     from watcher.jobs import Job
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}  # fmt: skip
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _printable(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:

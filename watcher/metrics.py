@@ -31,24 +31,39 @@ class Metrics:
         self.registry = CollectorRegistry()
         labels = ["pipeline"]
         r = self.registry
-        self.uploads = Counter(PREFIX + "uploads", "Uploads by outcome", [*labels, "outcome"],
-                               registry=r)  # fmt: skip
-        self.polls = Counter(PREFIX + "polls", "Status polls by answer", [*labels, "answer"],
-                             registry=r)  # fmt: skip
-        self.retries = Counter(PREFIX + "retries", "Retries by stage", [*labels, "stage"],
-                               registry=r)  # fmt: skip
+        self.uploads = Counter(
+            PREFIX + "uploads", "Uploads by outcome", [*labels, "outcome"], registry=r
+        )
+        self.polls = Counter(
+            PREFIX + "polls", "Status polls by answer", [*labels, "answer"], registry=r
+        )
+        self.retries = Counter(
+            PREFIX + "retries", "Retries by stage", [*labels, "stage"], registry=r
+        )
         self.rate_limited = Counter(PREFIX + "rate_limited", "429 answers", labels, registry=r)
         self.errors = Counter(PREFIX + "errors", "Errors by kind", [*labels, "kind"], registry=r)
-        self.results = Counter(PREFIX + "results", "Result files by outcome",
-                               [*labels, "outcome"], registry=r)  # fmt: skip
-        self.latency = Histogram(PREFIX + "result_seconds", "From queued to result file",
-                                 labels, buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.cost = Counter(PREFIX + "llm_cost_dollars", "LLM cost reported by the API", labels,
-                            registry=r)  # fmt: skip
-        self.tokens = Counter(PREFIX + "llm_tokens", "LLM tokens reported by the API", labels,
-                              registry=r)  # fmt: skip
-        self.notices = Counter(PREFIX + "notices", "Webhook notice tries by event and outcome",
-                               [*labels, "event", "outcome"], registry=r)  # fmt: skip
+        self.results = Counter(
+            PREFIX + "results", "Result files by outcome", [*labels, "outcome"], registry=r
+        )
+        self.latency = Histogram(
+            PREFIX + "result_seconds",
+            "From queued to result file",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cost = Counter(
+            PREFIX + "llm_cost_dollars", "LLM cost reported by the API", labels, registry=r
+        )
+        self.tokens = Counter(
+            PREFIX + "llm_tokens", "LLM tokens reported by the API", labels, registry=r
+        )
+        self.notices = Counter(
+            PREFIX + "notices",
+            "Webhook notice tries by event and outcome",
+            [*labels, "event", "outcome"],
+            registry=r,
+        )
         if store is not None:
             r.register(_TableCollector(store))
 
@@ -70,19 +85,23 @@ class _TableCollector(Collector):
         self.database_up = True  # as last seen: log only when it changes
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        documents = GaugeMetricFamily(PREFIX + "documents", "Jobs by state",
-                                      labels=["pipeline", "state"])  # fmt: skip
-        in_flight = GaugeMetricFamily(PREFIX + "in_flight", "Executions running",
-                                      labels=["pipeline"])  # fmt: skip
-        paused = GaugeMetricFamily(PREFIX + "paused", "1 if the pipeline is paused",
-                                   labels=["pipeline"])  # fmt: skip
+        documents = GaugeMetricFamily(
+            PREFIX + "documents", "Jobs by state", labels=["pipeline", "state"]
+        )
+        in_flight = GaugeMetricFamily(
+            PREFIX + "in_flight", "Executions running", labels=["pipeline"]
+        )
+        paused = GaugeMetricFamily(
+            PREFIX + "paused", "1 if the pipeline is paused", labels=["pipeline"]
+        )
         for summary in self._summaries():
             for state, count in summary.counts.items():
                 documents.add_metric([summary.name, state], count)
             in_flight.add_metric([summary.name], summary.in_flight)
             paused.add_metric([summary.name], 1.0 if summary.paused_reason else 0.0)
-        up = GaugeMetricFamily(PREFIX + "database_up",
-                               "1 if the job table could be read at this scrape")  # fmt: skip
+        up = GaugeMetricFamily(
+            PREFIX + "database_up", "1 if the job table could be read at this scrape"
+        )
         up.add_metric([], 1.0 if self.database_up else 0.0)
         yield from (documents, in_flight, paused, up)
 

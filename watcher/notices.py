@@ -50,11 +50,15 @@ def document_draft(
     if not failed and not on_success:
         return None
     payload: dict[str, Any] = {
-        "source": job.display_path, "sha256": job.sha256, "job_id": job.id,
-        "execution_id": job.execution_id, "status": document["status"],
-        "error": document["error"], "attempts": job.attempts,
+        "source": job.display_path,
+        "sha256": job.sha256,
+        "job_id": job.id,
+        "execution_id": job.execution_id,
+        "status": document["status"],
+        "error": document["error"],
+        "attempts": job.attempts,
         "result_file": as_text(str(result_file)),
-    }  # fmt: skip
+    }
     if not failed:
         payload["result"] = document["result"]
     return Draft(DOCUMENT_FAILED if failed else DOCUMENT_DONE, job.pipeline, payload)
@@ -74,8 +78,13 @@ def body(notice: Notice, fmt: str) -> bytes:
     if fmt == "slack":
         return json.dumps({"text": slack_text(notice)}, ensure_ascii=False).encode("utf-8")
     created_at = datetime.fromtimestamp(notice.created_at, UTC).isoformat()
-    document = {"id": notice.id, "event": notice.event, "pipeline": notice.pipeline,
-                "created_at": created_at, **notice.payload}  # fmt: skip
+    document = {
+        "id": notice.id,
+        "event": notice.event,
+        "pipeline": notice.pipeline,
+        "created_at": created_at,
+        **notice.payload,
+    }
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
 

@@ -97,9 +97,12 @@ class Notifier(ContextLoop):
     def _post(self, notice: Notice) -> str | None:
         """POST one notice; None if the receiver took it, else why not (without the URL)."""
         content = body(notice, self.config.format)
-        headers = {"Content-Type": "application/json", "User-Agent": "unstract-watcher",
-                   "X-Unstract-Watcher-Event": notice.event,
-                   "X-Unstract-Watcher-Delivery": str(notice.id)}  # fmt: skip
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "unstract-watcher",
+            "X-Unstract-Watcher-Event": notice.event,
+            "X-Unstract-Watcher-Delivery": str(notice.id),
+        }
         secret = self.config.secret.get_secret_value()
         if secret:
             digest = hmac.new(secret.encode(), content, hashlib.sha256).hexdigest()
@@ -116,9 +119,14 @@ class Notifier(ContextLoop):
         return self._failed(notice, f"HTTP {answer.status_code}")
 
     def _failed(self, notice: Notice, error: str) -> str:
-        log.warning("the webhook did not take a notice; will retry", receiver=self.receiver,
-                    notice_id=notice.id, notice_event=notice.event, error=error[:200],
-                    attempts=notice.attempts + 1)  # fmt: skip
+        log.warning(
+            "the webhook did not take a notice; will retry",
+            receiver=self.receiver,
+            notice_id=notice.id,
+            notice_event=notice.event,
+            error=error[:200],
+            attempts=notice.attempts + 1,
+        )
         return error
 
     def _count(self, notice: Notice, outcome: str) -> None:

@@ -96,8 +96,9 @@ def _new_in(config: PipelineConfig, known: dict[str, KnownFile]) -> int:
         except OSError:
             continue
         seen = known.get(relative)
-        if stat.S_ISREG(info.st_mode) and (seen is None or (seen.size, seen.mtime_ns) != (
-                info.st_size, info.st_mtime_ns)):  # fmt: skip
+        if stat.S_ISREG(info.st_mode) and (
+            seen is None or (seen.size, seen.mtime_ns) != (info.st_size, info.st_mtime_ns)
+        ):
             count += 1
     return count
 

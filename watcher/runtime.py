@@ -62,8 +62,11 @@ class Pipeline:
         """The server is at its concurrency limit: halve ours (AIMD, as TCP does)."""
         with self._lock:
             self.allowed_in_flight = max(1.0, self.allowed_in_flight / 2)
-        log.warning("API at its concurrency limit (429); fewer uploads at once",
-                    pipeline=self.name, in_flight_limit=self.in_flight_limit())  # fmt: skip
+        log.warning(
+            "API at its concurrency limit (429); fewer uploads at once",
+            pipeline=self.name,
+            in_flight_limit=self.in_flight_limit(),
+        )
 
     def on_accepted(self) -> None:
         with self._lock:

@@ -142,15 +142,19 @@ class FolderWatcher:
         identity = _identity(self.root)
         if identity is None:
             if self._root_id is not None:
-                self.log.error("watch_dir is gone; it is watched again once it is back",
-                               folder=as_text(str(self.root)))  # fmt: skip
+                self.log.error(
+                    "watch_dir is gone; it is watched again once it is back",
+                    folder=as_text(str(self.root)),
+                )
             self._root_id = None
             self.listing_error = f"{as_text(str(self.root))}: the folder is missing"
             return False
         if identity == self._root_id and self._watch_alive():
             return False
-        self.log.warning("watch_dir was replaced or is back; watching the folder now there",
-                         folder=as_text(str(self.root)))  # fmt: skip
+        self.log.warning(
+            "watch_dir was replaced or is back; watching the folder now there",
+            folder=as_text(str(self.root)),
+        )
         self._root_id = identity
         with self._watch_lock:
             if self._stopped:
