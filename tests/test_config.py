@@ -422,3 +422,25 @@ def test_check_config_as_the_readme_runs_it_for_the_service(
     assert "config OK" in out
     assert main(["run", "--once", "--config", str(path)]) == EXIT_CONFIG  # not the service
     assert "CREDENTIALS_DIRECTORY" in capsys.readouterr().err
+
+
+def test_files_per_execution_is_bounded_and_unstract_only(tmp_path: Path) -> None:
+    raw = example(tmp_path)
+    raw["pipelines"][0]["api"]["files_per_execution"] = 4
+    api = config.from_mapping(raw).pipelines[0].api
+    assert isinstance(api, config.UnstractApiConfig) and api.files_per_execution == 4
+    for wrong in (0, 33):
+        raw["pipelines"][0]["api"]["files_per_execution"] = wrong
+        with pytest.raises(config.ConfigError) as caught:
+            config.from_mapping(raw)
+        assert 'pipelines[0] ("invoices").api.files_per_execution:' in str(caught.value)
+
+    def on_llmwhisperer(r: dict[str, Any]) -> None:
+        r.update(whisper_pages(tmp_path, ""))
+        r["pipelines"][0]["api"]["files_per_execution"] = 4
+
+    message = bad(tmp_path, on_llmwhisperer)
+    assert (
+        'pipelines[0] ("invoices").api.files_per_execution: only for kind = "unstract": '
+        "LLMWhisperer takes one document per request" in message
+    )

@@ -23,6 +23,7 @@ from watcher.emulator import (
     demo_emulator,
 )
 from watcher.emulator.responses import Request, json_response
+from watcher.emulator.unstract import file_rounds
 
 ORG = "org_test"
 KEY = "0b0c8b3e-9f3a-4a53-8a07-3f0f6a1c2d11"
@@ -620,3 +621,28 @@ def test_keep_alive_and_content_length(client: httpx.Client) -> None:
     responses: list[Any] = [submit(client, upload(f"{i}.txt", b"%d" % i)) for i in range(5)]
     assert all(r.http_version == "HTTP/1.1" for r in responses)
     assert all(int(r.headers["content-length"]) == len(r.content) for r in responses)
+
+
+# -- files of one execution (section 12) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "batches", "rounds"),
+    [(0, 4, 1), (1, 4, 1), (4, 4, 1), (5, 4, 2), (8, 4, 2), (9, 4, 3), (32, 4, 8), (3, 1, 3)],
+)
+def test_an_execution_takes_a_file_time_per_round_of_batches(
+    files: int, batches: int, rounds: int
+) -> None:
+    assert file_rounds(files, batches) == rounds
+
+
+def test_five_files_in_four_batches_take_two_file_times(
+    client: httpx.Client, emu: UnstractEmulator
+) -> None:
+    five = [upload(f"g{i}.txt", f"other {i}".encode()) for i in range(5)]
+    started = time.monotonic()
+    exec_id = execution_id(submit(client, *five))
+    wait_terminal(emu, exec_id)
+    assert time.monotonic() - started >= 2 * SECONDS  # never sooner than two rounds
+    items = poll(client, exec_id).json()["message"]
+    assert sorted(item["file"] for item in items) == [f"g{i}.txt" for i in range(5)]

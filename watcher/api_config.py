@@ -116,6 +116,12 @@ class UnstractApiConfig(ApiBase):
     url: str = Field(description="The API deployment URL: https://HOST/deployment/api/ORG/API/")
     tags: list[str] = Field(default_factory=list, description="At most one tag per execution.")
     include_metadata: bool = Field(False, description="Ask for LLM usage and cost metadata.")
+    files_per_execution: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="Documents packed into one execution while a backlog waits (1: one each).",
+    )
 
     @field_validator("tags")
     @classmethod

@@ -268,7 +268,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     )
     from watcher.emulator.server import serve_forever
 
-    emulator = demo_emulator(execution_seconds=args.execution_seconds, org_limit=args.org_limit)
+    emulator = demo_emulator(
+        execution_seconds=args.execution_seconds,
+        org_limit=args.org_limit,
+        max_parallel_file_batches=args.max_parallel_file_batches,
+    )
     whisperer = llmwhisperer_demo_emulator(
         processing_seconds=args.execution_seconds, status_generation=args.status_generation
     )
@@ -349,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument(
         "--org-limit", type=int, default=20, help="concurrent executions allowed before 429"
+    )
+    emulator.add_argument(
+        "--max-parallel-file-batches",
+        type=int,
+        default=4,
+        help="the server's MAX_PARALLEL_FILE_BATCHES: the files of one execution run in this "
+        "many parallel batches (an execution of n files takes ceil(n / batches) file times)",
     )
     emulator.add_argument(
         "--status-generation",

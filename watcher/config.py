@@ -366,13 +366,21 @@ def _explain_variable(exc: SettingsError) -> str:
     )
 
 
+UNKNOWN_KEY = "unknown key (misspelt?); see config.example.toml"
+# Keys of one API kind given to another: say why instead of "unknown key".
+OTHER_KIND_KEYS = {
+    "files_per_execution": 'only for kind = "unstract": LLMWhisperer takes one document '
+    "per request",
+}
+
+
 def _explain(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
     lines = []
     for error in exc.errors():
         key = _key_name(error["loc"], raw)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown key (misspelt?); see config.example.toml"
+            message = OTHER_KIND_KEYS.get(key.rsplit(".", 1)[-1], UNKNOWN_KEY)
         elif error["type"] == "union_tag_invalid":
             key, message = f"{key}.kind", "must be 'unstract' or 'llmwhisperer'"
         elif error["type"] == "missing":

@@ -22,9 +22,14 @@ def demo_emulator(
     execution_seconds: float = 0.5,
     org_limit: int = 20,
     result_ttl_seconds: float = 10800,
+    max_parallel_file_batches: int = 4,
 ) -> UnstractEmulator:
     """An emulator serving DEMO_ORG/DEMO_API, which accepts DEMO_KEY."""
-    emulator = UnstractEmulator(org_limit=org_limit, result_ttl_seconds=result_ttl_seconds)
+    emulator = UnstractEmulator(
+        org_limit=org_limit,
+        result_ttl_seconds=result_ttl_seconds,
+        max_parallel_file_batches=max_parallel_file_batches,
+    )
     emulator.add_deployment(
         Deployment(
             org=DEMO_ORG,

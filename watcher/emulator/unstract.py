@@ -7,6 +7,7 @@ progress by wall-clock time, so nothing runs in the background.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -81,6 +82,14 @@ class GlobalKey:
     apis: frozenset[str] | None = None
 
 
+def file_rounds(files: int, batches: int) -> int:
+    """How many file times an execution of `files` takes (section 12): min(batches, files)
+    batches of ceil(files / batches) files each, run in parallel."""
+    if files <= 1:
+        return 1
+    return math.ceil(files / min(batches, files))
+
+
 def _key_matches(key: str, candidates: Collection[str]) -> bool:
     """Keys are UUIDs; a non-UUID key never matches (section 2)."""
     try:
@@ -104,8 +113,12 @@ class UnstractEmulator:
         org_limit: int = 20,
         result_ttl_seconds: float = 10800,
         global_limit: int | None = None,
+        max_parallel_file_batches: int = 4,
     ) -> None:
         self.org_limit = org_limit
+        # The workers' MAX_PARALLEL_FILE_BATCHES (section 12): an execution's files run in
+        # this many parallel batches, each batch's files one after another.
+        self.max_parallel_file_batches = max_parallel_file_batches
         self.result_ttl_seconds = result_ttl_seconds
         self.global_limit = global_limit
         self.faults = Faults()
@@ -292,7 +305,9 @@ class UnstractEmulator:
         self, deployment: Deployment, run: RunContext, results: list[FileResult], hashes: list[str]
     ) -> Execution:
         now = run.started_at
-        seconds = deployment.execution_seconds
+        seconds = deployment.execution_seconds * file_rounds(
+            len(results), self.max_parallel_file_batches
+        )
         all_failed = bool(results) and all(item["status"] == "Failed" for item in results)
         execution = Execution(
             id=run.execution_id,
