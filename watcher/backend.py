@@ -10,7 +10,7 @@ export and the commands read only `ResultFormat`, so they never name an API.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +34,9 @@ class PollKind(StrEnum):
     RETRY = "retry"  # transport error, 5xx, proxy page: no side effect, poll again later
     PIPELINE_BROKEN = "pipeline_broken"  # 401/403/404 of the deployment
     LOST = "lost"  # the server does not know this execution id
+    # An execution of several files ended without this file's own answer (the server skipped
+    # it, or the execution failed as a whole): send the document again on its own.
+    UNANSWERED = "unanswered"
 
 
 # What a refusal of the pipeline itself means, in the same words for every API kind (the
@@ -113,7 +116,9 @@ class ResultFormat(Protocol):
     """What one API kind's stored answers mean for a document; needs no key and no network.
 
     `kind` is the API's name as result files carry it (`"backend"`). `usage` is the metadata
-    block holding the API's usage and cost figures, if its answers have one.
+    block holding the API's usage and cost figures, if its answers have one. `file_outcomes`
+    says what an execution's answer means for each of its files (`shared`: the execution
+    carried several documents, so each is matched by its exact name).
     """
 
     @property
@@ -124,6 +129,10 @@ class ResultFormat(Protocol):
     ) -> DocumentResult: ...
 
     def usage(self, body: Any, file_name: str) -> Any: ...
+
+    def file_outcomes(
+        self, answer: PollOutcome, file_names: Sequence[str], shared: bool
+    ) -> tuple[PollOutcome, ...]: ...
 
     def side_files(self, body: Any) -> tuple[SideFile, ...]: ...
 
@@ -141,11 +150,15 @@ class Backend(Protocol):
     read-once call (LLMWhisperer's retrieve) answers READY and has a `fetch` that makes the
     call; an API that delivers results in its status answer never answers READY and has no
     `fetch` (None). Both are given the uploaded file name, to pick this document's part of
-    the answer. `check` proves the URL and the key without creating anything or spending
-    credits. `results` reads the answers this backend stores.
+    the answer. `submit_files` sends several documents as one execution (an API that takes
+    one document per request has `files_per_execution` 1 and is never given more), and
+    `poll_execution` asks about an execution as a whole: `results.file_outcomes` then says
+    what it means for each file. `check` proves the URL and the key without creating
+    anything or spending credits. `results` reads the answers this backend stores.
     """
 
     name: str
+    files_per_execution: int
 
     @property
     def results(self) -> ResultFormat: ...
@@ -155,7 +168,11 @@ class Backend(Protocol):
 
     def submit(self, upload: Upload) -> SubmitOutcome: ...
 
+    def submit_files(self, uploads: Sequence[Upload]) -> SubmitOutcome: ...
+
     def poll(self, execution_id: str, file_name: str) -> PollOutcome: ...
+
+    def poll_execution(self, execution_id: str) -> PollOutcome: ...
 
     def check(self) -> CheckOutcome: ...
 

@@ -87,6 +87,13 @@ class Job:
     submitted_at: float | None
     updated_at: float
     finished_at: float | None = None
+    pack_id: int | None = None  # set for every job of a claim that packed several together
+    alone: bool = False  # its packed execution gave it no answer: send it on its own
+
+    @property
+    def shares_execution(self) -> bool:
+        """Claimed with others for one execution: its answer is matched by exact name."""
+        return self.pack_id is not None
 
     @property
     def file_name(self) -> str:
@@ -137,6 +144,7 @@ class Decision:
     outcome: Outcome | None = None
     execution_id: str | None = None
     refund_attempt: bool = False  # the attempt does not count (the pipeline was at fault)
+    alone: bool = False  # send it on its own next time (its packed execution did not answer it)
     result_body: Any = None  # the terminal answer, stored with the state (it is read once)
     # What the loop carries out once the decision is recorded:
     pipeline_change: PipelineChange | None = None
@@ -162,6 +170,7 @@ class StoredCopy:
 
 
 FINISH = frozenset({Wake.FINISHER})
+ENDED_KINDS = (PollKind.COMPLETED, PollKind.FAILED, PollKind.READY, PollKind.UNANSWERED)
 ENDED = frozenset({Wake.FINISHER, Wake.UPLOADS})  # an outcome to write, a slot came free
 
 
@@ -327,7 +336,7 @@ def decide_after_poll(
             )
             decision = replace(decision, logs=(*decision.logs, line))
     # Ended by the time we asked: the answer's round trip is not execution time.
-    ended = fetched or outcome.kind in (PollKind.COMPLETED, PollKind.FAILED, PollKind.READY)
+    ended = fetched or outcome.kind in ENDED_KINDS
     return replace(decision, ended=ended)
 
 
@@ -349,6 +358,8 @@ def _poll_decision(
         return _execution_ended(replace(failed, result_body=outcome.body), outcome)
     if kind in (PollKind.RESULT_GONE, PollKind.LOST):
         return _result_gone(outcome, job, policy, rng, stored)
+    if kind is PollKind.UNANSWERED:
+        return _execution_ended(_unanswered(outcome, job, policy), outcome)
     if kind is PollKind.PIPELINE_BROKEN:
         return Decision(
             JobState.SUBMITTED,
@@ -397,6 +408,21 @@ def _result_gone(
         error,
         wakes=frozenset({Wake.UPLOADS}),
         logs=(line,),
+    )
+
+
+def _unanswered(outcome: PollOutcome, job: Job, policy: RetryPolicy) -> Decision:
+    """Its packed execution gave no answer of its own: no verdict on the document, so it
+    goes again alone (its attempt counts: a document is never sent more than max_attempts)."""
+    if job.attempts >= policy.max_attempts:
+        return _give_up(outcome.error, job.attempts)
+    line = LogLine(
+        "warning",
+        "no answer for this document in its shared execution; submitting it again alone",
+        {"error": outcome.error},
+    )
+    return Decision(
+        JobState.QUEUED, error=outcome.error, alone=True, execution_id=None, logs=(line,)
     )
 
 

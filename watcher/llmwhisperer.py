@@ -7,7 +7,7 @@ blindly: after any doubt the status is asked first (`retrieved` means the text i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,7 @@ class LLMWhispererClient:
         results: LLMWhispererResults | None = None,
     ) -> None:
         self.name = "llmwhisperer"
+        self.files_per_execution = 1
         self.results = results or LLMWhispererResults()
         self._options = options
         self._client = httpx.Client(
@@ -223,8 +224,16 @@ class LLMWhispererClient:
             return SubmitOutcome(SubmitKind.UNKNOWN, error=transport_error(exc))
         return classify_submit(response.status_code, response.content, response.headers)
 
+    def submit_files(self, uploads: Sequence[Upload]) -> SubmitOutcome:
+        # One document per request: files_per_execution is 1, so a claim never packs more.
+        (upload,) = uploads
+        return self.submit(upload)
+
     def poll(self, execution_id: str, file_name: str) -> PollOutcome:
         return self._get("whisper-status", execution_id, classify_status)
+
+    def poll_execution(self, execution_id: str) -> PollOutcome:
+        return self.poll(execution_id, "")
 
     def fetch(self, execution_id: str, file_name: str) -> PollOutcome:
         return self._get("whisper-retrieve", execution_id, classify_retrieve)
@@ -270,6 +279,11 @@ class LLMWhispererResults:
 
     def usage(self, body: Any, file_name: str) -> Any:
         return None  # no LLM is paid per document: pages are counted by the service
+
+    def file_outcomes(
+        self, answer: PollOutcome, file_names: Sequence[str], shared: bool
+    ) -> tuple[PollOutcome, ...]:
+        return tuple(answer for _ in file_names)  # one document per whisper
 
     def side_files(self, body: Any) -> tuple[SideFile, ...]:
         text = result_text(body) if self.write_text_file else None

@@ -16,7 +16,9 @@ from watcher.context import ContextLoop, Live
 from watcher.crashpoints import crash_point
 from watcher.jobs import Job, StoredCopy, decide_after_poll, needs_stored_copy
 from watcher.logs import about, get_logger
+from watcher.packs import file_rounds
 from watcher.runtime import Pipeline
+from watcher.shared_poll import SharedPoll
 
 log = get_logger()
 BATCH = 4  # each of the poll loops takes a few at a time, so they share the due ones
@@ -78,25 +80,31 @@ class Reconciler(ContextLoop):
     def poll_due(self, stop: threading.Event) -> int:
         """Poll every execution whose next poll is due; return how many were polled."""
         due = self.store.claim_due_polls(self.owner, BATCH, list(self.pipelines))
-        polled = 0  # each poll ends its job's claim; the rest are let go if we leave early
+        polled: set[int] = set()  # each poll ends its jobs' claims; the rest are let go
         try:
-            for job in due:
+            for execution in by_execution(due):
                 if stop.is_set():
                     break  # polled again on the next start
                 self.beat()
-                self._poll_claimed(job)
-                polled += 1
+                self._poll_claimed(execution)
+                polled.update(job.id for job in execution)
         finally:
-            self.store.let_go(due[polled:])
+            self.store.let_go(job for job in due if job.id not in polled)
         return len(due)
 
-    def _poll_claimed(self, job: Job) -> None:
-        pipeline = self.pipelines.get(job.pipeline)
+    def _poll_claimed(self, execution: list[Job]) -> None:
+        pipeline = self.pipelines.get(execution[0].pipeline)
         if pipeline is None:  # removed by a reload: its jobs wait for it to return
-            self.store.release_poll(job)
+            for job in execution:
+                self.store.release_poll(job)
             return
-        with about(job):
-            self.poll(job, pipeline)
+        if any(job.shares_execution for job in execution):
+            with about(execution[0]):
+                SharedPoll(self, pipeline).poll(execution)
+            return
+        for job in execution:
+            with about(job):
+                self.poll(job, pipeline)
 
     def poll(self, job: Job, pipeline: Pipeline) -> None:
         assert job.execution_id is not None
@@ -131,7 +139,7 @@ class Reconciler(ContextLoop):
             stored=stored,
         )
         if decision.ended:
-            self._learn_duration(job, pipeline, asked_at - (job.submitted_at or asked_at))
+            self.learn_duration(job, pipeline, asked_at - (job.submitted_at or asked_at))
         recorded = self.store.record_poll(
             job, decision, outcome.http_status, decision.result_body, fetched
         )
@@ -142,11 +150,13 @@ class Reconciler(ContextLoop):
         self.carry_out(decision, pipeline)
 
     @staticmethod
-    def _learn_duration(job: Job, pipeline: Pipeline, elapsed: float) -> None:
+    def learn_duration(job: Job, pipeline: Pipeline, elapsed: float, files: int = 1) -> None:
+        """Learnt per round of files (an execution of n takes about file_rounds(n) file
+        times), so one estimate serves executions of any size."""
         polled_before = None  # when a poll last saw it running
         if job.poll_count and job.submitted_at is not None:
-            polled_before = job.updated_at - job.submitted_at
-        pipeline.observe_execution(elapsed, polled_before)
+            polled_before = (job.updated_at - job.submitted_at) / file_rounds(files)
+        pipeline.observe_execution(elapsed / file_rounds(files), polled_before)
 
     def _stored_copy(self, job: Job) -> StoredCopy | None:
         """Another instance's stored outcome of this execution, if it read the result."""
@@ -156,3 +166,11 @@ class Reconciler(ContextLoop):
             return None
         outcome, error, body = stored
         return StoredCopy("success" if outcome == "success" else "failed", error, body)
+
+
+def by_execution(due: list[Job]) -> list[list[Job]]:
+    """Claimed jobs grouped by the execution they share, in the order claimed."""
+    groups: dict[str | None, list[Job]] = {}
+    for job in due:
+        groups.setdefault(job.execution_id, []).append(job)
+    return list(groups.values())

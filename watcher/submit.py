@@ -7,7 +7,7 @@ import mimetypes
 import random
 import threading
 
-from watcher.backend import Upload
+from watcher.backend import SubmitOutcome, Upload
 from watcher.context import ContextLoop, Live
 from watcher.crashpoints import crash_point
 from watcher.files import read_regular_file
@@ -21,6 +21,7 @@ from watcher.jobs import (
     decide_unreadable,
 )
 from watcher.logs import about, get_logger
+from watcher.packs import decide_after_pack_submit, file_rounds
 from watcher.runtime import Pipeline
 
 log = get_logger()
@@ -70,35 +71,51 @@ class Uploader(ContextLoop):
         # The last claim found work, or new work or a free slot woke us: claim straight
         # away. Otherwise a read first: no write lock while there is nothing to do.
         go = False
-        job: Job | None = None  # claimed, not yet sent
+        claim: list[Job] = []  # the jobs of one execution, claimed, not yet sent
         while not stop.is_set():
             self.beat()
-            if job is None:
+            if not claim:
                 limits = self._limits()
                 wait = 0.0 if go else self._idle_wait(limits)
-                job = self.store.claim_for_upload(self.owner, limits) if wait <= 0 else None
-            if job is None:
+                claim = self._claim(limits) if wait <= 0 else []
+            if not claim:
                 # Due work we could not claim means every pipeline is at max_in_flight: a
                 # freed slot wakes us (WorkSignal), so wait long.
                 go = self.wakes.work.wait(MAX_IDLE_SECONDS if wait <= 0 else wait)
                 continue
-            job, go = self._take(job, claim_next=not stop.is_set())
-        if job is not None:  # claimed with the last upload's answer, never sent
+            claim, go = self._take(claim, claim_next=not stop.is_set())
+        for job in claim:  # claimed with the last upload's answer, never sent
             self._put_back(job)
+
+    def _claim(self, limits: dict[str, int]) -> list[Job]:
+        return self.store.claim_execution_for_upload(self.owner, limits, self._packing())
+
+    def _packing(self) -> dict[str, int]:
+        """Documents per execution, for the pipelines that may pack several."""
+        return {
+            name: p.backend.files_per_execution
+            for name, p in list(self.pipelines.items())
+            if p.backend.files_per_execution > 1
+        }
 
     def _put_back(self, job: Job) -> None:
         """A claimed job that will not be sent now goes back to the queue, attempt refunded."""
         self.store.record_submit(job, Decision(JobState.QUEUED, refund_attempt=True), None)
 
-    def _take(self, job: Job, claim_next: bool) -> tuple[Job | None, bool]:
-        """Upload a claimed job; return the next one if claimed meanwhile, and whether to
-        claim straight away otherwise."""
-        pipeline = self.pipelines.get(job.pipeline)
+    def _take(self, claim: list[Job], claim_next: bool) -> tuple[list[Job], bool]:
+        """Upload the claimed jobs of one execution; return the next claim if made
+        meanwhile, and whether to claim straight away otherwise."""
+        pipeline = self.pipelines.get(claim[0].pipeline)
         if pipeline is None:  # removed by a reload since the claim
-            self._put_back(job)
-            return None, True
-        with about(job):
-            return self.upload(job, pipeline, claim_next)
+            for job in claim:
+                self._put_back(job)
+            return [], True
+        if len(claim) > 1:
+            with about(claim[0]):
+                PackedUpload(self, pipeline).upload(claim)
+            return [], True
+        with about(claim[0]):
+            return self.upload(claim[0], pipeline, claim_next)
 
     def _idle_wait(self, limits: dict[str, int]) -> float:
         """Until the next retry is due; new work wakes one worker sooner. Other instances'
@@ -116,7 +133,7 @@ class Uploader(ContextLoop):
 
     def upload(
         self, job: Job, pipeline: Pipeline, claim_next: bool = True
-    ) -> tuple[Job | None, bool]:
+    ) -> tuple[list[Job], bool]:
         """Send the document, record the answer; return the worker's next job if it was
         claimed with the answer (only when `claim_next`), and whether to claim straight away
         otherwise."""
@@ -124,7 +141,7 @@ class Uploader(ContextLoop):
         if unsent is not None:
             if self.store.record_submit(job, unsent, None):
                 self.carry_out(unsent, pipeline)
-            return None, True
+            return [], True
         content_type = upload_content_type(job.file_name)
         log.debug("uploading", bytes=len(content), content_type=content_type, attempt=job.attempts)
         outcome = pipeline.backend.submit(Upload(job.upload_name, content, content_type))
@@ -147,18 +164,19 @@ class Uploader(ContextLoop):
 
     def _record(
         self, job: Job, decision: Decision, http_status: int | None, claim_next: bool
-    ) -> tuple[bool, Job | None, bool]:
-        """(recorded, the next job, whether one was looked for): an accepted upload is
+    ) -> tuple[bool, list[Job], bool]:
+        """(recorded, the next claim, whether one was looked for): an accepted upload is
         recorded together with the next claim, in one transaction."""
         limits = self._limits()
         if decision.state is not JobState.SUBMITTED or not claim_next or not limits:
-            return self.store.record_submit(job, decision, http_status), None, False
-        recorded, next_job = self.store.record_submit_and_claim(
-            job, decision, http_status, self.owner, limits
+            return self.store.record_submit(job, decision, http_status), [], False
+        recorded, next_claim = self.store.record_submit_and_claim_execution(
+            job, decision, http_status, self.owner, limits, self._packing()
         )
-        return recorded, next_job, True
+        return recorded, next_claim, True
 
-    def _read(self, job: Job, pipeline: Pipeline) -> tuple[bytes, Decision | None]:
+    @staticmethod
+    def _read(job: Job, pipeline: Pipeline) -> tuple[bytes, Decision | None]:
         """The document's bytes, or the decision not to send it: too many attempts, or the
         bytes are gone, unreadable, empty or no longer the ones that were hashed."""
         too_many = decide_before_upload(job, pipeline.policy)
@@ -171,3 +189,68 @@ class Uploader(ContextLoop):
             return b"", decide_unreadable(exc, limit)
         digest = hashlib.sha256(content).hexdigest()
         return content, decide_content(job, digest, len(content))
+
+
+class PackedUpload:
+    """One upload of several documents as one execution (`files_per_execution`)."""
+
+    def __init__(self, uploader: Uploader, pipeline: Pipeline) -> None:
+        self.uploader = uploader
+        self.store = uploader.store
+        self.pipeline = pipeline
+
+    def upload(self, claim: list[Job]) -> None:
+        """Send the documents that can go, record the answer for all in one transaction."""
+        ready = [
+            (job, content)
+            for job, content in zip(claim, self._contents(claim), strict=True)
+            if content
+        ]
+        if not ready:
+            return
+        crash_point("pack_claimed")
+        files = [Upload(j.upload_name, c, upload_content_type(j.file_name)) for j, c in ready]
+        log.debug("uploading", documents=len(files), bytes=sum(len(c) for _, c in ready))
+        outcome = self.pipeline.backend.submit_files(files)
+        crash_point("after_post")
+        pack = [job for job, _ in ready]
+        expected = self.pipeline.expected_execution_seconds
+        if expected is not None:
+            expected *= file_rounds(len(pack))
+        decisions = decide_after_pack_submit(
+            outcome, pack, self.pipeline.policy, self.uploader.rng, expected
+        )
+        recorded = self.store.record_execution_submit(
+            list(zip(pack, decisions, strict=True)), outcome.http_status
+        )
+        self._carry_out(outcome, pack, decisions, recorded)
+
+    def _contents(self, claim: list[Job]) -> list[bytes]:
+        """Each document's bytes; b"" for one that will not go (recorded as decided)."""
+        contents = []
+        for job in claim:
+            content, unsent = Uploader._read(job, self.pipeline)
+            if unsent is not None:
+                if self.store.record_submit(job, unsent, None):
+                    self.uploader.carry_out(unsent, self.pipeline)
+                content = b""
+            contents.append(content)
+        return contents
+
+    def _carry_out(
+        self,
+        outcome: SubmitOutcome,
+        pack: list[Job],
+        decisions: list[Decision],
+        recorded: list[bool],
+    ) -> None:
+        metrics = self.uploader.metrics
+        if any(recorded):
+            metrics.uploads.labels(self.pipeline.name, outcome.kind.value).inc()
+            if outcome.rate_limited:
+                metrics.rate_limited.labels(self.pipeline.name).inc()
+        for job, decision, done in zip(pack, decisions, recorded, strict=True):
+            if done:
+                self.uploader.carry_out(decision, self.pipeline)
+            else:
+                log.warning("lost the claim on a packed job while uploading", job_id=job.id)

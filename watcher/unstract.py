@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ BROKEN_PIPELINE_CODES = {401, 403, 404}
 # presigned-URL download, before any execution exists (section 3), and a proxy's 502/503 page
 # means it found no application to hand the request to (section 0, last row).
 NOT_ACTED_ON_CODES = {502, 503}
+# A failure of the server's tool runner, not of any one document (section 4).
+WHOLE_EXECUTION_ERROR = "TOOL_IMAGE_NOT_FOUND"
 # The nil UUID: a valid execution id that no server ever hands out, for `check`.
 NO_SUCH_EXECUTION = "00000000-0000-0000-0000-000000000000"
 
@@ -108,9 +110,14 @@ def _classify_execution_answer(
 
 def classify_poll(status_code: int, content: bytes, file_name: str) -> PollOutcome:
     """What a Status API answer says about the document `file_name` of an execution."""
+    return _for_file(classify_execution(status_code, content), file_name)
+
+
+def classify_execution(status_code: int, content: bytes) -> PollOutcome:
+    """What a Status API answer says about the execution as a whole."""
     body = decode_json(content)
     if isinstance(body, dict) and isinstance(body.get("status"), str) and "errors" not in body:
-        return _for_file(_classify_execution_body(status_code, body), file_name)
+        return _classify_execution_body(status_code, body)
     error = std_error_text(body) or _short(content) or f"HTTP {status_code}"
     if status_code in (401, 403) or (status_code == 404 and "API not found" in error):
         return PollOutcome(PollKind.PIPELINE_BROKEN, None, status_code, refusal(status_code, error))
@@ -152,12 +159,39 @@ def _for_file(outcome: PollOutcome, file_name: str) -> PollOutcome:
     return replace(outcome, kind=PollKind.COMPLETED, error="")
 
 
+def shared_file_outcome(answer: PollOutcome, file_name: str) -> PollOutcome:
+    """What a terminal answer of an execution of several documents means for `file_name`.
+
+    Matched by exact name only. No item of its own (the server skipped it: same content,
+    an unsupported type; or the execution stopped first) and an execution that failed as a
+    whole (TOOL_IMAGE_NOT_FOUND, a failure without an error of this file) are no verdict on
+    the document: it is sent again alone."""
+    if answer.kind not in (PollKind.COMPLETED, PollKind.FAILED):
+        return answer
+    item = exact_file_item(answer.body, file_name)
+    if item is not None and item.get("status") == "Success" and not item.get("error"):
+        return replace(answer, kind=PollKind.COMPLETED, error="")
+    error = str(item.get("error") or "") if item is not None else ""
+    if not error or WHOLE_EXECUTION_ERROR in error or WHOLE_EXECUTION_ERROR in answer.error:
+        said = f"the execution ended ({answer.server_status}) without an answer for {file_name!r}"
+        return replace(answer, kind=PollKind.UNANSWERED, error=error or answer.error or said)
+    return replace(answer, kind=PollKind.FAILED, error=error)
+
+
 def _item_errors(message: Any) -> str:
     if not isinstance(message, list):
         return ""
     return "; ".join(
         str(item["error"]) for item in message if isinstance(item, dict) and item.get("error")
     )
+
+
+def exact_file_item(body: Any, file_name: str) -> dict[str, Any] | None:
+    """The per-file item of a terminal body named exactly `file_name`."""
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(message, list):
+        return None
+    return next((i for i in message if isinstance(i, dict) and i.get("file") == file_name), None)
 
 
 def find_file_item(body: Any, file_name: str) -> dict[str, Any] | None:
@@ -206,6 +240,13 @@ class UnstractResults:
         item = find_file_item(body, file_name)
         return item.get("metadata") if item else None
 
+    def file_outcomes(
+        self, answer: PollOutcome, file_names: Sequence[str], shared: bool
+    ) -> tuple[PollOutcome, ...]:
+        if not shared:
+            return tuple(_for_file(answer, name) for name in file_names)
+        return tuple(shared_file_outcome(answer, name) for name in file_names)
+
     def side_files(self, body: Any) -> tuple[SideFile, ...]:
         return ()
 
@@ -217,6 +258,7 @@ class UnstractClient:
     """The httpx implementation of `Backend` for one API deployment (one pooled client)."""
 
     fetch = None  # results come in the Status API's terminal answer
+    files_per_execution: int
 
     def __init__(
         self,
@@ -228,9 +270,11 @@ class UnstractClient:
         connect_timeout: float,
         read_timeout: float,
         max_connections: int,
+        files_per_execution: int = 1,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.name = "unstract"
+        self.files_per_execution = files_per_execution
         self.results = UnstractResults()
         self._url = url
         self._form = {"timeout": "0", "include_metadata": str(include_metadata).lower()}
@@ -246,7 +290,11 @@ class UnstractClient:
         )
 
     def submit(self, upload: Upload) -> SubmitOutcome:
-        files = {"files": (upload.file_name, upload.content, upload.content_type)}
+        return self.submit_files([upload])
+
+    def submit_files(self, uploads: Sequence[Upload]) -> SubmitOutcome:
+        """One execution for all `uploads`: one multipart part named `files` each."""
+        files = [("files", (u.file_name, u.content, u.content_type)) for u in uploads]
         try:
             response = self._client.post(self._url, data=self._form, files=files)
         except NOT_SENT_ERRORS as exc:
@@ -256,12 +304,15 @@ class UnstractClient:
         return classify_submit(response.status_code, response.content)
 
     def poll(self, execution_id: str, file_name: str) -> PollOutcome:
+        return _for_file(self.poll_execution(execution_id), file_name)
+
+    def poll_execution(self, execution_id: str) -> PollOutcome:
         params = {"execution_id": execution_id, "include_metadata": self._include_metadata}
         try:
             response = self._client.get(self._url, params=params)
         except httpx.HTTPError as exc:
             return PollOutcome(PollKind.RETRY, error=transport_error(exc))
-        return classify_poll(response.status_code, response.content, file_name)
+        return classify_execution(response.status_code, response.content)
 
     def check(self) -> CheckOutcome:
         try:
@@ -281,6 +332,7 @@ def build(api: UnstractApiConfig) -> UnstractClient:
         api.resolve_key(),
         tags=api.tags,
         include_metadata=api.include_metadata,
+        files_per_execution=api.files_per_execution,
         **http_options(api),
     )
 

@@ -153,14 +153,17 @@ class UnstractEmulator:
             self.faults.update(changes)
             return Faults(**self.faults.as_json())
 
-    def stop_execution(self, execution_id: str) -> bool:
-        """Force a running execution to STOPPED; False if unknown or already terminal."""
+    def stop_execution(self, execution_id: str, processed: bool = True) -> bool:
+        """Force a running execution to STOPPED; False if unknown or already terminal.
+        `processed=False`: stopped before any file was processed, so no file has an item."""
         now = time.time()
         with self._lock:
             execution = self._executions.get(execution_id)
             if execution is None or execution.status(now) in TERMINAL:
                 return False
             execution.forced, execution.forced_at = Status.STOPPED, now
+            if not processed:
+                execution.results = None
             return True
 
     def execution_status(self, execution_id: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,15 +11,31 @@ from sqlalchemy.engine import Connection
 
 from watcher.jobs import Decision, Job, JobState
 from watcher.store.database import retry_transient
-from watcher.store.schema import jobs, results
+from watcher.store.schema import jobs, results, to_job
 from watcher.store.writes import StoreBase, ends_claim
+
+POLL_CLAIM_LOCK_KEY = 0x5557_706C  # PostgreSQL advisory lock: one poll claim at a time
 
 
 class Polls(StoreBase):
     def claim_due_polls(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
         """Take executions whose next poll is due. Moving next_poll_at a lease ahead keeps
         other instances off them until we record the answer (or die)."""
-        return self.claim_many("poll_claim", self.sql.claim_polls, owner, limit, pipelines)
+        params = {
+            "owner": owner,
+            "limit": limit,
+            "pipelines": pipelines,
+            "lease_seconds": self.lease_seconds,
+        }
+
+        def claim(conn: Connection) -> list[Job]:
+            if not self.db.is_sqlite:
+                # One claim at a time, so that two never split the jobs of one execution
+                # (the second would find its result read: SQLite has one writer anyway).
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(POLL_CLAIM_LOCK_KEY)))
+            return [to_job(row) for row in conn.execute(self.sql.claim_polls, params).all()]
+
+        return sorted(self.db.claim("poll_claim", claim), key=lambda job: job.id)
 
     @ends_claim
     @retry_transient
@@ -83,17 +100,75 @@ class Polls(StoreBase):
         self, job: Job, decision: Decision, http_status: int | None, body: Any, fetching: bool
     ) -> bool:
         """`record_poll` with one round of retries (none through a long outage)."""
-        values: dict[str, Any] = self.decision_values(decision, http_status)
-        values["poll_count"] = job.poll_count + 1  # only the claim's holder polls it
-        if body is not None:
-            values["result_body"] = json.dumps(body)
-        if decision.state is JobState.QUEUED:
-            values["execution_id"] = None
+        values = self._poll_values(job, decision, http_status, body)
         expected = JobState.FETCHING if fetching else JobState.SUBMITTED
         with self.db.write(ending=[job]) as conn:
             if body is not None and decision.outcome is not None and job.execution_id:
                 self._keep_result(conn, job, decision, values)
             return self.sql.fenced(conn, job, expected, values)
+
+    def _poll_values(
+        self, job: Job, decision: Decision, http_status: int | None, body: Any
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = self.decision_values(decision, http_status)
+        values["poll_count"] = job.poll_count + 1  # only the claim's holder polls it
+        if body is not None and decision.state is JobState.RESULT_STORED:
+            values["result_body"] = json.dumps(body)
+        if decision.state is JobState.QUEUED:
+            values["execution_id"] = None
+        return values
+
+    def record_execution_poll(
+        self,
+        decided: Sequence[tuple[Job, Decision]],
+        http_status: int | None,
+        body: Any,
+        answer: Decision,
+    ) -> list[bool]:
+        """Apply one poll of a shared execution to each of its claimed jobs, in one
+        transaction, with its terminal body (if any) kept by execution id as well: read
+        once, the answer is stored for every document of the execution in the transaction
+        that records it. `answer` is the execution's own outcome, for `results`. Retried
+        through an outage while a body is in hand, as `record_poll` is."""
+        try:
+            if body is None:
+                return self._record_execution_poll(decided, http_status, body, answer)
+            return self.until_stored(
+                "a result that the API hands out once",
+                self._record_execution_poll,
+                decided,
+                http_status,
+                body,
+                answer,
+            )
+        except BaseException:
+            self.let_go(job for job, _ in decided)
+            raise
+
+    @retry_transient
+    def _record_execution_poll(
+        self,
+        decided: Sequence[tuple[Job, Decision]],
+        http_status: int | None,
+        body: Any,
+        answer: Decision,
+    ) -> list[bool]:
+        claimed = sorted(decided, key=lambda pair: pair[0].id)  # rows locked in id order
+        with self.db.write(ending=[job for job, _ in claimed]) as conn:
+            if body is not None and answer.outcome is not None:
+                lead = claimed[0][0]
+                kept = {"result_body": json.dumps(body), "updated_at": self.clock()}
+                self._keep_result(conn, lead, answer, kept)
+            done = {
+                job.id: self.sql.fenced(
+                    conn,
+                    job,
+                    JobState.SUBMITTED,
+                    self._poll_values(job, d, http_status, d.result_body),
+                )
+                for job, d in claimed
+            }
+        return [done[job.id] for job, _ in decided]
 
     def _keep_result(
         self, conn: Connection, job: Job, decision: Decision, values: dict[str, Any]

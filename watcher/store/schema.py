@@ -49,6 +49,10 @@ jobs = sa.Table(
     sa.Column("submitted_at", sa.Double),
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("finished_at", sa.Double),
+    # The first job's id for every job of a claim that packed several into one execution.
+    sa.Column("pack_id", sa.Integer),
+    # Its packed execution ended without its own answer: the next upload sends it alone.
+    sa.Column("alone", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("pipeline", "relative_path", "sha256", name="uq_jobs_document"),
 )
 sa.Index("ix_jobs_state_due", jobs.c.state, jobs.c.next_attempt_at)
@@ -81,7 +85,7 @@ results = sa.Table(
 # Columns a Job takes as they are; `to_job` converts the others.
 PLAIN_COLUMNS = tuple(
     "id pipeline sha256 size mtime_ns attempts execution_id poll_count outcome last_http_status "
-    "last_error lease_owner created_at submitted_at updated_at finished_at".split()
+    "last_error lease_owner created_at submitted_at updated_at finished_at pack_id".split()
 )
 
 
@@ -92,6 +96,7 @@ def to_job(row: sa.Row[Any]) -> Job:
         **{name: m[name] for name in PLAIN_COLUMNS},
         relative_path=fs_path(m["relative_path"], m["relative_path_raw"]),
         state=JobState(m["state"]),
+        alone=bool(m["alone"]),
         result_body=json.loads(body) if body else None,
     )
 

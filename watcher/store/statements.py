@@ -27,6 +27,7 @@ def moved(source: JobState, target: JobState) -> str:
     return target.value
 
 
+SIBLING_SLACK_SECONDS = 1.0  # well under a lease
 DUE_COLUMNS = ((JobState.QUEUED, jobs.c.next_attempt_at), (JobState.SUBMITTED, jobs.c.next_poll_at))
 
 
@@ -71,32 +72,68 @@ class Statements:
         return bool(conn.execute(self.fenced_stmt, {**values, **fence}).rowcount)
 
     def _prepare_upload_claim(self, pipelines: Any, lease_until: Any) -> None:
+        # Executions, not jobs: the jobs of a packed claim count once while being sent (by
+        # their pack), and once they are sent by the execution id they share.
+        execution = sa.case(
+            (
+                jobs.c.state == JobState.SUBMITTING.value,
+                sa.literal("claim ")
+                + sa.cast(sa.func.coalesce(jobs.c.pack_id, jobs.c.id), sa.String),
+            ),
+            else_=jobs.c.execution_id,
+        )
         self.in_flight_by_pipeline = (
-            sa.select(jobs.c.pipeline, sa.func.count())
+            sa.select(jobs.c.pipeline, sa.func.count(sa.distinct(execution)))
             .where(jobs.c.state.in_([s.value for s in IN_FLIGHT]))
             .group_by(jobs.c.pipeline)
         )
+        due_queued = (jobs.c.state == JobState.QUEUED.value) & (jobs.c.next_attempt_at <= self.now)
         candidate = (
             sa.select(jobs.c.id)
-            .where(jobs.c.state == JobState.QUEUED.value)
-            .where(jobs.c.next_attempt_at <= self.now)
+            .where(due_queued)
             .where(jobs.c.pipeline.in_(pipelines))
             .order_by(jobs.c.next_attempt_at, jobs.c.id)
             .limit(1)
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
+        claimed = {
+            "state": moved(JobState.QUEUED, JobState.SUBMITTING),
+            "attempts": jobs.c.attempts + 1,
+            "lease_owner": sa.bindparam("claim_owner"),
+            "lease_until": lease_until,
+            "updated_at": self.now,
+        }
         self.claim_upload = (
             sa.update(jobs)
             .where(jobs.c.id == candidate)
-            .values(
-                state=moved(JobState.QUEUED, JobState.SUBMITTING),
-                attempts=jobs.c.attempts + 1,
-                lease_owner=sa.bindparam("claim_owner"),
-                lease_until=lease_until,
-                updated_at=self.now,
-            )
+            .values(**claimed, pack_id=None)
             .returning(*jobs.c)
+        )
+        self._prepare_pack_claim(due_queued, claimed)
+
+    def _prepare_pack_claim(self, due_queued: Any, claimed: dict[str, Any]) -> None:
+        """A claim's first job may take others of its pipeline along into one execution."""
+        of_pipeline = jobs.c.pipeline == sa.bindparam("pipeline")
+        self.queued_due_count = sa.select(sa.func.count()).where(due_queued & of_pipeline)
+        self.pack_candidates = (
+            sa.select(*jobs.c)
+            .where(due_queued & of_pipeline & jobs.c.alone.is_(False))
+            .order_by(jobs.c.next_attempt_at, jobs.c.id)
+            .limit(sa.bindparam("limit", type_=sa.Integer))
+            .with_for_update(skip_locked=True)
+        )
+        self.claim_pack = (
+            sa.update(jobs)
+            .where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .where(jobs.c.state == JobState.QUEUED.value)
+            .values(**claimed, pack_id=sa.bindparam("pack_id"))
+            .returning(*jobs.c)
+        )
+        self.lead_pack = (
+            sa.update(jobs)
+            .where(jobs.c.id == sa.bindparam("b_id"))
+            .values(pack_id=sa.bindparam("pack_id"))
         )
 
     def _prepare_discovery(self) -> None:
@@ -115,18 +152,28 @@ class Statements:
         self.refresh_known = sa.update(jobs).where(document)
 
     def _prepare_poll_and_write_claims(self, pipelines: Any, lease_until: Any) -> None:
+        submitted = jobs.c.state == JobState.SUBMITTED.value
         due_polls = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.state == JobState.SUBMITTED.value)
-            .where(jobs.c.next_poll_at <= self.now)
+            sa.select(jobs.c.execution_id)
+            .where(submitted & (jobs.c.next_poll_at <= self.now))
             .where(jobs.c.pipeline.in_(pipelines))
             .order_by(jobs.c.next_poll_at)
             .limit(sa.bindparam("limit", type_=sa.Integer))
             .with_for_update(skip_locked=True)
+            .cte("due_polls")
+            # Run once: a subquery run again per row would skip the rows just locked and
+            # take others (PostgreSQL).
+            .prefix_with("MATERIALIZED", dialect="postgresql")
         )
+        # Whole executions: every job of a due one that no one holds (a claim moves its
+        # next poll a lease ahead), polled together by one poll; siblings written by one
+        # transaction may differ by its clock's ticks. Claims of polls take turns on
+        # PostgreSQL (Polls.claim_due_polls).
+        unleased = jobs.c.next_poll_at <= self.now + SIBLING_SLACK_SECONDS
         self.claim_polls = (
             sa.update(jobs)
-            .where(jobs.c.id.in_(due_polls))
+            .where(jobs.c.execution_id.in_(sa.select(due_polls.c.execution_id)))
+            .where(submitted & unleased)
             .values(
                 lease_owner=sa.bindparam("owner"), lease_until=lease_until, next_poll_at=lease_until
             )

@@ -2,28 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from watcher.jobs import Decision, Job, JobState
+from watcher.packs import pick_pack, should_pack
 from watcher.store.database import retry_transient
 from watcher.store.errors import TRANSIENT_DB_ERRORS
 from watcher.store.schema import jobs, to_job
 from watcher.store.writes import StoreBase, ends_claim
 
 CLAIM_LOCK_KEY = 0x5557_6174  # PostgreSQL advisory lock: one instance counts in-flight at a time
+# Queued jobs looked at per place in a pack: enough to step over same-name and same-content ones.
+PACK_LOOKAHEAD = 8
+
+
+def _by_id(job: Job) -> int:
+    return job.id
 
 
 class Uploads(StoreBase):
     def claim_for_upload(self, owner: str, limits: Mapping[str, int]) -> Job | None:
         """Take the next due queued job of a pipeline that has room for another execution."""
-        found = self.db.claim("upload_claim", lambda conn: self._claim_upload(conn, owner, limits))
+        found = self.claim_execution_for_upload(owner, limits, {})
         return found[0] if found else None
 
-    def _claim_upload(self, conn: Connection, owner: str, limits: Mapping[str, int]) -> list[Job]:
+    def claim_execution_for_upload(
+        self, owner: str, limits: Mapping[str, int], packing: Mapping[str, int]
+    ) -> list[Job]:
+        """The jobs of the next execution: the next due queued job of a pipeline that has
+        room for another execution, and others of its pipeline to go with it if `packing`
+        (documents per execution, by pipeline) allows and a backlog waits. [] if none."""
+        return self.db.claim(
+            "upload_claim", lambda conn: self._claim_upload(conn, owner, limits, packing)
+        )
+
+    def _claim_upload(
+        self,
+        conn: Connection,
+        owner: str,
+        limits: Mapping[str, int],
+        packing: Mapping[str, int],
+    ) -> list[Job]:
         if not self.db.is_sqlite:
             # Instances count in-flight executions one at a time: max_in_flight holds for all.
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
@@ -37,7 +61,35 @@ class Uploads(StoreBase):
             "lease_seconds": self.lease_seconds,
         }
         row = conn.execute(self.sql.claim_upload, params).first()
-        return [to_job(row)] if row else []
+        if row is None:
+            return []
+        first = to_job(row)
+        size = packing.get(first.pipeline, 1)
+        free = limits[first.pipeline] - busy.get(first.pipeline, 0)
+        if size <= 1 or first.alone:
+            return [first]
+        return self._pack(conn, first, size, free, params)
+
+    def _pack(
+        self, conn: Connection, first: Job, size: int, free: int, params: dict[str, Any]
+    ) -> list[Job]:
+        """Take others along with `first` while more documents wait than slots are free."""
+        of_pipeline = {"pipeline": first.pipeline}
+        waiting = 1 + int(conn.execute(self.sql.queued_due_count, of_pipeline).scalar_one())
+        if not should_pack(waiting, free, size):
+            return [first]
+        candidates = conn.execute(
+            self.sql.pack_candidates, {**of_pipeline, "limit": PACK_LOOKAHEAD * size}
+        ).all()
+        chosen = pick_pack(first, [to_job(row) for row in candidates], size)
+        if not chosen:
+            return [first]
+        pack = {"claim_owner": params["claim_owner"], "lease_seconds": self.lease_seconds}
+        rows = conn.execute(
+            self.sql.claim_pack, {**pack, "ids": [j.id for j in chosen], "pack_id": first.id}
+        ).all()
+        conn.execute(self.sql.lead_pack, {"b_id": first.id, "pack_id": first.id})
+        return [replace(first, pack_id=first.id), *sorted(map(to_job, rows), key=_by_id)]
 
     @ends_claim
     def record_submit(self, job: Job, decision: Decision, http_status: int | None) -> bool:
@@ -72,10 +124,25 @@ class Uploads(StoreBase):
         """`record_submit`, and the worker's next claim in the same transaction: one
         transaction a document instead of two (every writer of SQLite waits for each).
         Through an outage, the answer alone is kept trying, as `record_submit` does."""
+        recorded, found = self.record_submit_and_claim_execution(
+            job, decision, http_status, owner, limits, {}
+        )
+        return recorded, found[0] if found else None
+
+    def record_submit_and_claim_execution(
+        self,
+        job: Job,
+        decision: Decision,
+        http_status: int | None,
+        owner: str,
+        limits: Mapping[str, int],
+        packing: Mapping[str, int],
+    ) -> tuple[bool, list[Job]]:
+        """`record_submit_and_claim` whose next claim is `claim_execution_for_upload`'s."""
         try:
-            return self._record_submit_and_claim(job, decision, http_status, owner, limits)
+            return self._record_submit_and_claim(job, decision, http_status, owner, limits, packing)
         except TRANSIENT_DB_ERRORS:
-            return self.record_submit(job, decision, http_status), None
+            return self.record_submit(job, decision, http_status), []
 
     @retry_transient
     def _record_submit_and_claim(
@@ -85,17 +152,50 @@ class Uploads(StoreBase):
         http_status: int | None,
         owner: str,
         limits: Mapping[str, int],
-    ) -> tuple[bool, Job | None]:
+        packing: Mapping[str, int],
+    ) -> tuple[bool, list[Job]]:
         values = self._submit_values(job, decision, http_status)
         recorded = False
 
         def record_and_claim(conn: Connection) -> list[Job]:
             nonlocal recorded
             recorded = self.sql.fenced(conn, job, JobState.SUBMITTING, values)
-            return self._claim_upload(conn, owner, limits)
+            return self._claim_upload(conn, owner, limits, packing)
 
         found = self.db.claim("upload_claim", record_and_claim, ending=[job])
-        return recorded, found[0] if found else None
+        return recorded, found
+
+    def record_execution_submit(
+        self, decided: Sequence[tuple[Job, Decision]], http_status: int | None
+    ) -> list[bool]:
+        """Apply the decisions about the jobs of one packed upload in one transaction (the
+        execution id is recorded for all of them before any poll); fenced on each claim.
+        An accepted one is kept trying through an outage, as `record_submit` does."""
+        try:
+            if any(d.state is JobState.SUBMITTED for _, d in decided):
+                return self.until_stored(
+                    "an accepted upload's execution id",
+                    self._record_execution_submit,
+                    decided,
+                    http_status,
+                )
+            return self._record_execution_submit(decided, http_status)
+        except BaseException:
+            self.let_go(job for job, _ in decided)
+            raise
+
+    @retry_transient
+    def _record_execution_submit(
+        self, decided: Sequence[tuple[Job, Decision]], http_status: int | None
+    ) -> list[bool]:
+        jobs_ = [job for job, _ in decided]
+        with self.db.write(ending=jobs_) as conn:
+            return [
+                self.sql.fenced(
+                    conn, job, JobState.SUBMITTING, self._submit_values(job, d, http_status)
+                )
+                for job, d in decided
+            ]
 
     def _submit_values(
         self, job: Job, decision: Decision, http_status: int | None

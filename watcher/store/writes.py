@@ -112,6 +112,8 @@ class StoreBase:
             "last_http_status": http_status,
             "updated_at": now,
         }
+        if decision.alone:
+            values["alone"] = True
         if decision.state in (JobState.QUEUED, JobState.HELD):
             values.update(
                 next_attempt_at=now + decision.delay_seconds, lease_owner=None, lease_until=None
