@@ -3,12 +3,16 @@ on both databases), and what one execution's answer means for each of its docume
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import random
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from watcher import commands
 from watcher.backend import PollKind, PollOutcome, SubmitKind, SubmitOutcome
 from watcher.jobs import Decision, Job, JobState, decide_after_poll
 from watcher.packs import decide_after_pack_submit, file_rounds, pick_pack, should_pack
@@ -203,3 +207,22 @@ def test_a_document_to_be_sent_alone_is_never_packed(store: Store) -> None:
         sizes.append((len(claim), claim[0].alone))
         store.record_execution_submit([(j, Decision(JobState.QUEUED, 3600)) for j in claim], None)
     assert sorted(sizes) == [(1, True)] * 4 + [(2, False)]
+
+
+def test_status_jobs_show_and_report_say_which_documents_shared_an_execution(
+    store: Store,
+) -> None:
+    enqueue(store, [f"{i}.pdf" for i in range(5)])
+    pack = store.claim_execution_for_upload("me", {"p": 1}, {"p": 4})
+    accepted = Decision(JobState.SUBMITTED, execution_id="e-1")
+    store.record_execution_submit([(j, accepted) for j in pack], 200)
+    status = json.loads(commands.status(store, ["p"], as_json=True))[0]
+    assert (status["in_flight"], status["in_flight_executions"]) == (4, 1)
+    assert "4 in 1 executions" in commands.status(store, ["p"], as_json=False)
+    shown = json.loads(commands.jobs_show(store, pack[0].id, as_json=True) or "")
+    assert [j["path"] for j in shown["shares_execution_with"]] == ["1.pdf", "2.pdf", "3.pdf"]
+    text = commands.jobs_show(store, pack[1].id, as_json=False) or ""
+    assert "shares execution: 1 0.pdf, 3 2.pdf, 4 3.pdf" in text
+    rows = list(csv.DictReader(io.StringIO(commands.report(store, {}, "csv"))))
+    assert [r["documents_in_execution"] for r in rows] == ["4", "4", "4", "4", ""]
+    assert {r["execution_id"] for r in rows[:4]} == {"e-1"}

@@ -23,6 +23,7 @@ from watcher.store import Store
 from watcher.store.operator import (
     RETRYABLE,
     PipelineSummary,
+    execution_documents,
     get_job,
     jobs_newest_first,
     retry_jobs,
@@ -50,6 +51,7 @@ REPORT_FIELDS = [
     "last_http_status",
     "error",
     "cost_in_dollars",
+    "documents_in_execution",
 ]
 # Besides queued and in flight (submitting, submitted, fetching): every state has a column.
 COUNTED_STATES = [
@@ -131,10 +133,13 @@ def _status_row(summary: PipelineSummary) -> list[str]:
         condition = f"PAUSED: {summary.paused_reason}"
     else:
         condition = "no"
+    in_flight = str(summary.in_flight)
+    if summary.in_flight_executions < summary.in_flight:  # documents shared executions
+        in_flight += f" in {summary.in_flight_executions} executions"
     return [
         summary.name,
         str(summary.counts.get(JobState.QUEUED.value, 0)),
-        str(summary.in_flight),
+        in_flight,
         *map(str, counts),
         when(summary.oldest_waiting_since),
         condition,
@@ -204,12 +209,24 @@ def jobs_show(store: Store, job_id: int, as_json: bool) -> str | None:
     job = get_job(store, job_id)
     if job is None:
         return None
+    others = [j for j in _sharing(store, [job]).get(job.id, []) if j.id != job.id]
     record = job_record(job)
     if as_json:
-        return json.dumps({**record, "result_body": job.result_body}, indent=2)
+        shared = [{"id": j.id, "path": j.display_path} for j in others]
+        return json.dumps(
+            {**record, "shares_execution_with": shared, "result_body": job.result_body}, indent=2
+        )
+    record["shares execution"] = ", ".join(f"{j.id} {j.display_path}" for j in others)
     return "\n".join(
         f"{key:>16}: {'' if value is None else value}" for key, value in record.items()
     )
+
+
+def _sharing(store: Store, found: list[Job]) -> dict[int, list[Job]]:
+    """By job id: every job of its execution (itself included), for jobs that have one."""
+    ids = {j.execution_id for j in found if j.execution_id is not None}
+    by_execution = execution_documents(store, ids)
+    return {j.id: by_execution[j.execution_id] for j in found if j.execution_id is not None}
 
 
 def retry_job(store: Store, pipelines: Mapping[str, PipelineConfig], job_id: int) -> list[str]:
@@ -308,7 +325,14 @@ def file_digest(path: Path) -> str:
 
 
 def report(store: Store, filters: dict[str, Any], fmt: str) -> str:
-    records = [job_record(j) for j in reversed(jobs_newest_first(store, **filters))]
+    """Every job, oldest first; `documents_in_execution` says how many documents shared
+    its execution (its `execution_id`): 1 when it had one of its own."""
+    found = list(reversed(jobs_newest_first(store, **filters)))
+    sharing = _sharing(store, found)
+    records = [
+        {**job_record(j), "documents_in_execution": len(sharing.get(j.id, [])) or None}
+        for j in found
+    ]
     if fmt == "json":
         return json.dumps(records, indent=2)
     out = io.StringIO()

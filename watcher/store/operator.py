@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,15 @@ class NotSetUp(StoreError):
     """The database file or its schema is missing or behind: the daemon never set it up here."""
 
 
+ID_SLICE = 500  # values per IN (...) list, well under every database's limit
+
+
 @dataclass(frozen=True)
 class PipelineSummary:
     name: str
     counts: dict[str, int]  # every state -> jobs (0 included)
     in_flight: int
+    in_flight_executions: int  # the executions those documents are in (several may share one)
     oldest_waiting_since: float | None  # created_at of the oldest queued job
     paused_reason: str
     in_config: bool  # False: jobs of a pipeline that the config no longer has
@@ -170,13 +174,20 @@ def summaries(store: Store, configured: Collection[str] | None = None) -> list[P
         paused = dict(
             conn.execute(sa.select(pipeline_state.c.name, pipeline_state.c.paused_reason)).all()
         )
+        executions: dict[str, int] = dict(conn.execute(store.sql.in_flight_by_pipeline).all())
     by_pipeline: dict[str, dict[str, int]] = {}
     for name, state, count in counts:
         by_pipeline.setdefault(name, _no_jobs())[state] = int(count)
     if configured is None:
         configured = set(by_pipeline) | {n for n, r in paused.items() if r}
     names = sorted(set(by_pipeline) | set(configured))
-    return [_summary(name, by_pipeline, oldest, paused, name in configured) for name in names]
+    return [
+        replace(
+            _summary(name, by_pipeline, oldest, paused, name in configured),
+            in_flight_executions=int(executions.get(name, 0)),
+        )
+        for name in names
+    ]
 
 
 def _no_jobs() -> dict[str, int]:
@@ -195,10 +206,29 @@ def _summary(
         name=name,
         counts=counts,
         in_flight=sum(counts.get(s.value, 0) for s in IN_FLIGHT),
+        in_flight_executions=0,
         oldest_waiting_since=oldest.get(name),
         paused_reason=paused.get(name, "") if in_config else "",
         in_config=in_config,
     )
+
+
+def execution_documents(store: Store, execution_ids: Collection[str]) -> dict[str, list[Job]]:
+    """The jobs of each of these executions, in id order: several for a shared execution.
+    Asked a slice at a time (a report may name tens of thousands)."""
+    found: dict[str, list[Job]] = {eid: [] for eid in execution_ids}
+    wanted = sorted(found)
+    with reading(store) as conn:
+        for start in range(0, len(wanted), ID_SLICE):
+            query = (
+                sa.select(jobs)
+                .where(jobs.c.execution_id.in_(wanted[start : start + ID_SLICE]))
+                .order_by(jobs.c.id)
+            )
+            for row in conn.execute(query).all():
+                job = to_job(row)
+                found[str(job.execution_id)].append(job)
+    return found
 
 
 def held_jobs(store: Store, pipelines: list[str]) -> int:

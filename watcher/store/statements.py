@@ -80,7 +80,9 @@ class Statements:
                 sa.literal("claim ")
                 + sa.cast(sa.func.coalesce(jobs.c.pack_id, jobs.c.id), sa.String),
             ),
-            else_=jobs.c.execution_id,
+            else_=sa.func.coalesce(
+                jobs.c.execution_id, sa.literal("job ") + sa.cast(jobs.c.id, sa.String)
+            ),
         )
         self.in_flight_by_pipeline = (
             sa.select(jobs.c.pipeline, sa.func.count(sa.distinct(execution)))
