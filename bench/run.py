@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from backlog import backlog
 from harness import Override, Processes
 from report import Figure, Report
 from scenarios import (
@@ -45,6 +46,7 @@ SCENARIOS: dict[str, Scenario] = {
     "emulator": emulator_alone,
     "throughput": throughput,
     "saturation": saturation,
+    "backlog": backlog,  # several documents per execution
     "polls": polls,
     "latency": latency,
     "memory": memory_and_idle,  # also measures idle CPU, and leaves the tree for restart
