@@ -28,12 +28,15 @@ TARGET_RATIO = 0.35  # of the ideal of any one-file-per-execution client
 
 
 def backlog(ctx: Context) -> list[Figure]:
-    """Total time, from the daemon's start to the last result file, over the ideal of a
-    client that sends one file per execution (count x file time / org limit)."""
+    """Total time, from the daemon's `started` line (its scan of the waiting documents
+    included, the interpreter's start and the schema's creation not) to the last result
+    file, over the ideal of a client that sends one file per execution (count x file time /
+    org limit); from the process's start as well."""
     count, seconds = ctx.sizes.backlog_docs, ctx.sizes.backlog_file_seconds
     home = ctx.home("backlog")
     emulator = start_emulator(ctx.procs, home / "emulator.log", seconds, ctx.org_limit)
-    layout = ctx.layout(home, emulator.deployment_url)
+    # info: the `started` line, from which the backlog is timed.
+    layout = ctx.layout(home, emulator.deployment_url).with_url(emulator.deployment_url, "info")
     packing = ("api", "files_per_execution", FILES_PER_EXECUTION)
     layout = replace(layout, overrides=(packing, *layout.overrides))
     sources = _drop_backlog(layout.watch_dir, count)
@@ -55,7 +58,10 @@ def backlog(ctx: Context) -> list[Figure]:
         ctx.finish_daemon("backlog", daemon)
         ctx.procs.stop(emulator.proc)
     _check_own_outputs(results, sources, layout.output_dir)
-    return _figures(ctx, results, stats, daemon.started_at, count, seconds)
+    ready = daemon.event_time("started")
+    if ready is None:
+        raise BenchError("backlog: the daemon logged no `started` line")
+    return _figures(ctx, results, stats, (daemon.started_at, ready), count, seconds)
 
 
 def _drop_backlog(watch_dir: Path, count: int) -> dict[str, str]:
@@ -87,11 +93,12 @@ def _figures(
     ctx: Context,
     results: list[Path],
     stats: dict[str, object],
-    started: float,
+    started: tuple[float, float],
     count: int,
     seconds: float,
 ) -> list[Figure]:
-    total = max(mtime(p) for p in results) - started
+    last = max(mtime(p) for p in results)
+    total, process_total = last - started[1], last - started[0]
     ideal = count * seconds / ctx.org_limit
     executions = int(str(stats["executions_created"]))
     label = (
@@ -105,7 +112,15 @@ def _figures(
             total / ideal,
             "",
             Target("<=", TARGET_RATIO),
-            f"total {total:.1f} s from the daemon's start, ideal {ideal:.1f} s",
+            f"total {total:.1f} s from the `started` line, ideal {ideal:.1f} s",
+        ),
+        Figure(
+            "backlog",
+            "backlog_ratio_from_process_start",
+            "the same from the process's start",
+            process_total / ideal,
+            "",
+            note=f"total {process_total:.1f} s",
         ),
         Figure("backlog", "backlog_executions", "executions created", executions, ""),
         Figure(

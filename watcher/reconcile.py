@@ -21,7 +21,7 @@ from watcher.runtime import Pipeline
 from watcher.shared_poll import SharedPoll
 
 log = get_logger()
-BATCH = 4  # each of the poll loops takes a few at a time, so they share the due ones
+BATCH = 4  # each of the poll loops takes a few executions at a time, so they share the due ones
 MAX_IDLE_SECONDS = 2.0
 HELPER_MAX_IDLE_SECONDS = 10.0  # well under the hung-loop limit (3 leases, each over 10 s)
 MIN_WAIT_SECONDS = 0.01
@@ -79,7 +79,7 @@ class Reconciler(ContextLoop):
 
     def poll_due(self, stop: threading.Event) -> int:
         """Poll every execution whose next poll is due; return how many were polled."""
-        due = self.store.claim_due_polls(self.owner, BATCH, list(self.pipelines))
+        due = self.store.claim_due_polls(self.owner, self._batch(), list(self.pipelines))
         polled: set[int] = set()  # each poll ends its jobs' claims; the rest are let go
         try:
             for execution in by_execution(due):
@@ -91,6 +91,11 @@ class Reconciler(ContextLoop):
         finally:
             self.store.let_go(job for job in due if job.id not in polled)
         return len(due)
+
+    def _batch(self) -> int:
+        """Jobs per claim: a few executions, of as many documents as a pipeline packs."""
+        packs = [p.backend.files_per_execution for p in list(self.pipelines.values())]
+        return BATCH * max(packs, default=1)
 
     def _poll_claimed(self, execution: list[Job]) -> None:
         pipeline = self.pipelines.get(execution[0].pipeline)
