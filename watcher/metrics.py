@@ -97,7 +97,7 @@ class _TableCollector(Collector):
         for summary in self._summaries():
             for state, count in summary.counts.items():
                 documents.add_metric([summary.name, state], count)
-            in_flight.add_metric([summary.name], summary.in_flight)
+            in_flight.add_metric([summary.name], summary.in_flight_executions)
             paused.add_metric([summary.name], 1.0 if summary.paused_reason else 0.0)
         up = GaugeMetricFamily(
             PREFIX + "database_up", "1 if the job table could be read at this scrape"

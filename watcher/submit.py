@@ -59,6 +59,21 @@ def upload_content_type(file_name: str) -> str:
     return guessed if guessed in ACCEPTED_TYPES else "application/octet-stream"
 
 
+def read_for_upload(job: Job, pipeline: Pipeline) -> tuple[bytes, Decision | None]:
+    """The document's bytes, or the decision not to send it: too many attempts, or the
+    bytes are gone, unreadable, empty or no longer the ones that were hashed."""
+    too_many = decide_before_upload(job, pipeline.policy)
+    if too_many is not None:
+        return b"", too_many
+    limit = pipeline.config.max_file_bytes
+    try:
+        content = read_regular_file(pipeline.placement.source(job), limit)
+    except OSError as exc:
+        return b"", decide_unreadable(exc, limit)
+    digest = hashlib.sha256(content).hexdigest()
+    return content, decide_content(job, digest, len(content))
+
+
 class Uploader(ContextLoop):
     """One upload worker's loop. Several share the store, the pipelines and the wake-ups."""
 
@@ -137,7 +152,7 @@ class Uploader(ContextLoop):
         """Send the document, record the answer; return the worker's next job if it was
         claimed with the answer (only when `claim_next`), and whether to claim straight away
         otherwise."""
-        content, unsent = self._read(job, pipeline)
+        content, unsent = read_for_upload(job, pipeline)
         if unsent is not None:
             if self.store.record_submit(job, unsent, None):
                 self.carry_out(unsent, pipeline)
@@ -174,21 +189,6 @@ class Uploader(ContextLoop):
             job, decision, http_status, self.owner, limits, self._packing()
         )
         return recorded, next_claim, True
-
-    @staticmethod
-    def _read(job: Job, pipeline: Pipeline) -> tuple[bytes, Decision | None]:
-        """The document's bytes, or the decision not to send it: too many attempts, or the
-        bytes are gone, unreadable, empty or no longer the ones that were hashed."""
-        too_many = decide_before_upload(job, pipeline.policy)
-        if too_many is not None:
-            return b"", too_many
-        limit = pipeline.config.max_file_bytes
-        try:
-            content = read_regular_file(pipeline.placement.source(job), limit)
-        except OSError as exc:
-            return b"", decide_unreadable(exc, limit)
-        digest = hashlib.sha256(content).hexdigest()
-        return content, decide_content(job, digest, len(content))
 
 
 class PackedUpload:
@@ -229,7 +229,7 @@ class PackedUpload:
         """Each document's bytes; b"" for one that will not go (recorded as decided)."""
         contents = []
         for job in claim:
-            content, unsent = Uploader._read(job, self.pipeline)
+            content, unsent = read_for_upload(job, self.pipeline)
             if unsent is not None:
                 if self.store.record_submit(job, unsent, None):
                     self.uploader.carry_out(unsent, self.pipeline)
