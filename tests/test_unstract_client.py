@@ -220,6 +220,40 @@ def test_submit_sends_one_multipart_file_async_with_tags_and_bearer_key() -> Non
     assert b'name="include_metadata"\r\n\r\ntrue\r\n' in body
 
 
+def test_submit_files_sends_one_part_per_document_in_one_request() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=exec_message("PENDING"))
+
+    uploads = [Upload(f"p{i}.pdf", f"%PDF-1.4 {i}".encode(), "application/pdf") for i in range(3)]
+    outcome = _client(handler, files_per_execution=4).submit_files(uploads)
+    assert outcome.kind is SubmitKind.ACCEPTED and len(seen) == 1
+    body = seen[0].read()
+    assert body.count(b'name="files"; filename=') == 3
+    for index in range(3):
+        assert f'name="files"; filename="p{index}.pdf"'.encode() in body
+        assert f"%PDF-1.4 {index}".encode() in body
+    assert body.count(b'name="timeout"') == 1
+
+
+def test_poll_execution_answers_for_the_execution_and_each_file_by_name() -> None:
+    items = [
+        {"file": "a.pdf", "status": "Success", "error": None, "result": {"output": {}}},
+        {"file": "b.pdf", "status": "Failed", "error": "bad scan", "result": None},
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=status_body("COMPLETED", items))
+
+    client = _client(handler, files_per_execution=4)
+    answer = client.poll_execution(EXEC_ID)
+    assert answer.kind is PollKind.COMPLETED
+    kinds = [o.kind for o in client.results.file_outcomes(answer, ["b.pdf", "a.pdf"], True)]
+    assert kinds == [PollKind.FAILED, PollKind.COMPLETED]
+
+
 def test_poll_asks_by_execution_id_and_include_flags() -> None:
     seen: list[httpx.Request] = []
 
