@@ -15,12 +15,11 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bodies import BodyError, parse_body
 from .executions import TERMINAL, Execution, Status, status_response
 from .faults import Faults
 from .forms import (
-    BodyError,
     ExecutionForm,
-    parse_body,
     parse_execution_id,
     parse_status_flags,
     validate_execution_form,
