@@ -25,7 +25,9 @@ from .forms import (
     validate_execution_form,
 )
 from .responses import (
+    Answer,
     FieldError,
+    Pending,
     Request,
     Response,
     bad_gateway_page,
@@ -168,7 +170,7 @@ class UnstractEmulator:
 
     # -- request handling ----------------------------------------------------------------
 
-    def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Answer:
         """Answer one request to a `/deployment/api/...` URL."""
         match = _ROUTE.match(request.path)
         if match is None:
@@ -177,6 +179,11 @@ class UnstractEmulator:
         method = "GET" if request.method == "HEAD" else request.method
         if method not in ("GET", "POST"):
             return method_not_allowed(request.method)
+        if (slow := self.faults.slow_seconds) > 0:
+            return Pending(slow, lambda: self._answer(match, method, request))
+        return self._answer(match, method, request)
+
+    def _answer(self, match: re.Match[str], method: str, request: Request) -> Answer:
         injected = self._inject_faults(method, request)
         if injected is not None:
             return injected
@@ -188,8 +195,6 @@ class UnstractEmulator:
         return self._status(request)
 
     def _inject_faults(self, method: str, request: Request) -> Response | None:
-        if (slow := self.faults.slow_seconds) > 0:
-            time.sleep(slow)
         with self._lock:
             self._count_request(method, request)
             if self.faults.take("proxy_html"):
@@ -234,7 +239,7 @@ class UnstractEmulator:
 
     # -- Execution API -------------------------------------------------------------------
 
-    def _execute(self, deployment: Deployment, request: Request) -> Response:
+    def _execute(self, deployment: Deployment, request: Request) -> Answer:
         try:
             data = parse_body(request.header("content-type"), request.body)
         except BodyError as exc:
@@ -265,7 +270,7 @@ class UnstractEmulator:
             if self.faults.take("post_drop_after_create"):
                 return dropped_connection()
         if form.timeout > 0 and execution.error is None:
-            self._wait(execution, form.timeout)
+            return self._wait(execution, form, time.monotonic() + form.timeout)
         return self._execution_response(execution, form)
 
     def _running_count(self, org: str, now: float) -> int:
@@ -313,16 +318,15 @@ class UnstractEmulator:
         self._counters.record_execution(deployment.org, hashes, running)
         return execution
 
-    def _wait(self, execution: Execution, timeout: int) -> None:
+    def _wait(self, execution: Execution, form: ExecutionForm, deadline: float) -> Answer:
         """The synchronous wait of section 4, in small steps instead of 2 s ones."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                finished = execution.status(time.time()) in TERMINAL
-            remaining = deadline - time.monotonic()
-            if finished or remaining <= 0:
-                return
-            time.sleep(min(_WAIT_STEP_SECONDS, remaining))
+        with self._lock:
+            finished = execution.status(time.time()) in TERMINAL
+        remaining = deadline - time.monotonic()
+        if finished or remaining <= 0:
+            return self._execution_response(execution, form)
+        step = min(_WAIT_STEP_SECONDS, remaining)
+        return Pending(step, lambda: self._wait(execution, form, deadline))
 
     def _execution_response(self, execution: Execution, form: ExecutionForm) -> Response:
         with self._lock:
