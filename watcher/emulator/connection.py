@@ -123,8 +123,9 @@ class Connection(asyncio.Protocol):
         self._send(request, keep_alive, answer)
 
     def _resume(self, request: Request, keep_alive: bool, resume: Callable[[], Answer]) -> None:
-        if self._closing():
-            return  # the client went away meanwhile, or the server is stopping
+        # Also when the client went away meanwhile: the request still has its effects (an
+        # execution created after a slow fault, results consumed by a synchronous wait), as
+        # with the threaded server; only the answer is not written.
         self._settle(request, keep_alive, self.host.resume(resume))
         self._answer_next()
 
