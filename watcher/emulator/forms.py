@@ -1,4 +1,4 @@
-"""Request parsing and DRF-style validation for the Execution and Status APIs.
+"""DRF-style validation of the Execution and Status API requests (bodies.py decodes them).
 
 Messages, codes and attrs copy Django REST framework and the Unstract serializers
 (`ExecutionRequestSerializer`, `ExecutionQuerySerializer`) as described in sections 3 and 8
@@ -12,12 +12,9 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.parser import BytesParser
-from email.policy import HTTP
-from urllib.parse import parse_qs
 
-from .responses import FieldError, Response, std_error, validation_error
+from .bodies import FormData, Upload
+from .responses import FieldError
 from .results import Shaping
 
 MAX_FILES = 32
@@ -48,27 +45,6 @@ NOT_A_FILE = "The submitted data was not a file. Check the encoding type on the 
 
 
 @dataclass(frozen=True)
-class Upload:
-    """One uploaded file part."""
-
-    name: str
-    content: bytes
-    content_type: str = "application/octet-stream"
-
-
-FormValue = str | Upload
-FormData = Mapping[str, Sequence[FormValue]]
-
-
-class BodyError(Exception):
-    """The body could not be parsed at all; carries the response DRF would give."""
-
-    def __init__(self, response: Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-
-@dataclass(frozen=True)
 class ExecutionForm:
     """A validated Execution API request."""
 
@@ -77,71 +53,6 @@ class ExecutionForm:
     shaping: Shaping = field(default_factory=Shaping)
     use_file_history: bool = False
     tags: tuple[str, ...] = ()
-
-
-def parse_body(content_type: str | None, body: bytes) -> FormData:
-    """Decode the body the way DRF's default parsers would (multipart, form, JSON)."""
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if not media_type:
-        return {}
-    if media_type == "multipart/form-data":
-        return _parse_multipart(content_type or "", body)
-    if media_type == "application/x-www-form-urlencoded":
-        return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    if media_type == "application/json":
-        return _parse_json(body)
-    detail = f'Unsupported media type "{content_type}" in request.'
-    raise BodyError(std_error(415, detail, code="unsupported_media_type"))
-
-
-def _parse_multipart(content_type: str, body: bytes) -> FormData:
-    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
-    message = BytesParser(policy=HTTP).parsebytes(head + body)
-    boundary = message.get_boundary() if isinstance(message, EmailMessage) else None
-    if boundary is None or not isinstance(message, EmailMessage):
-        detail = f"Multipart form parse error - Invalid boundary in multipart: {boundary}"
-        raise BodyError(std_error(400, detail, code="parse_error"))
-    fields: dict[str, list[FormValue]] = {}
-    files: dict[str, list[FormValue]] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if not isinstance(name, str):
-            continue
-        payload = part.get_payload(decode=True)
-        content = payload if isinstance(payload, bytes) else b""
-        filename = part.get_filename()
-        if filename is None:
-            fields.setdefault(name, []).append(content.decode("utf-8", "replace"))
-        elif clean := _sanitize_file_name(filename):
-            files.setdefault(name, []).append(Upload(clean, content, part.get_content_type()))
-    # Django merges files after the plain values of the same name (QueryDict.update).
-    for name, uploads in files.items():
-        fields.setdefault(name, []).extend(uploads)
-    return fields
-
-
-def _sanitize_file_name(name: str) -> str:
-    """Django keeps only the base name and skips parts without a usable one."""
-    base = name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1].strip()
-    return "" if base in {".", ".."} else base
-
-
-def _parse_json(body: bytes) -> FormData:
-    try:
-        data = json.loads(body or b"null")
-    except ValueError as exc:
-        raise BodyError(std_error(400, f"JSON parse error - {exc}", code="parse_error")) from exc
-    if not isinstance(data, dict):
-        kind = type(data).__name__
-        detail = f"Invalid data. Expected a dictionary, but got {kind}."
-        raise BodyError(validation_error([FieldError(detail, "non_field_errors")]))
-    return {
-        k: [_json_text(x) for x in (v if isinstance(v, list) else [v])] for k, v in data.items()
-    }
-
-
-def _json_text(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _tag_problem(tag: str) -> str | None:

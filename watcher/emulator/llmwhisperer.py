@@ -1,7 +1,8 @@
 """The emulated LLMWhisperer API v2: submit, status, retrieve, detail and usage info.
 
 Follows /work/shared/api/llmwhisperer-v2.md; section numbers below refer to it.
-`LLMWhispererEmulator.handle` maps a `Request` to a `Response`; no sockets here. Whispers
+`LLMWhispererEmulator.handle` maps a `Request` to an `Answer` (a `Pending` while a slow
+fault holds it); no sockets, no sleeping here. Whispers
 progress by the clock, so nothing runs in the background. Mount it on an `EmulatorServer`
 with `mount_llmwhisperer`, next to the Unstract API deployment emulator.
 """
@@ -18,7 +19,15 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .faults import WhisperFaults
-from .responses import Request, Response, bad_gateway_page, dropped_connection, json_response
+from .responses import (
+    Answer,
+    Pending,
+    Request,
+    Response,
+    bad_gateway_page,
+    dropped_connection,
+    json_response,
+)
 from .stats import WhisperCounters, WhisperStats, usage_info
 from .whisper_jobs import StatusDialect, StatusGeneration, Whisper, parse_generation
 from .whisper_options import OptionError, WhisperOptions, parse_bool, parse_options
@@ -153,7 +162,7 @@ class LLMWhispererEmulator:
 
     # -- request handling ----------------------------------------------------------------
 
-    def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Answer:
         """Answer one request to a `/api/v2/...` URL."""
         endpoint = request.path.removeprefix(PATH_PREFIX)
         allowed = _METHODS.get(endpoint) if request.path.startswith(PATH_PREFIX) else None
@@ -162,6 +171,11 @@ class LLMWhispererEmulator:
         method = "GET" if request.method == "HEAD" else request.method
         if method != allowed:
             return _message(405, "Method Not Allowed")
+        if (slow := self.faults.slow_seconds) > 0:
+            return Pending(slow, lambda: self._answer(endpoint, request))
+        return self._answer(endpoint, request)
+
+    def _answer(self, endpoint: str, request: Request) -> Response:
         injected = self._inject_faults(endpoint, request)
         if injected is not None:
             return injected
@@ -196,8 +210,6 @@ class LLMWhispererEmulator:
         return json_response(200, faults.as_json())
 
     def _inject_faults(self, endpoint: str, request: Request) -> Response | None:
-        if (slow := self.faults.slow_seconds) > 0:
-            time.sleep(slow)
         with self._lock:
             self._count_request(endpoint, request)
             if self.faults.take("proxy_html"):

@@ -1,13 +1,15 @@
 """Transport-neutral request and response values shared by the emulated APIs.
 
-The emulated applications are functions from `Request` to `Response`; `server.py` turns
-sockets into these values and back, so the models never touch a socket.
+The emulated applications are functions from `Request` to an `Answer`: a `Response`, or
+`Pending` when the answer must wait (a slow fault, a synchronous execution); `server.py`
+turns sockets into these values and back, so the models never touch a socket or a clock's
+sleep, and a waiting answer holds up no other request.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,17 @@ class Response:
     content_type: str = JSON_TYPE
     headers: tuple[tuple[str, str], ...] = ()
     drop: bool = False
+
+
+@dataclass(frozen=True)
+class Pending:
+    """No answer yet: the server calls `resume()` after `seconds` and sends what it returns."""
+
+    seconds: float
+    resume: Callable[[], Answer]
+
+
+Answer = Response | Pending
 
 
 def json_response(status: int, payload: Any) -> Response:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .forms import Upload
+    from .bodies import Upload
 
 FAIL_MARKER = b"EMULATOR-FAIL"
 ECHO_KEY = "emulator_output"  # see _echoed_output

@@ -1,8 +1,9 @@
 """The emulated Unstract API deployment: Execution API (POST) and Status API (GET).
 
 Follows /work/shared/api/unstract-api-behaviour.md; section numbers below refer to it.
-`UnstractEmulator.handle` maps a `Request` to a `Response`; no sockets here. Executions
-progress by wall-clock time, so nothing runs in the background.
+`UnstractEmulator.handle` maps a `Request` to an `Answer` (a `Pending` while a slow fault or
+a synchronous wait holds it); no sockets, no sleeping here. Executions progress by
+wall-clock time, so nothing runs in the background.
 """
 
 from __future__ import annotations
@@ -14,20 +15,22 @@ import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
+from .bodies import BodyError, parse_body
 from .executions import TERMINAL, Execution, Status, status_response
 from .faults import Faults
 from .forms import (
-    BodyError,
     ExecutionForm,
-    parse_body,
     parse_execution_id,
     parse_status_flags,
     validate_execution_form,
 )
 from .responses import (
+    Answer,
     FieldError,
+    Pending,
     Request,
     Response,
     bad_gateway_page,
@@ -92,17 +95,16 @@ def file_rounds(files: int, batches: int) -> int:
 
 def _key_matches(key: str, candidates: Collection[str]) -> bool:
     """Keys are UUIDs; a non-UUID key never matches (section 2)."""
+    wanted = _as_uuid(key)
+    return wanted is not None and any(_as_uuid(candidate) == wanted for candidate in candidates)
+
+
+@lru_cache(maxsize=1024)  # the same few keys on every request; parsing one costs 5 us
+def _as_uuid(text: str) -> uuid.UUID | None:
     try:
-        wanted = uuid.UUID(key)
+        return uuid.UUID(text)
     except ValueError:
-        return False
-    for candidate in candidates:
-        try:
-            if uuid.UUID(candidate) == wanted:
-                return True
-        except ValueError:
-            continue
-    return False
+        return None
 
 
 class UnstractEmulator:
@@ -185,7 +187,7 @@ class UnstractEmulator:
 
     # -- request handling ----------------------------------------------------------------
 
-    def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Answer:
         """Answer one request to a `/deployment/api/...` URL."""
         match = _ROUTE.match(request.path)
         if match is None:
@@ -194,6 +196,11 @@ class UnstractEmulator:
         method = "GET" if request.method == "HEAD" else request.method
         if method not in ("GET", "POST"):
             return method_not_allowed(request.method)
+        if (slow := self.faults.slow_seconds) > 0:
+            return Pending(slow, lambda: self._answer(match, method, request))
+        return self._answer(match, method, request)
+
+    def _answer(self, match: re.Match[str], method: str, request: Request) -> Answer:
         injected = self._inject_faults(method, request)
         if injected is not None:
             return injected
@@ -205,8 +212,6 @@ class UnstractEmulator:
         return self._status(request)
 
     def _inject_faults(self, method: str, request: Request) -> Response | None:
-        if (slow := self.faults.slow_seconds) > 0:
-            time.sleep(slow)
         with self._lock:
             self._count_request(method, request)
             if self.faults.take("proxy_html"):
@@ -251,7 +256,7 @@ class UnstractEmulator:
 
     # -- Execution API -------------------------------------------------------------------
 
-    def _execute(self, deployment: Deployment, request: Request) -> Response:
+    def _execute(self, deployment: Deployment, request: Request) -> Answer:
         try:
             data = parse_body(request.header("content-type"), request.body)
         except BodyError as exc:
@@ -282,7 +287,7 @@ class UnstractEmulator:
             if self.faults.take("post_drop_after_create"):
                 return dropped_connection()
         if form.timeout > 0 and execution.error is None:
-            self._wait(execution, form.timeout)
+            return self._wait(execution, form, time.monotonic() + form.timeout)
         return self._execution_response(execution, form)
 
     def _running_count(self, org: str, now: float) -> int:
@@ -332,16 +337,15 @@ class UnstractEmulator:
         self._counters.record_execution(deployment.org, hashes, running)
         return execution
 
-    def _wait(self, execution: Execution, timeout: int) -> None:
+    def _wait(self, execution: Execution, form: ExecutionForm, deadline: float) -> Answer:
         """The synchronous wait of section 4, in small steps instead of 2 s ones."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                finished = execution.status(time.time()) in TERMINAL
-            remaining = deadline - time.monotonic()
-            if finished or remaining <= 0:
-                return
-            time.sleep(min(_WAIT_STEP_SECONDS, remaining))
+        with self._lock:
+            finished = execution.status(time.time()) in TERMINAL
+        remaining = deadline - time.monotonic()
+        if finished or remaining <= 0:
+            return self._execution_response(execution, form)
+        step = min(_WAIT_STEP_SECONDS, remaining)
+        return Pending(step, lambda: self._wait(execution, form, deadline))
 
     def _execution_response(self, execution: Execution, form: ExecutionForm) -> Response:
         with self._lock:
