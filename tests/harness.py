@@ -39,8 +39,9 @@ def write_config(
     pipeline: dict[str, Any] | None = None,
     api: dict[str, Any] | None = None,
     daemon: dict[str, Any] | None = None,
+    database: dict[str, Any] | None = None,
 ) -> Path:
-    """A config file for one pipeline watching folder/drop; keys of the three tables override."""
+    """A config file for one pipeline watching folder/drop; keys of the four tables override."""
     drop = folder / "drop"
     drop.mkdir(parents=True, exist_ok=True)
     pipeline_table = {
@@ -69,7 +70,9 @@ def write_config(
         **(daemon or {}),
     }
     lines = [
-        f"[database]\nurl = {json.dumps(db_url)}\n",
+        "[database]",
+        *_pairs({"url": db_url, **(database or {})}),
+        "",
         "[daemon]",
         *_pairs(daemon_table),
         "\n[[pipelines]]",

@@ -90,6 +90,8 @@ class Job:
     submitted_at: float | None
     updated_at: float
     finished_at: float | None = None
+    answer_dropped_at: float | None = None  # the stored answer expired (the result file has it)
+    cost_in_dollars: float | None = None  # kept from the answer when it was dropped
 
     @property
     def file_name(self) -> str:

@@ -22,6 +22,7 @@ from watcher.jobs import UNFINISHED, Job
 from watcher.store.database import Database
 from watcher.store.discovery import Discovery
 from watcher.store.errors import StoreError, db_error_text, store_error
+from watcher.store.expiry import Expiry
 from watcher.store.instance_lock import lock_instance
 from watcher.store.leases import Leases
 from watcher.store.polls import Polls
@@ -33,7 +34,7 @@ from watcher.store.writes import DEFAULT_LEASE_SECONDS
 MIGRATION_LOCK_KEY = 0x5557_6D67  # PostgreSQL advisory lock: one instance migrates at a time
 
 
-class Store(Discovery, Uploads, Polls, Results, Leases):
+class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
     def __init__(
         self,
         url: str,
@@ -64,8 +65,8 @@ class Store(Discovery, Uploads, Polls, Results, Leases):
         waiting out is raised then, as if the retries had run out."""
         self.db.stop_waits_on(stop)
 
-    def upgrade(self) -> None:
-        """Create or upgrade the schema to the newest alembic revision."""
+    def upgrade(self, revision: str = "head") -> None:
+        """Create or upgrade the schema to the newest alembic revision (or to `revision`)."""
         from alembic import command
         from alembic.config import Config
 
@@ -76,7 +77,7 @@ class Store(Discovery, Uploads, Polls, Results, Leases):
                 config = Config()
                 config.set_main_option("script_location", str(folder))
                 config.attributes["connection"] = conn
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
         except sa.exc.SQLAlchemyError as exc:
             raise store_error(exc) from None
 
