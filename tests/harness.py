@@ -152,15 +152,18 @@ def let_discovery_catch_up(daemon: Daemon, drop: Path, results: Path | None = No
 
 
 def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Times of every full listing of a drop folder from now on (the real scan still runs)."""
+    """Times of every full listing of a drop folder from now on, when it got to its end
+    (the real scan still runs, a slice at a time)."""
     scans: list[float] = []
-    real_scan = FolderWatcher.scan
+    real_scan_some = FolderWatcher.scan_some
 
-    def scan(watcher: FolderWatcher, now: float) -> None:
-        real_scan(watcher, now)
-        scans.append(now)
+    def scan_some(watcher: FolderWatcher, now: float, budget_seconds: float | None = None) -> None:
+        listing = watcher.scanning
+        real_scan_some(watcher, now, budget_seconds)
+        if listing and not watcher.scanning:
+            scans.append(now)
 
-    monkeypatch.setattr(FolderWatcher, "scan", scan)
+    monkeypatch.setattr(FolderWatcher, "scan_some", scan_some)
     return scans
 
 
