@@ -282,6 +282,9 @@ def test_with_zero_days_the_daemon_keeps_only_the_files_and_the_commands_say_so(
         let_discovery_catch_up(daemon, drop)
         paths = [job.relative_path for job in daemon.live.current.store.list_jobs()]
         assert paths.count("a.txt") == 1
+        # systemd's STATUS= line counts the work at hand, not the history.
+        status = daemon.status_line()
+        assert status == "0 queued, 0 in flight, 2 done, 1 failed since start"  # + the sentinel
     shown = cli(config, "jobs", "show", "1")
     assert shown.returncode == 0, shown.stderr
     assert "stored_answer: dropped 20" in shown.stdout

@@ -141,6 +141,17 @@ class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
         with self.db.read() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def unfinished_by_state(self) -> dict[str, int]:
+        """How many jobs wait in each unfinished state, all pipelines (through the state
+        index: the cost follows the work at hand, not the history)."""
+        query = (
+            sa.select(jobs.c.state, sa.func.count())
+            .where(jobs.c.state.in_([s.value for s in UNFINISHED]))
+            .group_by(jobs.c.state)
+        )
+        with self.db.read() as conn:
+            return {state: int(count) for state, count in conn.execute(query).all()}
+
     def list_jobs(self, pipeline: str | None = None) -> list[Job]:
         """Every job (of a pipeline), oldest id first; `operator.jobs_newest_first` filters."""
         query = sa.select(jobs).order_by(jobs.c.id)
