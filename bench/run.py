@@ -27,6 +27,7 @@ from types import FrameType
 from backlog import backlog
 from harness import Override, Processes
 from report import Figure, Report
+from scale import scale
 from scenarios import (
     FULL,
     SERVER_LIMIT,
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, Scenario] = {
     "latency": latency,
     "memory": memory_and_idle,  # also measures idle CPU, and leaves the tree for restart
     "restart": restart,
+    "scale": scale,  # grows the tree restart leaves (or a seed run's) to scale_docs
 }
 ALIASES = {"idle": "memory"}
 SETTLE_SECONDS = 0.3

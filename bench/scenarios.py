@@ -63,10 +63,29 @@ class Sizes:
     stall_seconds: float  # a scenario fails when no result came for this long
     backlog_docs: int  # waiting at the start, in four folders that share the file names
     backlog_file_seconds: float
+    scale_docs: tuple[int, ...] = ()  # the scale scenario's sizes, each grown from the last
 
 
-FULL = Sizes(5.0, 8, 1000, 400, 2.0, 60, 5.0, 30, 5, 1000, 60.0, 50_000, 1000, 90.0, 400, 2.0)
-SMOKE = Sizes(1.0, 4, 50, 40, 0.5, 10, 1.0, 3, 2, 100, 5.0, 2000, 100, 30.0, 40, 0.5)
+FULL = Sizes(
+    5.0,
+    8,
+    1000,
+    400,
+    2.0,
+    60,
+    5.0,
+    30,
+    5,
+    1000,
+    60.0,
+    50_000,
+    1000,
+    90.0,
+    400,
+    2.0,
+    (50_000, 150_000),
+)
+SMOKE = Sizes(1.0, 4, 50, 40, 0.5, 10, 1.0, 3, 2, 100, 5.0, 2000, 100, 30.0, 40, 0.5, (2000, 4000))
 
 
 @dataclass

@@ -39,8 +39,9 @@ def write_config(
     pipeline: dict[str, Any] | None = None,
     api: dict[str, Any] | None = None,
     daemon: dict[str, Any] | None = None,
+    database: dict[str, Any] | None = None,
 ) -> Path:
-    """A config file for one pipeline watching folder/drop; keys of the three tables override."""
+    """A config file for one pipeline watching folder/drop; keys of the four tables override."""
     drop = folder / "drop"
     drop.mkdir(parents=True, exist_ok=True)
     pipeline_table = {
@@ -69,7 +70,9 @@ def write_config(
         **(daemon or {}),
     }
     lines = [
-        f"[database]\nurl = {json.dumps(db_url)}\n",
+        "[database]",
+        *_pairs({"url": db_url, **(database or {})}),
+        "",
         "[daemon]",
         *_pairs(daemon_table),
         "\n[[pipelines]]",
@@ -149,15 +152,18 @@ def let_discovery_catch_up(daemon: Daemon, drop: Path, results: Path | None = No
 
 
 def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Times of every full listing of a drop folder from now on (the real scan still runs)."""
+    """Times of every full listing of a drop folder from now on, when it got to its end
+    (the real scan still runs, a slice at a time)."""
     scans: list[float] = []
-    real_scan = FolderWatcher.scan
+    real_scan_some = FolderWatcher.scan_some
 
-    def scan(watcher: FolderWatcher, now: float) -> None:
-        real_scan(watcher, now)
-        scans.append(now)
+    def scan_some(watcher: FolderWatcher, now: float, budget_seconds: float | None = None) -> None:
+        listing = watcher.scanning
+        real_scan_some(watcher, now, budget_seconds)
+        if listing and not watcher.scanning:
+            scans.append(now)
 
-    monkeypatch.setattr(FolderWatcher, "scan", scan)
+    monkeypatch.setattr(FolderWatcher, "scan_some", scan_some)
     return scans
 
 

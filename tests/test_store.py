@@ -24,7 +24,7 @@ def test_enqueue_is_idempotent_per_path_and_content(store: Store) -> None:
     assert store.enqueue("p", "in/a.pdf", SHA_A, 10, 2) is None  # same content again
     assert store.enqueue("p", "in/a.pdf", SHA_B, 11, 3) is not None  # changed content
     assert store.enqueue("p", "other/a.pdf", SHA_A, 10, 1) is not None  # another path
-    known = store.known_files("p")
+    known = store.known_versions("p", ["in/a.pdf"])
     assert known["in/a.pdf"].sha256 == SHA_B
     assert len(store.list_jobs("p")) == 3
 
@@ -32,7 +32,7 @@ def test_enqueue_is_idempotent_per_path_and_content(store: Store) -> None:
 def test_repeat_with_same_content_refreshes_the_stat_for_cheap_rescans(store: Store) -> None:
     store.enqueue("p", "a.pdf", SHA_A, 10, 1)
     store.enqueue("p", "a.pdf", SHA_A, 10, 99)
-    assert store.known_files("p")["a.pdf"].mtime_ns == 99
+    assert store.known_versions("p", ["a.pdf"])["a.pdf"].mtime_ns == 99
 
 
 def test_claim_respects_the_in_flight_limit_per_pipeline(store: Store) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from structlog.testing import capture_logs
 
 from watcher.config import DEFAULT_INCLUDE
 from watcher.filters import FileFilter
+from watcher.store import KnownFile
 from watcher.watch import (
     Discovered,
     FileStat,
@@ -47,11 +49,22 @@ def test_zero_settle_takes_a_file_at_first_sight() -> None:
 
 
 class Collector:
+    """Stands in for the job table: what was queued, and what it knows of which path."""
+
     def __init__(self) -> None:
         self.queued: list[tuple[str, str, int]] = []
+        self.versions: dict[str, KnownFile] = {}
+        self.asked: list[list[str]] = []  # the lookups made, a batch of paths each
 
     def __call__(self, found: list[Discovered]) -> None:
         self.queued += [(f.relative_path, f.sha256, f.size) for f in found]
+        self.versions.update(
+            {f.relative_path: KnownFile(f.sha256, f.size, f.mtime_ns) for f in found}
+        )
+
+    def known(self, paths: Sequence[str]) -> dict[str, KnownFile]:
+        self.asked.append(list(paths))
+        return {path: self.versions[path] for path in paths if path in self.versions}
 
 
 def make_watcher(root: Path, collector: Collector, recursive: bool = True) -> FolderWatcher:
@@ -61,7 +74,7 @@ def make_watcher(root: Path, collector: Collector, recursive: bool = True) -> Fo
         recursive=recursive,
         file_filter=FileFilter(include=tuple(DEFAULT_INCLUDE)),
         settle_seconds=0.0,
-        known={},
+        known=collector.known,
         enqueue=collector,
         wake=threading.Event(),
     )
@@ -149,7 +162,7 @@ def test_files_in_an_excluded_archive_are_not_queued_from_native_events(tmp_path
         root,
         recursive=True,
         settle_seconds=0.0,
-        known={},
+        known=collector.known,
         enqueue=collector,
         wake=wake,
         file_filter=FileFilter(include=tuple(DEFAULT_INCLUDE), exclude=("archive",)),

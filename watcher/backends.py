@@ -8,6 +8,8 @@ from typing import Any
 from watcher import llmwhisperer, unstract
 from watcher.api_config import LLMWhispererApiConfig, UnstractApiConfig
 from watcher.backend import Backend, ResultFormat
+from watcher.flatten import cost_in_dollars
+from watcher.jobs import Job
 
 RESULT_FORMATS: dict[str, ResultFormat] = {
     found.kind: found for found in (unstract.UnstractResults(), llmwhisperer.LLMWhispererResults())
@@ -35,3 +37,8 @@ def stored_usage(body: Any, file_name: str) -> Any:
         if usage is not None:
             return usage
     return None
+
+
+def stored_cost(job: Job) -> float | None:
+    """The LLM cost a job's stored answer reports (with include_metadata), if any."""
+    return cost_in_dollars(stored_usage(job.result_body, job.upload_name))

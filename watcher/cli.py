@@ -194,8 +194,12 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_show(args: argparse.Namespace) -> int:
-    store = _operator_store(args)
-    shown = commands.jobs_show(store, args.id, args.json)
+    from watcher.runtime import placement_for
+
+    settings = _operator_settings(args)
+    store = _operator_store(args, settings)
+    placements = {p.name: placement_for(p) for p in settings.pipelines}
+    shown = commands.jobs_show(store, args.id, args.json, placements)
     store.close()
     if shown is None:
         print(f"unstract-watcher: no job {args.id}", file=sys.stderr)

@@ -13,12 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from watcher.backends import stored_usage
+from watcher.backends import stored_cost
 from watcher.config import PipelineConfig
 from watcher.files import sha256_of
-from watcher.flatten import cost_in_dollars
 from watcher.jobs import Job, JobState
-from watcher.output import move_durably
+from watcher.output import Placement, move_durably
 from watcher.store import Store
 from watcher.store.operator import (
     RETRYABLE,
@@ -169,8 +168,9 @@ def job_record(job: Job) -> dict[str, Any]:
 
 
 def cost_of(job: Job) -> float | None:
-    """LLM cost reported by the API for this document (with include_metadata), if any."""
-    return cost_in_dollars(stored_usage(job.result_body, job.upload_name))
+    """LLM cost reported by the API for this document (with include_metadata), if any: from
+    its stored answer, or as kept when that answer was dropped."""
+    return job.cost_in_dollars if job.answer_dropped_at is not None else stored_cost(job)
 
 
 def jobs_list(store: Store, filters: dict[str, Any], as_json: bool, full: bool = False) -> str:
@@ -205,12 +205,16 @@ def _shortened(error: str) -> str:
     return error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 3] + "..."
 
 
-def jobs_show(store: Store, job_id: int, as_json: bool) -> str | None:
+def jobs_show(
+    store: Store, job_id: int, as_json: bool, placements: Mapping[str, Placement] | None = None
+) -> str | None:
+    """One job, with its stored answer (or when that was dropped) and where its result file
+    is (if its pipeline's folders are in `placements`)."""
     job = get_job(store, job_id)
     if job is None:
         return None
     others = [j for j in _sharing(store, [job]).get(job.id, []) if j.id != job.id]
-    record = job_record(job)
+    record = {**job_record(job), **_answer_record(job, (placements or {}).get(job.pipeline))}
     if as_json:
         shared = [{"id": j.id, "path": j.display_path} for j in others]
         return json.dumps(
@@ -227,6 +231,20 @@ def _sharing(store: Store, found: list[Job]) -> dict[int, list[Job]]:
     ids = {j.execution_id for j in found if j.execution_id is not None}
     by_execution = execution_documents(store, ids)
     return {j.id: by_execution[j.execution_id] for j in found if j.execution_id is not None}
+
+
+def _answer_record(job: Job, placement: Placement | None) -> dict[str, Any]:
+    ended = job.state in (JobState.DONE, JobState.FAILED)
+    if job.answer_dropped_at is not None:
+        answer = f"dropped {when(job.answer_dropped_at)} (keep_results_days); see the result file"
+    else:
+        answer = "kept in the database" if job.result_body is not None else "none"
+    result_file = str(placement.result_path(job)) if ended and placement is not None else None
+    return {
+        "answer_dropped_at": when(job.answer_dropped_at),
+        "stored_answer": answer,
+        "result_file": result_file,
+    }
 
 
 def retry_job(store: Store, pipelines: Mapping[str, PipelineConfig], job_id: int) -> list[str]:

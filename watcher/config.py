@@ -80,6 +80,13 @@ class DatabaseConfig(Strict):
     busy_timeout_seconds: float = Field(
         30.0, gt=0, le=600, description="SQLite: how long a writer waits for the lock."
     )
+    keep_results_days: float = Field(
+        7.0,
+        ge=0,
+        le=3650,
+        description="Days the API's answer of a finished document stays in the database after "
+        "its result file is written (0: drop it once the file is written); the file keeps it.",
+    )
 
     @field_validator("url")
     @classmethod

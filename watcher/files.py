@@ -49,6 +49,9 @@ class StabilityTracker:
     def paths(self) -> list[str]:
         return list(self._pending)
 
+    def __contains__(self, path: str) -> bool:
+        return path in self._pending
+
     def due(self, now: float) -> list[str]:
         """Paths whose settle time has passed: only these need a fresh stat. A change before
         then shows in that stat (or in an event) and starts their settle time again."""

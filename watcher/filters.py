@@ -7,7 +7,9 @@ exclusion: a file is excluded if it matches, or if any folder above it is exclud
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -73,7 +75,8 @@ class FileFilter:
             return False
         if self._excluded(path, name):
             return False
-        return any(fnmatchcase(path, p) or fnmatchcase(name, p) for p in self._lower(self.include))
+        included = _pattern(self._lower(self.include))
+        return bool(included.match(path) or included.match(name))
 
     def excludes_dir(self, relative_dir: str) -> bool:
         """True if this folder or one above it is excluded: nothing below it is ever taken."""
@@ -93,12 +96,24 @@ class FileFilter:
         return False
 
     @staticmethod
-    def _lower(patterns: tuple[str, ...]) -> list[str]:
-        return [p.lower() for p in patterns]
+    def _lower(patterns: tuple[str, ...]) -> tuple[str, ...]:
+        return _lowered(patterns)
 
 
 def _matches_any(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatchcase(name, p) for p in patterns)
+    return _pattern(patterns).match(name) is not None
+
+
+@functools.lru_cache(maxsize=64)
+def _lowered(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p.lower() for p in patterns)
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """fnmatch patterns as one regular expression: asked for every file of every scan, one
+    match costs a fraction of one fnmatch per pattern."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
 
 
 @functools.lru_cache(maxsize=4096)

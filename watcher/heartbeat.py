@@ -1,15 +1,22 @@
 """The heartbeat: keeps alive the claims this process's loops hold, and gives back leases of
-ours that no loop holds (a write whose commit answer was lost) so nothing waits for them."""
+ours that no loop holds (a write whose commit answer was lost) so nothing waits for them.
+At a low pace it also drops the stored answers that `keep_results_days` no longer keeps."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from watcher.context import Live
+from watcher.backends import stored_cost
+from watcher.context import Context, Live
+from watcher.logs import get_logger
+from watcher.store.expiry import EXPIRY_BATCH
 from watcher.supervisor import Loop
 
 ORPHAN_CHECK_SECONDS = 1.0  # costs no query unless a claim is in doubt
+EXPIRY_PASS_SECONDS = 30.0  # a batch of answers to drop, when nothing more is known to be due
+EXPIRY_CATCH_UP_SECONDS = 1.0  # the last batch was full: more are due (an old database)
+log = get_logger()
 
 
 class Heartbeat(Loop):
@@ -18,6 +25,7 @@ class Heartbeat(Loop):
     def __init__(self, live: Live) -> None:
         super().__init__()
         self.live = live
+        self.expire_at = 0.0  # monotonic time of the next expiry pass
 
     def run(self, stop: threading.Event) -> None:
         renew_at = 0.0
@@ -30,4 +38,17 @@ class Heartbeat(Loop):
                 renew_at = time.monotonic() + store.lease_seconds / 3
             if store.release_orphans(context.owner, hold=context.hold_pipelines()):
                 context.wakes.wake_all()
+            if time.monotonic() >= self.expire_at:
+                self.expire_answers(context)
             stop.wait(ORPHAN_CHECK_SECONDS)
+
+    def expire_answers(self, context: Context) -> int:
+        """One batch of stored answers past `keep_results_days` dropped; returns how many."""
+        self.expire_at = time.monotonic() + EXPIRY_PASS_SECONDS  # an outage: not at once again
+        keep_seconds = context.settings.database.keep_results_days * 86400.0
+        dropped = context.store.drop_expired_answers(keep_seconds, stored_cost)
+        if dropped:
+            log.debug("stored answers dropped", count=dropped)
+        if dropped >= EXPIRY_BATCH:
+            self.expire_at = time.monotonic() + EXPIRY_CATCH_UP_SECONDS
+        return dropped

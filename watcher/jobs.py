@@ -89,6 +89,8 @@ class Job:
     finished_at: float | None = None
     pack_id: int | None = None  # set for every job of a claim that packed several together
     alone: bool = False  # its packed execution gave it no answer: send it on its own
+    answer_dropped_at: float | None = None  # the stored answer expired (the result file has it)
+    cost_in_dollars: float | None = None  # kept from the answer when it was dropped
 
     @property
     def shares_execution(self) -> bool:

@@ -11,6 +11,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from watcher.config import PipelineConfig
 from watcher.daemon import Daemon
-from watcher.store import KnownFile
+from watcher.watch import LOOKUP_BATCH, Known
 
 
 class ProgressBar:
@@ -80,27 +81,35 @@ def documents_to_take(daemon: Daemon) -> int:
     """Files in the pipelines' folders that the watcher will take: new, or changed since the
     job table last saw them (by size and mtime, as the watcher decides)."""
     return sum(
-        _new_in(pipeline.config, daemon.store.known_files(name))
+        _new_in(pipeline.config, partial(daemon.store.known_versions, name))
         for name, pipeline in list(daemon.pipelines.items())
     )
 
 
-def _new_in(config: PipelineConfig, known: dict[str, KnownFile]) -> int:
+def _new_in(config: PipelineConfig, known: Known) -> int:
+    """Counted a batch at a time, the table asked about each batch: memory stays flat."""
     take = config.file_filter()
-    count = 0
+    count, batch = 0, []
     for relative in _files(config.watch_dir.resolve(), config.recursive, take.excludes_dir):
-        if not take.takes(relative):
-            continue
+        if take.takes(relative):
+            batch.append(relative)
+        if len(batch) >= LOOKUP_BATCH:
+            count, batch = count + _new_of(config.watch_dir, batch, known), []
+    return count + _new_of(config.watch_dir, batch, known)
+
+
+def _new_of(root: Path, relatives: list[str], known: Known) -> int:
+    stats = {}
+    for relative in relatives:
         try:
-            info = os.stat(config.watch_dir / relative)
+            info = os.stat(root / relative)
         except OSError:
             continue
-        seen = known.get(relative)
-        if stat.S_ISREG(info.st_mode) and (
-            seen is None or (seen.size, seen.mtime_ns) != (info.st_size, info.st_mtime_ns)
-        ):
-            count += 1
-    return count
+        if stat.S_ISREG(info.st_mode):
+            stats[relative] = (info.st_size, info.st_mtime_ns)
+    seen = known(list(stats))
+    changed = (r for r, now in stats.items() if r not in seen or seen[r].stat_key != now)
+    return sum(1 for _ in changed)
 
 
 def _files(root: Path, recursive: bool, excluded: Callable[[str], bool]) -> Iterator[str]:

@@ -18,7 +18,7 @@ import stat as stat_mode
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -54,7 +54,14 @@ class Discovered:
 
 
 Enqueue = Callable[[list[Discovered]], None]
+# What the job table knows of some paths: asked a batch at a time, never all held in memory.
+Known = Callable[[Sequence[str]], Mapping[str, KnownFile]]
 ENQUEUE_BATCH = 200  # files queued in one transaction (a burst of drops is a few of them)
+LOOKUP_BATCH = 500  # listed files whose known versions one query asks for
+# A scan goes on a slice at a time, events handled in between: a file dropped during the
+# listing of a big tree is queued within its settle time, and the other loops get the GIL.
+SCAN_SLICE_SECONDS = 0.05
+SCAN_PAUSE_SECONDS = 0.02
 
 
 class FolderWatcher:
@@ -68,7 +75,7 @@ class FolderWatcher:
         recursive: bool,
         file_filter: FileFilter,
         settle_seconds: float,
-        known: dict[str, KnownFile],
+        known: Known,
         enqueue: Enqueue,
         wake: threading.Event,
         rescan_seconds: float = 300.0,
@@ -79,8 +86,11 @@ class FolderWatcher:
         self.recursive = recursive
         self.filter = file_filter
         self.tracker = StabilityTracker(settle_seconds)
-        self.known = known
+        self._known = known
         self._enqueue = enqueue
+        self._scan: Iterator[str] | None = None  # the listing under way, if any
+        self._scan_began = (0.0, 0.0)  # its start: monotonic and process CPU time
+        self._scan_entries = 0  # entries it has listed
         self._ready: list[Discovered] = []  # settled and hashed, not yet handed to enqueue
         self._wake = wake
         self._hints: set[str] = set()
@@ -88,7 +98,10 @@ class FolderWatcher:
         self.rescan_seconds = rescan_seconds
         self._warned: set[str] = set()  # paths already reported, so a rescan does not repeat
         self.listing_error: str | None = None  # why the root could not be listed, for /healthz
-        self._real_folders: dict[Path, bool] = {}  # see _real_folder
+        self._real_folders: dict[str, bool] = {}  # see _real_folder
+        # Paths are joined and cut as text in the listing's loops: pathlib costs several
+        # microseconds a path, which a tree of a million files pays at every rescan.
+        self._prefix = os.path.join(str(self.root), "")
         self.on_progress = on_progress  # discovery's heartbeat: a long scan is not a hang
         self.log = log.bind(pipeline=name)
         self._observer: Any = None
@@ -203,19 +216,62 @@ class FolderWatcher:
     # -- discovery (the discovery thread) -------------------------------------------------------
 
     def scan(self, now: float) -> None:
-        """List the whole tree; every file not known as it is goes to the tracker."""
+        """List the whole tree at once; every file not known as it is goes to the tracker."""
+        self.start_scan()
+        self.scan_some(now)
+
+    def start_scan(self) -> None:
+        """Begin listing the whole tree (again); `scan_some` goes on with it."""
         self._real_folders.clear()
-        for relative in self._walk(self.root):
-            self._consider(relative, now)
+        self._scan = self._walk(self.root)
+        self._scan_began = (time.monotonic(), time.process_time())
+        self._scan_entries = 0
+
+    @property
+    def scanning(self) -> bool:
+        return self._scan is not None
+
+    def scan_some(self, now: float, budget_seconds: float | None = None) -> None:
+        """Go on with the listing for about `budget_seconds` (None: to its end), a batch of
+        files at a time."""
+        if self._scan is None:
+            return
+        deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
+        batch: list[str] = []
+        for relative in self._scan:
+            self._scan_entries += 1
+            batch.append(relative)
+            if len(batch) < LOOKUP_BATCH:
+                continue
+            self._consider_many(batch, now)
+            batch = []
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        else:
+            self._scan = None
+        self._consider_many(batch, now)
         self._flush()
+        if self._scan is None:
+            self._listed()
+
+    def _listed(self) -> None:
+        began, cpu = self._scan_began
+        seconds = round(time.monotonic() - began, 3)
+        cpu_seconds = round(time.process_time() - cpu, 3)  # the whole process's, meanwhile
+        self.log.debug(
+            "folder listed", entries=self._scan_entries, seconds=seconds, cpu_seconds=cpu_seconds
+        )
 
     def step(self, now: float) -> None:
         """Take pending hints, then queue whatever has become stable."""
         self._real_folders.clear()
+        hinted: list[str] = []
         for absolute in self._take_hints():
             relative = self._relative(absolute)
             if relative is not None:
-                self._hinted(relative, now)
+                hinted += self._hinted(relative)
+        for start in range(0, len(hinted), LOOKUP_BATCH):
+            self._consider_many(hinted[start : start + LOOKUP_BATCH], now)
         for relative in self.tracker.due(now):
             stat = self._stat(relative)
             if self.tracker.observe(relative, stat, now):
@@ -225,31 +281,46 @@ class FolderWatcher:
     def next_check(self) -> float | None:
         return self.tracker.next_check()
 
-    def _hinted(self, relative: str, now: float) -> None:
+    def _hinted(self, relative: str) -> list[str]:
+        """The files a hint is about: itself, or those of a new folder."""
         target = self.root / relative
         if not self.recursive:
-            if "/" not in relative:  # a folder here is never listed, only warned about
-                self._consider(relative, now)
-        elif target.is_dir() and not target.is_symlink():
-            if not self.filter.excludes_dir(relative):
-                for child in self._walk(target):
-                    self._consider(child, now)
-        else:
-            self._consider(relative, now)
+            # A folder here is never listed, only warned about.
+            return [relative] if "/" not in relative else []
+        if target.is_dir() and not target.is_symlink():
+            return [] if self.filter.excludes_dir(relative) else list(self._walk(target))
+        return [relative]
 
-    def _consider(self, relative: str, now: float) -> None:
+    def _consider_many(self, relatives: list[str], now: float) -> None:
+        """Files not known as they are (size and mtime) go to the tracker; the table is asked
+        about them all in one query, and not about those already settling."""
+        candidates = [
+            (relative, stat) for relative in relatives if (stat := self._candidate(relative))
+        ]
+        asked = [relative for relative, _ in candidates if relative not in self.tracker]
+        known = self._known(asked) if asked else {}
+        for relative, stat in candidates:
+            seen = known.get(relative)
+            if seen is not None and seen.stat_key == (stat.size, stat.mtime_ns):
+                continue
+            if self.tracker.observe(relative, stat, now):
+                self._settled(relative, stat)
+
+    def _candidate(self, relative: str) -> FileStat | None:
+        """The stat of a file this pipeline takes; None for anything else."""
         self.on_progress()
         if not self.filter.takes(relative):
-            return
+            return None
         stat = self._stat(relative)
         if stat is None:
             self.tracker.forget(relative)
-            return
-        known = self.known.get(relative)
-        if known is not None and (known.size, known.mtime_ns) == (stat.size, stat.mtime_ns):
-            return
-        if self.tracker.observe(relative, stat, now):
-            self._settled(relative, stat)
+        elif len(os.fsencode(relative)) > MAX_PATH_BYTES:
+            # Never queued (see _enqueue): not hashed at every rescan either.
+            self._warn_once(
+                relative, "path too long to queue; rename the file or a folder above it"
+            )
+            return None
+        return stat
 
     def _settled(self, relative: str, stat: FileStat | None) -> None:
         """Hash a file that stood still; it is queued with the others of this pass."""
@@ -274,19 +345,17 @@ class FolderWatcher:
         ready, self._ready = self._ready, []
         if not ready:
             return
-        self._enqueue(ready)
-        for found in ready:
-            self.known[found.relative_path] = KnownFile(found.sha256, found.size, found.mtime_ns)
+        self._enqueue(ready)  # known to the table from now on
 
     def _stat(self, relative: str) -> FileStat | None:
         """Stat of a regular file inside the root, following only symlinks that stay inside."""
-        path = self.root / relative
+        path = self._prefix + relative
         try:
-            if not self._real_folder(path.parent):
+            if not self._real_folder(os.path.dirname(path)):
                 return None  # under a symlinked folder (the polling observer follows them)
             info = os.lstat(path)
             if stat_mode.S_ISLNK(info.st_mode):
-                if not self._inside(path.resolve()):
+                if not self._inside(Path(path).resolve()):
                     self._warn_once(relative, "ignoring symlink that leads out of watch_dir")
                     return None
                 info = os.stat(path)
@@ -299,11 +368,11 @@ class FolderWatcher:
             return None
         return FileStat(info.st_size, info.st_mtime_ns)
 
-    def _real_folder(self, folder: Path) -> bool:
+    def _real_folder(self, folder: str) -> bool:
         """The folder is itself, not reached through a symlink; remembered for one pass."""
         real = self._real_folders.get(folder)
         if real is None:
-            real = self._real_folders[folder] = folder.resolve() == folder
+            real = self._real_folders[folder] = os.path.realpath(folder) == folder
         return real
 
     def _warn_once(self, relative: str, message: str) -> None:
@@ -331,7 +400,7 @@ class FolderWatcher:
         if folder == self.root:
             self.listing_error = None
         for entry in entries:
-            relative = Path(entry.path).relative_to(self.root).as_posix()
+            relative = entry.path.removeprefix(self._prefix)  # listed under the root
             if not entry.is_dir(follow_symlinks=False):
                 yield relative
             elif self.recursive:
@@ -426,20 +495,23 @@ class Discovery(ContextLoop):
                 rescan_at.clear()
             self.beat()
             self._pass(rescan_at, time.monotonic())
-            self.first_pass_done.set()
+            if not any(w.scanning for w in self.watchers.values()):
+                self.first_pass_done.set()  # every folder was listed to its end
             self._in_pass.clear()
             self.wakes.discovery.wait(self._wait(rescan_at))
 
     def _pass(self, rescan_at: dict[str, float], now: float) -> None:
         for name, watcher in list(self.watchers.items()):
-            if watcher.check_root():  # a new folder at watch_dir: list it now
-                rescan_at[name] = 0.0
-            if now >= rescan_at.get(name, 0.0):
-                watcher.scan(now)
+            root_is_new = watcher.check_root()  # a new folder at watch_dir: list it now
+            if root_is_new or (now >= rescan_at.get(name, 0.0) and not watcher.scanning):
+                watcher.start_scan()
                 rescan_at[name] = now + watcher.rescan_seconds
-            watcher.step(now)
+            watcher.step(now)  # events first: a listing of a big tree never holds them back
+            watcher.scan_some(now, SCAN_SLICE_SECONDS)
 
     def _wait(self, rescan_at: dict[str, float]) -> float:
+        if any(w.scanning for w in self.watchers.values()):
+            return SCAN_PAUSE_SECONDS
         checks = [w.next_check() for w in self.watchers.values()]
         moments = [c for c in checks if c is not None] + list(rescan_at.values())
         moments.append(time.monotonic() + DISCOVERY_MAX_WAIT_SECONDS)
@@ -448,7 +520,7 @@ class Discovery(ContextLoop):
 
     def pending(self) -> bool:
         """A pass is under way, or a file is settling or hinted: more may be queued soon."""
-        if self._in_pass.is_set():
+        if self._in_pass.is_set() or any(w.scanning for w in self.watchers.values()):
             return True
         return any(w.tracker.paths() or w.has_hints() for w in self.watchers.values())
 
@@ -471,7 +543,7 @@ class Discovery(ContextLoop):
             recursive=config.recursive,
             file_filter=config.file_filter(),
             settle_seconds=config.settle_seconds,
-            known=context.store.known_files(name),
+            known=partial(context.store.known_versions, name),
             enqueue=partial(_enqueue, context, name),
             wake=context.wakes.discovery,
             rescan_seconds=config.rescan_seconds,

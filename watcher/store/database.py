@@ -93,6 +93,19 @@ class Database:
                 self.held.doubt()
             raise
 
+    def give_back_space(self, pages: int) -> None:
+        """SQLite: return up to `pages` free pages to the file system (incremental
+        auto-vacuum), in a transaction of its own."""
+        with self._lock:
+            raw = self.engine.raw_connection()
+            try:
+                driver = raw.driver_connection
+                assert driver is not None
+                # A script runs the pragma to its end; one plain step frees a single page.
+                driver.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
+            finally:
+                raw.close()
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction: no write lock (WAL readers never wait for the writer)."""

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from watcher.jobs import JobState
 from watcher.store.database import retry_transient
-from watcher.store.schema import db_path, fs_path, jobs
+from watcher.store.schema import db_path, fs_path
 from watcher.store.statements import moved
 from watcher.store.writes import StoreBase
 
 File = tuple[str, str, int, int]  # relative path, sha256, size, mtime_ns
+LOOKUP_BATCH = 500  # paths asked about in one query
 
 
 @dataclass(frozen=True)
@@ -25,23 +25,34 @@ class KnownFile:
     size: int
     mtime_ns: int
 
+    @property
+    def stat_key(self) -> tuple[int, int]:
+        """(size, mtime_ns): what says a file is unchanged without reading it."""
+        return self.size, self.mtime_ns
+
 
 class Discovery(StoreBase):
-    def known_files(self, pipeline: str) -> dict[str, KnownFile]:
-        """Newest version of every path of a pipeline, for the watcher's change check."""
-        columns = (jobs.c.relative_path, jobs.c.relative_path_raw, jobs.c.sha256)
-        query = (
-            sa.select(*columns, jobs.c.size, jobs.c.mtime_ns)
-            .where(jobs.c.pipeline == pipeline)
-            .order_by(jobs.c.id)
-        )
+    def known_versions(self, pipeline: str, paths: Sequence[str]) -> dict[str, KnownFile]:
+        """The newest version the table knows of each of these paths (a scan asks about a
+        folder's worth at a time: the history stays on disk, never all in memory)."""
+        found: dict[str, KnownFile] = {}
+        for start in range(0, len(paths), LOOKUP_BATCH):
+            found.update(self._known_versions(pipeline, paths[start : start + LOOKUP_BATCH]))
+        return found
+
+    def _known_versions(self, pipeline: str, paths: Sequence[str]) -> dict[str, KnownFile]:
+        texts = {db_path(path)[0] for path in paths}
         with self.db.read() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(
+                self.sql.known_versions, {"b_pipeline": pipeline, "b_paths": sorted(texts)}
+            ).all()
+        asked = set(paths)
+        # In id order: a path's newest version comes last. A name that is not UTF-8 shares
+        # its text with others; its raw bytes tell them apart.
         return {
-            fs_path(row.relative_path, row.relative_path_raw): KnownFile(
-                row.sha256, row.size, row.mtime_ns
-            )
+            path: KnownFile(row.sha256, row.size, row.mtime_ns)
             for row in rows
+            if (path := fs_path(row.relative_path, row.relative_path_raw)) in asked
         }
 
     def enqueue(

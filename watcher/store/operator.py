@@ -140,7 +140,10 @@ def _retried_state() -> str:
 def _fresh(store: Store) -> dict[str, Any]:
     """The columns of a job that was never tried, due now."""
     now = store.db.now
-    nothing = ("execution_id", "outcome", "result_body", "lease_owner", "lease_until")
+    nothing = (
+        *("execution_id", "outcome", "result_body", "lease_owner", "lease_until"),
+        *("answer_dropped_at", "cost_in_dollars"),
+    )
     return {
         "attempts": 0,
         "poll_count": 0,

@@ -103,9 +103,10 @@ class Polls(StoreBase):
         values = self._poll_values(job, decision, http_status, body)
         expected = JobState.FETCHING if fetching else JobState.SUBMITTED
         with self.db.write(ending=[job]) as conn:
+            stored = self.sql.fenced(conn, job, expected, values)
             if body is not None and decision.outcome is not None and job.execution_id:
-                self._keep_result(conn, job, decision, values)
-            return self.sql.fenced(conn, job, expected, values)
+                self._keep_result(conn, job, decision, values, in_job_row=stored)
+            return stored
 
     def _poll_values(
         self, job: Job, decision: Decision, http_status: int | None, body: Any
@@ -155,10 +156,6 @@ class Polls(StoreBase):
     ) -> list[bool]:
         claimed = sorted(decided, key=lambda pair: pair[0].id)  # rows locked in id order
         with self.db.write(ending=[job for job, _ in claimed]) as conn:
-            if body is not None and answer.outcome is not None:
-                lead = claimed[0][0]
-                kept = {"result_body": json.dumps(body), "updated_at": self.clock()}
-                self._keep_result(conn, lead, answer, kept)
             done = {
                 job.id: self.sql.fenced(
                     conn,
@@ -168,31 +165,59 @@ class Polls(StoreBase):
                 )
                 for job, d in claimed
             }
+            if body is not None and answer.outcome is not None:
+                # One copy: a job row that now holds the answer, else here in `results`.
+                holders = [
+                    job
+                    for job, d in claimed
+                    if done[job.id] and d.state is JobState.RESULT_STORED and d.result_body
+                ]
+                lead = holders[0] if holders else claimed[0][0]
+                kept = {"result_body": json.dumps(body), "updated_at": self.clock()}
+                self._keep_result(conn, lead, answer, kept, in_job_row=bool(holders))
         return [done[job.id] for job, _ in decided]
 
     def _keep_result(
-        self, conn: Connection, job: Job, decision: Decision, values: dict[str, Any]
+        self,
+        conn: Connection,
+        job: Job,
+        decision: Decision,
+        values: dict[str, Any],
+        in_job_row: bool,
     ) -> None:
+        """One copy of the answer: the job row's, or here if the job was taken over (its
+        holder finds it by execution id). A copy another instance left here is cleared
+        once the job row holds the answer."""
         kept = {
             "execution_id": job.execution_id,
             "job_id": job.id,
             "outcome": decision.outcome,
             "error": decision.error,
-            "body": values["result_body"],
+            "body": None if in_job_row else values["result_body"],
             "created_at": values["updated_at"],
         }
-        conn.execute(self.db.insert(results).values(**kept).on_conflict_do_nothing())
+        insert = self.db.insert(results).values(**kept).on_conflict_do_nothing()
+        # RETURNING, not rowcount: psycopg gives no rowcount for an INSERT ... ON CONFLICT.
+        added = conn.execute(insert.returning(results.c.execution_id)).first()
+        if in_job_row and added is None:
+            kept_here = results.c.execution_id == job.execution_id
+            conn.execute(sa.update(results).where(kept_here).values(body=None))
 
     def stored_result(self, execution_id: str) -> tuple[str, str, Any] | None:
-        """(outcome, error, body) of an execution's terminal answer, if one was ever stored."""
-        query = sa.select(results.c.outcome, results.c.error, results.c.body).where(
-            results.c.execution_id == execution_id
+        """(outcome, error, body) of an execution's terminal answer, if one was ever stored
+        and is still kept (in `results`, or in the job row that holds that execution)."""
+        holder = (jobs.c.id == results.c.job_id) & (jobs.c.execution_id == results.c.execution_id)
+        body = sa.func.coalesce(results.c.body, jobs.c.result_body).label("body")
+        query = (
+            sa.select(results.c.outcome, results.c.error, body)
+            .select_from(results.outerjoin(jobs, holder))
+            .where(results.c.execution_id == execution_id)
         )
         with self.db.read() as conn:
             row = conn.execute(query).first()
-        if row is None:
+        if row is None or row.body is None:  # never stored, or expired since
             return None
-        return row.outcome, row.error, json.loads(row.body) if row.body else None
+        return row.outcome, row.error, json.loads(row.body)
 
     def next_poll_due_in(self, pipelines: list[str]) -> float | None:
         """Seconds until the earliest status poll is due (<= 0: now); None: none."""

@@ -53,11 +53,24 @@ jobs = sa.Table(
     sa.Column("pack_id", sa.Integer),
     # Its packed execution ended without its own answer: the next upload sends it alone.
     sa.Column("alone", sa.Boolean, nullable=False, server_default=sa.false()),
+    # When the stored answer was dropped (`keep_results_days` after the result file was
+    # written), and the cost it reported, kept for `report`.
+    sa.Column("answer_dropped_at", sa.Double),
+    sa.Column("cost_in_dollars", sa.Double),
     sa.UniqueConstraint("pipeline", "relative_path", "sha256", name="uq_jobs_document"),
 )
 sa.Index("ix_jobs_state_due", jobs.c.state, jobs.c.next_attempt_at)
 sa.Index("ix_jobs_poll_due", jobs.c.state, jobs.c.next_poll_at)
 sa.Index("ix_jobs_path", jobs.c.pipeline, jobs.c.relative_path)
+# Only rows that still hold an answer: expiry finds its next batch without visiting the
+# history whose answers are gone.
+ANSWER_KEPT = jobs.c.result_body.is_not(None)
+sa.Index(
+    "ix_jobs_answer_kept",
+    jobs.c.finished_at,
+    sqlite_where=ANSWER_KEPT,
+    postgresql_where=ANSWER_KEPT,
+)
 
 # What `unstract-watcher status` shows of a pipeline that the daemon keeps in memory.
 pipeline_state = sa.Table(
@@ -77,15 +90,19 @@ results = sa.Table(
     sa.Column("job_id", sa.Integer, nullable=False),
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("error", sa.Text, nullable=False, server_default=""),
+    # NULL while the job row holds the answer (one copy): set only when the job had been
+    # taken over, so the instance that holds it now finds the answer here.
     sa.Column("body", sa.Text),
     sa.Column("created_at", sa.Double, nullable=False),
 )
+sa.Index("ix_results_job", results.c.job_id)
 
 
 # Columns a Job takes as they are; `to_job` converts the others.
 PLAIN_COLUMNS = tuple(
     "id pipeline sha256 size mtime_ns attempts execution_id poll_count outcome last_http_status "
-    "last_error lease_owner created_at submitted_at updated_at finished_at pack_id".split()
+    "last_error lease_owner created_at submitted_at updated_at finished_at pack_id "
+    "answer_dropped_at cost_in_dollars".split()
 )
 
 
@@ -135,8 +152,14 @@ def create_engine(url: str, busy_timeout_seconds: float) -> Engine:
         # Take over transaction control from pysqlite so BEGIN IMMEDIATE is ours to emit.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # First: the pragmas below may wait for another process's lock.
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds * 1000)}")
+        # A new file, before its first table: expired answers' pages can then be given back
+        # to the file system without a VACUUM (existing files: migration 0006). Only then:
+        # on a file in use the pragma waits for the write lock.
+        if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: a result that the API hands out once must survive a power cut once committed.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")

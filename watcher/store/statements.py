@@ -139,6 +139,14 @@ class Statements:
         )
 
     def _prepare_discovery(self) -> None:
+        # What a scan asks of a batch of paths (through the index on pipeline and path).
+        columns = (jobs.c.relative_path, jobs.c.relative_path_raw, jobs.c.sha256)
+        self.known_versions = (
+            sa.select(*columns, jobs.c.size, jobs.c.mtime_ns)
+            .where(jobs.c.pipeline == sa.bindparam("b_pipeline"))
+            .where(jobs.c.relative_path.in_(sa.bindparam("b_paths", expanding=True)))
+            .order_by(jobs.c.id)
+        )
         # The SET clauses come from the parameters' keys, as in `fenced`.
         self.insert_job = self.insert(jobs).on_conflict_do_nothing().returning(jobs.c.id)
         document = (

@@ -22,6 +22,7 @@ from watcher.jobs import UNFINISHED, Job
 from watcher.store.database import Database
 from watcher.store.discovery import Discovery
 from watcher.store.errors import StoreError, db_error_text, store_error
+from watcher.store.expiry import Expiry
 from watcher.store.instance_lock import lock_instance
 from watcher.store.leases import Leases
 from watcher.store.polls import Polls
@@ -33,7 +34,7 @@ from watcher.store.writes import DEFAULT_LEASE_SECONDS
 MIGRATION_LOCK_KEY = 0x5557_6D67  # PostgreSQL advisory lock: one instance migrates at a time
 
 
-class Store(Discovery, Uploads, Polls, Results, Leases):
+class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
     def __init__(
         self,
         url: str,
@@ -64,8 +65,8 @@ class Store(Discovery, Uploads, Polls, Results, Leases):
         waiting out is raised then, as if the retries had run out."""
         self.db.stop_waits_on(stop)
 
-    def upgrade(self) -> None:
-        """Create or upgrade the schema to the newest alembic revision."""
+    def upgrade(self, revision: str = "head") -> None:
+        """Create or upgrade the schema to the newest alembic revision (or to `revision`)."""
         from alembic import command
         from alembic.config import Config
 
@@ -76,7 +77,7 @@ class Store(Discovery, Uploads, Polls, Results, Leases):
                 config = Config()
                 config.set_main_option("script_location", str(folder))
                 config.attributes["connection"] = conn
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
         except sa.exc.SQLAlchemyError as exc:
             raise store_error(exc) from None
 
@@ -149,6 +150,17 @@ class Store(Discovery, Uploads, Polls, Results, Leases):
         )
         with self.db.read() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def unfinished_by_state(self) -> dict[str, int]:
+        """How many jobs wait in each unfinished state, all pipelines (through the state
+        index: the cost follows the work at hand, not the history)."""
+        query = (
+            sa.select(jobs.c.state, sa.func.count())
+            .where(jobs.c.state.in_([s.value for s in UNFINISHED]))
+            .group_by(jobs.c.state)
+        )
+        with self.db.read() as conn:
+            return {state: int(count) for state, count in conn.execute(query).all()}
 
     def list_jobs(self, pipeline: str | None = None) -> list[Job]:
         """Every job (of a pipeline), oldest id first; `operator.jobs_newest_first` filters."""
