@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from harness import KEY_ENV, LLMW_KEY_ENV
 
 from watcher.emulator import (
@@ -25,6 +26,14 @@ from watcher.store import Store
 PG_URL = os.environ.get(
     "UNSTRACT_WATCHER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+
+@pytest.fixture(autouse=True)
+def unconfigured_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults: a daemon's `configure` (at a reload, in
+    `run --once`) binds the log to the stderr of its own test's capture."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
