@@ -27,7 +27,7 @@ from watcher.store.instance_lock import lock_instance
 from watcher.store.leases import Leases
 from watcher.store.polls import Polls
 from watcher.store.results import Results
-from watcher.store.schema import jobs, to_job
+from watcher.store.schema import SCHEMA_HEAD, jobs, to_job
 from watcher.store.uploads import Uploads
 from watcher.store.writes import DEFAULT_LEASE_SECONDS
 
@@ -67,6 +67,8 @@ class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
 
     def upgrade(self, revision: str = "head") -> None:
         """Create or upgrade the schema to the newest alembic revision (or to `revision`)."""
+        if revision == "head" and self.schema_revision() == SCHEMA_HEAD:
+            return
         from alembic import command
         from alembic.config import Config
 
@@ -80,6 +82,15 @@ class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
                 command.upgrade(config, revision)
         except sa.exc.SQLAlchemyError as exc:
             raise store_error(exc) from None
+
+    def schema_revision(self) -> str | None:
+        """The migration the database is at; None before the first."""
+        try:
+            with self.db.read() as conn:
+                found = conn.execute(sa.text("SELECT version_num FROM alembic_version")).first()
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # no such table yet
+            return None
+        return None if found is None else str(found[0])
 
     def lock_for_daemon(self, owner: str) -> None:
         """Refuse to run beside another daemon that would take over our claims.
