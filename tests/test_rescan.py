@@ -12,7 +12,7 @@ from test_scan import watcher_on
 
 from watcher import watch
 from watcher.store import Store
-from watcher.watch import FolderWatcher
+from watcher.watch import LOOKUP_BATCH, FolderWatcher
 
 AN_HOUR_AGO = 3600
 
@@ -118,10 +118,15 @@ def test_a_file_that_could_not_be_read_is_tried_again_at_the_next_rescan(
         return real_sha256_of(path)
 
     monkeypatch.setattr(watch, "sha256_of", sha256_of)
+    many = [f"{index:04}.txt" for index in range(LOOKUP_BATCH + 100)]
+    for name in many:  # a folder of more than one lookup batch, none of it readable
+        (root / "b" / name).write_text(name)
+    refuse.update(many)
+    age_folder(root / "b")
     queued: list[str] = []
     watcher = watcher_on(store, root, queued)
     rescan(watcher, now=0.0)
-    assert "a/a.txt" not in queued
+    assert "a/a.txt" not in queued and not any(f"b/{name}" in queued for name in many)
     refuse.clear()  # the operator fixes the permissions (a chmod is not a folder change)
-    assert rescan(watcher, now=1.0) == (1, 3)
-    assert "a/a.txt" in queued
+    assert rescan(watcher, now=1.0) == (2, 2)
+    assert "a/a.txt" in queued and len(queued) == 3 + len(many)

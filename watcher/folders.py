@@ -33,6 +33,7 @@ class FolderMarks:
     def __init__(self) -> None:
         self._marks: dict[str, Mark] = {}
         self._next: dict[str, Mark] = {}  # the marks of the scan under way
+        self._doubted: set[str] = set()  # not to be trusted by the scan under way
         self.listed = 0  # folders the scan under way listed
         self.skipped = 0  # folders it found unchanged
 
@@ -40,6 +41,7 @@ class FolderMarks:
         if full:
             self._marks = {}
         self._next = {}
+        self._doubted = set()
         self.listed = self.skipped = 0
 
     def unchanged(self, folder: str, info: os.stat_result) -> tuple[str, ...] | None:
@@ -54,7 +56,7 @@ class FolderMarks:
 
     def remember(self, folder: str, info: os.stat_result, subfolders: tuple[str, ...]) -> None:
         """A folder just listed (stat taken before the listing)."""
-        if time.time_ns() - info.st_mtime_ns < RACY_NS:
+        if time.time_ns() - info.st_mtime_ns < RACY_NS or folder in self._doubted:
             return
         self._next[folder] = Mark(_changed(info), subfolders)
 
@@ -62,6 +64,7 @@ class FolderMarks:
         """List this folder at the next rescan (a file in it could not be read)."""
         self._marks.pop(folder, None)
         self._next.pop(folder, None)
+        self._doubted.add(folder)  # its listing may not have ended yet
 
     def done(self) -> None:
         """The scan went to its end: its marks are the ones the next rescan trusts."""
