@@ -240,7 +240,11 @@ class PipelineConfig(Strict):
         5.0, gt=0, le=3600, description="With observer = polling: how often the tree is listed."
     )
     rescan_seconds: float = Field(
-        300.0, gt=0, description="Full listing of the tree as a safety net for lost events."
+        300.0,
+        gt=0,
+        description="A rescan this often, as a safety net for lost events: it lists the "
+        "folders whose mtime changed (the whole tree at start, after an inotify overflow "
+        "and every 24 h).",
     )
     api: ApiConfig = Field(description="The remote API this pipeline sends documents to.")
     table: TableConfig | None = Field(

@@ -13,12 +13,14 @@ listed as soon as it exists.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat as stat_mode
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +33,7 @@ from watchdog.observers.polling import PollingObserver
 from watcher.context import Context, ContextLoop, Live
 from watcher.files import FileStat, NotARegularFile, StabilityTracker, sha256_of
 from watcher.filters import FileFilter, as_text
+from watcher.folders import FULL_LISTING_SECONDS, FolderMarks
 from watcher.logs import get_logger
 from watcher.store import KnownFile
 
@@ -101,7 +104,11 @@ class FolderWatcher:
         self._real_folders: dict[str, bool] = {}  # see _real_folder
         # Paths are joined and cut as text in the listing's loops: pathlib costs several
         # microseconds a path, which a tree of a million files pays at every rescan.
-        self._prefix = os.path.join(str(self.root), "")
+        self._root_text = str(self.root)
+        self._prefix = os.path.join(self._root_text, "")
+        self.marks = FolderMarks()  # what the last listing saw of each folder
+        self._full_began: float | None = None  # monotonic start of the last full listing
+        self._events_lost = threading.Event()  # an inotify overflow: list everything again
         self.on_progress = on_progress  # discovery's heartbeat: a long scan is not a hang
         self.log = log.bind(pipeline=name)
         self._observer: Any = None
@@ -204,6 +211,15 @@ class FolderWatcher:
             self._hints.add(absolute_path)
         self._wake.set()
 
+    def events_lost(self) -> None:
+        """From the watch's thread: inotify dropped events; the next rescan lists it all."""
+        self.log.warning("inotify dropped events; listing the whole folder again")
+        self._events_lost.set()
+        self._wake.set()
+
+    def lost_events(self) -> bool:
+        return self._events_lost.is_set()
+
     def has_hints(self) -> bool:
         with self._hints_lock:
             return bool(self._hints)
@@ -217,15 +233,27 @@ class FolderWatcher:
 
     def scan(self, now: float) -> None:
         """List the whole tree at once; every file not known as it is goes to the tracker."""
-        self.start_scan()
+        self.start_scan(full=True)
         self.scan_some(now)
 
-    def start_scan(self) -> None:
-        """Begin listing the whole tree (again); `scan_some` goes on with it."""
+    def start_scan(self, full: bool = False) -> None:
+        """Begin listing the tree (again); `scan_some` goes on with it. Only the folders
+        that changed are listed, unless `full` or a full listing is due (see folders.py)."""
+        full = full or self._full_listing_due()
+        if full:
+            self._events_lost.clear()
+            self._full_began = time.monotonic()
+        self.marks.begin(full)
         self._real_folders.clear()
-        self._scan = self._walk(self.root)
+        self._scan = self._walk(self._root_text, self.marks)
         self._scan_began = (time.monotonic(), time.process_time())
         self._scan_entries = 0
+
+    def _full_listing_due(self) -> bool:
+        began = self._full_began
+        if began is None or self._events_lost.is_set():
+            return True
+        return time.monotonic() - began >= FULL_LISTING_SECONDS
 
     @property
     def scanning(self) -> bool:
@@ -258,8 +286,14 @@ class FolderWatcher:
         began, cpu = self._scan_began
         seconds = round(time.monotonic() - began, 3)
         cpu_seconds = round(time.process_time() - cpu, 3)  # the whole process's, meanwhile
+        self.marks.done()
         self.log.debug(
-            "folder listed", entries=self._scan_entries, seconds=seconds, cpu_seconds=cpu_seconds
+            "folder listed",
+            entries=self._scan_entries,
+            folders_listed=self.marks.listed,
+            folders_unchanged=self.marks.skipped,
+            seconds=seconds,
+            cpu_seconds=cpu_seconds,
         )
 
     def step(self, now: float) -> None:
@@ -288,7 +322,7 @@ class FolderWatcher:
             # A folder here is never listed, only warned about.
             return [relative] if "/" not in relative else []
         if target.is_dir() and not target.is_symlink():
-            return [] if self.filter.excludes_dir(relative) else list(self._walk(target))
+            return [] if self.filter.excludes_dir(relative) else list(self._walk(str(target)))
         return [relative]
 
     def _consider_many(self, relatives: list[str], now: float) -> None:
@@ -333,6 +367,7 @@ class FolderWatcher:
             return
         except OSError as exc:
             self.log.warning("cannot read file", path=as_text(relative), error=exc.strerror)
+            self.marks.forget(os.path.dirname(self._prefix + relative))  # tried at each rescan
             return
         if self._stat(relative) != stat or size != stat.size:
             self.hint(str(self.root / relative))  # written to while we read: wait again
@@ -389,25 +424,47 @@ class FolderWatcher:
             return None
         return path.relative_to(self.root).as_posix()
 
-    def _walk(self, folder: Path) -> Iterator[str]:
+    def _walk(self, folder: str, marks: FolderMarks | None = None) -> Iterator[str]:
+        """The files under `folder`; with `marks`, only those of the folders that changed
+        since their last listing (the others are stat'ed, not listed)."""
+        info = _folder_stat(folder)
+        subfolders = None if marks is None or info is None else marks.unchanged(folder, info)
+        if subfolders is None:
+            subfolders = yield from self._list(folder)
+            if marks is not None and info is not None and subfolders is not None:
+                marks.remember(folder, info, subfolders)
+        for subfolder in subfolders or ():
+            yield from self._walk(subfolder, marks)
+
+    def _list(self, folder: str) -> Generator[str, None, tuple[str, ...] | None]:
+        """Yield a folder's files; return the subfolders to walk (None: it cannot be listed)."""
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            self.log.warning("cannot list folder", folder=as_text(str(folder)), error=exc.strerror)
-            if folder == self.root:
-                self.listing_error = f"{as_text(str(folder))}: {exc.strerror or exc}"
-            return
-        if folder == self.root:
+            self.log.warning("cannot list folder", folder=as_text(folder), error=exc.strerror)
+            if folder == self._root_text:
+                self.listing_error = f"{as_text(folder)}: {exc.strerror or exc}"
+            return None
+        if folder == self._root_text:
             self.listing_error = None
+        subfolders = []
         for entry in entries:
             relative = entry.path.removeprefix(self._prefix)  # listed under the root
             if not entry.is_dir(follow_symlinks=False):
                 yield relative
             elif self.recursive:
                 if not self.filter.excludes_dir(relative):
-                    yield from self._walk(Path(entry.path))
+                    subfolders.append(entry.path)
             elif Path(entry.name).suffix:
                 yield relative  # not walked: a folder named like a document gets a warning
+        return tuple(subfolders)
+
+
+def _folder_stat(folder: str) -> os.stat_result | None:
+    try:
+        return os.stat(folder)
+    except OSError:  # gone: listing it says why
+        return None
 
 
 def _identity(folder: Path) -> tuple[int, int] | None:
@@ -434,8 +491,30 @@ class _Handler(FileSystemEventHandler):
         self._watcher.hint(os.fsdecode(path))
 
 
+class _OverflowAlarm(logging.Handler):
+    """Tells the native watchers that inotify dropped events. watchdog has no API for it: its
+    inotify backend (7.x) logs this warning and goes on, so the rescan must list everything."""
+
+    MESSAGE = "Inotify queue overflowed"
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.watchers: weakref.WeakSet[FolderWatcher] = weakref.WeakSet()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.MESSAGE):
+            for watcher in list(self.watchers):
+                watcher.events_lost()
+
+
+_OVERFLOW = _OverflowAlarm()
+logging.getLogger("watchdog.observers").addHandler(_OVERFLOW)
+
+
 def start_observer(watcher: FolderWatcher, polling: bool, polling_interval: float) -> Any:
     """Start a watchdog observer for one folder; the caller stops and joins it."""
+    if not polling:
+        _OVERFLOW.watchers.add(watcher)
     observer = PollingObserver(timeout=polling_interval) if polling else Observer()
     observer.schedule(_Handler(watcher), str(watcher.root), recursive=watcher.recursive)
     observer.daemon = True
@@ -503,11 +582,15 @@ class Discovery(ContextLoop):
     def _pass(self, rescan_at: dict[str, float], now: float) -> None:
         for name, watcher in list(self.watchers.items()):
             root_is_new = watcher.check_root()  # a new folder at watch_dir: list it now
-            if root_is_new or (now >= rescan_at.get(name, 0.0) and not watcher.scanning):
-                watcher.start_scan()
+            if root_is_new or watcher.lost_events() or self._due(watcher, rescan_at, now):
+                watcher.start_scan(full=root_is_new)
                 rescan_at[name] = now + watcher.rescan_seconds
             watcher.step(now)  # events first: a listing of a big tree never holds them back
             watcher.scan_some(now, SCAN_SLICE_SECONDS)
+
+    @staticmethod
+    def _due(watcher: FolderWatcher, rescan_at: dict[str, float], now: float) -> bool:
+        return now >= rescan_at.get(watcher.name, 0.0) and not watcher.scanning
 
     def _wait(self, rescan_at: dict[str, float]) -> float:
         if any(w.scanning for w in self.watchers.values()):
