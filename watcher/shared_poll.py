@@ -6,8 +6,9 @@ is stored for every document of the execution in the transaction that records th
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from watcher.backend import PollKind, PollOutcome
 from watcher.crashpoints import crash_point
@@ -20,18 +21,35 @@ from watcher.jobs import (
     needs_stored_copy,
 )
 from watcher.logs import get_logger
+from watcher.metrics import Metrics
 from watcher.packs import file_rounds
 from watcher.runtime import Pipeline
-
-if TYPE_CHECKING:
-    from watcher.reconcile import Reconciler
+from watcher.store import Store
 
 log = get_logger()
 TERMINAL_KINDS = (PollKind.COMPLETED, PollKind.FAILED)
 
 
+class PollLoop(Protocol):
+    """What a shared poll needs of the poll loop that runs it (reconcile.Reconciler)."""
+
+    rng: random.Random
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def carry_out(self, decision: Decision, pipeline: Pipeline) -> None: ...
+
+    def learn_duration(
+        self, job: Job, pipeline: Pipeline, elapsed: float, files: int = 1
+    ) -> None: ...
+
+
 class SharedPoll:
-    def __init__(self, loop: Reconciler, pipeline: Pipeline) -> None:
+    def __init__(self, loop: PollLoop, pipeline: Pipeline) -> None:
         self.loop = loop
         self.store = loop.store
         self.pipeline = pipeline
