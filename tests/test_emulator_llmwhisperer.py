@@ -1,6 +1,6 @@
 """The LLMWhisperer v2 emulator, over real HTTP on loopback.
 
-Asserts what a client author relies on (see /work/shared/api/llmwhisperer-v2.md). Most tests
+Asserts what a client author relies on (see ../shared/api/llmwhisperer-v2.md). Most tests
 drive the emulator's clock by hand, so status progressions are exact and need no sleeping.
 """
 

@@ -1,6 +1,6 @@
 """The Unstract API deployment emulator, over real HTTP on loopback.
 
-Asserts what a client author relies on (see /work/shared/api/unstract-api-behaviour.md).
+Asserts what a client author relies on (see ../shared/api/unstract-api-behaviour.md).
 """
 
 from __future__ import annotations

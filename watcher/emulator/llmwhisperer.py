@@ -1,6 +1,6 @@
 """The emulated LLMWhisperer API v2: submit, status, retrieve, detail and usage info.
 
-Follows /work/shared/api/llmwhisperer-v2.md; section numbers below refer to it.
+Follows ../shared/api/llmwhisperer-v2.md; section numbers below refer to it.
 `LLMWhispererEmulator.handle` maps a `Request` to an `Answer` (a `Pending` while a slow
 fault holds it); no sockets, no sleeping here. Whispers
 progress by the clock, so nothing runs in the background. Mount it on an `EmulatorServer`

@@ -1,6 +1,6 @@
 """The emulated Unstract API deployment: Execution API (POST) and Status API (GET).
 
-Follows /work/shared/api/unstract-api-behaviour.md; section numbers below refer to it.
+Follows ../shared/api/unstract-api-behaviour.md; section numbers below refer to it.
 `UnstractEmulator.handle` maps a `Request` to an `Answer` (a `Pending` while a slow fault or
 a synchronous wait holds it); no sockets, no sleeping here. Executions progress by
 wall-clock time, so nothing runs in the background.

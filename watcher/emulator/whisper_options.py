@@ -1,6 +1,6 @@
 """The query options of `POST /api/v2/whisper`: defaults, parsing and validation.
 
-Follows /work/shared/api/llmwhisperer-v2.md section 1.2. Unknown keys are ignored and an empty
+Follows ../shared/api/llmwhisperer-v2.md section 1.2. Unknown keys are ignored and an empty
 value (`key=`) means "not set", as the service does. The wording of the 400 messages is not
 documented (section 1.4); the emulator's own wording names the parameter and the bad value.
 """

@@ -1,6 +1,6 @@
 """What an emulated whisper extracts: the uploaded bytes laid out as the retrieve body.
 
-Follows /work/shared/api/llmwhisperer-v2.md section 3.2. The "document" is the body decoded as
+Follows ../shared/api/llmwhisperer-v2.md section 3.2. The "document" is the body decoded as
 UTF-8 (errors replaced); a form feed separates its pages, as in pdftotext output. Every page,
 the last one included, is followed by a line holding the page separator: that is the layout of
 the service's own outputs (the official client's expected texts for its live tests).
