@@ -236,3 +236,20 @@ def live_context(store: Store, pipelines: list[Pipeline], owner: str = "me") -> 
     wakes = Wakes.for_workers(1, 1)
     by_name = {p.name: p for p in pipelines}
     return Live(Context(settings, store, by_name, owner, Metrics(), wakes))
+
+
+def crash_then_finish(config: Path, crash_at: str) -> bytes:
+    """`run --once` killed -9 at `crash_at`, then `run --once` again to the end; returns the
+    second run's log."""
+    crashed = subprocess.run(
+        daemon_command(config, once=True),
+        env=environment(crash_at),
+        capture_output=True,
+        timeout=60,
+    )
+    assert crashed.returncode == 137, crashed.stderr
+    finished = subprocess.run(
+        daemon_command(config, once=True), env=environment(), capture_output=True, timeout=60
+    )
+    assert finished.returncode == 0, finished.stderr
+    return finished.stderr

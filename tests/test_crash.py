@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from harness import (
+    crash_then_finish,
     daemon_command,
     deployment_url,
     drop_documents,
@@ -89,17 +90,7 @@ def test_crash_at_each_step_then_restart(
         daemon={"upload_workers": 1},
     )
     documents = drop_documents(tmp_path / "drop", 6)
-    crashed = subprocess.run(
-        daemon_command(config, once=True),
-        env=environment(crash_at),
-        capture_output=True,
-        timeout=60,
-    )
-    assert crashed.returncode == 137, crashed.stderr
-    finished = subprocess.run(
-        daemon_command(config, once=True), env=environment(), capture_output=True, timeout=60
-    )
-    assert finished.returncode == 0, finished.stderr
+    restart_log = crash_then_finish(config, crash_at)
     assert_each_document_once(results, documents)
     archived = sorted(
         p.relative_to(tmp_path / "archive/processed").as_posix()
@@ -112,7 +103,7 @@ def test_crash_at_each_step_then_restart(
     # out by the server but not yet committed (then the next poll gets 406); the restart
     # logs each such case.
     repeated = sum(executions[digest] - 1 for digest in documents.values())
-    assert repeated == explained_repeats(finished.stderr)
+    assert repeated == explained_repeats(restart_log)
     if may_repeat:
         assert repeated >= 1  # the crash point is inside that window
 

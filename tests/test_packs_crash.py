@@ -3,11 +3,15 @@ named steps while it sends several documents per execution, then run again."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-from harness import daemon_command, deployment_url, drop_documents, environment, write_config
+from harness import (
+    crash_then_finish,
+    deployment_url,
+    drop_documents,
+    write_config,
+)
 from test_crash import assert_each_document_once, explained_repeats
 
 from watcher.emulator import EmulatorServer, UnstractEmulator
@@ -46,21 +50,11 @@ def test_crash_inside_a_packed_execution_then_restart(
         daemon={"upload_workers": 1},
     )
     documents = drop_documents(tmp_path / "drop", 12)
-    crashed = subprocess.run(
-        daemon_command(config, once=True),
-        env=environment(crash_at),
-        capture_output=True,
-        timeout=60,
-    )
-    assert crashed.returncode == 137, crashed.stderr
-    finished = subprocess.run(
-        daemon_command(config, once=True), env=environment(), capture_output=True, timeout=60
-    )
-    assert finished.returncode == 0, finished.stderr
+    restart_log = crash_then_finish(config, crash_at)
     assert_each_document_once(results, documents)
     executions = emulator.stats().posts_by_sha256
     repeated = sum(executions[digest] - 1 for digest in documents.values())
-    explained = explained_repeats(finished.stderr)
+    explained = explained_repeats(restart_log)
     # Only the documents of the upload on the wire (or whose answer was read but not
     # committed) are sent again, and the restart logs each of them.
     if sent:
