@@ -29,6 +29,7 @@ from watcher.backend import (
 )
 from watcher.filters import as_text
 from watcher.flatten import result_cells
+from watcher.http import ApiHttp
 from watcher.output import side_path
 from watcher.unstract import NOT_SENT_ERRORS, decode_json, http_options, transport_error
 
@@ -202,20 +203,20 @@ class LLMWhispererClient:
         self.files_per_execution = 1
         self.results = results or LLMWhispererResults()
         self._options = options
-        self._client = httpx.Client(
-            base_url=url.rstrip("/") + "/",
-            headers={"unstract-key": api_key.get_secret_value()},
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections),
+        self._http = ApiHttp(
+            url.rstrip("/") + "/",
+            {"unstract-key": api_key.get_secret_value()},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_connections=max_connections,
             transport=transport,
-            follow_redirects=False,
         )
 
     def submit(self, upload: Upload) -> SubmitOutcome:
         params = {**self._options, "file_name": upload.file_name}
         headers = {"Content-Type": "application/octet-stream"}
         try:
-            response = self._client.post(
+            response = self._http.post(
                 "whisper", params=params, content=upload.content, headers=headers
             )
         except NOT_SENT_ERRORS as exc:
@@ -240,21 +241,21 @@ class LLMWhispererClient:
 
     def check(self) -> CheckOutcome:
         try:
-            response = self._client.get("get-usage-info")
+            response = self._http.get("get-usage-info")
         except httpx.HTTPError as exc:
             return CheckOutcome(False, transport_error(exc))
         return classify_check(response.status_code, response.content)
 
     def _get(self, path: str, whisper_hash: str, classify: Any) -> PollOutcome:
         try:
-            response = self._client.get(path, params={"whisper_hash": whisper_hash})
+            response = self._http.get(path, params={"whisper_hash": whisper_hash})
         except httpx.HTTPError as exc:
             return PollOutcome(PollKind.RETRY, error=transport_error(exc))
         outcome: PollOutcome = classify(response.status_code, response.content)
         return outcome
 
     def close(self) -> None:
-        self._client.close()
+        self._http.close()
 
 
 def result_text(body: Any) -> str | None:

@@ -32,6 +32,7 @@ from watcher.backend import (
     refusal,
 )
 from watcher.flatten import result_cells
+from watcher.http import ApiHttp
 
 RUNNING_STATUSES = {"PENDING", "EXECUTING", "READY", "QUEUED", "INITIATED"}
 FAILED_STATUSES = {"ERROR", "STOPPED"}
@@ -276,17 +277,17 @@ class UnstractClient:
         self.name = "unstract"
         self.files_per_execution = files_per_execution
         self.results = UnstractResults()
-        self._url = url
         self._form = {"timeout": "0", "include_metadata": str(include_metadata).lower()}
         if tags:
             self._form["tags"] = ",".join(tags)
         self._include_metadata = str(include_metadata).lower()
-        self._client = httpx.Client(
-            headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
-            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections),
+        self._http = ApiHttp(
+            url,
+            {"Authorization": f"Bearer {api_key.get_secret_value()}"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_connections=max_connections,
             transport=transport,
-            follow_redirects=False,
         )
 
     def submit(self, upload: Upload) -> SubmitOutcome:
@@ -296,7 +297,7 @@ class UnstractClient:
         """One execution for all `uploads`: one multipart part named `files` each."""
         files = [("files", (u.file_name, u.content, u.content_type)) for u in uploads]
         try:
-            response = self._client.post(self._url, data=self._form, files=files)
+            response = self._http.post(data=self._form, files=files)
         except NOT_SENT_ERRORS as exc:
             return SubmitOutcome(SubmitKind.RETRY, error=transport_error(exc))
         except httpx.HTTPError as exc:
@@ -309,20 +310,20 @@ class UnstractClient:
     def poll_execution(self, execution_id: str) -> PollOutcome:
         params = {"execution_id": execution_id, "include_metadata": self._include_metadata}
         try:
-            response = self._client.get(self._url, params=params)
+            response = self._http.get(params=params)
         except httpx.HTTPError as exc:
             return PollOutcome(PollKind.RETRY, error=transport_error(exc))
         return classify_execution(response.status_code, response.content)
 
     def check(self) -> CheckOutcome:
         try:
-            response = self._client.get(self._url, params={"execution_id": NO_SUCH_EXECUTION})
+            response = self._http.get(params={"execution_id": NO_SUCH_EXECUTION})
         except httpx.HTTPError as exc:
             return CheckOutcome(False, transport_error(exc))
         return classify_check(response.status_code, response.content)
 
     def close(self) -> None:
-        self._client.close()
+        self._http.close()
 
 
 def build(api: UnstractApiConfig) -> UnstractClient:

@@ -11,9 +11,9 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -24,6 +24,7 @@ from watcher.crashpoints import answer_lost
 from watcher.jobs import Job
 from watcher.logs import get_logger
 from watcher.store.errors import TRANSIENT_DB_ERRORS, db_error_text
+from watcher.store.group_commit import GroupCommit
 from watcher.store.held import HeldClaims
 from watcher.store.schema import create_engine
 
@@ -45,9 +46,8 @@ class Database:
         if self.is_sqlite and (path := self.sqlite_file()):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, busy_timeout_seconds)
-        self._lock: AbstractContextManager[Any] = (
-            threading.Lock() if self.is_sqlite else nullcontext()
-        )
+        # SQLite: one writer at a time, so this process's writers share transactions.
+        self._group = GroupCommit(self.engine) if self.is_sqlite else None
         self.insert = sqlite_insert if self.is_sqlite else postgresql_insert
         # The database's clock (epoch seconds), as an SQL expression.
         self.now = sa.literal_column(SQLITE_NOW if self.is_sqlite else POSTGRESQL_NOW, sa.Double)
@@ -68,6 +68,8 @@ class Database:
         return not self._stop.wait(seconds)
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
         self.engine.dispose()
 
     @contextmanager
@@ -76,10 +78,8 @@ class Database:
         while their rows are still locked by it. If it fails, they are held again: the
         caller may try once more, and until it gives up they are its own."""
         ending = list(ending)
-        # The connection is checked out before the lock is taken: the lock covers only the
-        # transaction itself, which every writer of this process waits for.
         try:
-            with self.engine.connect() as conn, self._lock, conn.begin():
+            with self._transaction() as conn:
                 yield conn
                 self.held.drop(job.id for job in ending)  # ended by this commit
             if lose_answer_at and answer_lost(lose_answer_at):
@@ -93,18 +93,24 @@ class Database:
                 self.held.doubt()
             raise
 
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        if self._group is not None:
+            with self._group.write() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
     def give_back_space(self, pages: int) -> None:
         """SQLite: return up to `pages` free pages to the file system (incremental
         auto-vacuum), in a transaction of its own."""
-        with self._lock:
-            raw = self.engine.raw_connection()
-            try:
-                driver = raw.driver_connection
-                assert driver is not None
-                # A script runs the pragma to its end; one plain step frees a single page.
-                driver.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
-            finally:
-                raw.close()
+        assert self._group is not None
+        with self._group.alone() as conn:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            # A script runs the pragma to its end; one plain step frees a single page.
+            driver.executescript(f"PRAGMA incremental_vacuum({int(pages)})")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
