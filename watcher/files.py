@@ -109,4 +109,6 @@ def read_regular_file(path: Path, limit: int) -> bytes:
         size = os.fstat(handle.fileno()).st_size
         if size > limit:
             raise TooLarge(size)
-        return handle.read(limit + 1)
+        # One byte past the size shows a file that grew (its digest then differs); a read
+        # of `limit` would allocate that much for every small document.
+        return handle.read(size + 1)

@@ -196,12 +196,9 @@ class Polls(StoreBase):
             "body": None if in_job_row else values["result_body"],
             "created_at": values["updated_at"],
         }
-        insert = self.db.insert(results).values(**kept).on_conflict_do_nothing()
-        # RETURNING, not rowcount: psycopg gives no rowcount for an INSERT ... ON CONFLICT.
-        added = conn.execute(insert.returning(results.c.execution_id)).first()
+        added = conn.execute(self.sql.keep_result, kept).first()
         if in_job_row and added is None:
-            kept_here = results.c.execution_id == job.execution_id
-            conn.execute(sa.update(results).where(kept_here).values(body=None))
+            conn.execute(self.sql.clear_kept_body, {"b_execution_id": job.execution_id})
 
     def stored_result(self, execution_id: str) -> tuple[str, str, Any] | None:
         """(outcome, error, body) of an execution's terminal answer, if one was ever stored

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from watcher.jobs import IN_FLIGHT, Job, JobState, can_move
-from watcher.store.schema import jobs
+from watcher.store.schema import jobs, results
 
 
 class IllegalTransition(AssertionError):
@@ -47,6 +47,16 @@ class Statements:
             .where(jobs.c.state == sa.bindparam("b_state"))
             .where(jobs.c.attempts == sa.bindparam("b_attempts"))
             .where(jobs.c.lease_owner.is_not_distinct_from(sa.bindparam("b_owner")))
+        )
+        # A terminal answer's record by execution id; the VALUES come from the parameters'
+        # keys. RETURNING, not rowcount: psycopg gives none for an INSERT ... ON CONFLICT.
+        self.keep_result = (
+            self.insert(results).on_conflict_do_nothing().returning(results.c.execution_id)
+        )
+        self.clear_kept_body = (
+            sa.update(results)
+            .where(results.c.execution_id == sa.bindparam("b_execution_id"))
+            .values(body=None)
         )
         self.due = {
             (state, column.name): sa.select(sa.func.min(column) - self.now)
