@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from backlog import backlog
+from burst import burst
 from harness import Override, Processes
 from report import Figure, Report
 from scale import scale
@@ -53,6 +54,7 @@ SCENARIOS: dict[str, Scenario] = {
     "memory": memory_and_idle,  # also measures idle CPU, and leaves the tree for restart
     "restart": restart,
     "scale": scale,  # grows the tree restart leaves (or a seed run's) to scale_docs
+    "burst": burst,  # documents written in place, many at once
 }
 ALIASES = {"idle": "memory"}
 SETTLE_SECONDS = 0.3

@@ -66,6 +66,7 @@ class Sizes:
     backlog_docs: int  # waiting at the start, in four folders that share the file names
     backlog_file_seconds: float
     scale_docs: tuple[int, ...] = ()  # the scale scenario's sizes, each grown from the last
+    burst_docs: tuple[int, ...] = (1000, 20_000)  # the burst scenario's small and big burst
 
 
 FULL = Sizes(
@@ -88,7 +89,24 @@ FULL = Sizes(
     (50_000, 150_000),
 )
 SMOKE = Sizes(
-    1.0, 4, 50, 40, 0.5, 10, 1.0, 3, 2, 100, 5.0, (1000, 2000), 100, 30.0, 40, 0.5, (2000, 4000)
+    1.0,
+    4,
+    50,
+    40,
+    0.5,
+    10,
+    1.0,
+    3,
+    2,
+    100,
+    5.0,
+    (1000, 2000),
+    100,
+    30.0,
+    40,
+    0.5,
+    (2000, 4000),
+    (100, 400),
 )
 
 

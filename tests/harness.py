@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 
 from watcher import config as config_module
-from watcher.config import Settings
+from watcher.config import DEFAULT_INCLUDE, Settings
 from watcher.context import Context, Live, Wakes
 from watcher.daemon import Daemon
 from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG, EmulatorServer
+from watcher.filters import FileFilter
 from watcher.metrics import Metrics
 from watcher.runtime import Pipeline
-from watcher.store import Store
-from watcher.watch import FolderWatcher
+from watcher.store import KnownFile, Store
+from watcher.watch import Discovered, FolderWatcher
 
 KEY_ENV = "TEST_UNSTRACT_API_KEY"
 LLMW_KEY_ENV = "TEST_LLMWHISPERER_KEY"
@@ -253,3 +254,42 @@ def crash_then_finish(config: Path, crash_at: str) -> bytes:
     )
     assert finished.returncode == 0, finished.stderr
     return finished.stderr
+
+
+class Collector:
+    """Stands in for the job table: what was queued, and what it knows of which path."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[str, str, int]] = []
+        self.versions: dict[str, KnownFile] = {}
+        self.asked: list[list[str]] = []  # the lookups made, a batch of paths each
+
+    def __call__(self, found: list[Discovered]) -> None:
+        self.queued += [(f.relative_path, f.sha256, f.size) for f in found]
+        self.versions.update(
+            {f.relative_path: KnownFile(f.sha256, f.size, f.mtime_ns) for f in found}
+        )
+
+    def known(self, paths: Sequence[str]) -> dict[str, KnownFile]:
+        self.asked.append(list(paths))
+        return {path: self.versions[path] for path in paths if path in self.versions}
+
+
+def make_watcher(
+    root: Path,
+    collector: Collector,
+    recursive: bool = True,
+    settle_seconds: float = 0.0,
+    wake: threading.Event | None = None,
+) -> FolderWatcher:
+    """A folder watcher of the default file types that queues into `collector`."""
+    return FolderWatcher(
+        "p",
+        root,
+        recursive=recursive,
+        file_filter=FileFilter(include=tuple(DEFAULT_INCLUDE)),
+        settle_seconds=settle_seconds,
+        known=collector.known,
+        enqueue=collector,
+        wake=wake or threading.Event(),
+    )

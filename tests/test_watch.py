@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from harness import Collector, make_watcher
 from structlog.testing import capture_logs
 
 from watcher.config import DEFAULT_INCLUDE
 from watcher.filters import FileFilter
-from watcher.store import KnownFile
 from watcher.watch import (
-    Discovered,
     FileStat,
     FolderWatcher,
     NotARegularFile,
@@ -46,38 +44,6 @@ def test_a_vanished_file_is_forgotten() -> None:
 
 def test_zero_settle_takes_a_file_at_first_sight() -> None:
     assert StabilityTracker(settle_seconds=0).observe("x", FileStat(1, 1), now=0.0)
-
-
-class Collector:
-    """Stands in for the job table: what was queued, and what it knows of which path."""
-
-    def __init__(self) -> None:
-        self.queued: list[tuple[str, str, int]] = []
-        self.versions: dict[str, KnownFile] = {}
-        self.asked: list[list[str]] = []  # the lookups made, a batch of paths each
-
-    def __call__(self, found: list[Discovered]) -> None:
-        self.queued += [(f.relative_path, f.sha256, f.size) for f in found]
-        self.versions.update(
-            {f.relative_path: KnownFile(f.sha256, f.size, f.mtime_ns) for f in found}
-        )
-
-    def known(self, paths: Sequence[str]) -> dict[str, KnownFile]:
-        self.asked.append(list(paths))
-        return {path: self.versions[path] for path in paths if path in self.versions}
-
-
-def make_watcher(root: Path, collector: Collector, recursive: bool = True) -> FolderWatcher:
-    return FolderWatcher(
-        "p",
-        root,
-        recursive=recursive,
-        file_filter=FileFilter(include=tuple(DEFAULT_INCLUDE)),
-        settle_seconds=0.0,
-        known=collector.known,
-        enqueue=collector,
-        wake=threading.Event(),
-    )
 
 
 def test_scan_takes_regular_files_and_skips_the_rest(tmp_path: Path) -> None:

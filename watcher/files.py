@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import heapq
 import os
 import stat as stat_mode
 from dataclasses import dataclass, field
@@ -28,10 +29,15 @@ class _Pending:
 
 @dataclass
 class StabilityTracker:
-    """Pure: which paths have had the same size and mtime for `settle_seconds`."""
+    """Pure: which paths have had the same size and mtime for `settle_seconds`.
+
+    A heap of (still_since, path) orders the pending paths by when they may be stable, so a
+    pass over a burst of many files costs its due paths, not every pending one. An entry left
+    behind by a later observation or by `forget` is stale: skipped when it comes up."""
 
     settle_seconds: float
     _pending: dict[str, _Pending] = field(default_factory=dict)
+    _by_time: list[tuple[float, str]] = field(default_factory=list)
 
     def observe(self, path: str, stat: FileStat | None, now: float) -> bool:
         """Record a fresh stat of `path` (None: gone); return True once it is stable."""
@@ -40,6 +46,7 @@ class StabilityTracker:
             return False
         entry = self._pending.get(path)
         if entry is None or entry.stat != stat:
+            heapq.heappush(self._by_time, (now, path))
             entry = self._pending[path] = _Pending(stat, now)
         if now - entry.still_since >= self.settle_seconds:
             del self._pending[path]
@@ -49,23 +56,42 @@ class StabilityTracker:
     def paths(self) -> list[str]:
         return list(self._pending)
 
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
     def __contains__(self, path: str) -> bool:
         return path in self._pending
 
     def due(self, now: float) -> list[str]:
         """Paths whose settle time has passed: only these need a fresh stat. A change before
         then shows in that stat (or in an event) and starts their settle time again."""
-        settle = self.settle_seconds
-        return [path for path, p in self._pending.items() if now - p.still_since >= settle]
+        heap, due = self._by_time, {}
+        while heap and now - heap[0][0] >= self.settle_seconds:
+            still_since, path = heapq.heappop(heap)
+            if self._current(still_since, path):
+                due[path] = still_since  # a path observed twice at one moment: once
+        for path, still_since in due.items():  # still pending until observe() decides
+            heapq.heappush(heap, (still_since, path))
+        return list(due)
 
     def next_check(self) -> float | None:
         """When the earliest pending path could become stable."""
-        if not self._pending:
+        self._drop_stale()
+        if not self._by_time:
             return None
-        return min(p.still_since for p in self._pending.values()) + self.settle_seconds
+        return self._by_time[0][0] + self.settle_seconds
 
     def forget(self, path: str) -> None:
         self._pending.pop(path, None)
+
+    def _drop_stale(self) -> None:
+        heap = self._by_time
+        while heap and not self._current(*heap[0]):
+            heapq.heappop(heap)
+
+    def _current(self, still_since: float, path: str) -> bool:
+        entry = self._pending.get(path)
+        return entry is not None and entry.still_since == still_since
 
 
 class NotARegularFile(OSError):

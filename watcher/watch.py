@@ -605,7 +605,7 @@ class Discovery(ContextLoop):
         """A pass is under way, or a file is settling or hinted: more may be queued soon."""
         if self._in_pass.is_set() or any(w.scanning for w in self.watchers.values()):
             return True
-        return any(w.tracker.paths() or w.has_hints() for w in self.watchers.values())
+        return any(bool(w.tracker) or w.has_hints() for w in self.watchers.values())
 
     def problems(self) -> list[str]:
         """What /healthz reports of the folders."""
