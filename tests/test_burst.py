@@ -51,24 +51,6 @@ def test_a_path_observed_anew_at_one_moment_is_due_once_and_settles_once() -> No
     assert tracker.due(9.0) == [] and tracker.next_check() is None and not tracker
 
 
-def test_a_pass_over_many_pending_paths_costs_what_is_due_not_what_is_pending() -> None:
-    def seconds_per_pass(pending: int) -> float:
-        tracker = StabilityTracker(settle_seconds=10.0)
-        for index in range(pending):
-            tracker.observe(f"f{index}", FileStat(1, 1), now=index / pending)
-        passes = []
-        for _ in range(5):
-            began = time.perf_counter()
-            for _ in range(20):
-                tracker.due(5.0)
-                tracker.next_check()
-            passes.append(time.perf_counter() - began)
-        return min(passes)
-
-    # A walk over every pending path costs 100 times as much for 100 times as many.
-    assert seconds_per_pass(100_000) < 10 * seconds_per_pass(1000)
-
-
 def test_a_file_still_written_in_a_burst_is_queued_only_once_it_stood_still(
     tmp_path: Path,
 ) -> None:
