@@ -22,6 +22,8 @@ from watcher.store.table_sink import TableSinks, table_row
 log = get_logger()
 BATCH = 64
 IDLE_WAIT_SECONDS = 2.0  # an outcome stored by this process wakes us sooner
+# A sole writer (SQLite) stores every outcome itself, each waking us: the wait is a safety net.
+SOLE_WRITER_IDLE_WAIT_SECONDS = 10.0
 DISK_TROUBLE_WAIT_SECONDS = 5.0
 
 
@@ -48,7 +50,10 @@ class Finisher(ContextLoop):
             if troubled:
                 stop.wait(DISK_TROUBLE_WAIT_SECONDS)
             elif not written:
-                self.wakes.finished.wait(IDLE_WAIT_SECONDS)
+                self.wakes.finished.wait(self._idle_wait())
+
+    def _idle_wait(self) -> float:
+        return SOLE_WRITER_IDLE_WAIT_SECONDS if self.store.sole_writer else IDLE_WAIT_SECONDS
 
     def finish_stored(self) -> tuple[int, int]:
         """Write files for stored outcomes; return (finished, could not write).

@@ -13,14 +13,16 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from tqdm import tqdm
 
 from watcher.config import PipelineConfig
 from watcher.daemon import Daemon
 from watcher.watch import LOOKUP_BATCH, Known
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class ProgressBar:
@@ -41,6 +43,8 @@ class ProgressBar:
         bar.refresh()
 
     def _open(self, daemon: Daemon) -> tqdm[Any]:
+        from tqdm import tqdm  # only `run --once` on a terminal draws a bar: not the daemon's RSS
+
         done = daemon.progress()
         # In this order: a job queued meanwhile is in `unfinished` or, once known, not counted new.
         total = done.finished + done.unfinished + documents_to_take(daemon)
@@ -129,6 +133,8 @@ class _AboveTheBar(io.StringIO):
 
     def write(self, text: str) -> int:
         *lines, self._pending = (self._pending + text).split("\n")
+        from tqdm import tqdm
+
         for line in lines:
             tqdm.write(line, file=sys.stderr)
         return len(text)

@@ -60,8 +60,11 @@ class Reconciler(ContextLoop):
     def _idle_wait(self) -> float:
         """Sleep until the earliest poll is due (a new submission wakes us sooner); other
         instances' work and leases that run out are noticed within MAX_IDLE_SECONDS by the
-        sweeping loop (the others wait longer: idle, the daemon should cost nothing)."""
-        longest = MAX_IDLE_SECONDS if self.sweeps else HELPER_MAX_IDLE_SECONDS
+        sweeping loop (the others wait longer: idle, the daemon should cost nothing). A sole
+        writer (SQLite) has no other instances: every submission is this process's, and
+        wakes us."""
+        looks = self.sweeps and not self.store.sole_writer
+        longest = MAX_IDLE_SECONDS if looks else HELPER_MAX_IDLE_SECONDS
         due_in = self.store.next_poll_due_in(list(self.pipelines))
         if due_in is None:
             return longest

@@ -25,7 +25,8 @@ from watcher.packs import decide_after_pack_submit, file_rounds
 from watcher.runtime import Pipeline
 
 log = get_logger()
-MAX_IDLE_SECONDS = 2.0
+MAX_IDLE_SECONDS = 2.0  # the lookout (upload-0): other instances' work, slots freed by them
+HELPER_MAX_IDLE_SECONDS = 10.0  # the others: well under the hung-loop limit (3 leases of > 10 s)
 
 
 # What the Unstract server accepts (unstract-api-behaviour.md section 3); it silently skips any
@@ -80,6 +81,7 @@ class Uploader(ContextLoop):
     def __init__(self, live: Live, index: int = 0) -> None:
         super().__init__(live)
         self.name = f"upload-{index}"
+        self.lookout = index == 0
         self.rng = random.Random()
 
     def run(self, stop: threading.Event) -> None:
@@ -93,10 +95,12 @@ class Uploader(ContextLoop):
                 limits = self._limits()
                 wait = 0.0 if go else self._idle_wait(limits)
                 claim = self._claim(limits) if wait <= 0 else []
+                if claim:  # there may be more: one more worker looks (a chain, not a herd)
+                    self.wakes.work.set()
             if not claim:
                 # Due work we could not claim means every pipeline is at max_in_flight: a
                 # freed slot wakes us (WorkSignal), so wait long.
-                go = self.wakes.work.wait(MAX_IDLE_SECONDS if wait <= 0 else wait)
+                go = self.wakes.work.wait(self._longest_wait() if wait <= 0 else wait)
                 continue
             claim, go = self._take(claim, claim_next=not stop.is_set())
         for job in claim:  # claimed with the last upload's answer, never sent
@@ -132,11 +136,18 @@ class Uploader(ContextLoop):
         with about(claim[0]):
             return self.upload(claim[0], pipeline, claim_next)
 
+    def _longest_wait(self) -> float:
+        # Idle, the daemon should cost nothing: one worker looks often, and whatever it
+        # finds wakes the next (above), so N workers do not each read the queue every 2 s.
+        return MAX_IDLE_SECONDS if self.lookout else HELPER_MAX_IDLE_SECONDS
+
     def _idle_wait(self, limits: dict[str, int]) -> float:
-        """Until the next retry is due; new work wakes one worker sooner. Other instances'
-        work and freed slots are noticed within MAX_IDLE_SECONDS."""
+        """Until the next retry is due (every worker, exactly); new work wakes one worker
+        sooner. Other instances' work and freed slots are noticed within MAX_IDLE_SECONDS by
+        the lookout."""
         due_in = self.store.next_attempt_due_in(list(limits)) if limits else None
-        return MAX_IDLE_SECONDS if due_in is None else min(MAX_IDLE_SECONDS, due_in)
+        longest = self._longest_wait()
+        return longest if due_in is None else min(longest, due_in)
 
     def _limits(self) -> dict[str, int]:
         return {

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from watcher.crashpoints import answer_lost
@@ -26,7 +24,7 @@ from watcher.logs import get_logger
 from watcher.store.errors import TRANSIENT_DB_ERRORS, db_error_text
 from watcher.store.group_commit import GroupCommit
 from watcher.store.held import HeldClaims
-from watcher.store.schema import create_engine
+from watcher.store.schema import create_engine, upsert_builder
 
 TRANSIENT_RETRIES = 8  # about half a minute of backoff
 CLOCK_RESYNC_SECONDS = 60.0
@@ -48,7 +46,7 @@ class Database:
         self.engine = create_engine(url, busy_timeout_seconds)
         # SQLite: one writer at a time, so this process's writers share transactions.
         self._group = GroupCommit(self.engine) if self.is_sqlite else None
-        self.insert = sqlite_insert if self.is_sqlite else postgresql_insert
+        self.insert = upsert_builder("sqlite" if self.is_sqlite else "postgresql")
         # The database's clock (epoch seconds), as an SQL expression.
         self.now = sa.literal_column(SQLITE_NOW if self.is_sqlite else POSTGRESQL_NOW, sa.Double)
         self.held = HeldClaims()

@@ -66,14 +66,10 @@ sa.Index("ix_jobs_state_due", jobs.c.state, jobs.c.next_attempt_at)
 sa.Index("ix_jobs_poll_due", jobs.c.state, jobs.c.next_poll_at)
 sa.Index("ix_jobs_path", jobs.c.pipeline, jobs.c.relative_path)
 # Only rows that still hold an answer: expiry finds its next batch without visiting the
-# history whose answers are gone.
+# history whose answers are gone. Its partial index, ix_jobs_answer_kept on finished_at, is
+# declared in migration 0007 only: a `postgresql_where` here would import the PostgreSQL
+# dialect (about 3 MiB) into every daemon, SQLite ones included.
 ANSWER_KEPT = jobs.c.result_body.is_not(None)
-sa.Index(
-    "ix_jobs_answer_kept",
-    jobs.c.finished_at,
-    sqlite_where=ANSWER_KEPT,
-    postgresql_where=ANSWER_KEPT,
-)
 
 # What `unstract-watcher status` shows of a pipeline that the daemon keeps in memory.
 pipeline_state = sa.Table(
@@ -176,3 +172,22 @@ def create_engine(url: str, busy_timeout_seconds: float) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def upsert_builder(dialect_name: str) -> Any:
+    """The dialect's `insert` with ON CONFLICT. PostgreSQL's is imported only when used: on
+    SQLite its dialect would cost the daemon about 3 MiB of memory for nothing."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
+def json_type() -> sa.types.TypeEngine[Any]:
+    """JSON, stored as JSONB on PostgreSQL (whose dialect is imported only when used)."""
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    return sa.JSON().with_variant(JSONB(), "postgresql")

@@ -15,23 +15,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from watcher.config import TableConfig
 from watcher.flatten import cost_in_dollars
 from watcher.jobs import Job
 from watcher.store.errors import store_error
-from watcher.store.schema import create_engine
+from watcher.store.schema import create_engine, json_type, upsert_builder
 from watcher.store.store import Store
 
-JSON = sa.JSON().with_variant(JSONB(), "postgresql")
 KEY = ("pipeline", "source", "sha256")
 
 
 def result_table(name: str) -> sa.Table:
+    json = json_type()
     return sa.Table(
         name,
         sa.MetaData(),
@@ -44,8 +41,8 @@ def result_table(name: str) -> sa.Table:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("cost", sa.Double),
         sa.Column("error", sa.Text),
-        sa.Column("result", JSON),
-        sa.Column("metadata", JSON),
+        sa.Column("result", json),
+        sa.Column("metadata", json),
         sa.UniqueConstraint(*KEY, name=f"uq_{name}_document"),
     )
 
@@ -95,7 +92,7 @@ class TableSinks:
 
     def _upsert(self, url: str, table: sa.Table) -> Any:
         dialect = self._engine(url).dialect.name
-        insert = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
+        insert = upsert_builder(dialect)(table)
         changed = {c.name: insert.excluded[c.name] for c in table.c if c.name not in ("id", *KEY)}
         return insert.on_conflict_do_update(index_elements=list(KEY), set_=changed)
 
