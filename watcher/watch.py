@@ -26,7 +26,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -511,12 +520,32 @@ _OVERFLOW = _OverflowAlarm()
 logging.getLogger("watchdog.observers").addHandler(_OVERFLOW)
 
 
+# inotify's events that say a file may be new or complete: created, moved in, closed after
+# writing (and the watched folder's own deletion). Left out: each write (a file still being
+# written is stat'ed again when its settle time is up), attribute changes, and the opens and
+# closes of every read, ours included; the kernel then sends none of them (watchdog builds
+# its mask from this list). The polling observer has no close event: it keeps them all.
+HINT_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    DirDeletedEvent,
+]
+
+
 def start_observer(watcher: FolderWatcher, polling: bool, polling_interval: float) -> Any:
     """Start a watchdog observer for one folder; the caller stops and joins it."""
     if not polling:
         _OVERFLOW.watchers.add(watcher)
     observer = PollingObserver(timeout=polling_interval) if polling else Observer()
-    observer.schedule(_Handler(watcher), str(watcher.root), recursive=watcher.recursive)
+    observer.schedule(
+        _Handler(watcher),
+        str(watcher.root),
+        recursive=watcher.recursive,
+        event_filter=None if polling else HINT_EVENTS,
+    )
     observer.daemon = True
     observer.start()
     return observer

@@ -46,8 +46,8 @@ class GroupCommit:
         self._lock = threading.Lock()  # held by one writer at a time: while its body runs
         self._counting = threading.Lock()
         self._waiting = 0  # writers blocked on `_lock`
-        self._conn: Connection | None = None
-        self._group: Group | None = None  # the open transaction's
+        self._conn: Connection | None = None  # the open transaction's, from the engine's pool
+        self._group: Group | None = None  # the open transaction's writers
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -55,8 +55,7 @@ class GroupCommit:
         joined: Group | None = None
         self._acquire()
         try:
-            group = self._begin()
-            conn = self._connection()
+            group, conn = self._begin()
             # Only a transaction that holds others' changes needs a savepoint to undo ours.
             with self._undone_on_error(conn, savepoint=group.writers > 0):
                 yield conn
@@ -100,16 +99,14 @@ class GroupCommit:
         self._acquire()
         try:
             self._commit()
-            yield self._connection()
+            with self._engine.connect() as conn:
+                yield conn
         finally:
             self._lock.release()
 
     def close(self) -> None:
         with self._lock:
             self._commit()
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     def _acquire(self) -> None:
         with self._counting:
@@ -118,22 +115,17 @@ class GroupCommit:
         with self._counting:
             self._waiting -= 1
 
-    def _connection(self) -> Connection:
-        if self._conn is None or self._conn.invalidated or self._conn.closed:
-            self._conn = self._engine.connect()
-        return self._conn
-
-    def _begin(self) -> Group:
-        if self._group is None:
-            conn = self._connection()
+    def _begin(self) -> tuple[Group, Connection]:
+        """The open transaction, begun if there is none."""
+        if self._group is None or self._conn is None:
+            conn = self._engine.connect()
             try:
                 conn.begin()  # BEGIN IMMEDIATE (schema.create_engine): may wait for a process
             except BaseException:
-                self._conn = None
                 conn.invalidate()
                 raise
-            self._group = Group()
-        return self._group
+            self._group, self._conn = Group(), conn
+        return self._group, self._conn
 
     def _commit_if_last(self) -> None:
         group = self._group
@@ -146,18 +138,22 @@ class GroupCommit:
 
     def _commit(self) -> None:
         """Commit the open transaction (if any) and tell its writers; never raises."""
-        if self._group is None:
+        if self._group is None or self._conn is None:
             return
-        conn = self._connection()
         try:
-            transaction = conn.get_transaction()
-            if transaction is not None:
-                transaction.commit()
+            self._conn.commit()
         except BaseException as exc:
             self._end(exc)
             return
-        self._group.end(None)
-        self._group = None
+        group, self._group = self._group, None
+        conn, self._conn = self._conn, None
+        # Back to the pool between transactions: the engine's dispose() closes it, and the
+        # last connection to close checkpoints the WAL, as without groups.
+        try:
+            conn.close()
+        except BaseException:  # committed all the same
+            conn.invalidate()
+        group.end(None)
 
     def _end(self, error: BaseException) -> None:
         """The open transaction failed: roll it back and fail its writers."""
