@@ -11,6 +11,7 @@ import pytest
 from watcher.config import PipelineConfig
 from watcher.context import WorkSignal
 from watcher.runtime import Pipeline, build_pipeline
+from watcher.schedule import is_probe
 from watcher.unstract import UnstractClient
 
 
@@ -129,11 +130,15 @@ def test_wake_all_wakes_every_waiting_worker() -> None:
     assert woke == [True, True, True]
 
 
-def test_executions_ending_side_by_side_lower_the_estimate_one_step(pipeline: Pipeline) -> None:
-    pipeline.observe_execution(1.0, None)  # the first: at most 1 s, and a step below
+def test_probes_ending_side_by_side_lower_the_estimate_one_step(pipeline: Pipeline) -> None:
+    probes = [f"e{n}" for n in range(1000) if is_probe(f"e{n}")][:21]
+    pipeline.observe_execution(1.0, None)  # the first: at most 1 s
+    assert pipeline.expected_execution_seconds == pytest.approx(1.0)
+    assert pipeline.probe_for(probes[0]) == pytest.approx(0.9)
+    pipeline.observe_execution(0.92, None, probes[0])  # the probe at 0.9 found it ended
     assert pipeline.expected_execution_seconds == pytest.approx(0.9)
-    for _ in range(20):  # ended by the same first poll round: no further steps down
-        pipeline.observe_execution(0.95, None)
+    for execution_id in probes[1:]:  # ended by the same first poll round: no further steps
+        pipeline.observe_execution(0.75, None, execution_id)
     assert pipeline.expected_execution_seconds == pytest.approx(0.9)
     pipeline.observe_execution(1.2, 1.0)  # seen running at 1.0, ended by 1.2: averaged in
     assert pipeline.expected_execution_seconds == pytest.approx(0.9 + 0.2 * (1.1 - 0.9))
