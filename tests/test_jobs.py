@@ -310,7 +310,9 @@ def test_executions_ending_side_by_side_do_not_drag_the_estimate_down() -> None:
 def test_the_estimate_takes_what_is_known() -> None:
     first = Estimate()
     assert first.after(6.0, 4.0, False, 0.0).seconds == 4.5  # in between, nearer its start
-    assert first.after(0.25, None, False, 0.0).seconds == 0.25  # ended by its first poll
+    instant = first.after(0.25, None, False, 0.0)  # ended by its first poll: at most 0.25 s
+    assert instant == Estimate(0.25, 0.5, eager=True)  # every next one probes, far below
+    assert instant.probe_for(PLAIN_ID) == 0.5
     assert first.probe_for(PROBE_ID) is None  # nothing to probe yet
     known = Estimate(5.0)
     assert known.probe_for(PROBE_ID) == 0.9
@@ -320,11 +322,13 @@ def test_the_estimate_takes_what_is_known() -> None:
     found_ended = known.after(4.6, None, True, 10.0)  # the probe at 4.5 found it ended
     assert found_ended.seconds == 4.5
     assert found_ended.probe_fraction == pytest.approx(0.8)  # next probe: twice as far below
+    assert found_ended.probe_for(PLAIN_ID) == found_ended.probe_fraction  # and every one probes
     found_running = known.after(5.2, 4.6, True, 10.0)  # the probe saw it running
     assert found_running.seconds == 5.0
     assert found_running.probe_fraction == pytest.approx(0.95)  # next probe: closer
+    assert not found_running.after(5.2, 4.8, True, 20.0).eager  # one in PROBE_EVERY again
     assert Estimate(5.0, 0.97).after(5.2, 4.9, True, 10.0).probe_fraction == 0.97
-    assert Estimate(5.0, 0.5).after(2.6, None, True, 10.0) == Estimate(2.5, 0.5, 10.0)
+    assert Estimate(5.0, 0.5).after(2.6, None, True, 10.0) == Estimate(2.5, 0.5, 10.0, True)
     side_by_side = Estimate(4.5, 0.8, probed_at=10.0)  # a probe that ended with the last one
     assert side_by_side.after(4.6, None, True, 12.0) == side_by_side
 

@@ -14,7 +14,7 @@ from watcher.config import PipelineConfig
 from watcher.jobs import PipelineChange
 from watcher.logs import get_logger
 from watcher.output import Placement
-from watcher.schedule import Estimate, RetryPolicy, is_probe
+from watcher.schedule import Estimate, RetryPolicy
 
 log = get_logger()
 
@@ -55,8 +55,10 @@ class Pipeline:
     ) -> None:
         """An execution was seen ended when asked `ended_by` seconds after submission."""
         now = time.monotonic()
-        probe = is_probe(execution_id)
         with self._lock:
+            # A probe if it would be one now (eager probing may have begun or ended since its
+            # submission; either way the next probes put the estimate right).
+            probe = self.estimate.probe_for(execution_id) is not None
             self.estimate = self.estimate.after(ended_by, polled_before, probe, now)
 
     def in_flight_limit(self) -> int:

@@ -96,19 +96,23 @@ class Estimate:
     The first poll comes just after the estimate, so that most executions need one poll and
     none waits a step. That poll says nothing when it finds the execution ended (it took at
     most the estimate, which is known), so one execution in PROBE_EVERY is first polled
-    early (a probe): ended by then, the estimate drops to the probe's time and the next probe
-    asks twice as far below; still running, the estimate holds and the next probe asks
-    closer. An execution that runs past the estimate moves it up (a moving average of the
-    middle between the poll that saw it running and the one that saw it ended).
+    early (a probe): ended by then, the estimate drops to the probe's time, the next probe
+    asks twice as far below and every execution is a probe until one finds its execution
+    running; then the estimate holds and the next probe asks closer. An execution that runs
+    past the estimate moves it up (a moving average of the middle between the poll that saw
+    it running and the one that saw it ended).
     """
 
     seconds: float | None = None
     probe_fraction: float = PROBE_START
     probed_at: float = float("-inf")  # when a probe last taught something
+    # Every execution a probe: the last probe found its execution ended (or the first
+    # execution was, by its first poll), so probes cost no poll and the estimate can fall fast.
+    eager: bool = False
 
     def probe_for(self, execution_id: str | None) -> float | None:
         """The fraction of the estimate at which to first poll this execution, if a probe."""
-        if self.seconds is None or not is_probe(execution_id):
+        if self.seconds is None or not (self.eager or is_probe(execution_id)):
             return None
         return self.probe_fraction
 
@@ -121,6 +125,8 @@ class Estimate:
         counts (`now` on any clock that does not jump)."""
         expected = self.seconds
         if expected is None:
+            if polled_before is None:  # at most that: probe every execution, far below
+                return Estimate(ended_by, PROBE_FARTHEST, eager=True)
             return replace(self, seconds=_middle(ended_by, polled_before, FIRST_LEAN))
         if polled_before is not None and polled_before >= expected:  # ran past the estimate
             sample = _middle(ended_by, polled_before)
@@ -132,7 +138,7 @@ class Estimate:
         fraction = self.probe_fraction
         if polled_before is None:  # the probe found it ended: faster, maybe faster still
             seconds = min(fraction * expected, ended_by)
-            return Estimate(seconds, max(PROBE_FARTHEST, 2 * fraction - 1), now)
+            return Estimate(seconds, max(PROBE_FARTHEST, 2 * fraction - 1), now, eager=True)
         return Estimate(expected, min(PROBE_CLOSEST, (1 + fraction) / 2), now)
 
 
