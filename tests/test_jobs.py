@@ -24,11 +24,12 @@ from watcher.jobs import (
     decide_unreadable,
 )
 from watcher.schedule import (
+    Estimate,
     RetryPolicy,
     backoff_seconds,
+    is_probe,
     next_poll_seconds,
     poll_delay_seconds,
-    updated_estimate,
 )
 
 POLICY = RetryPolicy(max_attempts=3, execution_deadline_seconds=600)
@@ -209,84 +210,127 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
         assert len(set(samples)) > 1  # jitter spreads retries of many documents
 
 
-def test_with_a_typical_duration_the_first_poll_comes_just_before_it() -> None:
+PROBE_ID = next(f"e{n}" for n in range(1000) if is_probe(f"e{n}"))
+PLAIN_ID = next(f"e{n}" for n in range(1000) if not is_probe(f"e{n}"))
+
+
+def test_with_a_typical_duration_the_first_poll_comes_just_after_it() -> None:
     policy = RetryPolicy(poll_initial_seconds=0.25, poll_max_seconds=30.0)
     schedule, elapsed = [], 0.0
     while elapsed < 6.0:  # a 5 s execution, typical duration 5 s
         elapsed += next_poll_seconds(elapsed, len(schedule), 5.0, policy)
         schedule.append(round(elapsed, 2))
-    assert schedule == [4.5, 5.0, 5.5, 6.0]  # done by the poll at 5.0: 2 polls, no delay
+    assert schedule == [5.1, 5.6, 6.1]  # done by the first poll: 1 poll, 0.1 s late
+    assert next_poll_seconds(0.0, 0, 5.0, policy, probe=0.9) == 4.5  # a probe asks early,
+    assert next_poll_seconds(4.5, 1, 5.0, policy) == pytest.approx(0.6)  # then as the others
     assert next_poll_seconds(0.0, 0, None, policy) == 0.25  # no estimate yet
     assert next_poll_seconds(0.0, 0, 0.01, policy) == 0.02  # instant executions: 20 ms
     assert next_poll_seconds(100.0, 40, 5.0, policy) == 30.0  # a straggler: back to the cap
+    assert next_poll_seconds(0.0, 0, 3600.0, policy) == 3672.0  # hour-long ones: at the hour,
+    assert next_poll_seconds(3700.0, 1, 3600.0, policy) == 30.0  # then poll_max_seconds apart
 
 
 def _simulate(
     durations: list[float], lag: float, side_by_side: int = 1
-) -> tuple[list[int], list[float]]:
-    """Executions of the given durations, `side_by_side` at a time (each group submitted
-    together and so polled on one schedule), polled `lag` seconds late, the estimate learnt
-    as the reconciler learns it: polls per execution, and delays."""
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Rounds of `side_by_side` executions submitted together, each round's of the given
+    duration, polled `lag` seconds late, the estimate learnt as the pipeline learns it (one
+    execution in PROBE_EVERY a probe, by its id): polls and delays per round."""
     policy = RetryPolicy(poll_initial_seconds=0.25, poll_max_seconds=30.0)
-    expected: float | None = None
+    estimate, now = Estimate(), 0.0
     polls, delays = [], []
-    for duration in durations:
-        elapsed, previous, count = 0.0, None, 0
-        while True:
-            elapsed += next_poll_seconds(elapsed, count, expected, policy) + lag
-            count += 1
-            if elapsed >= duration:
-                break
-            previous = elapsed
-        for index in range(side_by_side):  # one step down per group (Pipeline decides)
-            expected = updated_estimate(expected, elapsed, previous, shrink=index == 0)
-        polls.append(count)
-        delays.append(elapsed - duration)
+    for number, duration in enumerate(durations):
+        seen = []
+        for execution_id in (f"e{number}-{index}" for index in range(side_by_side)):
+            probe = estimate.probe_for(execution_id)
+            elapsed, previous, count = 0.0, None, 0
+            while True:
+                elapsed += next_poll_seconds(elapsed, count, estimate.seconds, policy, probe)
+                elapsed += lag
+                count += 1
+                if elapsed >= duration:
+                    break
+                previous = elapsed
+            seen.append((execution_id, elapsed, previous, count))
+        now += max(elapsed for _, elapsed, _, _ in seen)
+        for execution_id, elapsed, previous, _ in seen:
+            estimate = estimate.after(elapsed, previous, is_probe(execution_id), now)
+        polls.append([count for *_, count in seen])
+        delays.append([elapsed - duration for _, elapsed, _, _ in seen])
     return polls, delays
 
 
-def test_the_learnt_schedule_needs_few_polls_and_does_not_creep() -> None:
+def _flat(rounds: list[list[Any]]) -> list[Any]:
+    return [value for one in rounds for value in one]
+
+
+def test_a_steady_service_settles_at_one_poll_mostly_two_at_most_and_a_short_delay() -> None:
     for side_by_side in (1, 20):
         polls, delays = _simulate([5.0] * 200, lag=0.03, side_by_side=side_by_side)
-        assert sum(polls[20:]) / 180 <= 3.0
-        assert max(delays[20:]) < 1.0  # about one step of 10 %, however long it runs
-        assert max(delays[-20:]) < 1.0  # no creep by the lag over 200 rounds
+        settled = _flat(polls[20:])
+        assert max(settled) <= 2  # a probe that finds it running: one poll more
+        assert sum(settled) / len(settled) <= 1.25  # most: one poll
+        assert max(_flat(delays[20:])) < 0.4  # a tenth of 5 s or less, however long it runs
+        assert max(_flat(delays[-20:])) < 0.4  # no creep by the lag over 200 rounds
 
 
 def test_instant_executions_are_polled_at_once() -> None:
     polls, delays = _simulate([0.005] * 100, lag=0.01)
-    assert polls[-20:] == [1] * 20
-    assert max(delays[-20:]) < 0.15
+    assert _flat(polls[-20:]) == [1] * 20
+    assert max(_flat(delays[-20:])) < 0.15
 
 
 def test_the_reconcilers_own_lateness_does_not_hold_instant_executions_back() -> None:
     polls, delays = _simulate([0.005] * 100, lag=0.03)  # a busy reconciler, 30 ms late
-    assert polls[-20:] == [1] * 20
-    assert max(delays[-20:]) < 0.1  # not lag / (1 - EARLY_FRACTION) = 0.3 s
+    assert _flat(polls[-20:]) == [1] * 20
+    assert max(_flat(delays[-20:])) < 0.1  # probes step down whatever the lag
 
 
 def test_a_slower_or_faster_service_is_followed() -> None:
     for side_by_side in (1, 20):
         durations = [2.0] * 50 + [8.0] * 50 + [1.0] * 150
         polls, delays = _simulate(durations, 0.03, side_by_side)
-        assert max(delays[90:100]) < 1.0  # caught up with the slowdown
-        assert max(delays[-10:]) < 0.3  # and with the speed-up
-        assert sum(polls[-10:]) / 10 <= 3.0
+        assert max(_flat(delays[90:100])) < 1.0  # caught up with the slowdown
+        assert max(_flat(delays[-10:])) < 0.3  # and with the speed-up
+        assert sum(_flat(polls[-10:])) / len(_flat(polls[-10:])) <= 1.5
+
+
+def test_a_faster_service_is_followed_within_a_few_probes() -> None:
+    polls, delays = _simulate([5.0] * 30 + [2.5] * 60, lag=0.03, side_by_side=20)
+    assert max(_flat(delays[40:])) < 0.3  # 10 rounds of 20 later: 2.5 s is the estimate
+    assert max(_flat(polls[40:])) <= 2
 
 
 def test_executions_ending_side_by_side_do_not_drag_the_estimate_down() -> None:
     polls, _ = _simulate([5.0] * 10, lag=0.03, side_by_side=20)
-    assert max(polls[1:]) <= 3
+    assert max(polls[1]) <= 3  # after the first, known roughly: a probe, a step early, one late
+    assert max(_flat(polls[2:])) <= 2
 
 
 def test_the_estimate_takes_what_is_known() -> None:
-    assert updated_estimate(None, 5.5, 5.0) == 5.25  # ended in between: the middle
-    assert updated_estimate(5.0, 6.0, 5.5) == 5.0 + 0.2 * 0.75  # averaged in
-    assert updated_estimate(None, 0.25, None) == 0.25  # ended by the first poll: at most that
-    assert updated_estimate(5.0, 4.5, None) == 4.5
-    assert updated_estimate(5.0, 5.2, None) == 5.0  # a late first poll says nothing new
-    assert updated_estimate(5.0, 5.2, None, shrink=True) == 4.5  # ... but try earlier
-    assert updated_estimate(5.0, 5.5, 5.0, shrink=True) == 5.0 + 0.2 * 0.25  # no step
+    first = Estimate()
+    assert first.after(6.0, 4.0, False, 0.0).seconds == 4.5  # in between, nearer its start
+    instant = first.after(0.25, None, False, 0.0)  # ended by its first poll: at most 0.25 s
+    assert instant == Estimate(0.25, 0.5, eager=True)  # every next one probes, far below
+    assert instant.probe_for(PLAIN_ID) == 0.5
+    assert first.probe_for(PROBE_ID) is None  # nothing to probe yet
+    known = Estimate(5.0)
+    assert known.probe_for(PROBE_ID) == 0.9
+    assert known.probe_for(PLAIN_ID) is None
+    assert known.after(6.0, 5.5, False, 0.0).seconds == 5.0 + 0.2 * 0.75  # ran past: averaged
+    assert known.after(5.2, None, False, 0.0) == known  # a poll after it says nothing new
+    found_ended = known.after(4.6, None, True, 10.0)  # the probe at 4.5 found it ended
+    assert found_ended.seconds == 4.5
+    assert found_ended.probe_fraction == pytest.approx(0.8)  # next probe: twice as far below
+    assert found_ended.probe_for(PLAIN_ID) == found_ended.probe_fraction  # and every one probes
+    found_running = known.after(5.2, 4.6, True, 10.0)  # the probe saw it running
+    assert found_running.seconds == 5.0
+    assert found_running.probe_fraction == pytest.approx(0.95)  # next probe: closer
+    assert not found_running.after(5.2, 4.8, True, 20.0).eager  # one in PROBE_EVERY again
+    assert Estimate(5.0, 0.97).after(5.2, 4.9, True, 10.0).probe_fraction == 0.97
+    assert Estimate(5.0, 0.5).after(2.6, None, True, 10.0) == Estimate(2.5, 0.5, 10.0, True)
+    side_by_side = Estimate(4.5, 0.8, probed_at=10.0)  # a probe that ended with the last one
+    assert side_by_side.after(4.6, None, True, 12.0) == side_by_side
 
 
 # What a decision asks the loop to do next, besides the row it writes.

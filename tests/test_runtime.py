@@ -129,11 +129,14 @@ def test_wake_all_wakes_every_waiting_worker() -> None:
     assert woke == [True, True, True]
 
 
-def test_executions_ending_side_by_side_lower_the_estimate_one_step(pipeline: Pipeline) -> None:
-    pipeline.observe_execution(1.0, None)  # the first: at most 1 s, and a step below
-    assert pipeline.expected_execution_seconds == pytest.approx(0.9)
-    for _ in range(20):  # ended by the same first poll round: no further steps down
-        pipeline.observe_execution(0.95, None)
-    assert pipeline.expected_execution_seconds == pytest.approx(0.9)
+def test_probes_ending_side_by_side_lower_the_estimate_one_step(pipeline: Pipeline) -> None:
+    pipeline.observe_execution(1.0, None, "e-first")  # the first: at most 1 s
+    assert pipeline.expected_execution_seconds == pytest.approx(1.0)
+    assert pipeline.probe_for("e-next") == pytest.approx(0.5)  # each probes, far below
+    pipeline.observe_execution(0.6, None, "e-next")  # the probe at 0.5 found it ended
+    assert pipeline.expected_execution_seconds == pytest.approx(0.5)
+    for index in range(20):  # ended by the same first poll round: no further steps
+        pipeline.observe_execution(0.55, None, f"e{index}")
+    assert pipeline.expected_execution_seconds == pytest.approx(0.5)
     pipeline.observe_execution(1.2, 1.0)  # seen running at 1.0, ended by 1.2: averaged in
-    assert pipeline.expected_execution_seconds == pytest.approx(0.9 + 0.2 * (1.1 - 0.9))
+    assert pipeline.expected_execution_seconds == pytest.approx(0.5 + 0.2 * (1.1 - 0.5))

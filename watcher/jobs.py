@@ -233,10 +233,12 @@ def decide_after_submit(
     policy: RetryPolicy,
     rng: random.Random,
     expected: float | None = None,
+    probe: float | None = None,
 ) -> Decision:
+    """`probe`: the fraction of `expected` at which to first poll, for a probe (Estimate)."""
     kind = outcome.kind
     if kind is SubmitKind.ACCEPTED:
-        first = next_poll_seconds(0.0, 0, expected, policy)
+        first = next_poll_seconds(0.0, 0, expected, policy, probe)
         line = LogLine("info", "submitted", {"execution_id": outcome.execution_id})
         return Decision(
             JobState.SUBMITTED,

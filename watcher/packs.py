@@ -58,6 +58,7 @@ def decide_after_pack_submit(
     policy: RetryPolicy,
     rng: random.Random,
     expected: float | None = None,
+    probe: float | None = None,
 ) -> list[Decision]:
     """The decision for each job of one packed upload. The pipeline learns from it once (the
     first decision carries the pipeline change). A refusal of the request (400) cannot say
@@ -73,7 +74,7 @@ def decide_after_pack_submit(
         )
     else:
         decided = [
-            decide_after_submit(outcome, job.attempts, policy, rng, expected) for job in pack
+            decide_after_submit(outcome, job.attempts, policy, rng, expected, probe) for job in pack
         ]
     return [decided[0], *(replace(d, pipeline_change=None) for d in decided[1:])]
 

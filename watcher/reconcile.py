@@ -164,7 +164,8 @@ class Reconciler(ContextLoop):
         polled_before = None  # when a poll last saw it running
         if job.poll_count and job.submitted_at is not None:
             polled_before = (job.updated_at - job.submitted_at) / file_rounds(files)
-        pipeline.observe_execution(elapsed / file_rounds(files), polled_before)
+        rounds = file_rounds(files)
+        pipeline.observe_execution(elapsed / rounds, polled_before, job.execution_id)
 
     def _stored_copy(self, job: Job) -> StoredCopy | None:
         """Another instance's stored outcome of this execution, if it read the result."""

@@ -14,7 +14,7 @@ from watcher.config import PipelineConfig
 from watcher.jobs import PipelineChange
 from watcher.logs import get_logger
 from watcher.output import Placement
-from watcher.schedule import RetryPolicy, updated_estimate
+from watcher.schedule import Estimate, RetryPolicy
 
 log = get_logger()
 
@@ -28,11 +28,10 @@ class Pipeline:
     paused_until: float = 0.0
     paused_reason: str = ""
     allowed_in_flight: float = 0.0  # lowered by 429s, grows back with accepted uploads
-    # How long this pipeline's executions typically take (moving average), to poll when
-    # they are likely done rather than on a fixed schedule. None until one has ended.
-    expected_execution_seconds: float | None = None
+    # How long this pipeline's executions typically take, to poll when they are likely
+    # done rather than on a fixed schedule (see Estimate). Replaced whole, under the lock.
+    estimate: Estimate = field(default_factory=Estimate)
     on_pause_change: Callable[[str], None] | None = None  # called with the reason, or ""
-    _shrunk_at: float = float("-inf")  # when the estimate last took a step down
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -42,18 +41,25 @@ class Pipeline:
     def name(self) -> str:
         return self.config.name
 
-    def observe_execution(self, ended_by: float, polled_before: float | None) -> None:
+    @property
+    def expected_execution_seconds(self) -> float | None:
+        """The typical execution time; None until one has ended."""
+        return self.estimate.seconds
+
+    def probe_for(self, execution_id: str | None) -> float | None:
+        """The fraction of the estimate at which to first poll this execution, if a probe."""
+        return self.estimate.probe_for(execution_id)
+
+    def observe_execution(
+        self, ended_by: float, polled_before: float | None, execution_id: str | None = None
+    ) -> None:
         """An execution was seen ended when asked `ended_by` seconds after submission."""
         now = time.monotonic()
         with self._lock:
-            expected = self.expected_execution_seconds
-            # At most once per typical execution time (see updated_estimate).
-            shrink = polled_before is None and now - self._shrunk_at >= (expected or 0.0)
-            self.expected_execution_seconds = updated_estimate(
-                expected, ended_by, polled_before, shrink
-            )
-            if shrink:
-                self._shrunk_at = now
+            # A probe if it would be one now (eager probing may have begun or ended since its
+            # submission; either way the next probes put the estimate right).
+            probe = self.estimate.probe_for(execution_id) is not None
+            self.estimate = self.estimate.after(ended_by, polled_before, probe, now)
 
     def in_flight_limit(self) -> int:
         return max(1, int(self.allowed_in_flight))

@@ -173,7 +173,12 @@ class Uploader(ContextLoop):
         outcome = pipeline.backend.submit(Upload(job.upload_name, content, content_type))
         crash_point("after_post")
         decision = decide_after_submit(
-            outcome, job.attempts, pipeline.policy, self.rng, pipeline.expected_execution_seconds
+            outcome,
+            job.attempts,
+            pipeline.policy,
+            self.rng,
+            pipeline.expected_execution_seconds,
+            pipeline.probe_for(outcome.execution_id),
         )
         recorded, next_job, tried = self._record(job, decision, outcome.http_status, claim_next)
         if recorded:
@@ -228,8 +233,9 @@ class PackedUpload:
         expected = self.pipeline.expected_execution_seconds
         if expected is not None:
             expected *= file_rounds(len(pack))
+        probe = self.pipeline.probe_for(outcome.execution_id)
         decisions = decide_after_pack_submit(
-            outcome, pack, self.pipeline.policy, self.uploader.rng, expected
+            outcome, pack, self.pipeline.policy, self.uploader.rng, expected, probe
         )
         recorded = self.store.record_execution_submit(
             list(zip(pack, decisions, strict=True)), outcome.http_status
