@@ -6,7 +6,7 @@ to each size of `Sizes.scale_docs` in turn. At each size the daemon starts over 
 says READY=1 a new document is dropped, while the startup scan is still listing the tree.
 Measured: that document's drop → result, RSS, the listing's time and CPU (from the daemon's
 `folder listed` debug line), a rescan's CPU (it lists only the folders that changed), idle CPU
-afterwards with rescans every `SCALE_RESCAN_SECONDS` (more often than the default, so that the
+afterwards with rescans every `Sizes.scale_rescan_seconds` (more often than the default, so that the
 window holds some: an upper bound for the default) plus the full listing's CPU spread over
 `FULL_LISTING_SECONDS`, and database bytes per document. Two sizes give the slope of each figure.
 """
@@ -38,8 +38,6 @@ from scenarios import Context, _idle_cpu, _seed
 
 from watcher.folders import FULL_LISTING_SECONDS
 
-SCALE_RESCAN_SECONDS = 20.0  # rescans in the idle window; the default is 300
-
 
 @dataclass(frozen=True)
 class Measured:
@@ -49,7 +47,7 @@ class Measured:
     listing_s: float
     listing_cpu_s: float
     rescan_cpu_s: float  # a rescan of the unchanged tree (the whole process's CPU meanwhile)
-    idle_cpu_per_min: float  # rescans every SCALE_RESCAN_SECONDS included
+    idle_cpu_per_min: float  # rescans every scale_rescan_seconds included
     db_bytes_per_doc: float
     reuploads: int
 
@@ -58,7 +56,7 @@ def scale(ctx: Context) -> list[Figure]:
     """Each size of `scale_docs` in turn; the figures of the biggest, and slopes."""
     layout = ctx.processed or _seed(ctx)
     measured = [_measure(ctx, layout, docs) for docs in ctx.sizes.scale_docs]
-    return _figures(measured)
+    return _figures(measured, ctx.sizes.scale_rescan_seconds)
 
 
 def expire_history(layout: Layout) -> None:
@@ -86,7 +84,7 @@ def _measure(ctx: Context, layout: Layout, docs: int) -> Measured:
     )
     notify = NotifyListener()
     log_name = f"daemon-scale-{docs}.log"
-    rescans = ("pipeline", "rescan_seconds", SCALE_RESCAN_SECONDS)
+    rescans = ("pipeline", "rescan_seconds", ctx.sizes.scale_rescan_seconds)
     config = replace(layout, overrides=(*layout.overrides, rescans))
     daemon = start_daemon(
         ctx.procs, config.with_url(emulator.deployment_url, "debug"), log_name, env=notify.env
@@ -95,7 +93,7 @@ def _measure(ctx: Context, layout: Layout, docs: int) -> Measured:
     try:
         new_doc = _new_doc_seconds(ctx, layout, daemon, notify, docs)
         listing = _wait_listed(daemon, ctx.sizes.stall_seconds * 4)
-        rescan = _wait_listed(daemon, SCALE_RESCAN_SECONDS * 3, count=2)
+        rescan = _wait_listed(daemon, ctx.sizes.scale_rescan_seconds * 3, count=2)
         idle = _idle_cpu(ctx, daemon) * 60 / ctx.sizes.idle_seconds
         rss = daemon.status_kib("VmHWM") / 1024
         posts = int(emulator.stats()["posts"])
@@ -144,7 +142,7 @@ def _slope(measured: list[Measured], figure: str) -> float:
     return change * 100_000 / (last.docs - first.docs)
 
 
-def _figures(measured: list[Measured]) -> list[Figure]:
+def _figures(measured: list[Measured], rescan_seconds: float) -> list[Figure]:
     top = measured[-1]
     sizes = " → ".join(f"{m.docs}" for m in measured)
     amortised = top.idle_cpu_per_min + top.listing_cpu_s * 60 / FULL_LISTING_SECONDS
@@ -194,7 +192,7 @@ def _figures(measured: list[Measured]) -> list[Figure]:
             amortised,
             "s/min",
             Target("<", 1),
-            f"{top.idle_cpu_per_min:.2f} s/min with rescans every {SCALE_RESCAN_SECONDS:.0f} s "
+            f"{top.idle_cpu_per_min:.2f} s/min with rescans every {rescan_seconds:g} s "
             f"(default 300) + the full listing's CPU every {FULL_LISTING_SECONDS / 3600:.0f} h",
         ),
         Figure(

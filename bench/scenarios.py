@@ -67,6 +67,8 @@ class Sizes:
     backlog_file_seconds: float
     scale_docs: tuple[int, ...] = ()  # the scale scenario's sizes, each grown from the last
     burst_docs: tuple[int, ...] = (1000, 20_000)  # the burst scenario's small and big burst
+    # The scale daemons' rescan_seconds (the default is 300): rescans happen while it measures.
+    scale_rescan_seconds: float = 20.0
 
 
 FULL = Sizes(
@@ -107,6 +109,7 @@ SMOKE = Sizes(
     0.5,
     (2000, 4000),
     (100, 400),
+    2.0,
 )
 
 
