@@ -28,6 +28,10 @@ from watcher.store.schema import create_engine, upsert_builder
 
 TRANSIENT_RETRIES = 8  # about half a minute of backoff
 CLOCK_RESYNC_SECONDS = 60.0
+# SQLite's clock counts whole milliseconds (rounded down): our reading of it is kept that much
+# behind, so a time we write as "now" is never later than the database's now (a job made due
+# now is due for the very next claim).
+DB_CLOCK_STEP_SECONDS = 0.001
 SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 POSTGRESQL_NOW = "extract(epoch from clock_timestamp())::float8"
 P = ParamSpec("P")
@@ -192,7 +196,7 @@ class Clock:
                     raise
                 # Carry on with the last offset: a result in hand must not wait for this.
             self._read_at = ours
-        return ours + self._offset
+        return ours + self._offset - DB_CLOCK_STEP_SECONDS
 
     def expire(self) -> None:
         """The next reading asks the database again."""

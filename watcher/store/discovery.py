@@ -94,7 +94,7 @@ class Discovery(StoreBase):
             "updated_at": now,
         }
         # Another instance watching the same share may insert the same document first.
-        row = conn.execute(self.sql.insert_job, values).first()
+        row = self.sql.insert_job.run(conn, values, tuple(values)).first()
         if row is not None:
             return int(row[0])
         key = {"b_pipeline": pipeline, "b_path": path, "b_sha256": sha256}

@@ -177,7 +177,7 @@ def summaries(store: Store, configured: Collection[str] | None = None) -> list[P
         paused = dict(
             conn.execute(sa.select(pipeline_state.c.name, pipeline_state.c.paused_reason)).all()
         )
-        executions: dict[str, int] = dict(conn.execute(store.sql.in_flight_by_pipeline).all())
+        executions: dict[str, int] = dict(store.sql.in_flight_by_pipeline.run(conn, {}).rows)
     by_pipeline: dict[str, dict[str, int]] = {}
     for name, state, count in counts:
         by_pipeline.setdefault(name, _no_jobs())[state] = int(count)

@@ -11,7 +11,8 @@ from sqlalchemy.engine import Connection
 
 from watcher.jobs import Decision, Job, JobState
 from watcher.store.database import retry_transient
-from watcher.store.schema import jobs, results, to_job
+from watcher.store.schema import job_from, jobs, results
+from watcher.store.statements import pipelines_params
 from watcher.store.writes import StoreBase, ends_claim
 
 POLL_CLAIM_LOCK_KEY = 0x5557_706C  # PostgreSQL advisory lock: one poll claim at a time
@@ -24,8 +25,8 @@ class Polls(StoreBase):
         params = {
             "owner": owner,
             "limit": limit,
-            "pipelines": pipelines,
             "lease_seconds": self.lease_seconds,
+            **pipelines_params(pipelines),
         }
 
         def claim(conn: Connection) -> list[Job]:
@@ -33,7 +34,8 @@ class Polls(StoreBase):
                 # One claim at a time, so that two never split the jobs of one execution
                 # (the second would find its result read: SQLite has one writer anyway).
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(POLL_CLAIM_LOCK_KEY)))
-            return [to_job(row) for row in conn.execute(self.sql.claim_polls, params).all()]
+            claimed = self.sql.claim_polls.run(conn, params, len(pipelines))
+            return [job_from(row) for row in claimed.mappings()]
 
         return sorted(self.db.claim("poll_claim", claim), key=lambda job: job.id)
 
@@ -196,7 +198,7 @@ class Polls(StoreBase):
             "body": None if in_job_row else values["result_body"],
             "created_at": values["updated_at"],
         }
-        added = conn.execute(self.sql.keep_result, kept).first()
+        added = self.sql.keep_result.run(conn, kept, tuple(kept)).first()
         if in_job_row and added is None:
             conn.execute(self.sql.clear_kept_body, {"b_execution_id": job.execution_id})
 

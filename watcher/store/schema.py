@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -106,7 +107,11 @@ PLAIN_COLUMNS = tuple(
 
 
 def to_job(row: sa.Row[Any]) -> Job:
-    m = row._mapping
+    return job_from(dict(row._mapping))
+
+
+def job_from(m: Mapping[str, Any]) -> Job:
+    """A `Job` from a row's columns by name."""
     body = m["result_body"]
     return Job(
         **{name: m[name] for name in PLAIN_COLUMNS},

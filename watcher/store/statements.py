@@ -1,5 +1,6 @@
 """The statements that run for every document, built once with bind parameters: building
-one (and its cache key) costs more than running it on SQLite. `Store` runs them.
+one (and its cache key) costs more than running it on SQLite. `Store` runs them; the
+hottest are `Prepared` (driver.py): compiled once per shape, run on the driver's cursor.
 
 Every state a statement writes is checked against `jobs.TRANSITIONS` (`moved`, `fenced`):
 a write that would take a job along an edge the table does not have is a programming error.
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from watcher.jobs import IN_FLIGHT, Job, JobState, can_move
+from watcher.store.driver import Prepared, one_of, one_of_params
 from watcher.store.schema import jobs, results
 
 
@@ -29,40 +31,51 @@ def moved(source: JobState, target: JobState) -> str:
 
 SIBLING_SLACK_SECONDS = 1.0  # well under a lease
 DUE_COLUMNS = ((JobState.QUEUED, jobs.c.next_attempt_at), (JobState.SUBMITTED, jobs.c.next_poll_at))
+PIPELINE_PARAM = "pipeline_"
+
+
+def of_pipelines(count: int) -> sa.ColumnElement[bool]:
+    """The job's pipeline is one of `count` given by `pipelines_params`."""
+    return one_of(jobs.c.pipeline, count, PIPELINE_PARAM)
+
+
+def pipelines_params(pipelines: list[str]) -> dict[str, str]:
+    return one_of_params(PIPELINE_PARAM, pipelines)
+
+
+def _set_from(statement: Any, keys: tuple[str, ...]) -> Any:
+    """`statement` with a SET (or VALUES) clause of one parameter per key, named as its column."""
+    return statement.values({key: sa.bindparam(key) for key in keys})
 
 
 class Statements:
     def __init__(self, now: Any, insert: Any) -> None:
         self.now = now  # the database's clock, as an SQL expression
         self.insert = insert  # the dialect's INSERT, with ON CONFLICT
-        pipelines: sa.BindParameter[str] = sa.bindparam("pipelines", expanding=True)
         lease_until = self.now + sa.bindparam("lease_seconds", type_=sa.Double)
         self._prepare_discovery()
-        self._prepare_upload_claim(pipelines, lease_until)
-        self._prepare_poll_and_write_claims(pipelines, lease_until)
+        self._prepare_upload_claim(lease_until)
+        self._prepare_poll_and_write_claims(lease_until)
         # Every state change: the SET clause comes from the parameters' keys (see `fenced`).
-        self.fenced_stmt = (
+        fenced_update = (
             sa.update(jobs)
             .where(jobs.c.id == sa.bindparam("b_id"))
             .where(jobs.c.state == sa.bindparam("b_state"))
             .where(jobs.c.attempts == sa.bindparam("b_attempts"))
             .where(jobs.c.lease_owner.is_not_distinct_from(sa.bindparam("b_owner")))
         )
-        # A terminal answer's record by execution id; the VALUES come from the parameters'
-        # keys. RETURNING, not rowcount: psycopg gives none for an INSERT ... ON CONFLICT.
-        self.keep_result = (
-            self.insert(results).on_conflict_do_nothing().returning(results.c.execution_id)
-        )
+        self.fenced_update = Prepared(lambda keys: _set_from(fenced_update, keys))
+        # A terminal answer's record by execution id, VALUES by the parameters' keys.
+        # RETURNING, not rowcount: psycopg gives none for an INSERT ... ON CONFLICT.
+        keep = self.insert(results).on_conflict_do_nothing().returning(results.c.execution_id)
+        self.keep_result = Prepared(lambda keys: _set_from(keep, keys))
         self.clear_kept_body = (
             sa.update(results)
             .where(results.c.execution_id == sa.bindparam("b_execution_id"))
             .values(body=None)
         )
         self.due = {
-            (state, column.name): sa.select(sa.func.min(column) - self.now)
-            .where(jobs.c.state == state.value)
-            .where(jobs.c.pipeline.in_(pipelines))
-            for state, column in DUE_COLUMNS
+            (state, column.name): _due(self.now, state, column) for state, column in DUE_COLUMNS
         }
 
     def fenced(
@@ -79,9 +92,10 @@ class Statements:
             "b_attempts": job.attempts,
             "b_owner": job.lease_owner,
         }
-        return bool(conn.execute(self.fenced_stmt, {**values, **fence}).rowcount)
+        ran = self.fenced_update.run(conn, {**values, **fence}, tuple(values))
+        return bool(ran.rowcount)
 
-    def _prepare_upload_claim(self, pipelines: Any, lease_until: Any) -> None:
+    def _prepare_upload_claim(self, lease_until: Any) -> None:
         # Executions, not jobs: the jobs of a packed claim count once while being sent (by
         # their pack), and once they are sent by the execution id they share.
         execution = sa.case(
@@ -94,21 +108,25 @@ class Statements:
                 jobs.c.execution_id, sa.literal("job ") + sa.cast(jobs.c.id, sa.String)
             ),
         )
-        self.in_flight_by_pipeline = (
+        in_flight_by_pipeline = (
             sa.select(jobs.c.pipeline, sa.func.count(sa.distinct(execution)))
-            .where(jobs.c.state.in_([s.value for s in IN_FLIGHT]))
+            .where(sa.or_(*(jobs.c.state == state.value for state in IN_FLIGHT)))
             .group_by(jobs.c.pipeline)
         )
+        self.in_flight_by_pipeline = Prepared(lambda _: in_flight_by_pipeline)
         due_queued = (jobs.c.state == JobState.QUEUED.value) & (jobs.c.next_attempt_at <= self.now)
-        candidate = (
-            sa.select(jobs.c.id)
-            .where(due_queued)
-            .where(jobs.c.pipeline.in_(pipelines))
-            .order_by(jobs.c.next_attempt_at, jobs.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
+
+        def candidate(pipelines: int) -> Any:
+            return (
+                sa.select(jobs.c.id)
+                .where(due_queued)
+                .where(of_pipelines(pipelines))
+                .order_by(jobs.c.next_attempt_at, jobs.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+
         claimed = {
             "state": moved(JobState.QUEUED, JobState.SUBMITTING),
             "attempts": jobs.c.attempts + 1,
@@ -116,11 +134,13 @@ class Statements:
             "lease_until": lease_until,
             "updated_at": self.now,
         }
-        self.claim_upload = (
-            sa.update(jobs)
-            .where(jobs.c.id == candidate)
-            .values(**claimed, pack_id=None)
-            .returning(*jobs.c)
+        self.claim_upload = Prepared(
+            lambda pipelines: (
+                sa.update(jobs)
+                .where(jobs.c.id == candidate(pipelines))
+                .values(**claimed, pack_id=None)
+                .returning(*jobs.c)
+            )
         )
         self._prepare_pack_claim(due_queued, claimed)
 
@@ -158,7 +178,8 @@ class Statements:
             .order_by(jobs.c.id)
         )
         # The SET clauses come from the parameters' keys, as in `fenced`.
-        self.insert_job = self.insert(jobs).on_conflict_do_nothing().returning(jobs.c.id)
+        insert_job = self.insert(jobs).on_conflict_do_nothing().returning(jobs.c.id)
+        self.insert_job = Prepared(lambda keys: _set_from(insert_job, keys))
         document = (
             (jobs.c.pipeline == sa.bindparam("b_pipeline"))
             & (jobs.c.relative_path == sa.bindparam("b_path"))
@@ -171,33 +192,40 @@ class Statements:
         )
         self.refresh_known = sa.update(jobs).where(document)
 
-    def _prepare_poll_and_write_claims(self, pipelines: Any, lease_until: Any) -> None:
+    def _prepare_poll_and_write_claims(self, lease_until: Any) -> None:
         submitted = jobs.c.state == JobState.SUBMITTED.value
-        due_polls = (
-            sa.select(jobs.c.execution_id)
-            .where(submitted & (jobs.c.next_poll_at <= self.now))
-            .where(jobs.c.pipeline.in_(pipelines))
-            .order_by(jobs.c.next_poll_at)
-            .limit(sa.bindparam("limit", type_=sa.Integer))
-            .with_for_update(skip_locked=True)
-            .cte("due_polls")
-            # Run once: a subquery run again per row would skip the rows just locked and
-            # take others (PostgreSQL).
-            .prefix_with("MATERIALIZED", dialect="postgresql")
-        )
+
+        def due_polls(pipelines: int) -> Any:
+            return (
+                sa.select(jobs.c.execution_id)
+                .where(submitted & (jobs.c.next_poll_at <= self.now))
+                .where(of_pipelines(pipelines))
+                .order_by(jobs.c.next_poll_at)
+                .limit(sa.bindparam("limit", type_=sa.Integer))
+                .with_for_update(skip_locked=True)
+                .cte("due_polls")
+                # Run once: a subquery run again per row would skip the rows just locked and
+                # take others (PostgreSQL).
+                .prefix_with("MATERIALIZED", dialect="postgresql")
+            )
+
         # Whole executions: every job of a due one that no one holds (a claim moves its
         # next poll a lease ahead), polled together by one poll; siblings written by one
         # transaction may differ by its clock's ticks. Claims of polls take turns on
         # PostgreSQL (Polls.claim_due_polls).
         unleased = jobs.c.next_poll_at <= self.now + SIBLING_SLACK_SECONDS
-        self.claim_polls = (
-            sa.update(jobs)
-            .where(jobs.c.execution_id.in_(sa.select(due_polls.c.execution_id)))
-            .where(submitted & unleased)
-            .values(
-                lease_owner=sa.bindparam("owner"), lease_until=lease_until, next_poll_at=lease_until
+        self.claim_polls = Prepared(
+            lambda pipelines: (
+                sa.update(jobs)
+                .where(jobs.c.execution_id.in_(sa.select(due_polls(pipelines).c.execution_id)))
+                .where(submitted & unleased)
+                .values(
+                    lease_owner=sa.bindparam("owner"),
+                    lease_until=lease_until,
+                    next_poll_at=lease_until,
+                )
+                .returning(*jobs.c)
             )
-            .returning(*jobs.c)
         )
         free = (
             jobs.c.lease_owner.is_(None)
@@ -205,18 +233,34 @@ class Statements:
             | jobs.c.lease_until.is_(None)
             | (jobs.c.lease_until < self.now)
         )
-        ready = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.state == JobState.RESULT_STORED.value)
-            .where(jobs.c.pipeline.in_(pipelines))
-            .where(free)
-            .order_by(jobs.c.id)
-            .limit(sa.bindparam("limit", type_=sa.Integer))
-            .with_for_update(skip_locked=True)
+
+        def ready(pipelines: int) -> Any:
+            return (
+                sa.select(jobs.c.id)
+                .where(jobs.c.state == JobState.RESULT_STORED.value)
+                .where(of_pipelines(pipelines))
+                .where(free)
+                .order_by(jobs.c.id)
+                .limit(sa.bindparam("limit", type_=sa.Integer))
+                .with_for_update(skip_locked=True)
+            )
+
+        self.claim_results = Prepared(
+            lambda pipelines: (
+                sa.update(jobs)
+                .where(jobs.c.id.in_(ready(pipelines)))
+                .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until)
+                .returning(*jobs.c)
+            )
         )
-        self.claim_results = (
-            sa.update(jobs)
-            .where(jobs.c.id.in_(ready))
-            .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until)
-            .returning(*jobs.c)
+
+
+def _due(now: Any, state: JobState, column: sa.Column[Any]) -> Prepared:
+    """Seconds until the earliest `column` of a job in `state` of the pipelines asked about."""
+    return Prepared(
+        lambda pipelines: (
+            sa.select(sa.func.min(column) - now)
+            .where(jobs.c.state == state.value)
+            .where(of_pipelines(pipelines))
         )
+    )

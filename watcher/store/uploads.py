@@ -13,7 +13,8 @@ from watcher.jobs import Decision, Job, JobState
 from watcher.packs import pick_pack, should_pack
 from watcher.store.database import retry_transient
 from watcher.store.errors import TRANSIENT_DB_ERRORS
-from watcher.store.schema import jobs, to_job
+from watcher.store.schema import job_from, jobs, to_job
+from watcher.store.statements import pipelines_params
 from watcher.store.writes import StoreBase, ends_claim
 
 CLAIM_LOCK_KEY = 0x5557_6174  # PostgreSQL advisory lock: one instance counts in-flight at a time
@@ -51,19 +52,16 @@ class Uploads(StoreBase):
         if not self.db.is_sqlite:
             # Instances count in-flight executions one at a time: max_in_flight holds for all.
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
-        busy: dict[str, int] = dict(conn.execute(self.sql.in_flight_by_pipeline).all())
+        busy: dict[str, int] = dict(self.sql.in_flight_by_pipeline.run(conn, {}).rows)
         open_pipelines = [p for p, limit in limits.items() if busy.get(p, 0) < limit]
         if not open_pipelines:
             return []
-        params = {
-            "claim_owner": owner,
-            "pipelines": open_pipelines,
-            "lease_seconds": self.lease_seconds,
-        }
-        row = conn.execute(self.sql.claim_upload, params).first()
-        if row is None:
+        params = {"claim_owner": owner, "lease_seconds": self.lease_seconds}
+        of_open = pipelines_params(open_pipelines)
+        claimed = self.sql.claim_upload.run(conn, {**params, **of_open}, len(of_open))
+        if not claimed.rows:
             return []
-        first = to_job(row)
+        first = job_from(claimed.mappings()[0])
         size = packing.get(first.pipeline, 1)
         free = limits[first.pipeline] - busy.get(first.pipeline, 0)
         if size <= 1 or first.alone:

@@ -16,9 +16,10 @@ from sqlalchemy.engine import Connection
 from watcher.jobs import Decision, Job, JobState
 from watcher.logs import get_logger
 from watcher.store.database import Clock, Database
+from watcher.store.driver import Prepared
 from watcher.store.errors import TRANSIENT_DB_ERRORS
-from watcher.store.schema import to_job
-from watcher.store.statements import Statements
+from watcher.store.schema import job_from
+from watcher.store.statements import Statements, pipelines_params
 
 DEFAULT_LEASE_SECONDS = 300.0
 OUTAGE_RETRY_SECONDS = 10.0
@@ -81,26 +82,27 @@ class StoreBase:
                     raise
 
     def claim_many(
-        self, point: str, statement: Any, owner: str, limit: int, pipelines: list[str]
+        self, point: str, statement: Prepared, owner: str, limit: int, pipelines: list[str]
     ) -> list[Job]:
         """Run a claim statement that leases up to `limit` jobs; in id order."""
         params = {
             "owner": owner,
             "limit": limit,
-            "pipelines": pipelines,
             "lease_seconds": self.lease_seconds,
+            **pipelines_params(pipelines),
         }
 
         def claim(conn: Connection) -> list[Job]:
-            return [to_job(row) for row in conn.execute(statement, params).all()]
+            claimed = statement.run(conn, params, len(pipelines))
+            return [job_from(row) for row in claimed.mappings()]
 
         return sorted(self.db.claim(point, claim), key=lambda job: job.id)
 
     def due_in(self, column: Any, state: JobState, pipelines: list[str]) -> float | None:
         """Seconds until the earliest `column` of a job in `state` (<= 0: now); None: none."""
         with self.db.read() as conn:
-            due = conn.execute(self.sql.due[state, column.name], {"pipelines": pipelines})
-            first = due.scalar_one()
+            due = self.sql.due[state, column.name]
+            first = due.run(conn, pipelines_params(pipelines), len(pipelines)).rows[0][0]
         return None if first is None else float(first)
 
     def decision_values(self, decision: Decision, http_status: int | None) -> dict[str, Any]:
