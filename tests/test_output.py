@@ -100,6 +100,25 @@ def test_results_go_beside_the_source_or_under_output_dir(tmp_path: Path) -> Non
     assert write_result(failed, elsewhere, UNSTRACT) == tmp_path / "out/sub/a.pdf.error.json"
 
 
+def test_a_result_file_is_indented_json_with_its_text_as_written(tmp_path: Path) -> None:
+    body = json.loads(json.dumps(BODY))
+    body["message"][0]["result"] = {
+        "vendor": "Müller GmbH, Köln \u2013 Nord",
+        "lines": [1, 2.5, None],
+    }
+    path = write_result(job(result_body=body), placement(tmp_path), UNSTRACT)
+    text = path.read_text(encoding="utf-8")
+    document = result_document(job(result_body=body), UNSTRACT)
+    assert text == json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+def test_an_integer_past_64_bits_is_written_all_the_same(tmp_path: Path) -> None:
+    body = json.loads(json.dumps(BODY))
+    body["message"][0]["result"] = {"id": 2**70}
+    path = write_result(job(result_body=body), placement(tmp_path), UNSTRACT)
+    assert json.loads(path.read_text())["result"] == {"id": 2**70}
+
+
 def test_a_success_removes_an_older_error_file(tmp_path: Path) -> None:
     where = placement(tmp_path)
     error_file = write_result(job(outcome="failed", last_error="x"), where, UNSTRACT)

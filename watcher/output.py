@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from watcher.backend import ResultFormat
 from watcher.crashpoints import crash_point
 from watcher.filters import ERROR_SUFFIX, RESULT_SUFFIX
@@ -122,8 +124,7 @@ def write_result(
     job: Job, placement: Placement, results: ResultFormat, sync_folder: bool = True
 ) -> Path:
     """The result or error file (a success's side files first); return the result file."""
-    document = result_document(job, results)
-    data = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+    data = indented_json(result_document(job, results))
     target = placement.result_path(job)
     side_files = results.side_files(job.result_body) if job.outcome == "success" else ()
     for side in side_files:
@@ -132,6 +133,17 @@ def write_result(
     write_atomically(target, data + b"\n", placement.temp_tag, sync_folder)
     placement.stale_result_path(job).unlink(missing_ok=True)
     return target
+
+
+def indented_json(document: Any) -> bytes:
+    """`json.dumps(document, ensure_ascii=False, indent=2)` in UTF-8, written in C (the
+    standard library indents in pure Python): the same layout; a number may be spelled
+    otherwise (1e16 for 1e+16) and NaN, which JSON has not, becomes null. What orjson
+    refuses (an integer past 64 bits) goes through the standard library."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2)
+    except orjson.JSONEncodeError:
+        return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
 
 
 def dispose_source(job: Job, placement: Placement) -> str:
