@@ -160,10 +160,12 @@ class ApiHttp:
         return Answer(response.status_code, list(response.headers.raw), response.content)
 
 
-def multipart(data: Mapping[str, str], files: Files) -> tuple[bytes, bytes]:
+def multipart(
+    data: Mapping[str, str], files: Files, boundary: bytes | None = None
+) -> tuple[bytes, bytes]:
     """A multipart/form-data body and its Content-Type, as httpx writes one: the form's
     fields, then one part per file."""
-    boundary = secrets.token_hex(16).encode("ascii")
+    boundary = boundary or secrets.token_hex(16).encode("ascii")
     parts: list[bytes] = []
     for name, value in data.items():
         disposition = _form_param("name", name)
