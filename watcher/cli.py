@@ -307,6 +307,21 @@ def run_config_once(config_path: Path) -> int:
         store.close()
 
 
+# The emulator's epilog (the demo's keys and URLs) is made only when its help is shown: the
+# emulator's package (its server, uvloop) would otherwise load into every command, the daemon's
+# included.
+_DEMO_EPILOG = "(the demo's keys and URLs)"
+
+
+class _EmulatorHelp(argparse.RawDescriptionHelpFormatter):
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text == _DEMO_EPILOG:
+            from watcher.emulator.demo import demo_help
+
+            text = demo_help()
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unstract-watcher",
@@ -342,13 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--config", help=config_help)
     upgrade.set_defaults(func=cmd_db_upgrade)
 
-    from watcher.emulator.demo import demo_help
-
     emulator = sub.add_parser(
         "emulator",
         help="serve the built-in emulator of both APIs, with demo keys",
-        epilog=demo_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_DEMO_EPILOG,
+        formatter_class=_EmulatorHelp,
     )
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8765)
