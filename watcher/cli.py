@@ -55,15 +55,20 @@ def _load(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _open_store(settings: Settings) -> Store:
+def _open_store(settings: Settings, apart: bool = False) -> Store:
+    """The database, its schema upgraded to the newest first; `apart`: in a child process
+    (the daemon's: alembic would stay in its memory for good)."""
     store = Store(settings.database.url, settings.database.busy_timeout_seconds)
-    store.upgrade()
+    if apart:
+        store.upgrade_apart()
+    else:
+        store.upgrade()
     return store
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args)
-    store = _open_store(settings)
+    store = _open_store(settings, apart=True)
     path = _config_path(args)
     try:
         return run_daemon(
