@@ -7,6 +7,7 @@ Nothing here imports the daemon's code: the benchmark sees it only through files
 
 from __future__ import annotations
 
+import compileall
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import watcher
 from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +52,13 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def compile_daemon() -> None:
+    """Byte-compile the daemon's own modules, as installing its wheel does: from an editable
+    checkout with PYTHONDONTWRITEBYTECODE set (or a read-only one), every daemon would
+    compile them from source again (about 50 ms and 1.4 MiB of the start-up figures)."""
+    compileall.compile_dir(Path(watcher.__file__).parent, quiet=1)
 
 
 class Processes:

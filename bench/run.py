@@ -26,7 +26,7 @@ from types import FrameType
 
 from backlog import backlog
 from burst import burst
-from harness import Override, Processes
+from harness import Override, Processes, compile_daemon
 from report import Figure, Report
 from scale import scale
 from scenarios import (
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         workdir.mkdir(parents=True, exist_ok=True)
+        compile_daemon()
         for name in names:
             run_scenario(ctx, report, name)
     except KeyboardInterrupt:

@@ -330,3 +330,20 @@ def test_the_readme_demo_command(tmp_path: Path) -> None:
     scans = results_under(demo / "scan-results")
     assert len(scans) == 2 and all(r["backend"] == "llmwhisperer" for r in scans.values())
     assert (demo / "scan-results" / "contract-page-1.txt.txt").read_text().startswith("SERVICE")
+
+
+def test_a_restart_polls_as_soon_as_the_last_run_had_learnt(
+    tmp_path: Path, server: EmulatorServer, db_url: str
+) -> None:
+    """What a pipeline learnt of its executions' time is kept at the stop; the next start
+    begins with it (its first polls come when executions are likely done, not at the fixed
+    gaps of a pipeline that never saw one end)."""
+    config = write_config(tmp_path, deployment_url(server), db_url)
+    with running_daemon(config) as daemon:
+        assert daemon.pipelines["docs"].expected_execution_seconds is None
+        (tmp_path / "drop" / "a.txt").write_bytes(b"first run")
+        wait_for(lambda: daemon.progress().finished == 1, what="the first run's document")
+        learnt = daemon.pipelines["docs"].expected_execution_seconds
+    assert learnt is not None
+    with running_daemon(config) as daemon:
+        assert daemon.pipelines["docs"].expected_execution_seconds == pytest.approx(learnt)

@@ -117,3 +117,26 @@ def test_a_new_file_is_queued_while_a_big_scan_is_under_way(store: Store, tmp_pa
     while watcher.scanning:
         watcher.scan_some(now=1.2, budget_seconds=0.0)
     assert queued == ["new.txt"]
+
+
+def test_the_startup_listing_goes_to_the_most_recently_changed_folder_first(
+    store: Store, tmp_path: Path
+) -> None:
+    """A document dropped while the daemon was down changed its folder: that folder is listed
+    before the history's (each has its own mtime, set here; none of them is the newest by name
+    or by creation)."""
+    root = tmp_path / "drop"
+    ages = {"new": 10, "history-a": 3000, "history-b": 2000, "history-c": 1000}
+    for name in ages:
+        (root / name).mkdir(parents=True)
+        (root / name / "doc.pdf").write_text(name)
+    for name, age in ages.items():
+        os.utime(root / name, (1e9 - age, 1e9 - age))
+    queued: list[str] = []
+    watcher_on(store, root, queued).scan(now=0.0)
+    assert queued == [
+        "new/doc.pdf",
+        "history-c/doc.pdf",
+        "history-b/doc.pdf",
+        "history-a/doc.pdf",
+    ]

@@ -55,15 +55,20 @@ def _load(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _open_store(settings: Settings) -> Store:
+def _open_store(settings: Settings, apart: bool = False) -> Store:
+    """The database, its schema upgraded to the newest first; `apart`: in a child process
+    (the daemon's: alembic would stay in its memory for good)."""
     store = Store(settings.database.url, settings.database.busy_timeout_seconds)
-    store.upgrade()
+    if apart:
+        store.upgrade_apart()
+    else:
+        store.upgrade()
     return store
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args)
-    store = _open_store(settings)
+    store = _open_store(settings, apart=True)
     path = _config_path(args)
     try:
         return run_daemon(
@@ -307,6 +312,21 @@ def run_config_once(config_path: Path) -> int:
         store.close()
 
 
+# The emulator's epilog (the demo's keys and URLs) is made only when its help is shown: the
+# emulator's package (its server, uvloop) would otherwise load into every command, the daemon's
+# included.
+_DEMO_EPILOG = "(the demo's keys and URLs)"
+
+
+class _EmulatorHelp(argparse.RawDescriptionHelpFormatter):
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text == _DEMO_EPILOG:
+            from watcher.emulator.demo import demo_help
+
+            text = demo_help()
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unstract-watcher",
@@ -342,13 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--config", help=config_help)
     upgrade.set_defaults(func=cmd_db_upgrade)
 
-    from watcher.emulator.demo import demo_help
-
     emulator = sub.add_parser(
         "emulator",
         help="serve the built-in emulator of both APIs, with demo keys",
-        epilog=demo_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_DEMO_EPILOG,
+        formatter_class=_EmulatorHelp,
     )
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8765)

@@ -8,6 +8,7 @@ by a double underscore). Pipelines are set in the file only.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
@@ -43,8 +44,13 @@ ENV_PREFIX = "UNSTRACT_WATCHER_"
 
 SQLITE_PREFIX = "sqlite:///"
 
-# An [pipelines.api] table validated on its own, for the checks of a pipeline that is not valid.
-_API_TABLE: TypeAdapter[ApiConfig] = TypeAdapter(ApiConfig)
+
+@functools.cache
+def _api_table() -> TypeAdapter[ApiConfig]:
+    """An [pipelines.api] table validated on its own, for the checks of a pipeline that is not
+    valid; built when first needed (its schema takes a while, and a valid config never asks)."""
+    return TypeAdapter(ApiConfig)
+
 
 DEFAULT_INCLUDE = [
     "*.pdf",
@@ -475,7 +481,7 @@ def _invalid_pipeline_problems(
     if isinstance(folder, str) and not Path(folder).is_dir():
         problems.append(_no_watch_dir(label, Path(folder)))
     try:
-        api: ApiBase = _API_TABLE.validate_python(item.get("api"))
+        api: ApiBase = _api_table().validate_python(item.get("api"))
     except ValidationError:
         return problems
     if not (skip_credentials and is_credential_elsewhere(api)):

@@ -10,7 +10,8 @@ Shutdown order (`stop`, then `join`):
 3. uploads, polls and fetches under way get drain_seconds to end (a read-once result must
    still be stored); the reconciler and finisher stop between jobs, whose state is committed
    job by job; an upload cut off stays `submitting` and is sent again on the next start;
-4. the metrics server closes, then every API client (also those a reload replaced);
+4. what the pipelines learnt of their executions' time is written (for the next start), the
+   metrics server closes, then every API client (also those a reload replaced);
 5. the caller closes the store.
 """
 
@@ -100,6 +101,7 @@ class Daemon:
         self.supervisor = Supervisor(self.stop_event, on_failure=self.stop)
         self.discovery = Discovery(self.live)
         self.finisher = Finisher(self.live)
+        self.heartbeat = Heartbeat(self.live)
         self.metrics_server: Any = None
         self._retired: list[Pipeline] = []  # replaced by a reload; closed at the end
         self._announce = settings.notify is not None  # pauses and resumes go to the outbox
@@ -172,6 +174,9 @@ class Daemon:
         for name, pipeline in context.pipelines.items():
             record_pause(store, name, "")
             pipeline.on_pause_change = self._pause_recorder(name)
+        for name, seconds in store.learnt_execution_seconds().items():
+            if name in context.pipelines:  # polls as soon as the last run would have
+                context.pipelines[name].start_from(seconds)
         self.discovery.watch_events = watch_events
         self.discovery.begin()
         self.supervisor.start(self._loops(context))
@@ -188,7 +193,7 @@ class Daemon:
         loops: list[Loop] = [self.discovery]
         loops += [Uploader(self.live, index) for index in range(workers.upload_workers)]
         loops += [Reconciler(self.live, index) for index in range(workers.poll_workers)]
-        loops += [self.finisher, Heartbeat(self.live)]
+        loops += [self.finisher, self.heartbeat]
         if context.settings.notify is not None:
             loops.append(Notifier(self.live, context.settings.notify))
         return loops
@@ -201,6 +206,13 @@ class Daemon:
             for folder in {placement.watch_dir, placement.output_dir, placement.archive_dir}:
                 if folder is not None and folder.exists():
                     remove_stale_temps(folder, temp_age, now, own_tag=self.temp_tag)
+
+    def _keep_estimates(self) -> None:
+        """What the pipelines learnt of their executions' time, for the next start."""
+        try:
+            self.heartbeat.keep_estimates(self.context)
+        except TRANSIENT_DB_ERRORS as exc:  # a hint only: the next start learns it again
+            log.warning("execution times not kept", error=db_error_text(exc))
 
     def _pause_recorder(self, name: str) -> Callable[[str], None]:
         return partial(record_pause, self.store, name, announce=self._announce)
@@ -218,6 +230,7 @@ class Daemon:
             log.warning(
                 "work still running at the drain limit; it resumes on the next start", loops=cut_off
             )
+        self._keep_estimates()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

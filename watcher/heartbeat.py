@@ -1,6 +1,7 @@
 """The heartbeat: keeps alive the claims this process's loops hold, and gives back leases of
 ours that no loop holds (a write whose commit answer was lost) so nothing waits for them.
-At a low pace it also drops the stored answers that `keep_results_days` no longer keeps."""
+At a low pace it also drops the stored answers that `keep_results_days` no longer keeps, and
+keeps what each pipeline has learnt of its executions' time for the next start."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Heartbeat(Loop):
         super().__init__()
         self.live = live
         self.expire_at = 0.0  # monotonic time of the next expiry pass
+        self._kept: dict[str, float] = {}  # execution times last written, by pipeline
 
     def run(self, stop: threading.Event) -> None:
         renew_at = 0.0
@@ -40,7 +42,17 @@ class Heartbeat(Loop):
                 context.wakes.wake_all()
             if time.monotonic() >= self.expire_at:
                 self.expire_answers(context)
+                self.keep_estimates(context)
             stop.wait(ORPHAN_CHECK_SECONDS)
+
+    def keep_estimates(self, context: Context) -> None:
+        """Write each pipeline's execution time estimate that changed since it was last
+        written (a hint for the next start: a crash loses at most this pace's worth)."""
+        for name, pipeline in context.pipelines.items():
+            seconds = pipeline.expected_execution_seconds
+            if seconds is not None and self._kept.get(name) != seconds:
+                context.store.remember_execution_seconds(name, seconds)
+                self._kept[name] = seconds
 
     def expire_answers(self, context: Context) -> int:
         """One batch of stored answers past `keep_results_days` dropped; returns how many."""

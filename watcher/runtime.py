@@ -61,6 +61,13 @@ class Pipeline:
             probe = self.estimate.probe_for(execution_id) is not None
             self.estimate = self.estimate.after(ended_by, polled_before, probe, now)
 
+    def start_from(self, execution_seconds: float) -> None:
+        """Begin with what a previous run learnt of this pipeline's executions' time, unless
+        this run has learnt something already."""
+        with self._lock:
+            if self.estimate.seconds is None:
+                self.estimate = Estimate(execution_seconds)
+
     def in_flight_limit(self) -> int:
         return max(1, int(self.allowed_in_flight))
 

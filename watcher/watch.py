@@ -456,17 +456,28 @@ class FolderWatcher:
             return None
         if folder == self._root_text:
             self.listing_error = None
-        subfolders = []
+        subfolders: list[tuple[int, str]] = []
         for entry in entries:
             relative = entry.path.removeprefix(self._prefix)  # listed under the root
             if not entry.is_dir(follow_symlinks=False):
                 yield relative
             elif self.recursive:
                 if not self.filter.excludes_dir(relative):
-                    subfolders.append(entry.path)
+                    subfolders.append((_changed_ns(entry), entry.path))
             elif Path(entry.name).suffix:
                 yield relative  # not walked: a folder named like a document gets a warning
-        return tuple(subfolders)
+        # The most recently changed first: a document dropped while the daemon was down is
+        # found before the folders of old history (a new file changes its folder's mtime).
+        subfolders.sort(reverse=True)
+        return tuple(path for _, path in subfolders)
+
+
+def _changed_ns(entry: os.DirEntry[str]) -> int:
+    """When a listed folder last changed (0 if it is gone)."""
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _folder_stat(folder: str) -> os.stat_result | None:

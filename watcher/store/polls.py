@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from watcher.jobs import Decision, Job, JobState
 from watcher.store.database import retry_transient
-from watcher.store.schema import job_from, jobs, results
+from watcher.store.schema import job_from, jobs, pipeline_state, results
 from watcher.store.statements import pipelines_params
 from watcher.store.writes import StoreBase, ends_claim
 
@@ -19,6 +19,21 @@ POLL_CLAIM_LOCK_KEY = 0x5557_706C  # PostgreSQL advisory lock: one poll claim at
 
 
 class Polls(StoreBase):
+    @retry_transient
+    def remember_execution_seconds(self, pipeline: str, seconds: float) -> None:
+        """Keep what a pipeline has learnt of its executions' time for the next start (its
+        row exists: the daemon records each pipeline's pause state when it starts)."""
+        update = sa.update(pipeline_state).where(pipeline_state.c.name == pipeline)
+        with self.db.write() as conn:
+            conn.execute(update.values(execution_seconds=seconds))
+
+    def learnt_execution_seconds(self) -> dict[str, float]:
+        """What each pipeline had learnt of its executions' time, by name."""
+        learnt = pipeline_state.c.execution_seconds
+        query = sa.select(pipeline_state.c.name, learnt).where(learnt.is_not(None))
+        with self.db.read() as conn:
+            return {name: float(seconds) for name, seconds in conn.execute(query).all()}
+
     def claim_due_polls(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
         """Take executions whose next poll is due. Moving next_poll_at a lease ahead keeps
         other instances off them until we record the answer (or die)."""

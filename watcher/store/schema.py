@@ -21,7 +21,7 @@ from watcher.jobs import Job, JobState
 metadata = sa.MetaData()
 # The newest migration (migrations/versions/): a database already there is not handed to alembic,
 # which would stay imported for the daemon's life (about 8 MiB) and slow every start.
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 # Connections kept; with the overflow, enough for 64 upload and 64 poll workers and the other
 # loops (connections are opened only when needed).
 POOL_SIZE = 32
@@ -72,13 +72,17 @@ sa.Index("ix_jobs_path", jobs.c.pipeline, jobs.c.relative_path)
 # dialect (about 3 MiB) into every daemon, SQLite ones included.
 ANSWER_KEPT = jobs.c.result_body.is_not(None)
 
-# What `unstract-watcher status` shows of a pipeline that the daemon keeps in memory.
+# What `unstract-watcher status` shows of a pipeline that the daemon keeps in memory, and what
+# the daemon learnt of it that is worth keeping for its next start.
 pipeline_state = sa.Table(
     "pipeline_state",
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("paused_reason", sa.Text, nullable=False, server_default=""),
     sa.Column("updated_at", sa.Double, nullable=False),
+    # How long its executions typically take, as the daemon last learnt it (see Estimate):
+    # the next start polls its first executions at that time instead of at growing gaps.
+    sa.Column("execution_seconds", sa.Double),
 )
 
 # Terminal answers kept by execution id, written even when the job's row was taken over by

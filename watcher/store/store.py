@@ -11,6 +11,9 @@ clock, so instances on several hosts agree.
 from __future__ import annotations
 
 import fcntl
+import json
+import subprocess
+import sys
 import threading
 from importlib.resources import as_file, files
 from typing import IO
@@ -43,6 +46,7 @@ class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
         stop: threading.Event | None = None,
     ) -> None:
         super().__init__(Database(url, busy_timeout_seconds), lease_seconds)
+        self._busy_timeout_seconds = busy_timeout_seconds
         if stop is not None:
             self.db.stop_waits_on(stop)
         self._lock_file: IO[str] | None = None  # SQLite: one daemon per database file
@@ -82,6 +86,21 @@ class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
                 command.upgrade(config, revision)
         except sa.exc.SQLAlchemyError as exc:
             raise store_error(exc) from None
+
+    def upgrade_apart(self) -> None:
+        """`upgrade` to the newest revision in a child process (watcher/store/migrate.py), so
+        that alembic never loads into this long-lived one; nothing to do at the newest."""
+        if self.schema_revision() == SCHEMA_HEAD:
+            return
+        ran = subprocess.run(
+            [sys.executable, "-m", "watcher.store.migrate"],
+            input=json.dumps([self.url, self._busy_timeout_seconds]),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if ran.returncode != 0:
+            raise StoreError(ran.stderr.strip() or f"schema upgrade exited {ran.returncode}")
 
     def schema_revision(self) -> str | None:
         """The migration the database is at; None before the first."""
