@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from watcher.filters import as_text
 from watcher.jobs import Job, JobState
+from watcher.store.driver import Prepared
 
 metadata = sa.MetaData()
 # The newest migration (migrations/versions/): a database already there is not handed to alembic,
@@ -26,6 +27,9 @@ SCHEMA_HEAD = "0008"
 # loops (connections are opened only when needed).
 POOL_SIZE = 32
 POOL_OVERFLOW = 128
+
+BEGIN_READ = Prepared(lambda _: sa.text("BEGIN"))
+BEGIN_WRITE = Prepared(lambda _: sa.text("BEGIN IMMEDIATE"))
 
 jobs = sa.Table(
     "jobs",
@@ -176,9 +180,9 @@ def create_engine(url: str, busy_timeout_seconds: float) -> Engine:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         read_only = connection.get_execution_options().get("read_only", False)
-        # Through SQLAlchemy, so that "database is locked" arrives as its OperationalError,
-        # which the store retries.
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # On the driver's cursor, as a `Prepared` statement: "database is locked" arrives as
+        # SQLAlchemy's OperationalError, which the store retries.
+        (BEGIN_READ if read_only else BEGIN_WRITE).run(connection, {})
 
     return engine
 
