@@ -45,9 +45,7 @@ class ProgressBar:
     def _open(self, daemon: Daemon) -> tqdm[Any]:
         from tqdm import tqdm  # only `run --once` on a terminal draws a bar: not the daemon's RSS
 
-        done = daemon.progress()
-        # In this order: a job queued meanwhile is in `unfinished` or, once known, not counted new.
-        total = done.finished + done.unfinished + documents_to_take(daemon)
+        total = _total_at_start(daemon)
         # A pty that reports no size (ssh without a tty size, `script`) would hide tqdm's bar.
         size = shutil.get_terminal_size()
         self._bar = tqdm(
@@ -79,6 +77,20 @@ def progress_bar() -> Iterator[ProgressBar | None]:
         yield bar
     finally:
         bar.close()
+
+
+def _total_at_start(daemon: Daemon, tries: int = 5) -> int:
+    """The jobs in the table and the files it does not know yet. A job queued while the
+    folders are counted would be in neither count (or in both, counted the other way round):
+    the count holds only if the table's did not change meanwhile."""
+    for _ in range(tries):
+        before = daemon.progress()
+        new = documents_to_take(daemon)
+        after = daemon.progress()
+        if after.finished + after.unfinished == before.finished + before.unfinished:
+            break
+    # Still moving: the larger count (the bar's total only grows, and is set right at the end).
+    return after.finished + after.unfinished + new
 
 
 def documents_to_take(daemon: Daemon) -> int:
