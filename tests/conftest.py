@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import structlog
 from harness import KEY_ENV, LLMW_KEY_ENV
 
+from watcher import finish
 from watcher.emulator import (
     DEMO_KEY,
     LLMW_DEMO_KEY,
@@ -70,6 +71,13 @@ def store(db_url: str) -> Iterator[Store]:
     opened.upgrade()
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def quick_write_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finisher tries a result it could not write (full disk, refused table row) again
+    after 0.2 s instead of 5: a test that waits for the retry waits for it, not its pace."""
+    monkeypatch.setattr(finish, "DISK_TROUBLE_WAIT_SECONDS", 0.2)
 
 
 @pytest.fixture

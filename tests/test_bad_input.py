@@ -144,6 +144,7 @@ def test_a_file_that_changes_before_upload_is_not_sent(
     assert emulator.stats().posts == 0
 
 
+@pytest.mark.usefixtures("quick_write_retries")
 def test_a_full_disk_delays_the_result_file_and_loses_nothing(
     tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:

@@ -77,6 +77,7 @@ def test_one_row_per_finished_document_after_repeated_kill_9(
         assert row["finished_at"] is not None
 
 
+@pytest.mark.usefixtures("quick_write_retries")
 def test_a_table_that_refuses_rows_leaves_the_documents_waiting(
     tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
