@@ -78,8 +78,11 @@ class Prepared:
         assert isinstance(compiler, SQLCompiler)
         if "POSTCOMPILE" in compiler.string:
             raise AssertionError("a prepared statement may not expand parameters (IN lists)")
+        # The statement's own values (its literals), under the names its SQL gives them.
         fixed = {
-            name: bind.effective_value for name, bind in compiler.binds.items() if not bind.required
+            name: bind.effective_value
+            for bind, name in compiler.bind_names.items()
+            if not bind.required
         }
         order = tuple(compiler.positiontup or ()) if compiler.positional else None
         compiled = _Compiled(compiler.string, order, fixed)
