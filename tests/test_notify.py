@@ -27,9 +27,15 @@ from receiver import Receiver
 
 from watcher import config as config_module
 from watcher.emulator import DEMO_API, DEMO_ORG, EmulatorServer, UnstractEmulator
-from watcher.notices import Notice, body, slack_text
+from watcher.notices import Draft, Notice, body, slack_text
 from watcher.store import Store
-from watcher.store.outbox import pending_notices
+from watcher.store.outbox import (
+    add_notices,
+    claim_due_notices,
+    next_notice_due_in,
+    pending_notices,
+    release_earlier_claims,
+)
 
 SECRET = "hook-secret-7f3a"
 
@@ -169,6 +175,21 @@ def test_kill_9_neither_loses_nor_repeats_a_notice(
     sources = Counter(n["source"] for n in receiver.notices())
     assert sources == Counter(set(documents))  # one notice per document, none twice
     assert_signed(receiver)
+
+
+def test_a_sqlite_daemon_sends_at_once_what_a_killed_one_had_claimed(store: Store) -> None:
+    with store.db.write() as conn:
+        add_notices(conn, [Draft("document_done", "p", {"source": "a.pdf"})], store.clock())
+    assert len(claim_due_notices(store, 10, 120.0)) == 1  # ... and the claimer is killed
+    due_in = next_notice_due_in(store)
+    assert due_in is not None and due_in > 60
+    release_earlier_claims(store)  # the next sender's start
+    due_in = next_notice_due_in(store)
+    assert due_in is not None
+    if store.db.is_sqlite:  # one daemon a file: the claim was a dead process's
+        assert due_in <= 0
+    else:  # another live instance may hold it: its lease runs out
+        assert due_in > 60
 
 
 def test_slack_format_is_a_message() -> None:

@@ -30,6 +30,7 @@ from watcher.store.outbox import (
     notice_failed,
     notice_sent,
     postpone_notices,
+    release_earlier_claims,
 )
 
 log = get_logger()
@@ -56,6 +57,7 @@ class Notifier(ContextLoop):
         # A fresh client each time the supervisor (re)starts the loop after a database outage.
         self.client = httpx.Client(timeout=self.config.timeout_seconds, follow_redirects=False)
         try:
+            release_earlier_claims(self.store)
             while not stop.is_set():
                 self.beat()
                 stop.wait(self.send_due(stop))

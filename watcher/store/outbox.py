@@ -120,6 +120,23 @@ def postpone_notices(store: Store, notices: Sequence[Notice], delay_seconds: flo
         conn.execute(query)
 
 
+def release_earlier_claims(store: Store) -> None:
+    """At a sender's start, notices claimed by an earlier life are due again at once (killed
+    between a claim and its answers, they would wait out the claim's lease). On SQLite one
+    daemon uses the file, so every notice not yet due was claimed by a process now dead or
+    waits out a failure, which then gets one early try. On PostgreSQL another instance may
+    hold the claim: there the lease runs out."""
+    if not store.db.is_sqlite:
+        return
+    query = (
+        sa.update(outbox)
+        .where(outbox.c.next_attempt_at > store.db.now)
+        .values(next_attempt_at=store.db.now)
+    )
+    with store.db.write() as conn:
+        conn.execute(query)
+
+
 def next_notice_due_in(store: Store) -> float | None:
     """Seconds until the next notice is due (<= 0: now); None: the outbox is empty."""
     with store.db.read() as conn:
