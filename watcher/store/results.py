@@ -17,6 +17,14 @@ class Results(StoreBase):
         """Take jobs whose outcome is stored, to write their files (one instance per job)."""
         return self.claim_many("result_claim", self.sql.claim_results, owner, limit, pipelines)
 
+    def next_result_due_in(self, owner: str, pipelines: list[str]) -> float | None:
+        """Seconds until `claim_stored_results` would take a job (<= 0: now); None: none
+        is stored. A read: no write lock while there is nothing to write."""
+        params = {"owner": owner, "pipelines": pipelines}
+        with self.db.read() as conn:
+            first = conn.execute(self.sql.results_due, params).scalar_one()
+        return None if first is None else float(first)
+
     def mark_finished(self, job: Job) -> bool:
         return self.mark_finished_many([job])[0]
 

@@ -220,3 +220,15 @@ class Statements:
             .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until)
             .returning(*jobs.c)
         )
+        # Seconds until `claim_results` would take a job (<= 0: now; NULL: none is stored).
+        free_whenever = (
+            jobs.c.lease_owner.is_(None)
+            | (jobs.c.lease_owner == sa.bindparam("owner"))
+            | jobs.c.lease_until.is_(None)
+        )
+        takes_at = sa.case((free_whenever, 0.0), else_=jobs.c.lease_until)
+        self.results_due = (
+            sa.select(sa.func.min(takes_at) - self.now)
+            .where(jobs.c.state == JobState.RESULT_STORED.value)
+            .where(jobs.c.pipeline.in_(pipelines))
+        )
