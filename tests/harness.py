@@ -234,7 +234,7 @@ def api_key() -> str:
 def live_context(store: Store, pipelines: list[Pipeline], owner: str = "me") -> Live:
     """What a loop is built from, for testing one loop without a daemon around it."""
     settings = Settings(pipelines=[p.config for p in pipelines])
-    wakes = Wakes.for_workers(1, 1)
+    wakes = Wakes.for_workers(1, 1, store.doubt_raised)
     by_name = {p.name: p for p in pipelines}
     return Live(Context(settings, store, by_name, owner, Metrics(), wakes))
 

@@ -69,3 +69,18 @@ def test_a_folder_that_cannot_be_synced_keeps_its_results_stored(
     assert finisher.finish_stored() == (1, 0)  # written again, then done
     assert all(j.state is JobState.DONE for j in store.list_jobs())
     assert (tmp_path / "drop" / "sub" / "b.pdf.json").exists()
+
+
+def test_the_finishers_idle_read_says_when_a_stored_outcome_may_be_claimed(store: Store) -> None:
+    assert store.next_result_due_in("me", ["p"]) is None  # nothing stored
+    stored(store, ["a.pdf"])
+    due = store.next_result_due_in("me", ["p"])
+    assert due is not None and due <= 0  # free now: the claim takes it
+    claimed = store.claim_stored_results("other", 10, ["p"])
+    assert [job.file_name for job in claimed] == ["a.pdf"]
+    leased = store.next_result_due_in("me", ["p"])  # another's lease: when it runs out
+    assert leased is not None and 0 < leased <= store.lease_seconds
+    assert store.claim_stored_results("me", 10, ["p"]) == []
+    own = store.next_result_due_in("other", ["p"])  # our own (after a full disk): now
+    assert own is not None and own <= 0
+    assert store.next_result_due_in("me", ["q"]) is None  # another pipeline's

@@ -141,6 +141,35 @@ def test_notifications_watchdog_reload_and_stop(
 
 
 @pytest.mark.usefixtures("api_keys")
+def test_without_a_watchdog_signals_still_reach_the_sleeping_main_loop(
+    tmp_path: Path, server: EmulatorServer, sqlite_url: str
+) -> None:
+    config = write_config(tmp_path, deployment_url(server), sqlite_url)
+    notes = Notifications(tmp_path / "notify.sock")
+    env = {k: v for k, v in os.environ.items() if k != "WATCHDOG_USEC"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "watcher.cli", "run", "--config", str(config)],
+        env={**env, "NOTIFY_SOCKET": str(notes.path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        notes.wait_for("READY=1")
+        mark = len(notes.collect())
+        process.send_signal(signal.SIGHUP)  # the main loop sleeps until its next status line
+        notes.wait_for("RELOADING=1", after=mark)
+        notes.wait_for("READY=1", after=mark)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr[-3000:]
+    notes.wait_for("STOPPING=1")
+    notes.sock.close()
+    assert "config reloaded" in stderr
+
+
+@pytest.mark.usefixtures("api_keys")
 def test_a_reload_adds_and_removes_pipelines_without_losing_jobs(
     tmp_path: Path, server: EmulatorServer, sqlite_url: str
 ) -> None:

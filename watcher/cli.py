@@ -89,11 +89,12 @@ def run_daemon(
 
     # Signal handlers only set events: logging here could deadlock on the log's own lock.
     def on_reload(_signum: int, _frame: FrameType | None) -> None:
-        daemon.reload_requested.set()
+        daemon.request_reload()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         daemon.stop()
 
+    daemon.doorbell.ring_on_signals()  # the main loop sleeps until it has something to do
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_reload)

@@ -8,7 +8,8 @@ needs one, so a reload is one swap of the context and nothing is patched in plac
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from watcher.config import Settings
@@ -51,6 +52,30 @@ class WorkSignal:
             return False
 
 
+class LastLook:
+    """What an idle loop's last look at the table found (when its next work comes due), and
+    the database's change mark read just before it: while the mark stays the same nobody has
+    committed since, so the answer holds until that work comes due. `now` is passed in."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[int, tuple[str, ...]] | None = None  # (mark, pipelines asked about)
+        self._due_at: float | None = None  # None: nothing was waiting
+
+    def holds(self, mark: int | None, pipelines: tuple[str, ...], now: float) -> bool:
+        if mark is None or self._seen != (mark, pipelines):
+            return False
+        return self._due_at is None or now < self._due_at
+
+    def found(
+        self, mark: int | None, pipelines: tuple[str, ...], now: float, due_in: float | None
+    ) -> None:
+        self._seen = None if mark is None else (mark, pipelines)
+        self._due_at = None if due_in is None else now + due_in
+
+    def due_in(self, now: float) -> float | None:
+        return None if self._due_at is None else self._due_at - now
+
+
 @dataclass(frozen=True)
 class Wakes:
     """Signals that end an idle loop's wait early. Each loop also wakes on stop (`wake_all`)."""
@@ -59,10 +84,16 @@ class Wakes:
     submitted: WorkSignal  # an execution id was recorded: one idle poll loop looks
     finished: threading.Event = field(default_factory=threading.Event)  # an outcome was stored
     discovery: threading.Event = field(default_factory=threading.Event)  # a watch event came
+    # A lease may be in doubt (the store sets it: a write's answer was lost): the heartbeat looks.
+    heartbeat: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def for_workers(cls, upload_workers: int, poll_workers: int) -> Wakes:
-        return cls(WorkSignal(upload_workers), WorkSignal(poll_workers))
+    def for_workers(
+        cls, upload_workers: int, poll_workers: int, doubt: threading.Event | None = None
+    ) -> Wakes:
+        """`doubt`: the store's signal that a lease is in doubt (`Store.doubt_raised`)."""
+        heartbeat = doubt if doubt is not None else threading.Event()
+        return cls(WorkSignal(upload_workers), WorkSignal(poll_workers), heartbeat=heartbeat)
 
     def give(self, wakes: Iterable[Wake]) -> None:
         """Wake one idle loop of each kind that has work now."""
@@ -79,6 +110,7 @@ class Wakes:
         self.submitted.wake_all()
         self.finished.set()
         self.discovery.set()
+        self.heartbeat.set()
 
 
 @dataclass(frozen=True)
@@ -139,6 +171,17 @@ class ContextLoop(Loop):
     @property
     def wakes(self) -> Wakes:
         return self.live.current.wakes
+
+    def due_in(
+        self, look: LastLook, ask: Callable[[list[str]], float | None], pipelines: list[str]
+    ) -> float | None:
+        """`ask(pipelines)`: seconds until the next work comes due, None if none waits. On
+        SQLite it is asked only when someone committed since the last look (an operator's
+        `retry` too), or when what that look found has come due: idle, a wake costs no query."""
+        mark, now, asked = self.store.change_mark(), time.monotonic(), tuple(pipelines)
+        if not look.holds(mark, asked, now):  # the mark first: a commit during `ask` counts
+            look.found(mark, asked, now, ask(pipelines))
+        return look.due_in(now)
 
     def carry_out(self, decision: Decision, pipeline: Pipeline) -> None:
         """What a recorded decision asks for besides its row: the pipeline's change, its log

@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -30,6 +31,7 @@ from typing import Any
 
 from watcher.config import ConfigError, PipelineConfig, Settings
 from watcher.context import Context, Live, Wakes
+from watcher.doorbell import Doorbell
 from watcher.finish import Finisher
 from watcher.heartbeat import Heartbeat
 from watcher.jobs import IN_FLIGHT, JobState
@@ -55,6 +57,12 @@ LEASE_MARGIN_SECONDS = 10.0
 DRAIN_CHECK_SECONDS = 0.2  # `once`: how often the main loop looks whether all is done
 
 PipelineFactory = Callable[[PipelineConfig], Pipeline]
+
+
+def main_tick(watchdog_seconds: float | None) -> float:
+    """How often the idle main loop wakes: for each watchdog ping systemd asked for (also
+    the check for stuck loops) and at least for each STATUS= line; nothing else needs it."""
+    return min(watchdog_seconds or STATUS_SECONDS, STATUS_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,8 @@ class Daemon:
         owner = settings.daemon.instance_id or f"{socket.gethostname()}:{os.getpid()}"
         self.temp_tag = hashlib.sha256(owner.encode()).hexdigest()[:8]
         self._pipeline_factory = pipeline_factory
-        wakes = Wakes.for_workers(settings.daemon.upload_workers, settings.daemon.poll_workers)
+        workers = settings.daemon
+        wakes = Wakes.for_workers(workers.upload_workers, workers.poll_workers, store.doubt_raised)
         self.live = Live(self._context(settings, store, owner, Metrics(store), wakes))
         # A claim outlives the longest HTTP call it covers, so a live instance never loses one.
         longest_call = max(
@@ -97,6 +106,8 @@ class Daemon:
         self.stop_event = threading.Event()
         store.stop_waits_on(self.stop_event)  # an outage's retries end when we stop
         self.reload_requested = threading.Event()  # set by SIGHUP; the main loop reloads
+        self.doorbell = Doorbell()  # ends the main loop's sleep: stop, reload, signals
+        self.rounds: Counter[str] = Counter()  # the main loop's rounds: "rung" or "timer"
         self.started = threading.Event()  # every loop runs
         self.supervisor = Supervisor(self.stop_event, on_failure=self.stop)
         self.discovery = Discovery(self.live)
@@ -221,6 +232,12 @@ class Daemon:
         """Ask every loop to stop; idempotent and safe from a signal handler."""
         self.stop_event.set()
         self.context.wakes.wake_all()
+        self.doorbell.ring()
+
+    def request_reload(self) -> None:
+        """Ask the main loop to reload the config (SIGHUP); safe from a signal handler."""
+        self.reload_requested.set()
+        self.doorbell.ring()
 
     def join(self) -> None:
         """Wait for the loops in the documented order, then close the API clients."""
@@ -236,6 +253,7 @@ class Daemon:
             self.metrics_server.server_close()
         for pipeline in [*self.pipelines.values(), *self._retired]:
             pipeline.backend.close()
+        self.doorbell.close()
         log.info("stopped")
 
     # -- serving: systemd, watchdog, reload ----------------------------------------------------
@@ -250,9 +268,15 @@ class Daemon:
         pings while every loop goes round, and a reload when SIGHUP asked for one. Returns
         the pipelines paused at the end."""
         notify("READY=1", f"STATUS={self.status_line()}")
-        interval = DRAIN_CHECK_SECONDS if once else min(1.0, watchdog_interval() or 1.0)
+        tick = DRAIN_CHECK_SECONDS if once else main_tick(watchdog_interval())
+        next_tick = time.monotonic() + tick
         next_status = time.monotonic() + STATUS_SECONDS
-        while not self.stop_event.wait(interval):
+        while not self.stop_event.is_set():
+            # Asleep until the next tick; a stop, a reload or a signal rings the doorbell.
+            rung = self.doorbell.wait(next_tick - time.monotonic())
+            self.rounds["rung" if rung else "timer"] += 1
+            if self.stop_event.is_set():
+                break
             if each_round is not None:
                 each_round(self)
             if once and self.drained():
@@ -261,6 +285,9 @@ class Daemon:
                 self.reload_requested.clear()
                 log.info("reload requested")
                 self.reload(load_settings)
+            if time.monotonic() < next_tick:
+                continue
+            next_tick = time.monotonic() + tick
             self._watchdog_ping()
             if time.monotonic() >= next_status and os.environ.get("NOTIFY_SOCKET"):
                 next_status = time.monotonic() + STATUS_SECONDS

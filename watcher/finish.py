@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from watcher.context import ContextLoop, Live
+from watcher.context import ContextLoop, LastLook, Live
 from watcher.crashpoints import crash_point
 from watcher.filters import as_text
 from watcher.jobs import Job
@@ -41,19 +41,38 @@ class Finisher(ContextLoop):
         self.notify = live.current.settings.notify  # None: no notices; [notify] takes a restart
         self.sinks = TableSinks(live.current.store)  # result tables, opened when first used
         self.outcomes: Counter[str] = Counter()  # this process's finished jobs, by outcome
+        self.last_look = LastLook()  # of the stored outcomes, while idle
 
     def run(self, stop: threading.Event) -> None:
+        claim = True  # at start, after a round that wrote, when an outcome woke us
         while not stop.is_set():
             self.wakes.finished.clear()
             self.beat()
+            wait = 0.0 if claim else self._idle_wait()  # a wait ran out: is anything there?
+            if wait > 0:
+                claim = self.wakes.finished.wait(wait)
+                continue
             written, troubled = self.finish_stored()
             if troubled:
                 stop.wait(DISK_TROUBLE_WAIT_SECONDS)
-            elif not written:
-                self.wakes.finished.wait(self._idle_wait())
+            claim = bool(written or troubled)
+            if not claim:
+                claim = self.wakes.finished.wait(self._longest_wait())
+
+    def _longest_wait(self) -> float:
+        return SOLE_WRITER_IDLE_WAIT_SECONDS if self.store.sole_writer else IDLE_WAIT_SECONDS
 
     def _idle_wait(self) -> float:
-        return SOLE_WRITER_IDLE_WAIT_SECONDS if self.store.sole_writer else IDLE_WAIT_SECONDS
+        """Until a stored outcome may be claimed (its lease ran out), at most the longest
+        wait; an outcome this process stores wakes us sooner. On SQLite the table is asked
+        only when someone committed since the last look."""
+
+        def ask(pipelines: list[str]) -> float | None:
+            return self.store.next_result_due_in(self.owner, pipelines)
+
+        due_in = self.due_in(self.last_look, ask, list(self.pipelines))
+        longest = self._longest_wait()
+        return longest if due_in is None else min(longest, max(0.0, due_in))
 
     def finish_stored(self) -> tuple[int, int]:
         """Write files for stored outcomes; return (finished, could not write).

@@ -14,10 +14,16 @@ from watcher.logs import get_logger
 from watcher.store.expiry import EXPIRY_BATCH
 from watcher.supervisor import Loop
 
-ORPHAN_CHECK_SECONDS = 1.0  # costs no query unless a claim is in doubt
+ORPHAN_CHECK_SECONDS = 1.0  # while a claim is in doubt (an outage): how often to try again
 EXPIRY_PASS_SECONDS = 30.0  # a batch of answers to drop, when nothing more is known to be due
 EXPIRY_CATCH_UP_SECONDS = 1.0  # the last batch was full: more are due (an old database)
 log = get_logger()
+
+
+def idle_wait(now: float, next_due: float, in_doubt: bool) -> float:
+    """Until the next renewal or expiry pass (a new doubt about a lease wakes us sooner); a
+    doubt still there (its check failed: the database is away) is looked at each second."""
+    return ORPHAN_CHECK_SECONDS if in_doubt else max(0.0, next_due - now)
 
 
 class Heartbeat(Loop):
@@ -32,9 +38,10 @@ class Heartbeat(Loop):
     def run(self, stop: threading.Event) -> None:
         renew_at = 0.0
         while not stop.is_set():
-            self.beat()
             context = self.live.current
             store = context.store
+            context.wakes.heartbeat.clear()  # a doubt raised from here on ends the next wait
+            self.beat()
             if time.monotonic() >= renew_at:  # at a third of the lease
                 store.renew_leases(context.owner)
                 renew_at = time.monotonic() + store.lease_seconds / 3
@@ -43,7 +50,9 @@ class Heartbeat(Loop):
             if time.monotonic() >= self.expire_at:
                 self.expire_answers(context)
                 self.keep_estimates(context)
-            stop.wait(ORPHAN_CHECK_SECONDS)
+            due = min(renew_at, self.expire_at)
+            wait = idle_wait(time.monotonic(), due, store.claims_in_doubt())
+            context.wakes.heartbeat.wait(wait)
 
     def keep_estimates(self, context: Context) -> None:
         """Write each pipeline's execution time estimate that changed since it was last

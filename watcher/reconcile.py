@@ -12,7 +12,7 @@ import threading
 import time
 
 from watcher.backend import PollKind
-from watcher.context import ContextLoop, Live
+from watcher.context import ContextLoop, LastLook, Live
 from watcher.crashpoints import crash_point
 from watcher.jobs import Job, StoredCopy, decide_after_poll, needs_stored_copy
 from watcher.logs import about, get_logger
@@ -45,6 +45,8 @@ class Reconciler(ContextLoop):
         self.sweeps = index == 0
         self._next_sweep = 0.0
         self.rng = random.Random()
+        self.last_look = LastLook()  # of the due polls, while idle
+        self.sweep_look = LastLook()  # of the leases, for the sweep
 
     def run(self, stop: threading.Event) -> None:
         busy = False  # the last round polled something: look for more straight away
@@ -65,7 +67,7 @@ class Reconciler(ContextLoop):
         wakes us."""
         looks = self.sweeps and not self.store.sole_writer
         longest = MAX_IDLE_SECONDS if looks else HELPER_MAX_IDLE_SECONDS
-        due_in = self.store.next_poll_due_in(list(self.pipelines))
+        due_in = self.due_in(self.last_look, self.store.next_poll_due_in, list(self.pipelines))
         if due_in is None:
             return longest
         return min(longest, max(0.0, due_in))
@@ -75,6 +77,9 @@ class Reconciler(ContextLoop):
         if time.monotonic() < self._next_sweep:
             return
         self._next_sweep = time.monotonic() + SWEEP_SECONDS
+        ends_in = self.due_in(self.sweep_look, lambda _: self.store.next_lease_end_in(), [])
+        if ends_in is None or ends_in > 0:
+            return  # no lease ran out: nothing to take back (on SQLite, idle: not even a read)
         uploads, fetches = self.store.release_claims(hold=self.context.hold_pipelines())
         report_released(uploads, fetches)
         if uploads:

@@ -8,7 +8,7 @@ import random
 import threading
 
 from watcher.backend import SubmitOutcome, Upload
-from watcher.context import ContextLoop, Live
+from watcher.context import ContextLoop, LastLook, Live
 from watcher.crashpoints import crash_point
 from watcher.files import read_regular_file
 from watcher.jobs import (
@@ -83,6 +83,7 @@ class Uploader(ContextLoop):
         self.name = f"upload-{index}"
         self.lookout = index == 0
         self.rng = random.Random()
+        self.last_look = LastLook()  # of the queue, while idle
 
     def run(self, stop: threading.Event) -> None:
         # The last claim found work, or new work or a free slot woke us: claim straight
@@ -145,7 +146,9 @@ class Uploader(ContextLoop):
         """Until the next retry is due (every worker, exactly); new work wakes one worker
         sooner. Other instances' work and freed slots are noticed within MAX_IDLE_SECONDS by
         the lookout."""
-        due_in = self.store.next_attempt_due_in(list(limits)) if limits else None
+        due_in = None
+        if limits:
+            due_in = self.due_in(self.last_look, self.store.next_attempt_due_in, list(limits))
         longest = self._longest_wait()
         return longest if due_in is None else min(longest, due_in)
 

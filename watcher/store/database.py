@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from watcher.crashpoints import answer_lost
 from watcher.jobs import Job
 from watcher.logs import get_logger
+from watcher.store.changes import ChangeCounter
 from watcher.store.errors import TRANSIENT_DB_ERRORS, db_error_text
 from watcher.store.group_commit import GroupCommit
 from watcher.store.held import HeldClaims
@@ -55,6 +56,8 @@ class Database:
         self.now = sa.literal_column(SQLITE_NOW if self.is_sqlite else POSTGRESQL_NOW, sa.Double)
         self.held = HeldClaims()
         self._stop = threading.Event()
+        path = self.sqlite_file()
+        self.changes = ChangeCounter(path) if path else None  # SQLite: did anyone commit?
 
     def sqlite_file(self) -> str:
         """The SQLite database's file ('' for PostgreSQL or an in-memory database)."""
@@ -72,7 +75,13 @@ class Database:
     def close(self) -> None:
         if self._group is not None:
             self._group.close()
+        if self.changes is not None:
+            self.changes.close()
         self.engine.dispose()
+
+    def change_mark(self) -> int | None:
+        """Differs from the last one whenever a commit came in between; None: cannot tell."""
+        return None if self.changes is None else self.changes.version()
 
     @contextmanager
     def write(self, lose_answer_at: str = "", ending: Iterable[Job] = ()) -> Iterator[Connection]:

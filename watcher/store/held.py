@@ -20,6 +20,7 @@ class HeldClaims:
         self._held: set[int] = set()
         self._unsent: set[int] = set()  # claimed, never handed to a loop: nothing was sent
         self._doubt = False  # a write's answer was lost: a lease of ours may be orphaned
+        self.doubt_raised = threading.Event()  # set with each doubt: the heartbeat checks
 
     def take(self, ids: Iterable[int]) -> None:
         with self._lock:
@@ -41,10 +42,12 @@ class HeldClaims:
             self._held -= ids
             self._unsent |= ids
             self._doubt = True
+        self.doubt_raised.set()
 
     def doubt(self) -> None:
         with self._lock:
             self._doubt = True
+        self.doubt_raised.set()
 
     @property
     def in_doubt(self) -> bool:

@@ -8,6 +8,7 @@ status says whether the result is still there.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,8 @@ FETCH_INTERRUPTED = "result fetch interrupted; checking the status"
 UPLOAD_RESUBMITTED = "upload interrupted; outcome unknown, submitting again"
 UPLOAD_HELD = "upload interrupted; outcome unknown, held for an operator"
 log = get_logger()
+# The states whose claims `release_claims` gives back once their lease ran out.
+LEASED_STATES = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.FETCHING, JobState.RESULT_STORED)
 
 
 class Leases(StoreBase):
@@ -72,9 +75,23 @@ class Leases(StoreBase):
         with self.db.write() as conn:
             return self._release(conn, gone, hold)
 
+    def next_lease_end_in(self) -> float | None:
+        """Seconds until the first claim's lease runs out (<= 0: one has, and `release_claims`
+        gives it back); None: nothing is claimed. A read: no write lock."""
+        claimed = jobs.c.state.in_([s.value for s in LEASED_STATES])
+        first_end = sa.select(sa.func.min(jobs.c.lease_until) - self.db.now).where(claimed)
+        with self.db.read() as conn:
+            first = conn.execute(first_end).scalar_one()
+        return None if first is None else float(first)
+
     def claims_in_doubt(self) -> bool:
         """A write's answer was lost since the last `release_orphans`."""
         return self.db.held.in_doubt
+
+    @property
+    def doubt_raised(self) -> threading.Event:
+        """Set each time a write's answer is lost, so the heartbeat need not look each second."""
+        return self.db.held.doubt_raised
 
     def release_orphans(self, owner: str, hold: Sequence[str] = ()) -> int:
         """After a write whose answer was lost: give back every lease of ours that no loop

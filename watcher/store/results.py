@@ -9,6 +9,7 @@ from watcher.jobs import Job, JobState
 from watcher.notices import Draft
 from watcher.store.database import retry_transient
 from watcher.store.outbox import add_notices
+from watcher.store.statements import pipelines_params
 from watcher.store.writes import StoreBase
 
 
@@ -16,6 +17,14 @@ class Results(StoreBase):
     def claim_stored_results(self, owner: str, limit: int, pipelines: list[str]) -> list[Job]:
         """Take jobs whose outcome is stored, to write their files (one instance per job)."""
         return self.claim_many("result_claim", self.sql.claim_results, owner, limit, pipelines)
+
+    def next_result_due_in(self, owner: str, pipelines: list[str]) -> float | None:
+        """Seconds until `claim_stored_results` would take a job (<= 0: now); None: none
+        is stored. A read: no write lock while there is nothing to write."""
+        params = {"owner": owner, **pipelines_params(pipelines)}
+        with self.db.read() as conn:
+            first = self.sql.results_due.run(conn, params, len(pipelines)).rows[0][0]
+        return None if first is None else float(first)
 
     def mark_finished(self, job: Job) -> bool:
         return self.mark_finished_many([job])[0]

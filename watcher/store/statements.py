@@ -253,6 +253,20 @@ class Statements:
                 .returning(*jobs.c)
             )
         )
+        # Seconds until `claim_results` would take a job (<= 0: now; NULL: none is stored).
+        free_whenever = (
+            jobs.c.lease_owner.is_(None)
+            | (jobs.c.lease_owner == sa.bindparam("owner"))
+            | jobs.c.lease_until.is_(None)
+        )
+        takes_at = sa.case((free_whenever, 0.0), else_=jobs.c.lease_until)
+        self.results_due = Prepared(
+            lambda pipelines: (
+                sa.select(sa.func.min(takes_at) - self.now)
+                .where(jobs.c.state == JobState.RESULT_STORED.value)
+                .where(of_pipelines(pipelines))
+            )
+        )
 
 
 def _due(now: Any, state: JobState, column: sa.Column[Any]) -> Prepared:

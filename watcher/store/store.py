@@ -69,6 +69,12 @@ class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
         waiting out is raised then, as if the retries had run out."""
         self.db.stop_waits_on(stop)
 
+    def change_mark(self) -> int | None:
+        """A mark that changes with every commit by anyone (SQLite); an idle loop that saw
+        it before its last look and sees it again may skip the query. None: cannot tell
+        (PostgreSQL), look."""
+        return self.db.change_mark()
+
     def upgrade(self, revision: str = "head") -> None:
         """Create or upgrade the schema to the newest alembic revision (or to `revision`)."""
         if revision == "head" and self.schema_revision() == SCHEMA_HEAD:
