@@ -220,7 +220,9 @@ def test_with_a_typical_duration_the_first_poll_comes_just_after_it() -> None:
     while elapsed < 6.0:  # a 5 s execution, typical duration 5 s
         elapsed += next_poll_seconds(elapsed, len(schedule), 5.0, policy)
         schedule.append(round(elapsed, 2))
-    assert schedule == [5.1, 5.6, 6.1]  # done by the first poll: 1 poll, 0.1 s late
+    # Done by the first poll: 1 poll, 0.1 s late; then steps of 5 % of it, half again as long
+    # each time (a run a little past the estimate is found soon, a long one in few polls).
+    assert schedule == [5.1, 5.35, 5.72, 6.29]
     assert next_poll_seconds(0.0, 0, 5.0, policy, probe=0.9) == 4.5  # a probe asks early,
     assert next_poll_seconds(4.5, 1, 5.0, policy) == pytest.approx(0.6)  # then as the others
     assert next_poll_seconds(0.0, 0, None, policy) == 0.25  # no estimate yet

@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 FIRST_MARGIN = 0.02  # first poll a little after the typical execution time ...
-STEP_FRACTION = 0.1  # then a poll every 10 % of it ...
+STEP_FRACTION = 0.05  # then polls at steps of 5 % of it, each half as long again as the last
+STEP_GROWTH = 1.5  # (an estimate a little short costs a short step, a long run few polls) ...
 LATE_FACTOR = 2.0  # ... until twice the typical time has passed
 GROWTH = 0.5  # after that, wait half the execution's age
 MIN_POLL_GAP_SECONDS = 0.02
@@ -62,9 +63,10 @@ def next_poll_seconds(
 
     Without an estimate, gaps grow from poll_initial_seconds. With `expected` (how long this
     pipeline's executions typically take), the first poll comes just after that (a probe's
-    first poll at the fraction `probe` of it), then short steps until well past it, then
-    growing gaps again for the odd long one. Counting from the submission, not from the last
-    answer, keeps the schedule from drifting.
+    first poll at the fraction `probe` of it), then steps that start at 5 % of it and grow
+    until well past it (an execution a little longer than the estimate is found a short step
+    late), then growing gaps again for the odd long one. Counting from the submission, not
+    from the last answer, keeps the schedule from drifting.
     """
     if expected is None:
         return poll_delay_seconds(poll_count, policy)
@@ -74,7 +76,7 @@ def next_poll_seconds(
     if elapsed < first:
         return max(MIN_POLL_GAP_SECONDS, first - elapsed)
     if elapsed < LATE_FACTOR * expected + policy.poll_initial_seconds:
-        step = STEP_FRACTION * expected
+        step = STEP_FRACTION * expected * STEP_GROWTH ** max(0, poll_count - 1)
         return min(policy.poll_max_seconds, max(MIN_POLL_GAP_SECONDS, step))
     return min(policy.poll_max_seconds, max(policy.poll_initial_seconds, GROWTH * elapsed))
 
