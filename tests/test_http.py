@@ -36,7 +36,8 @@ def test_a_multipart_body_is_the_one_httpx_writes(file_name: str) -> None:
 
 class Gzipped(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = json.dumps({"path": self.path, "ua": self.headers["User-Agent"]}).encode()
+        seen = {"path": self.path, "ua": self.headers["User-Agent"], "host": self.headers["Host"]}
+        body = json.dumps(seen).encode()
         packed = gzip.compress(body)
         self.send_response(200)
         self.send_header("Content-Encoding", "gzip")
@@ -48,12 +49,19 @@ class Gzipped(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def gzip_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Gzipped)
+class ServerOnIPv6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@pytest.fixture(params=["127.0.0.1", "::1"])
+def gzip_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    address = str(request.param)
+    kind = ServerOnIPv6 if ":" in address else ThreadingHTTPServer
+    server = kind((address, 0), Gzipped)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/api/v2/"
+    host = f"[{address}]" if ":" in address else address
+    yield f"http://{host}:{server.server_address[1]}/api/v2/"
     server.shutdown()
     server.server_close()
 
@@ -72,6 +80,7 @@ def test_a_gzipped_answer_is_decoded_and_the_query_is_sent(gzip_server: str) -> 
     assert json.loads(answer.content) == {
         "path": "/api/v2/status?whisper_hash=a%2Bb%2Fc%3D&n=1+2",
         "ua": "unstract-watcher",
+        "host": gzip_server.split("/")[2],  # an IPv6 address in brackets, as httpx sends it
     }
 
 

@@ -86,7 +86,9 @@ class ApiHttp:
         self._base = httpx.URL(base_url)
         self._targets: dict[str, bytes] = {}  # path -> the request target under the base
         common = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agent": USER_AGENT}
-        self._headers = _encoded({**common, **headers})
+        # As httpx writes it: an IPv6 address in brackets (httpcore's own would have none).
+        host = {"Host": self._base.netloc.decode("ascii")}
+        self._headers = _encoded({**host, **common, **headers})
         timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._extensions = {"timeout": timeout.as_dict()}
         self._transport = transport
