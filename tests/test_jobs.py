@@ -223,6 +223,9 @@ def test_with_a_typical_duration_the_first_poll_comes_just_after_it() -> None:
     # Done by the first poll: 1 poll, 0.1 s late; then steps of 5 % of it, half again as long
     # each time (a run a little past the estimate is found soon, a long one in few polls).
     assert schedule == [5.1, 5.35, 5.72, 6.29]
+    # Steps count from the first poll's time, not from the polls made before an estimate.
+    assert next_poll_seconds(5.1, 6, 5.0, policy) == pytest.approx(0.25)
+    assert next_poll_seconds(5.35, 7, 5.0, policy) == pytest.approx(0.375)
     assert next_poll_seconds(0.0, 0, 5.0, policy, probe=0.9) == 4.5  # a probe asks early,
     assert next_poll_seconds(4.5, 1, 5.0, policy) == pytest.approx(0.6)  # then as the others
     assert next_poll_seconds(0.0, 0, None, policy) == 0.25  # no estimate yet

@@ -98,8 +98,11 @@ def run_daemon(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_reload)
-    with progress_bar() if once else nullcontext() as bar:
-        outcome = daemon.run(once=once, load_settings=load_settings, each_round=bar)
+    try:
+        with progress_bar() if once else nullcontext() as bar:
+            outcome = daemon.run(once=once, load_settings=load_settings, each_round=bar)
+    finally:  # also when the start fails: signals get their wakeup fd back
+        daemon.doorbell.close()
     return exit_code(outcome, once)
 
 

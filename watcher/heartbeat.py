@@ -41,6 +41,8 @@ class Heartbeat(Loop):
             context = self.live.current
             store = context.store
             context.wakes.heartbeat.clear()  # a doubt raised from here on ends the next wait
+            if stop.is_set():  # a stop's wake_all may have come just before that clear
+                break
             self.beat()
             if time.monotonic() >= renew_at:  # at a third of the lease
                 store.renew_leases(context.owner)

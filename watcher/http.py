@@ -153,7 +153,9 @@ class ApiHttp:
         self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes | None
     ) -> Answer:
         url = self._base.copy_with(raw_path=target)
-        request = httpx.Request(method, url, headers=headers, content=body)
+        request = httpx.Request(
+            method, url, headers=headers, content=body, extensions=self._extensions
+        )
         response = self._transport.handle_request(request)  # type: ignore[union-attr]
         try:
             response.read()

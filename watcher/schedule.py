@@ -3,6 +3,7 @@ follows how long a pipeline's executions typically take. Pure functions of plain
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
 from dataclasses import dataclass, replace
@@ -76,9 +77,21 @@ def next_poll_seconds(
     if elapsed < first:
         return max(MIN_POLL_GAP_SECONDS, first - elapsed)
     if elapsed < LATE_FACTOR * expected + policy.poll_initial_seconds:
-        step = STEP_FRACTION * expected * STEP_GROWTH ** max(0, poll_count - 1)
+        step = STEP_FRACTION * expected * STEP_GROWTH ** _steps_taken(elapsed - first, expected)
         return min(policy.poll_max_seconds, max(MIN_POLL_GAP_SECONDS, step))
     return min(policy.poll_max_seconds, max(policy.poll_initial_seconds, GROWTH * elapsed))
+
+
+def _steps_taken(past_first: float, expected: float) -> int:
+    """How many steps past the first poll's time fit in `past_first` seconds (counted by
+    time, not by polls: an execution polled before its pipeline had an estimate has polls
+    that are no steps)."""
+    first_step = STEP_FRACTION * expected
+    if past_first <= 0 or first_step <= 0:
+        return 0
+    # The steps' sum: first_step * (GROWTH^k - 1) / (GROWTH - 1); a hair of slack for floats.
+    fitted = math.log(1 + past_first * (STEP_GROWTH - 1) / first_step, STEP_GROWTH)
+    return int(fitted + 1e-9)
 
 
 def is_probe(execution_id: str | None) -> bool:

@@ -99,7 +99,7 @@ class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
         if self.schema_revision() == SCHEMA_HEAD:
             return
         ran = subprocess.run(
-            [sys.executable, "-m", "watcher.store.migrate"],
+            [sys.executable, "-P", "-m", "watcher.store.migrate"],
             input=json.dumps([self.url, self._busy_timeout_seconds]),
             capture_output=True,
             text=True,
