@@ -185,7 +185,7 @@ def _usage(body: dict[str, Any]) -> str:
 
 
 class LLMWhispererClient:
-    """The httpx implementation of `Backend` for LLMWhisperer v2 (one pooled client)."""
+    """The implementation of `Backend` for LLMWhisperer v2 (one connection pool)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""The Unstract API deployment: Execution API (POST) and Status API (GET), over httpx.
+"""The Unstract API deployment: Execution API (POST) and Status API (GET), over http.py.
 
 The server's answers come in two body families (unstract-api-behaviour.md section 7): execution
 bodies `{"message": ...}` / `{"status": ..., "message": ...}` and exceptions
@@ -256,7 +256,7 @@ class UnstractResults:
 
 
 class UnstractClient:
-    """The httpx implementation of `Backend` for one API deployment (one pooled client)."""
+    """The implementation of `Backend` for one API deployment (one connection pool)."""
 
     fetch = None  # results come in the Status API's terminal answer
     files_per_execution: int
@@ -339,7 +339,7 @@ def build(api: UnstractApiConfig) -> UnstractClient:
 
 
 def http_options(api: ApiBase) -> dict[str, Any]:
-    """The httpx client settings every API kind takes from its config."""
+    """The HTTP settings every API kind takes from its config."""
     return {
         "connect_timeout": api.connect_timeout_seconds,
         "read_timeout": api.read_timeout_seconds,

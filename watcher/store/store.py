@@ -105,8 +105,9 @@ class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
             text=True,
             check=False,
         )
-        if ran.returncode != 0:
-            raise StoreError(ran.stderr.strip() or f"schema upgrade exited {ran.returncode}")
+        if ran.returncode != 0:  # the store's one-line reason; of a crash, its last line
+            lines = ran.stderr.strip().splitlines()
+            raise StoreError(lines[-1] if lines else f"schema upgrade exited {ran.returncode}")
 
     def schema_revision(self) -> str | None:
         """The migration the database is at; None before the first."""
