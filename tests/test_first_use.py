@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from watcher.backend import Upload
 from watcher.cli import EXIT_CONFIG, main
+from watcher.commands import ERROR_WIDTH
 from watcher.emulator import (
     DEMO_API,
     DEMO_KEY,
@@ -30,6 +31,7 @@ from watcher.emulator import (
     llmwhisperer_url,
     mount_llmwhisperer,
 )
+from watcher.emulator.results import FAIL_MARKER
 from watcher.llmwhisperer import LLMWhispererClient
 from watcher.unstract import UnstractClient
 
@@ -114,7 +116,10 @@ def closed_port() -> int:
 def test_a_refused_connection_is_logged_as_such(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}/deployment/api/org_demo/invoices/"
     config = write_config(
-        tmp_path, url, f"sqlite:///{tmp_path / 'state.db'}", api={"max_attempts": 1}
+        tmp_path,
+        url,
+        f"sqlite:///{tmp_path / 'state.db'}",
+        api={"max_attempts": 1, "outage_grace_seconds": 1.0},
     )
     (tmp_path / "drop" / "a.txt").write_bytes(b"never reaches the API")
     done = subprocess.run(
@@ -124,16 +129,16 @@ def test_a_refused_connection_is_logged_as_such(tmp_path: Path) -> None:
         timeout=60,
         env={**os.environ, KEY_ENV: api_key()},
     )
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 75, done.stderr  # an outage: the document waits for the API
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    failed = [line for line in lines if line.get("path") == "a.txt" and line["level"] == "warning"]
-    assert failed and all("refused by the API" not in line["event"] for line in failed)
-    assert "could not reach the API: connection refused" in failed[-1]["error"]
+    said = [line for line in lines if line.get("pipeline") == "docs" and "reason" in line]
+    assert said and all("refused by the API" not in line["event"] for line in said)
+    assert said[0]["reason"] == "could not reach the API: connection refused"
+    assert "pipeline docs paused: the API is unreachable since" in done.stderr
     assert "ConnectError" not in done.stderr
-    error = json.loads((tmp_path / "drop" / "a.txt.error.json").read_text())["error"]
-    assert (
-        error == "gave up after 1 attempts; last error: could not reach the API: connection refused"
-    )
+    assert not (tmp_path / "drop" / "a.txt.error.json").exists()  # not the document's fault
+    (row,) = json.loads(cli(config, "jobs", "list", "--json").stdout)
+    assert (row["state"], row["attempts"]) == ("queued", 0)
 
 
 def test_emulator_help_tells_the_demo_keys_and_how_to_make_a_document_fail(
@@ -297,20 +302,24 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_jobs_list_shows_whole_errors_on_request_and_no_upload_for_an_empty_file(
-    tmp_path: Path,
+    tmp_path: Path, server: EmulatorServer
 ) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/deployment/api/org_demo/invoices/"
-    config = write_config(
-        tmp_path, url, f"sqlite:///{tmp_path / 'state.db'}", api={"max_attempts": 1}
+    config = write_config(tmp_path, deployment_url(server), f"sqlite:///{tmp_path / 'state.db'}")
+    (tmp_path / "drop" / "an-invoice-of-march.txt").write_bytes(
+        FAIL_MARKER + b": a document its execution fails"
     )
-    (tmp_path / "drop" / "a.txt").write_bytes(b"never reaches the API")
     (tmp_path / "drop" / "empty.txt").write_bytes(b"")
     assert cli(config, "run", "--once").returncode == 1
-    whole = "gave up after 1 attempts; last error: could not reach the API: connection refused"
+    whole = json.loads((tmp_path / "drop" / "an-invoice-of-march.txt.error.json").read_text())[
+        "error"
+    ]
+    assert len(whole) > ERROR_WIDTH  # the list cuts it
     listed = cli(config, "jobs", "list").stdout
     assert whole not in listed and "--full shows them whole" in listed
     rows = {line.split()[6]: line.split() for line in listed.splitlines()[1:3]}
-    assert rows["empty.txt"][3] == "0" and rows["a.txt"][3] == "1"  # the uploads column
+    assert (
+        rows["empty.txt"][3] == "0" and rows["an-invoice-of-march.txt"][3] == "1"
+    )  # the uploads column
     assert whole in cli(config, "jobs", "list", "--full").stdout
     empty = json.loads(cli(config, "jobs", "list", "--json").stdout)
     assert [(job["path"], job["attempts"]) for job in empty if job["size"] == 0] == [

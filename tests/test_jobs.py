@@ -108,6 +108,27 @@ def test_a_broken_pipeline_pauses_and_does_not_use_up_attempts() -> None:
     assert decision.pause_pipeline and decision.refund_attempt
 
 
+@pytest.mark.parametrize("attempts", [1, POLICY.max_attempts, POLICY.max_attempts + 3])
+def test_an_unreachable_api_is_the_pipelines_outage_not_the_documents_fault(attempts: int) -> None:
+    outcome = SubmitOutcome(SubmitKind.UNREACHABLE, None, None, "connection refused")
+    decision = decide_after_submit(outcome, attempts, POLICY, rng())
+    assert decision.state is JobState.QUEUED and decision.outcome is None
+    assert decision.refund_attempt  # however many attempts it had, this one is not counted
+    assert decision.pipeline_change is PipelineChange.OUTAGE
+    assert decision.pause_reason == "connection refused"
+    assert Wake.PROBE in decision.wakes
+    assert not decision.logs  # the pipeline says it once, not each document
+
+
+def test_a_poll_that_cannot_reach_the_api_waits_for_the_outage_to_end() -> None:
+    outcome = PollOutcome(PollKind.UNREACHABLE, None, 503, "the API's gateway answered: HTTP 503")
+    long_ago = POLICY.execution_deadline_seconds + 1  # even past the deadline: not a verdict
+    decision = decide_after_poll(outcome, job(state=JobState.SUBMITTED), long_ago, POLICY, rng())
+    assert decision.state is JobState.SUBMITTED and decision.outcome is None
+    assert decision.pipeline_change is PipelineChange.OUTAGE
+    assert not decision.ended  # nothing is learnt of the execution's time
+
+
 def body(*items: dict[str, Any]) -> dict[str, Any]:
     return {"status": "COMPLETED", "message": list(items)}
 

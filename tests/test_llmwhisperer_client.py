@@ -46,9 +46,10 @@ def js(body: Any) -> bytes:
         (500, js({"message": "Internal Server Error"}), SubmitKind.UNKNOWN),
         (500, b"Internal Server Error", SubmitKind.UNKNOWN),
         (504, b"<html>504 Gateway Time-out</html>", SubmitKind.UNKNOWN),
-        # a gateway with no service behind it: nothing was created
-        (502, b"<html>502 Bad Gateway</html>", SubmitKind.RETRY),
-        (503, b"<html>503 Service Temporarily Unavailable</html>", SubmitKind.RETRY),
+        # a gateway with no service behind it: nothing was created, the API is out of reach
+        (502, b"<html>502 Bad Gateway</html>", SubmitKind.UNREACHABLE),
+        (503, b"<html>503 Service Temporarily Unavailable</html>", SubmitKind.UNREACHABLE),
+        (503, js({"message": "maintenance"}), SubmitKind.RETRY),  # the service's own answer
         (413, b"<html>413</html>", SubmitKind.DOCUMENT_FAILED),
     ],
 )

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from watcher.backend import PollKind, SubmitKind, Upload
+from watcher.backend import CheckKind, PollKind, SubmitKind, Upload
 from watcher.unstract import UnstractClient, classify_poll, classify_submit
 
 EXEC_ID = "8c0d2f2e-4b8e-4d43-9d7c-2f1f0a9b3c11"
@@ -99,10 +99,13 @@ def test_submit_answers(status: int, body: bytes, kind: SubmitKind) -> None:
         (504, b"<html>504 Gateway Time-out</html>", SubmitKind.UNKNOWN),
         (504, b"", SubmitKind.UNKNOWN),
         (507, b"", SubmitKind.UNKNOWN),
-        # a gateway with no application behind it: nothing was created
-        (502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", SubmitKind.RETRY),
-        (503, b"<html>Service Unavailable</html>", SubmitKind.RETRY),
-        (503, b"", SubmitKind.RETRY),
+        # a gateway with no application behind it: nothing was created, the API is out of reach
+        (502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", SubmitKind.UNREACHABLE),
+        (503, b"<html>Service Unavailable</html>", SubmitKind.UNREACHABLE),
+        (503, b"", SubmitKind.UNREACHABLE),
+        # the application's own 502/503 (a failed presigned-URL download): it answered
+        (502, std_error("Bad Gateway", "server_error"), SubmitKind.RETRY),
+        (503, std_error("Service unavailable", "server_error"), SubmitKind.RETRY),
         (408, b"<html>408 Request Timeout</html>", SubmitKind.RETRY),
     ],
 )
@@ -144,7 +147,9 @@ def test_429_lowers_nothing_by_itself_but_is_marked() -> None:
         (403, std_error("Missing api key"), PollKind.PIPELINE_BROKEN),
         (500, std_error("Server Error (500)", "server_error"), PollKind.RETRY),
         (404, b'{"message": "no Route matched with those values"}', PollKind.RETRY),  # a gateway
-        (502, b"<html>502 Bad Gateway</html>", PollKind.RETRY),
+        (502, b"<html>502 Bad Gateway</html>", PollKind.UNREACHABLE),
+        (503, b"", PollKind.UNREACHABLE),
+        (503, std_error("Service unavailable", "server_error"), PollKind.RETRY),
         (504, b"", PollKind.RETRY),
     ],
 )
@@ -270,8 +275,9 @@ def test_poll_asks_by_execution_id_and_include_flags() -> None:
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
-        (httpx.ConnectError("refused"), SubmitKind.RETRY),  # nothing left our side
-        (httpx.ConnectTimeout("slow"), SubmitKind.RETRY),
+        (httpx.ConnectError("refused"), SubmitKind.UNREACHABLE),  # nothing left our side
+        (httpx.ConnectTimeout("slow"), SubmitKind.UNREACHABLE),
+        (httpx.PoolTimeout("busy"), SubmitKind.RETRY),  # our own pool: the API may be fine
         (httpx.ReadTimeout("no answer"), SubmitKind.UNKNOWN),  # the server may have acted
         (httpx.RemoteProtocolError("closed"), SubmitKind.UNKNOWN),
     ],
@@ -290,3 +296,46 @@ def test_transport_errors_on_poll_are_retried() -> None:
         raise httpx.ReadTimeout("no answer")
 
     assert _client(handler).poll(EXEC_ID, "a.pdf").kind is PollKind.RETRY
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (httpx.ConnectError("[Errno 111] Connection refused"), PollKind.UNREACHABLE),
+        (httpx.ConnectTimeout("slow"), PollKind.UNREACHABLE),
+        (httpx.RemoteProtocolError("closed"), PollKind.RETRY),
+    ],
+)
+def test_a_poll_that_never_reached_the_api_is_an_outage(error: Exception, kind: PollKind) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    assert _client(handler).poll(EXEC_ID, "a.pdf").kind is kind
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (
+            httpx.Response(
+                404, content=std_error(f"Execution with ID '{EXEC_ID}' does not exist.")
+            ),
+            CheckKind.OK,
+        ),
+        (httpx.Response(401, content=std_error("Unauthorized")), CheckKind.REFUSED),
+        (httpx.Response(404, content=std_error("API not found")), CheckKind.REFUSED),
+        (httpx.Response(502, content=b"<html>502 Bad Gateway</html>"), CheckKind.UNREACHABLE),
+        (httpx.Response(503, content=b""), CheckKind.UNREACHABLE),
+        (httpx.ConnectError("[Errno -2] Name or service not known"), CheckKind.UNREACHABLE),
+        (httpx.Response(200, content=b"<html>a web shop</html>"), CheckKind.UNEXPECTED),
+    ],
+)
+def test_the_harmless_check_tells_refused_from_out_of_reach(
+    answer: httpx.Response | Exception, kind: CheckKind
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert _client(handler).check().kind is kind

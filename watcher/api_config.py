@@ -67,6 +67,21 @@ class ApiBase(Strict):
     execution_deadline_seconds: float = Field(
         6 * 3600.0, gt=0, description="An execution running longer than this is given up."
     )
+    outage_probe_max_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="While the API is unreachable, the longest pause between two probes "
+        "(they start at 1 s and double); documents go on within this of its return.",
+    )
+    outage_grace_seconds: float = Field(
+        180.0,
+        ge=0,
+        le=86400,
+        description="How long the API may stay unreachable before it is a problem: then "
+        "/healthz answers 503 with the reason, the log says so as an error, a "
+        "pipeline_paused notice goes out, and `run --once` stops waiting and exits 75.",
+    )
     on_unknown_outcome: Literal["resubmit", "hold"] = Field(
         "resubmit",
         description="An upload that may or may not have reached the server (connection lost "

@@ -19,7 +19,10 @@ from typing import Any, Protocol
 
 class SubmitKind(StrEnum):
     ACCEPTED = "accepted"  # the server created an execution; its id is in the outcome
-    RETRY = "retry"  # nothing was created (refused, 429, a gateway's 502/503): try again later
+    RETRY = "retry"  # nothing was created (429, a failed staging): try again later
+    # Nothing reached the API (refused, DNS, TLS, connect timeout, a gateway's 502/503 page):
+    # an outage of the pipeline, not a fault of the document.
+    UNREACHABLE = "unreachable"
     UNKNOWN = "unknown"  # an execution may exist (cut off after sending, 500, 504)
     DOCUMENT_FAILED = "document_failed"  # the server refuses this document for good (400)
     PIPELINE_BROKEN = "pipeline_broken"  # key, URL or deployment is wrong (401/403/404)
@@ -31,7 +34,8 @@ class PollKind(StrEnum):
     COMPLETED = "completed"  # the document's result is in the body (read once: store it now)
     FAILED = "failed"  # terminal failure of this document; error says why
     RESULT_GONE = "result_gone"  # 406 or COMPLETED with message null: results consumed/expired
-    RETRY = "retry"  # transport error, 5xx, proxy page: no side effect, poll again later
+    RETRY = "retry"  # a read cut off, a 500 or 504: no side effect, poll again later
+    UNREACHABLE = "unreachable"  # as SubmitKind.UNREACHABLE: the pipeline's outage
     PIPELINE_BROKEN = "pipeline_broken"  # 401/403/404 of the deployment
     LOST = "lost"  # the server does not know this execution id
     # An execution of several files ended without this file's own answer (the server skipped
@@ -76,13 +80,24 @@ class PollOutcome:
     body: Any = None  # the decoded JSON body of a terminal answer, stored as it came
 
 
+class CheckKind(StrEnum):
+    OK = "ok"  # the API answered and accepted the key
+    REFUSED = "refused"  # the key, URL or deployment is refused (as PIPELINE_BROKEN)
+    UNREACHABLE = "unreachable"  # nothing reached the API (as SubmitKind.UNREACHABLE)
+    UNEXPECTED = "unexpected"  # something answered, but not as this API does
+
+
 @dataclass(frozen=True)
 class CheckOutcome:
     """What a harmless call (no execution created, no credits spent) found about a
-    pipeline's URL and key: `check-config --online`."""
+    pipeline's URL and key: `check-config --online`, the daemon's start, an outage's probes."""
 
-    ok: bool
+    kind: CheckKind
     found: str  # in words for people: what answered, or why it did not
+
+    @property
+    def ok(self) -> bool:
+        return self.kind is CheckKind.OK
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def exit_code(outcome: Outcome, once: bool) -> int:
     for name, reason in outcome.paused.items():
         print(
             f"unstract-watcher: pipeline {name} paused: {reason}; its documents stay "
-            "queued until the key or URL is fixed",
+            "queued for a run once that is fixed",
             file=sys.stderr,
         )
     if outcome.paused:

@@ -86,6 +86,7 @@ class Wakes:
     discovery: threading.Event = field(default_factory=threading.Event)  # a watch event came
     # A lease may be in doubt (the store sets it: a write's answer was lost): the heartbeat looks.
     heartbeat: threading.Event = field(default_factory=threading.Event)
+    probe: threading.Event = field(default_factory=threading.Event)  # an API went out of reach
 
     @classmethod
     def for_workers(
@@ -101,6 +102,7 @@ class Wakes:
             Wake.UPLOADS: self.work,
             Wake.POLLS: self.submitted,
             Wake.FINISHER: self.finished,
+            Wake.PROBE: self.probe,
         }
         for wake in wakes:
             signals[wake].set()
@@ -111,6 +113,7 @@ class Wakes:
         self.finished.set()
         self.discovery.set()
         self.heartbeat.set()
+        self.probe.set()
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,10 @@ class Context:
     owner: str  # this instance's name on the claims it takes
     metrics: Metrics
     wakes: Wakes
+
+    def reachable(self) -> list[str]:
+        """The pipelines whose API is not out of reach: their executions may be polled."""
+        return [name for name, p in self.pipelines.items() if p.outage is None]
 
     def hold_pipelines(self) -> list[str]:
         """Pipelines whose interrupted uploads wait for an operator instead of a resubmit."""
@@ -186,7 +193,13 @@ class ContextLoop(Loop):
     def carry_out(self, decision: Decision, pipeline: Pipeline) -> None:
         """What a recorded decision asks for besides its row: the pipeline's change, its log
         lines and counters, and the loops it gives work to."""
-        pipeline.apply(decision.pipeline_change, decision.pause_reason, decision.delay_seconds)
+        if decision.pipeline_change is not None:
+            pipeline.apply(
+                decision.pipeline_change,
+                decision.pause_reason,
+                decision.delay_seconds,
+                self.store.clock(),
+            )
         if decision.error_kind is not None:
             self.metrics.errors.labels(pipeline.name, decision.error_kind).inc()
         if decision.retry_stage is not None:

@@ -40,6 +40,7 @@ from watcher.logs import get_logger
 from watcher.metrics import Metrics, serve_metrics
 from watcher.notify import Notifier
 from watcher.output import remove_stale_temps
+from watcher.probe import Prober
 from watcher.reconcile import Reconciler, report_released
 from watcher.runtime import Pipeline, build_pipeline
 from watcher.store import TRANSIENT_DB_ERRORS, Store, db_error_text
@@ -113,6 +114,7 @@ class Daemon:
         self.discovery = Discovery(self.live)
         self.finisher = Finisher(self.live)
         self.heartbeat = Heartbeat(self.live)
+        self.prober = Prober(self.live)
         self.metrics_server: Any = None
         self._retired: list[Pipeline] = []  # replaced by a reload; closed at the end
         self._announce = settings.notify is not None  # pauses and resumes go to the outbox
@@ -204,7 +206,7 @@ class Daemon:
         loops: list[Loop] = [self.discovery]
         loops += [Uploader(self.live, index) for index in range(workers.upload_workers)]
         loops += [Reconciler(self.live, index) for index in range(workers.poll_workers)]
-        loops += [self.finisher, self.heartbeat]
+        loops += [self.finisher, self.heartbeat, self.prober]
         if context.settings.notify is not None:
             loops.append(Notifier(self.live, context.settings.notify))
         return loops
@@ -304,9 +306,11 @@ class Daemon:
             notify("WATCHDOG=1")
 
     def drained(self) -> bool:
-        """Nothing pending, in flight or unwritten (after the first listing of every folder),
-        or a pipeline is paused: its documents would wait for a fix that `once` cannot get."""
-        if not self.discovery.first_pass_done.is_set():
+        """Nothing pending, in flight or unwritten (after the first listing of every folder
+        and every pipeline's start check), or a pipeline is paused (refused, or out of reach
+        past its grace): its documents would wait for a fix that `once` cannot get."""
+        started = (self.discovery.first_pass_done, self.prober.first_round_done)
+        if not all(event.is_set() for event in started):
             return False
         if self.paused_pipelines():
             return True
@@ -317,6 +321,10 @@ class Daemon:
         unreachable = self.store.unreachable_reason()
         problems = [f"database: {unreachable}"] if unreachable else []
         problems += self.discovery.problems()
+        for name, pipeline in self.pipelines.items():
+            outage = pipeline.unreachable_past_grace()
+            if outage is not None:
+                problems.append(f"pipeline {name}: {outage.describe()}")
         return problems + [f"stuck: {name}" for name in self.hung_loops()]
 
     def hung_loops(self) -> list[str]:
@@ -346,7 +354,16 @@ class Daemon:
         return figures + (f"; paused: {paused}" if paused else "")
 
     def paused_pipelines(self) -> dict[str, str]:
-        return {name: p.paused_reason for name, p in self.pipelines.items() if p.is_paused()}
+        """Pipelines whose documents cannot go on, and why: the API refused the key or the
+        deployment, or has been out of reach for longer than its grace."""
+        paused = {}
+        for name, pipeline in self.pipelines.items():
+            outage = pipeline.unreachable_past_grace()
+            if outage is not None:
+                paused[name] = outage.describe()
+            elif pipeline.is_refused():
+                paused[name] = pipeline.paused_reason
+        return paused
 
     def progress(self) -> Progress:
         # Outcomes first: a job that finishes between the two reads is then in neither, never

@@ -119,6 +119,7 @@ class Wake(StrEnum):
     UPLOADS = "uploads"  # a job is queued again, or a slot of max_in_flight came free
     POLLS = "polls"  # an execution id was recorded
     FINISHER = "finisher"  # an outcome was stored
+    PROBE = "probe"  # the API is out of reach: the prober takes over the pipeline
 
 
 class PipelineChange(StrEnum):
@@ -127,6 +128,7 @@ class PipelineChange(StrEnum):
     ACCEPTED = "accepted"  # an upload got through: one more at once, and any pause is over
     RATE_LIMITED = "rate_limited"  # 429: fewer uploads at once
     PAUSE = "pause"  # the key, URL or deployment is refused: no uploads for a while
+    OUTAGE = "outage"  # nothing reaches the API: no uploads or polls until a probe gets through
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,9 @@ class StoredCopy:
     body: Any
 
 
+# Due again this soon: the pipeline's outage keeps its uploads and polls back meanwhile, and
+# they go as soon as a probe gets through.
+OUT_OF_REACH_RECHECK_SECONDS = 1.0
 FINISH = frozenset({Wake.FINISHER})
 ENDED_KINDS = (PollKind.COMPLETED, PollKind.FAILED, PollKind.READY, PollKind.UNANSWERED)
 ENDED = frozenset({Wake.FINISHER, Wake.UPLOADS})  # an outcome to write, a slot came free
@@ -251,6 +256,9 @@ def decide_after_submit(
     if kind is SubmitKind.DOCUMENT_FAILED:
         error = f"the API refused the document: {outcome.error}"
         return _upload_failed("document refused by the API", error)
+    if kind is SubmitKind.UNREACHABLE:
+        # Not the document's fault, so not its attempt: it goes once the API answers again.
+        return replace(_out_of_reach(outcome.error), state=JobState.QUEUED, refund_attempt=True)
     if kind is SubmitKind.PIPELINE_BROKEN:
         reason = outcome.error or f"HTTP {outcome.http_status}"
         return Decision(
@@ -291,6 +299,19 @@ def decide_after_submit(
     decision = Decision(JobState.QUEUED, backoff_seconds(attempts, policy, rng), outcome.error)
     return _upload_again(
         decision, outcome, "upload_unknown" if kind is SubmitKind.UNKNOWN else "upload"
+    )
+
+
+def _out_of_reach(error: str) -> Decision:
+    """The API did not get the request: the pipeline is in an outage (it says so itself)."""
+    return Decision(
+        JobState.SUBMITTED,
+        OUT_OF_REACH_RECHECK_SECONDS,
+        error,
+        pipeline_change=PipelineChange.OUTAGE,
+        pause_reason=error,
+        wakes=frozenset({Wake.PROBE}),
+        error_kind="api_unreachable",
     )
 
 
@@ -364,6 +385,8 @@ def _poll_decision(
         return _result_gone(outcome, job, policy, rng, stored)
     if kind is PollKind.UNANSWERED:
         return _execution_ended(_unanswered(outcome, job, policy), outcome)
+    if kind is PollKind.UNREACHABLE:
+        return _out_of_reach(outcome.error)  # polled again as soon as a probe gets through
     if kind is PollKind.PIPELINE_BROKEN:
         return Decision(
             JobState.SUBMITTED,

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from watcher.api_config import LLMWhispererApiConfig
 from watcher.backend import (
+    CheckKind,
     CheckOutcome,
     DocumentResult,
     PollKind,
@@ -31,13 +32,21 @@ from watcher.filters import as_text
 from watcher.flatten import result_cells
 from watcher.http import ApiHttp
 from watcher.output import side_path
-from watcher.unstract import NOT_SENT_ERRORS, decode_json, http_options, transport_error
+from watcher.unstract import (
+    check_transport_error,
+    decode_json,
+    gateway_error,
+    http_options,
+    is_gateway_page,
+    poll_transport_error,
+    submit_transport_error,
+)
 
 RUNNING_STATUSES = {"accepted", "processing"}
 READY_STATUSES = {"processed", "webhook_retries_exceeded"}
 GONE_STATUSES = {"retrieved", "delivered"}
 BROKEN_CODES = {401, 402, 403, 404}
-# A gateway's 502/503: it found no service to hand the request to, so nothing was created.
+# A 502/503: a gateway found no service to hand the request to, so nothing was created.
 NOT_ACTED_ON_CODES = {502, 503}
 # The options of POST /whisper, by their config names and in the order they are sent:
 # ALWAYS_SENT always, the others when the config differs from the service's default.
@@ -105,6 +114,8 @@ def classify_submit(
         # 5xx are undocumented (section 1.4): a 500 may come after the whisper was created,
         # and a gateway's 504 gave up while the service went on. It may exist.
         return SubmitOutcome(SubmitKind.UNKNOWN, None, status_code, error)
+    if is_gateway_page(status_code, body):
+        return SubmitOutcome(SubmitKind.UNREACHABLE, None, status_code, gateway_error(error))
     return SubmitOutcome(SubmitKind.RETRY, None, status_code, error)
 
 
@@ -125,7 +136,15 @@ def classify_status(status_code: int, content: bytes) -> PollOutcome:
         return PollOutcome(PollKind.LOST, None, status_code, message)
     if status_code == 400 and _says_unknown(message):
         return PollOutcome(PollKind.LOST, None, status_code, message)
-    return PollOutcome(PollKind.RETRY, None, status_code, message or f"HTTP {status_code}")
+    return _poll_retry(status_code, body, message)
+
+
+def _poll_retry(status_code: int, body: Any, message: str) -> PollOutcome:
+    """An answer that says nothing about the whisper: a gateway's page, or a passing error."""
+    said = message or f"HTTP {status_code}"
+    if is_gateway_page(status_code, body):
+        return PollOutcome(PollKind.UNREACHABLE, None, status_code, gateway_error(said))
+    return PollOutcome(PollKind.RETRY, None, status_code, said)
 
 
 def _classify_status_value(status: str, status_code: int, message: str) -> PollOutcome:
@@ -156,20 +175,22 @@ def classify_retrieve(status_code: int, content: bytes) -> PollOutcome:
         return PollOutcome(PollKind.RESULT_GONE, "retrieved", status_code, message)
     if status_code in (400, 404) and _says_unknown(message):
         return PollOutcome(PollKind.LOST, None, status_code, message)
-    return PollOutcome(PollKind.RETRY, None, status_code, message or f"HTTP {status_code}")
+    return _poll_retry(status_code, body, message)
 
 
 def classify_check(status_code: int, content: bytes) -> CheckOutcome:
     """The answer to GET /get-usage-info (section 4.3), which costs nothing."""
     body = decode_json(content)
     if status_code == 200 and isinstance(body, dict) and "subscription_plan" in body:
-        return CheckOutcome(True, f"the service accepted the key ({_usage(body)})")
+        return CheckOutcome(CheckKind.OK, f"the service accepted the key ({_usage(body)})")
     message = _message(body, content)
     if status_code in BROKEN_CODES:
-        return CheckOutcome(False, refusal(status_code, message))
+        return CheckOutcome(CheckKind.REFUSED, refusal(status_code, message))
     said = message[:80]
     found = f"HTTP {status_code}{': ' + said if said else ''}"
-    return CheckOutcome(False, f"not an answer of LLMWhisperer v2 ({found})")
+    if is_gateway_page(status_code, body):
+        return CheckOutcome(CheckKind.UNREACHABLE, gateway_error(found))
+    return CheckOutcome(CheckKind.UNEXPECTED, f"not an answer of LLMWhisperer v2 ({found})")
 
 
 def _usage(body: dict[str, Any]) -> str:
@@ -219,10 +240,8 @@ class LLMWhispererClient:
             response = self._http.post(
                 "whisper", params=params, content=upload.content, headers=headers
             )
-        except NOT_SENT_ERRORS as exc:
-            return SubmitOutcome(SubmitKind.RETRY, error=transport_error(exc))
         except httpx.HTTPError as exc:
-            return SubmitOutcome(SubmitKind.UNKNOWN, error=transport_error(exc))
+            return submit_transport_error(exc)
         return classify_submit(response.status_code, response.content, response.headers)
 
     def submit_files(self, uploads: Sequence[Upload]) -> SubmitOutcome:
@@ -243,14 +262,14 @@ class LLMWhispererClient:
         try:
             response = self._http.get("get-usage-info")
         except httpx.HTTPError as exc:
-            return CheckOutcome(False, transport_error(exc))
+            return check_transport_error(exc)
         return classify_check(response.status_code, response.content)
 
     def _get(self, path: str, whisper_hash: str, classify: Any) -> PollOutcome:
         try:
             response = self._http.get(path, params={"whisper_hash": whisper_hash})
         except httpx.HTTPError as exc:
-            return PollOutcome(PollKind.RETRY, error=transport_error(exc))
+            return poll_transport_error(exc)
         outcome: PollOutcome = classify(response.status_code, response.content)
         return outcome
 

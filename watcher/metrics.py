@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -62,6 +62,12 @@ class Metrics:
             PREFIX + "notices",
             "Webhook notice tries by event and outcome",
             [*labels, "event", "outcome"],
+            registry=r,
+        )
+        self.unreachable = Gauge(
+            PREFIX + "api_unreachable_seconds",
+            "How long this instance has found the pipeline's API out of reach (0: reachable)",
+            labels,
             registry=r,
         )
         if store is not None:

@@ -67,7 +67,7 @@ class Reconciler(ContextLoop):
         wakes us."""
         looks = self.sweeps and not self.store.sole_writer
         longest = MAX_IDLE_SECONDS if looks else HELPER_MAX_IDLE_SECONDS
-        due_in = self.due_in(self.last_look, self.store.next_poll_due_in, list(self.pipelines))
+        due_in = self.due_in(self.last_look, self.store.next_poll_due_in, self.context.reachable())
         if due_in is None:
             return longest
         return min(longest, max(0.0, due_in))
@@ -87,7 +87,7 @@ class Reconciler(ContextLoop):
 
     def poll_due(self, stop: threading.Event) -> int:
         """Poll every execution whose next poll is due; return how many were polled."""
-        due = self.store.claim_due_polls(self.owner, self._batch(), list(self.pipelines))
+        due = self.store.claim_due_polls(self.owner, self._batch(), self.context.reachable())
         polled: set[int] = set()  # each poll ends its jobs' claims; the rest are let go
         try:
             for execution in by_execution(due):
@@ -108,6 +108,10 @@ class Reconciler(ContextLoop):
     def _poll_claimed(self, execution: list[Job]) -> None:
         pipeline = self.pipelines.get(execution[0].pipeline)
         if pipeline is None:  # removed by a reload: its jobs wait for it to return
+            for job in execution:
+                self.store.release_poll(job)
+            return
+        if pipeline.outage is not None:  # since the claim: polled once a probe gets through
             for job in execution:
                 self.store.release_poll(job)
             return
@@ -165,7 +169,11 @@ class Reconciler(ContextLoop):
     @staticmethod
     def learn_duration(job: Job, pipeline: Pipeline, elapsed: float, files: int = 1) -> None:
         """Learnt per round of files (an execution of n takes about file_rounds(n) file
-        times), so one estimate serves executions of any size."""
+        times), so one estimate serves executions of any size; and only from executions
+        whose end could be seen on time (none that ran through an outage)."""
+        if job.submitted_at is not None:
+            if not pipeline.saw_on_time(job.submitted_at, job.submitted_at + elapsed):
+                return
         polled_before = None  # when a poll last saw it running
         if job.poll_count and job.submitted_at is not None:
             polled_before = (job.updated_at - job.submitted_at) / file_rounds(files)

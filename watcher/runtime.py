@@ -13,6 +13,7 @@ from watcher.backends import build_backend
 from watcher.config import PipelineConfig
 from watcher.jobs import PipelineChange
 from watcher.logs import get_logger
+from watcher.outage import Blind, Outage
 from watcher.output import Placement
 from watcher.schedule import Estimate, RetryPolicy
 
@@ -32,6 +33,10 @@ class Pipeline:
     # done rather than on a fixed schedule (see Estimate). Replaced whole, under the lock.
     estimate: Estimate = field(default_factory=Estimate)
     on_pause_change: Callable[[str], None] | None = None  # called with the reason, or ""
+    # Nothing reaches the API: no uploads or polls until the prober gets an answer. Read
+    # without the lock (one attribute load); replaced whole, under it.
+    outage: Outage | None = None
+    blind: Blind = field(default_factory=Blind)  # past outages, for what the estimate learns
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -88,19 +93,81 @@ class Pipeline:
                 ceiling, self.allowed_in_flight + 1 / self.allowed_in_flight
             )
 
-    def apply(self, change: PipelineChange | None, reason: str, delay_seconds: float) -> None:
-        """What an answer taught about the pipeline as a whole."""
+    def apply(
+        self, change: PipelineChange | None, reason: str, delay_seconds: float, clock_now: float
+    ) -> None:
+        """What an answer taught about the pipeline as a whole (`clock_now`: the database's
+        clock, for an outage's start or end)."""
         if change is PipelineChange.ACCEPTED:
             self.on_accepted()
+            if self.outage is not None:  # it got through: the outage is over
+                self.end_outage(clock_now)
             if self.paused_reason:  # the API takes our uploads again: the pause is over
                 self.resume()
         elif change is PipelineChange.RATE_LIMITED:
             self.on_rate_limited()
         elif change is PipelineChange.PAUSE:
             self.pause(reason, delay_seconds)
+        elif change is PipelineChange.OUTAGE:
+            self.begin_outage(reason, clock_now)
 
     def is_paused(self, now: float | None = None) -> bool:
+        """No uploads now: refused for a while, or out of reach."""
+        return self.outage is not None or self.is_refused(now)
+
+    def is_refused(self, now: float | None = None) -> bool:
+        """The API refused the key or deployment, and its recheck is not due yet."""
         return self.paused_until > (time.monotonic() if now is None else now)
+
+    def begin_outage(self, reason: str, clock_now: float) -> bool:
+        """Nothing reaches the API: stop uploads and polls until a probe gets through.
+        Returns whether this began one (one warning per outage, however many answers)."""
+        cap = self.config.api.outage_probe_max_seconds
+        with self._lock:
+            if self.outage is not None:
+                return False
+            self.outage = Outage.begin(reason, time.monotonic(), clock_now, cap)
+        log.warning(
+            "API unreachable; the pipeline waits (no document fails for it) and probes it",
+            pipeline=self.name,
+            reason=reason,
+        )
+        return True
+
+    def probed_unreachable(self, reason: str) -> None:
+        with self._lock:
+            if self.outage is not None:
+                cap = self.config.api.outage_probe_max_seconds
+                self.outage = self.outage.probed(reason, time.monotonic(), cap)
+
+    def end_outage(self, clock_now: float) -> Outage | None:
+        """The API answered: uploads and polls go on. Returns the outage that ended."""
+        with self._lock:
+            outage, self.outage = self.outage, None
+            if outage is not None:
+                self.blind = self.blind.after(outage.began_at, clock_now)
+        if outage is not None:
+            log.info(
+                "API reachable again; pipeline resumed",
+                pipeline=self.name,
+                unreachable_seconds=round(outage.age(time.monotonic()), 1),
+            )
+        return outage
+
+    def saw_on_time(self, submitted_at: float, asked_at: float) -> bool:
+        """Whether an execution's end could be seen when it came: it ran through no outage
+        (whose end showed only once the API was back)."""
+        outage = self.outage
+        ongoing = outage.began_at if outage is not None else None
+        return not self.blind.hides(submitted_at, asked_at, ongoing)
+
+    def unreachable_past_grace(self, now: float | None = None) -> Outage | None:
+        """The outage, once it lasted longer than the pipeline tolerates (a problem then)."""
+        outage = self.outage
+        now = time.monotonic() if now is None else now
+        if outage is None or outage.age(now) < self.config.api.outage_grace_seconds:
+            return None
+        return outage
 
     def pause(self, reason: str, seconds: float) -> None:
         """Stop uploading for a while; the first pause with a new reason is logged as an error."""

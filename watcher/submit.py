@@ -126,7 +126,7 @@ class Uploader(ContextLoop):
         """Upload the claimed jobs of one execution; return the next claim if made
         meanwhile, and whether to claim straight away otherwise."""
         pipeline = self.pipelines.get(claim[0].pipeline)
-        if pipeline is None:  # removed by a reload since the claim
+        if pipeline is None or pipeline.outage is not None:  # removed, or out of reach since
             for job in claim:
                 self._put_back(job)
             return [], True

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from watcher.api_config import ApiBase, UnstractApiConfig
 from watcher.backend import (
+    CheckKind,
     CheckOutcome,
     DocumentResult,
     PollKind,
@@ -37,7 +38,10 @@ from watcher.http import ApiHttp
 RUNNING_STATUSES = {"PENDING", "EXECUTING", "READY", "QUEUED", "INITIATED"}
 FAILED_STATUSES = {"ERROR", "STOPPED"}
 # Transport errors raised before any byte of the request left: nothing can exist remotely.
-NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Connecting failed (refused, DNS, TLS, timeout): the API is out of reach, an outage.
+UNREACHABLE_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+# Our own pool had no free connection in time: nothing was sent, but the API may be fine.
+NOT_SENT_ERRORS = (*UNREACHABLE_ERRORS, httpx.PoolTimeout)
 BROKEN_PIPELINE_CODES = {401, 403, 404}
 # 5xx answers that prove nothing was created: the application's own 502 is a failed
 # presigned-URL download, before any execution exists (section 3), and a proxy's 502/503 page
@@ -93,7 +97,19 @@ def classify_submit(status_code: int, content: bytes) -> SubmitOutcome:
         # An unhandled 500 may come after the execution was created (sections 7 and 11),
         # and a gateway's 504 gave up while the server went on: it may exist.
         return SubmitOutcome(SubmitKind.UNKNOWN, None, status_code, error)
+    if is_gateway_page(status_code, body):
+        return SubmitOutcome(SubmitKind.UNREACHABLE, None, status_code, gateway_error(error))
     return SubmitOutcome(SubmitKind.RETRY, None, status_code, error)
+
+
+def is_gateway_page(status_code: int, body: Any) -> bool:
+    """A 502/503 that the application did not write (its answers are JSON objects): a proxy
+    or load balancer found no server to hand the request to."""
+    return status_code in NOT_ACTED_ON_CODES and not isinstance(body, dict)
+
+
+def gateway_error(said: str) -> str:
+    return f"the API's gateway answered: {said}"
 
 
 def _classify_execution_answer(
@@ -126,6 +142,8 @@ def classify_execution(status_code: int, content: bytes) -> PollOutcome:
         # The server's own answer about this id (section 8); any other 400/404, such as a
         # gateway's, is not proof that the execution is gone.
         return PollOutcome(PollKind.LOST, None, status_code, error)
+    if is_gateway_page(status_code, body):
+        return PollOutcome(PollKind.UNREACHABLE, None, status_code, gateway_error(error))
     return PollOutcome(PollKind.RETRY, None, status_code, error)
 
 
@@ -215,14 +233,19 @@ def classify_check(status_code: int, content: bytes) -> CheckOutcome:
     """The Status API's answer for an execution that cannot exist. The server checks the
     header (403), the deployment (404 "API not found") and the key (401) before it looks for
     the execution (404 "... does not exist"), so that last answer proves URL and key."""
-    error = std_error_text(decode_json(content))
+    body = decode_json(content)
+    error = std_error_text(body)
     if status_code == 404 and "does not exist" in error:
-        return CheckOutcome(True, "the deployment answered and accepted the key")
+        return CheckOutcome(CheckKind.OK, "the deployment answered and accepted the key")
     if status_code in (401, 403) or (status_code == 404 and "API not found" in error):
-        return CheckOutcome(False, refusal(status_code, error))
+        return CheckOutcome(CheckKind.REFUSED, refusal(status_code, error))
     said = error or _short(content)[:80]
     found = f"HTTP {status_code}{': ' + said if said else ''}"
-    return CheckOutcome(False, f"not an answer of an Unstract API deployment ({found})")
+    if is_gateway_page(status_code, body):
+        return CheckOutcome(CheckKind.UNREACHABLE, gateway_error(found))
+    return CheckOutcome(
+        CheckKind.UNEXPECTED, f"not an answer of an Unstract API deployment ({found})"
+    )
 
 
 @dataclass(frozen=True)
@@ -298,10 +321,8 @@ class UnstractClient:
         files = [("files", (u.file_name, u.content, u.content_type)) for u in uploads]
         try:
             response = self._http.post(data=self._form, files=files)
-        except NOT_SENT_ERRORS as exc:
-            return SubmitOutcome(SubmitKind.RETRY, error=transport_error(exc))
         except httpx.HTTPError as exc:
-            return SubmitOutcome(SubmitKind.UNKNOWN, error=transport_error(exc))
+            return submit_transport_error(exc)
         return classify_submit(response.status_code, response.content)
 
     def poll(self, execution_id: str, file_name: str) -> PollOutcome:
@@ -312,14 +333,14 @@ class UnstractClient:
         try:
             response = self._http.get(params=params)
         except httpx.HTTPError as exc:
-            return PollOutcome(PollKind.RETRY, error=transport_error(exc))
+            return poll_transport_error(exc)
         return classify_execution(response.status_code, response.content)
 
     def check(self) -> CheckOutcome:
         try:
             response = self._http.get(params={"execution_id": NO_SUCH_EXECUTION})
         except httpx.HTTPError as exc:
-            return CheckOutcome(False, transport_error(exc))
+            return check_transport_error(exc)
         return classify_check(response.status_code, response.content)
 
     def close(self) -> None:
@@ -345,6 +366,26 @@ def http_options(api: ApiBase) -> dict[str, Any]:
         "read_timeout": api.read_timeout_seconds,
         "max_connections": api.max_in_flight + 4,
     }
+
+
+def submit_transport_error(exc: httpx.HTTPError) -> SubmitOutcome:
+    """An upload that raised: out of reach, not sent (our pool was full), or cut off after
+    sending (an execution may exist)."""
+    if isinstance(exc, UNREACHABLE_ERRORS):
+        return SubmitOutcome(SubmitKind.UNREACHABLE, error=transport_error(exc))
+    if isinstance(exc, NOT_SENT_ERRORS):
+        return SubmitOutcome(SubmitKind.RETRY, error=transport_error(exc))
+    return SubmitOutcome(SubmitKind.UNKNOWN, error=transport_error(exc))
+
+
+def poll_transport_error(exc: httpx.HTTPError) -> PollOutcome:
+    kind = PollKind.UNREACHABLE if isinstance(exc, UNREACHABLE_ERRORS) else PollKind.RETRY
+    return PollOutcome(kind, error=transport_error(exc))
+
+
+def check_transport_error(exc: httpx.HTTPError) -> CheckOutcome:
+    kind = CheckKind.UNREACHABLE if isinstance(exc, UNREACHABLE_ERRORS) else CheckKind.UNEXPECTED
+    return CheckOutcome(kind, transport_error(exc))
 
 
 def transport_error(exc: httpx.HTTPError) -> str:

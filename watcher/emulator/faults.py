@@ -68,6 +68,9 @@ class Faults(FaultKnobs):
     post_staging_error: int = 0
     # POST or GET answers 502 with an nginx HTML page; nothing reaches the application.
     proxy_html: int = 0
+    # Every request answers 503 with a load balancer's HTML page until cleared (the API's
+    # maintenance window); nothing reaches the application.
+    gateway_down: bool = False
     # GET answers 500 std-error with no side effect.
     get_error: int = 0
     # Sleep this long before handling every API request.
@@ -88,6 +91,9 @@ class WhisperFaults(FaultKnobs):
     post_drop_after_create: int = 0
     # Any request answers 502 with an nginx HTML page; nothing reaches the service.
     proxy_html: int = 0
+    # Every request answers 503 with a load balancer's HTML page until cleared (the
+    # service's maintenance window); nothing reaches the service.
+    gateway_down: bool = False
     # Any request answers 429 with Retry-After; nothing reaches the service.
     rate_limited: int = 0
     # GET whisper-status answers 500 with no side effect.

@@ -27,6 +27,7 @@ from .responses import (
     bad_gateway_page,
     dropped_connection,
     json_response,
+    unavailable_page,
 )
 from .stats import WhisperCounters, WhisperStats, usage_info
 from .whisper_jobs import StatusDialect, StatusGeneration, Whisper, parse_generation
@@ -214,6 +215,8 @@ class LLMWhispererEmulator:
             self._count_request(endpoint, request)
             if self.faults.take("proxy_html"):
                 return bad_gateway_page()
+            if self.faults.gateway_down:
+                return unavailable_page()
             if self.faults.take("rate_limited"):
                 self._counters.rate_limited += 1
                 retry_after = (("Retry-After", str(self.faults.retry_after_seconds)),)

@@ -28,6 +28,12 @@ NGINX_502_HTML = (
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     "</body>\r\n</html>\r\n"
 )
+NGINX_503_HTML = (
+    "<html>\r\n<head><title>503 Service Temporarily Unavailable</title></head>\r\n<body>\r\n"
+    "<center><h1>503 Service Temporarily Unavailable</h1></center>\r\n"
+    "<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,11 @@ def not_found_page() -> Response:
 
 def bad_gateway_page() -> Response:
     return html_response(502, NGINX_502_HTML)
+
+
+def unavailable_page() -> Response:
+    """A load balancer's page when no server stands behind it (the API's maintenance)."""
+    return html_response(503, NGINX_503_HTML)
 
 
 def dropped_connection() -> Response:

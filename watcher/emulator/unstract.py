@@ -40,6 +40,7 @@ from .responses import (
     not_found_page,
     server_error,
     std_error,
+    unavailable_page,
     validation_error,
 )
 from .results import FileResult, RunContext, build_results, shape_results, stage_files
@@ -216,6 +217,8 @@ class UnstractEmulator:
             self._count_request(method, request)
             if self.faults.take("proxy_html"):
                 return bad_gateway_page()
+            if self.faults.gateway_down:
+                return unavailable_page()
             if self.faults.unauthorized:
                 return std_error(401, "Unauthorized")
             kind = "get_error" if method == "GET" else "post_error_before_create"

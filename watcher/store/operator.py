@@ -257,3 +257,11 @@ def record_pause(store: Store, name: str, reason: str, announce: bool = False) -
         conn.execute(upsert)
         draft = pause_draft(name, before or "", reason) if announce else None
         add_notices(conn, [draft] if draft else [], store.clock())
+
+
+def announce_pause(store: Store, name: str, reason: str) -> None:
+    """The notice of a pause recorded without one: an API outage, once past its grace (a
+    short one is no news). Its end then goes out as `record_pause` with `announce`."""
+    draft = pause_draft(name, "", reason)
+    with store.db.write() as conn:
+        add_notices(conn, [draft] if draft else [], store.clock())
