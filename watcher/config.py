@@ -432,17 +432,21 @@ def environment_problems(
     settings: Settings, *, skip_systemd_credentials: bool = False
 ) -> list[str]:
     """Checks that need the filesystem and the environment: every problem found."""
+    from watcher import setup_check  # it reads this module's models
+
     problems = []
     for index, pipeline in enumerate(settings.pipelines):
         label = pipeline_label(index, pipeline.name)
         problems += _pipeline_problems(label, pipeline, skip_systemd_credentials)
+    problems += setup_check.database_problems(settings.database.url)
     return problems + _overlaps(settings)
 
 
 def _pipeline_problems(label: str, pipeline: PipelineConfig, skip_credentials: bool) -> list[str]:
-    problems = []
-    if not pipeline.watch_dir.is_dir():
-        problems.append(_no_watch_dir(label, pipeline.watch_dir))
+    from watcher import setup_check
+
+    # Its folders, as the daemon's user may use them.
+    problems = setup_check.pipeline_problems(label, pipeline)
     if pipeline.after_success == "move" and pipeline.archive_dir == "":
         problems.append(f"{label}.archive_dir: required when after_success = 'move'")
     if not (skip_credentials and is_credential_elsewhere(pipeline.api)):
@@ -478,7 +482,7 @@ def _invalid_pipeline_problems(
     """A pipeline that does not validate: its folder, and its key if its api table is valid."""
     problems = []
     folder = item.get("watch_dir")
-    if isinstance(folder, str) and not Path(folder).is_dir():
+    if isinstance(folder, str) and not os.path.isdir(folder):
         problems.append(_no_watch_dir(label, Path(folder)))
     try:
         api: ApiBase = _api_table().validate_python(item.get("api"))

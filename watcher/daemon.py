@@ -42,6 +42,7 @@ from watcher.notify import Notifier
 from watcher.output import remove_stale_temps
 from watcher.reconcile import Reconciler, report_released
 from watcher.runtime import Pipeline, build_pipeline
+from watcher.setup_check import create_missing
 from watcher.store import TRANSIENT_DB_ERRORS, Store, db_error_text
 from watcher.store.operator import held_jobs, record_pause
 from watcher.submit import Uploader
@@ -180,6 +181,7 @@ class Daemon:
         store = context.store
         store.lock_for_daemon(context.owner)
         report_released(*store.release_leftover_claims(context.owner, context.hold_pipelines()))
+        create_missing(context.settings)
         # With SQLite we are the only writer, so every temp file of ours is a crash's leftover.
         self._tidy_folders(temp_age=0.0 if store.sole_writer else STALE_TEMP_SECONDS)
         for name, pipeline in context.pipelines.items():
@@ -380,6 +382,7 @@ class Daemon:
             notify("READY=1")
             return False
         configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+        create_missing(settings)
         self.live.swap(fresh)
         self._retired += old.pipelines.values()
         for name, pipeline in fresh.pipelines.items():
