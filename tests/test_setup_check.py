@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,10 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import KEY_ENV, api_key, deployment_url, write_config
+from harness import KEY_ENV, api_key, deployment_url, mounted_tmpfs, write_config
 
-from watcher.cli import EXIT_CONFIG
-from watcher.emulator import EmulatorServer
+from watcher import config as config_module
+from watcher.cli import EXIT_CANT_WRITE, EXIT_CONFIG, EXIT_NO_INPUT, exit_code
+from watcher.daemon import Daemon
+from watcher.emulator import EmulatorServer, UnstractEmulator
+from watcher.store import Store
 
 NOBODY = 65534
 UNUSED_API = "http://127.0.0.1:9/deployment/api/org/api/"
@@ -59,6 +63,13 @@ def nobody_config(shared: Path, url: str = UNUSED_API, **pipeline: object) -> Pa
     )
     for path in [shared / "drop", shared / "db", *map(Path, folders.values())]:
         path.mkdir(parents=True, exist_ok=True)
+        os.chown(path, NOBODY, NOBODY)
+    # The schema made here: its upgrade runs Python anew, which nobody may not reach (pyenv's
+    # interpreter under /root).
+    store = Store(f"sqlite:///{shared / 'db' / 'state.db'}")
+    store.upgrade()
+    store.close()
+    for path in (shared / "db").iterdir():
         os.chown(path, NOBODY, NOBODY)
     return config
 
@@ -147,3 +158,64 @@ def test_a_watch_dir_behind_a_closed_folder_is_named_without_a_traceback(shared:
     assert done.returncode == EXIT_CONFIG
     assert "Traceback" not in done.stderr
     assert f'("docs").watch_dir: {closed / "drop"} cannot be reached by user' in done.stderr
+
+
+def test_run_once_ends_naming_a_folder_it_cannot_write_and_the_next_run_writes_it(
+    shared: Path, server: EmulatorServer, emulator: UnstractEmulator
+) -> None:
+    config = nobody_config(shared, url=deployment_url(server), output_dir=shared / "out")
+    (shared / "drop" / "sub").mkdir()
+    (shared / "drop" / "sub" / "a.txt").write_bytes(b"a's result has nowhere to go")
+    (shared / "drop" / "b.txt").write_bytes(b"b's result is written")
+    (shared / "out" / "sub").mkdir()  # root's: nobody cannot write a.txt's result there
+    done = as_nobody("run", "--once", "--config", str(config))
+    assert done.returncode == EXIT_CANT_WRITE, done.stderr[-3000:]
+    problem = f"results cannot be written: {shared}/out/sub: Permission denied"
+    assert f"unstract-watcher: {problem}; the results stay stored" in done.stderr
+    logged = [line for line in done.stderr.splitlines() if line.startswith("{")]
+    assert len([line for line in logged if problem in line]) == 1, done.stderr[-3000:]
+    assert not [line for line in logged if "answer was lost" in line]
+    assert (shared / "out" / "b.txt.json").exists()
+    assert emulator.stats().executions_created == 2
+    os.chown(shared / "out" / "sub", NOBODY, NOBODY)  # the operator fixes it
+    again = as_nobody("run", "--once", "--config", str(config))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((shared / "out" / "sub" / "a.txt.json").read_text())["status"] == "success"
+    assert emulator.stats().executions_created == 2  # written from the table, not sent again
+
+
+def test_run_once_exits_non_zero_when_a_watched_folder_cannot_be_listed(
+    shared: Path, server: EmulatorServer
+) -> None:
+    config = nobody_config(shared, url=deployment_url(server))
+    closed = shared / "drop" / "closed"
+    closed.mkdir(mode=0o700)  # root's
+    (closed / "a.txt").write_bytes(b"never seen")
+    done = as_nobody("run", "--once", "--config", str(config))
+    assert done.returncode == EXIT_NO_INPUT, done.stderr[-3000:]
+    assert f"unstract-watcher: cannot list {closed}: Permission denied" in done.stderr
+
+
+@pytest.mark.usefixtures("api_keys")
+def test_run_once_exits_non_zero_when_its_watch_dir_is_gone(tmp_path: Path) -> None:
+    config = write_config(tmp_path, UNUSED_API, f"sqlite:///{tmp_path / 'state.db'}")
+    settings = config_module.load(config)
+    (tmp_path / "drop").rmdir()  # unmounted after the start's check
+    store = Store(settings.database.url)
+    store.upgrade()
+    try:
+        outcome = Daemon(settings, store).run(once=True)
+    finally:
+        store.close()
+    assert outcome.unlisted == (f"{tmp_path / 'drop'}: No such file or directory",)
+    assert exit_code(outcome, once=True) == EXIT_NO_INPUT
+
+
+def test_check_config_names_a_read_only_mount(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "results", "ro,size=64k") as results:
+        config = write_config(
+            tmp_path, UNUSED_API, f"sqlite:///{tmp_path / 'state.db'}", {"output_dir": str(results)}
+        )
+        done = as_nobody("check-config", "--config", str(config), unprivileged=False)
+    assert done.returncode == EXIT_CONFIG
+    assert f'("docs").output_dir: {results} is on a read-only file system' in done.stderr

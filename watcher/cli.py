@@ -31,8 +31,10 @@ EXIT_OK = 0
 EXIT_DOCUMENTS_FAILED = 1  # run --once: at least one document ended with an error file
 EXIT_NOT_FOUND = 1  # jobs show / retry: no such job, or it cannot be retried
 EXIT_CONFIG = 2  # the config (or the command line) is wrong
+EXIT_NO_INPUT = 66  # run --once: a watched folder could not be listed
 EXIT_UNAVAILABLE = 69  # the database cannot be reached
 EXIT_SOFTWARE = 70  # a daemon loop crashed (systemd restarts us)
+EXIT_CANT_WRITE = 73  # run --once: result files could not be written (they stay stored)
 EXIT_PIPELINE_PAUSED = 75  # run --once: the API refused a pipeline's key or deployment
 
 log = get_logger()
@@ -120,6 +122,26 @@ def exit_code(outcome: Outcome, once: bool) -> int:
         )
     if outcome.paused:
         return EXIT_PIPELINE_PAUSED
+    return _folder_trouble(outcome) or _documents(outcome)
+
+
+def _folder_trouble(outcome: Outcome) -> int:
+    """`run --once`: results it could not write, folders it could not list (0: none)."""
+    for problem in outcome.unwritable:
+        print(
+            f"unstract-watcher: {problem}; the results stay stored and the next run writes them",
+            file=sys.stderr,
+        )
+    for folder in outcome.unlisted:
+        print(
+            f"unstract-watcher: cannot list {folder}; its documents were not seen", file=sys.stderr
+        )
+    if outcome.unwritable:
+        return EXIT_CANT_WRITE
+    return EXIT_NO_INPUT if outcome.unlisted else EXIT_OK
+
+
+def _documents(outcome: Outcome) -> int:
     if outcome.held:
         print(
             f"unstract-watcher: {outcome.held} job(s) held with an unknown upload outcome; "

@@ -83,6 +83,8 @@ class Outcome:
     paused: dict[str, str]  # `once`: pipelines the API refused when the run ended, and why
     held: int  # `once`: jobs held for an operator with an unknown upload outcome
     failed: int  # documents this run finished with an error file
+    unwritable: tuple[str, ...] = ()  # `once`: result folders that refused files at the end
+    unlisted: tuple[str, ...] = ()  # `once`: folders that could not be listed, and why
 
 
 class Daemon:
@@ -173,7 +175,10 @@ class Daemon:
         if not once:
             return Outcome(self.failure, {}, 0, self.progress().failed)
         held = held_jobs(self.store, list(self.pipelines))
-        return Outcome(self.failure, paused, held, self.progress().failed)
+        unwritable, unlisted = self.finisher.trouble.problems(), self.discovery.unlisted()
+        return Outcome(
+            self.failure, paused, held, self.progress().failed, tuple(unwritable), unlisted
+        )
 
     def start(self, watch_events: bool = True) -> None:
         """Recover what the last run left, then start every loop. Returns once all run."""
@@ -312,13 +317,24 @@ class Daemon:
             return False
         if self.paused_pipelines():
             return True
-        return self.progress().unfinished == 0 and not self.discovery.pending()
+        if self.discovery.pending():
+            return False
+        unfinished = self.progress().unfinished
+        return unfinished == 0 or (self.finisher.trouble.stuck and self._only_results_left())
+
+    def _only_results_left(self) -> bool:
+        """Every unfinished job waits for its file to be written (and the finisher could
+        write none): `once` would wait for a fix it cannot get."""
+        waiting = self.store.unfinished_by_state(list(self.pipelines))
+        stored = waiting.get(JobState.RESULT_STORED.value, 0)
+        return stored > 0 and stored == sum(waiting.values())
 
     def health_problems(self) -> list[str]:
-        """What /healthz reports: an unreachable database, stuck loops, dead watchers."""
+        """What /healthz reports: an unreachable database, stuck loops, dead watchers,
+        result folders that refuse files."""
         unreachable = self.store.unreachable_reason()
         problems = [f"database: {unreachable}"] if unreachable else []
-        problems += self.discovery.problems()
+        problems += self.discovery.problems() + self.finisher.trouble.problems()
         return problems + [f"stuck: {name}" for name in self.hung_loops()]
 
     def hung_loops(self) -> list[str]:
@@ -336,7 +352,7 @@ class Daemon:
     def status_line(self) -> str:
         """systemd's STATUS= every 10 s: the work at hand, and this process's finished
         documents (counting the whole history would cost a pass over every row each time)."""
-        waiting = self.store.unfinished_by_state()
+        waiting = self.store.unfinished_by_state(list(self.pipelines))
         in_flight = sum(waiting.get(state.value, 0) for state in IN_FLIGHT)
         outcomes = self.finisher.outcomes.copy()
         done, failed = sum(outcomes.values()) - outcomes["failed"], outcomes["failed"]

@@ -46,12 +46,10 @@ def database_problems(url: str) -> list[str]:
     path = sqlite_path(url)
     if path is None:
         return []
-    if os.path.exists(path):
-        if not _allowed(path, os.R_OK | os.W_OK):
-            return [f"database.url: the database file {_text(path)} {_refusal(path, 'write')}"]
-        return []
-    problem = _writing_problem("database.url", path.parent, "the database's folder ")
-    return [problem] if problem is not None else []
+    problems = [_writing_problem("database.url", path.parent, "the database's folder ")]
+    if os.path.exists(path) and not _allowed(path, os.R_OK | os.W_OK):
+        problems.append(f"database.url: the database file {_text(path)} {_refusal(path, 'write')}")
+    return [problem for problem in problems if problem is not None]
 
 
 def creation_notes(settings: Settings) -> list[str]:

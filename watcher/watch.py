@@ -110,6 +110,7 @@ class FolderWatcher:
         self.rescan_seconds = rescan_seconds
         self._warned: set[str] = set()  # paths already reported, so a rescan does not repeat
         self.listing_error: str | None = None  # why the root could not be listed, for /healthz
+        self.unlisted: dict[str, str] = {}  # subfolders the last listing could not read, why
         self._real_folders: dict[str, bool] = {}  # see _real_folder
         # Paths are joined and cut as text in the listing's loops: pathlib costs several
         # microseconds a path, which a tree of a million files pays at every rescan.
@@ -453,9 +454,12 @@ class FolderWatcher:
             self.log.warning("cannot list folder", folder=as_text(folder), error=exc.strerror)
             if folder == self._root_text:
                 self.listing_error = f"{as_text(folder)}: {exc.strerror or exc}"
+            elif not isinstance(exc, FileNotFoundError | NotADirectoryError):  # not just gone
+                self.unlisted[folder] = exc.strerror or str(exc)
             return None
         if folder == self._root_text:
             self.listing_error = None
+        self.unlisted.pop(folder, None)
         subfolders: list[tuple[int, str]] = []
         for entry in entries:
             relative = entry.path.removeprefix(self._prefix)  # listed under the root
@@ -654,6 +658,14 @@ class Discovery(ContextLoop):
             for name, w in list(self.watchers.items())
             if w.listing_error
         ]
+
+    def unlisted(self) -> tuple[str, ...]:
+        """Folders whose last listing failed, and why: `run --once` exits saying so."""
+        found = []
+        for watcher in list(self.watchers.values()):
+            found += [watcher.listing_error] if watcher.listing_error else []
+            found += [f"{as_text(f)}: {error}" for f, error in watcher.unlisted.items()]
+        return tuple(found)
 
     def dead_observers(self) -> list[str]:
         return [f"observer of {n}" for n, w in list(self.watchers.items()) if not w.watching()]
