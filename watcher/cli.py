@@ -21,6 +21,7 @@ from watcher import config as config_module
 from watcher.config import ConfigError, Settings
 from watcher.daemon import Daemon, Outcome
 from watcher.demo import run_demo
+from watcher.explain import explain
 from watcher.jobs import JobState
 from watcher.logs import configure, get_logger
 from watcher.progress import progress_bar
@@ -156,14 +157,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = config_module.load(path, skip_systemd_credentials=True)
     print("\n".join(check.summary(settings, path)))
     print("config OK")
+    code = EXIT_OK if args.explain is None else explain_file(settings, Path(args.explain))
     if not args.online:
-        return EXIT_OK
+        return code
     ok, lines = check.online(settings)
     print("\n".join(lines))
     if not ok:
         print("unstract-watcher: the online check failed; see the FAILED lines", file=sys.stderr)
         return EXIT_CONFIG
-    return EXIT_OK
+    return code
+
+
+def explain_file(settings: Settings, path: Path) -> int:
+    """check-config --explain: which pipeline takes the file, or why none does."""
+    taken, lines = explain(settings, path)
+    print("\n".join(lines))
+    return EXIT_OK if taken else EXIT_NOT_FOUND
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -379,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also prove each pipeline's URL and key with a call that creates nothing and "
         "costs nothing (exit 2 if one fails)",
+    )
+    checking.add_argument(
+        "--explain",
+        metavar="PATH",
+        help="tell which pipeline takes this file, or why none does (exit 1 if none)",
     )
     checking.set_defaults(func=cmd_check_config)
 
