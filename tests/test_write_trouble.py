@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from harness import deployment_url, mounted_tmpfs, running_daemon, wait_for, write_config
+from structlog.testing import capture_logs
 
 from watcher.daemon import Daemon
 from watcher.emulator import EmulatorServer, UnstractEmulator
+from watcher.write_trouble import WriteTrouble
 
 PROBLEM = "results cannot be written"
 
@@ -50,3 +52,32 @@ def test_a_result_folder_turned_read_only_is_reported_once_and_clears(
     assert len([line for line in lines if PROBLEM in line]) == 1, lines
     assert any("results can be written again" in line for line in lines)
     assert not [line for line in lines if "answer was lost" in line]
+
+
+def test_a_problem_is_said_once_and_clears_when_its_folder_takes_a_file() -> None:
+    trouble, out, other = WriteTrouble(), Path("/out"), Path("/other")
+    with capture_logs() as logs:
+        for _ in range(3):  # the retries of one problem
+            trouble.failed(out, "Permission denied")
+            trouble.round_ended(claimed=2, written=set())
+        assert trouble.stuck and trouble.problems() == [f"{PROBLEM}: /out: Permission denied"]
+        trouble.failed(out, "Read-only file system")  # another problem: said too
+        trouble.round_ended(claimed=2, written={other})
+        assert not trouble.stuck  # a file went to another folder this round
+        trouble.round_ended(claimed=1, written={out})
+        assert trouble.problems() == []
+        trouble.failed(other, "No space left on device")
+        trouble.round_ended(claimed=1, written=set())
+        trouble.round_ended(claimed=0, written=set())  # nothing waits: nothing is wrong
+        assert trouble.problems() == [] and not trouble.stuck
+    said = [(e["log_level"], e["event"]) for e in logs]
+    assert said == [
+        ("error", f"{PROBLEM}: /out: Permission denied; they stay stored and are tried again"),
+        ("error", f"{PROBLEM}: /out: Read-only file system; they stay stored and are tried again"),
+        ("info", "results can be written again"),
+        (
+            "error",
+            f"{PROBLEM}: /other: No space left on device; they stay stored and are tried again",
+        ),
+        ("info", "results can be written again"),
+    ]

@@ -21,7 +21,9 @@ class WriteTrouble:
         self._lock = threading.Lock()
         self._problems: dict[Path, str] = {}  # folder -> the last error there
         self._round: dict[Path, str] = {}  # what the round under way found
-        self.stuck = False  # the last round claimed results and wrote none of them
+        self.stuck = (
+            False  # the last round wrote none of the results it claimed, for want of a folder
+        )
 
     def failed(self, folder: Path, error: str) -> None:
         """A file could not be written to (or synced in) this folder in this round."""
@@ -38,7 +40,8 @@ class WriteTrouble:
                 self._problems.pop(folder, None)
             self._problems.update(found)
             now = dict(self._problems)
-        self.stuck = bool(claimed) and not written
+        # Only a folder's refusal: a result table that refuses rows may be back any moment.
+        self.stuck = bool(claimed) and not written and bool(now)
         for folder, error in now.items():
             if before.get(folder) != error:
                 log.error(
