@@ -53,20 +53,21 @@ def as_nobody(*args: str, unprivileged: bool = True) -> subprocess.CompletedProc
     )
 
 
-def nobody_config(shared: Path, url: str = UNUSED_API, **pipeline: object) -> Path:
-    """A config in `shared` whose folders and database belong to nobody; tests take away
-    what they test."""
+def nobody_config(
+    shared: Path, url: str = UNUSED_API, database: str = "", **pipeline: object
+) -> Path:
+    """A config in `shared` whose folders and database (SQLite there, unless `database`
+    names one) belong to nobody; tests take away what they test."""
     (shared / "db").mkdir()
+    database = database or f"sqlite:///{shared / 'db' / 'state.db'}"
     folders = {key: str(value) for key, value in pipeline.items() if isinstance(value, Path)}
-    config = write_config(
-        shared, url, f"sqlite:///{shared / 'db' / 'state.db'}", {**pipeline, **folders}
-    )
+    config = write_config(shared, url, database, {**pipeline, **folders})
     for path in [shared / "drop", shared / "db", *map(Path, folders.values())]:
         path.mkdir(parents=True, exist_ok=True)
         os.chown(path, NOBODY, NOBODY)
     # The schema made here: its upgrade runs Python anew, which nobody may not reach (pyenv's
     # interpreter under /root).
-    store = Store(f"sqlite:///{shared / 'db' / 'state.db'}")
+    store = Store(database)
     store.upgrade()
     store.close()
     for path in (shared / "db").iterdir():
@@ -160,10 +161,20 @@ def test_a_watch_dir_behind_a_closed_folder_is_named_without_a_traceback(shared:
     assert f'("docs").watch_dir: {closed / "drop"} cannot be reached by user' in done.stderr
 
 
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def test_run_once_ends_naming_a_folder_it_cannot_write_and_the_next_run_writes_it(
-    shared: Path, server: EmulatorServer, emulator: UnstractEmulator
+    shared: Path,
+    server: EmulatorServer,
+    emulator: UnstractEmulator,
+    database: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    config = nobody_config(shared, url=deployment_url(server), output_dir=shared / "out")
+    url = request.getfixturevalue("postgres_url") if database == "postgres" else ""
+    config = nobody_config(
+        shared, url=deployment_url(server), database=url, output_dir=shared / "out"
+    )
     (shared / "drop" / "sub").mkdir()
     (shared / "drop" / "sub" / "a.txt").write_bytes(b"a's result has nowhere to go")
     (shared / "drop" / "b.txt").write_bytes(b"b's result is written")
