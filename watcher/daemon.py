@@ -352,7 +352,7 @@ class Daemon:
     def status_line(self) -> str:
         """systemd's STATUS= every 10 s: the work at hand, and this process's finished
         documents (counting the whole history would cost a pass over every row each time)."""
-        waiting = self.store.unfinished_by_state(list(self.pipelines))
+        waiting = self.store.unfinished_by_state()
         in_flight = sum(waiting.get(state.value, 0) for state in IN_FLIGHT)
         outcomes = self.finisher.outcomes.copy()
         done, failed = sum(outcomes.values()) - outcomes["failed"], outcomes["failed"]
