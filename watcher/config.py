@@ -31,6 +31,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from watcher import setup_check
 from watcher.api_config import ApiBase as ApiBase
 from watcher.api_config import ApiConfig as ApiConfig
 from watcher.api_config import ConfigError as ConfigError
@@ -432,19 +433,27 @@ def environment_problems(
     settings: Settings, *, skip_systemd_credentials: bool = False
 ) -> list[str]:
     """Checks that need the filesystem and the environment: every problem found."""
-    from watcher import setup_check  # it reads this module's models
-
     problems = []
-    for index, pipeline in enumerate(settings.pipelines):
-        label = pipeline_label(index, pipeline.name)
+    for label, pipeline in labelled_pipelines(settings):
         problems += _pipeline_problems(label, pipeline, skip_systemd_credentials)
-    problems += setup_check.database_problems(settings.database.url)
+    problems += setup_check.database_problems(sqlite_path(settings.database.url))
     return problems + _overlaps(settings)
 
 
-def _pipeline_problems(label: str, pipeline: PipelineConfig, skip_credentials: bool) -> list[str]:
-    from watcher import setup_check
+def labelled_pipelines(settings: Settings) -> list[tuple[str, PipelineConfig]]:
+    """Each pipeline with the label that messages name it by."""
+    return [(pipeline_label(i, p.name), p) for i, p in enumerate(settings.pipelines)]
 
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for PostgreSQL and an in-memory database."""
+    if not url.startswith(SQLITE_PREFIX):
+        return None
+    database = url.removeprefix(SQLITE_PREFIX).partition("?")[0]
+    return None if database in ("", ":memory:") else Path(database)
+
+
+def _pipeline_problems(label: str, pipeline: PipelineConfig, skip_credentials: bool) -> list[str]:
     # Its folders, as the daemon's user may use them.
     problems = setup_check.pipeline_problems(label, pipeline)
     if pipeline.after_success == "move" and pipeline.archive_dir == "":

@@ -29,7 +29,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
-from watcher.config import ConfigError, PipelineConfig, Settings
+from watcher.config import ConfigError, PipelineConfig, Settings, labelled_pipelines
 from watcher.context import Context, Live, Wakes
 from watcher.doorbell import Doorbell
 from watcher.finish import Finisher
@@ -186,7 +186,7 @@ class Daemon:
         store = context.store
         store.lock_for_daemon(context.owner)
         report_released(*store.release_leftover_claims(context.owner, context.hold_pipelines()))
-        create_missing(context.settings)
+        create_missing(labelled_pipelines(context.settings))
         # With SQLite we are the only writer, so every temp file of ours is a crash's leftover.
         self._tidy_folders(temp_age=0.0 if store.sole_writer else STALE_TEMP_SECONDS)
         for name, pipeline in context.pipelines.items():
@@ -398,7 +398,7 @@ class Daemon:
             notify("READY=1")
             return False
         configure_logging(settings.daemon.log_level, settings.daemon.log_format)
-        create_missing(settings)
+        create_missing(labelled_pipelines(settings))
         self.live.swap(fresh)
         self._retired += old.pipelines.values()
         for name, pipeline in fresh.pipelines.items():

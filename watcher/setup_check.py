@@ -5,6 +5,7 @@ database's folder and file writable.
 The config loader runs these checks with its own (see `config.environment_problems`), so
 `check-config` and `run` report them with every other problem of the file, each naming its
 key. They are asked as the user the process runs as: run `check-config` as the service's user.
+This module reads a pipeline's folders only (`Folders`), so that the loader can import it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import os
 import pwd
 import stat
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal, Protocol
 
-from watcher.config import SQLITE_PREFIX, PipelineConfig, Settings, pipeline_label
 from watcher.filters import as_text
 from watcher.logs import get_logger
 
@@ -25,7 +27,23 @@ LISTABLE = os.R_OK | os.X_OK
 WRITABLE = os.W_OK | os.X_OK
 
 
-def pipeline_problems(label: str, pipeline: PipelineConfig) -> list[str]:
+class Folders(Protocol):
+    """The keys of a pipeline (`config.PipelineConfig`) that name its folders."""
+
+    @property
+    def watch_dir(self) -> Path: ...
+    @property
+    def output_dir(self) -> Path | Literal[""]: ...
+    @property
+    def archive_dir(self) -> Path | Literal[""]: ...
+    @property
+    def after_success(self) -> str: ...
+
+
+Labelled = Iterable[tuple[str, Folders]]  # pipelines by label: `pipelines[0] ("docs")`
+
+
+def pipeline_problems(label: str, pipeline: Folders) -> list[str]:
     """What stops a pipeline: its watch_dir not listable (if it is a folder), its results
     or moved sources not writable."""
     problems = [_watch_dir_problem(f"{label}.watch_dir", pipeline.watch_dir)]
@@ -41,9 +59,9 @@ def pipeline_problems(label: str, pipeline: PipelineConfig) -> list[str]:
     return [problem for problem in problems if problem is not None]
 
 
-def database_problems(url: str) -> list[str]:
-    """A SQLite file the daemon could not open for writing (its folder holds the journal)."""
-    path = sqlite_path(url)
+def database_problems(path: Path | None) -> list[str]:
+    """A SQLite file (`path`) the daemon could not open for writing (its folder holds the
+    journal); None: not a SQLite file."""
     if path is None:
         return []
     problems = [_writing_problem("database.url", path.parent, "the database's folder ")]
@@ -52,19 +70,19 @@ def database_problems(url: str) -> list[str]:
     return [problem for problem in problems if problem is not None]
 
 
-def creation_notes(settings: Settings) -> list[str]:
+def creation_notes(pipelines: Labelled) -> list[str]:
     """The folders the daemon will create at its start: check-config says so."""
     return [
         f"{key}: {_text(folder)} does not exist; the daemon will create it"
-        for key, folder in _keyed_folders(settings)
+        for key, folder in _keyed_folders(pipelines)
         if not os.path.exists(folder)
     ]
 
 
-def create_missing(settings: Settings) -> None:
+def create_missing(pipelines: Labelled) -> None:
     """At the daemon's start: create the output and archive folders that do not exist, with
     a line each (a misspelt output_dir is not created without a word)."""
-    for key, folder in _keyed_folders(settings):
+    for key, folder in _keyed_folders(pipelines):
         if os.path.exists(folder):
             continue
         try:
@@ -75,7 +93,7 @@ def create_missing(settings: Settings) -> None:
         log.warning("folder created: it did not exist", key=key, folder=_text(folder))
 
 
-def configured_folders(pipeline: PipelineConfig) -> list[tuple[str, Path]]:
+def configured_folders(pipeline: Folders) -> list[tuple[str, Path]]:
     """The folders of a pipeline the daemon creates and writes into, by key."""
     folders: list[tuple[str, Path]] = []
     if pipeline.output_dir != "":
@@ -85,18 +103,10 @@ def configured_folders(pipeline: PipelineConfig) -> list[tuple[str, Path]]:
     return folders
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite URL; None for PostgreSQL and an in-memory database."""
-    if not url.startswith(SQLITE_PREFIX):
-        return None
-    database = url.removeprefix(SQLITE_PREFIX).partition("?")[0]
-    return None if database in ("", ":memory:") else Path(database)
-
-
-def _keyed_folders(settings: Settings) -> list[tuple[str, Path]]:
+def _keyed_folders(pipelines: Labelled) -> list[tuple[str, Path]]:
     return [
-        (f"{pipeline_label(index, pipeline.name)}.{key}", folder)
-        for index, pipeline in enumerate(settings.pipelines)
+        (f"{label}.{key}", folder)
+        for label, pipeline in pipelines
         for key, folder in configured_folders(pipeline)
     ]
 
