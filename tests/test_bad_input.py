@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from harness import (
     deployment_url,
+    mounted_tmpfs,
     results_under,
     running_daemon,
     sha256,
@@ -148,12 +148,7 @@ def test_a_file_that_changes_before_upload_is_not_sent(
 def test_a_full_disk_delays_the_result_file_and_loses_nothing(
     tmp_path: Path, server: EmulatorServer, db_url: str
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    results = tmp_path / "results"
-    results.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(results)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "results", "size=64k") as results:
         filler = results / "filler"
         with filler.open("wb", buffering=0) as handle:  # fill the disk to the last byte
             try:
@@ -180,5 +175,3 @@ def test_a_full_disk_delays_the_result_file_and_loses_nothing(
             wait_for(lambda: daemon.progress().finished == 1, what="the result once there is room")
         assert results_under(results)["a.txt.json"]["status"] == "success"
         assert not [p for p in results.iterdir() if p.name.startswith(".")]
-    finally:
-        subprocess.run(["umount", str(results)], check=True)

@@ -8,6 +8,7 @@ from watcher.filters import FileFilter
 BESIDE = FileFilter(include=tuple(DEFAULT_INCLUDE))
 ELSEWHERE = FileFilter(include=(*DEFAULT_INCLUDE, "*.json"), results_beside_sources=False)
 WITH_EXCLUDES = FileFilter(include=tuple(DEFAULT_INCLUDE), exclude=("drafts/*", "*-copy.pdf"))
+TEXT = FileFilter(include=tuple(DEFAULT_INCLUDE), text_results=True)
 
 
 @pytest.mark.parametrize(
@@ -97,3 +98,31 @@ def test_text_results_beside_sources_are_not_inputs() -> None:
     assert not text.takes("scan.pdf.txt")  # the text we wrote for scan.pdf
     assert text.takes("notes.txt")  # a text document of the user's
     assert not text.takes("sub/a.png.txt")
+
+
+@pytest.mark.parametrize(
+    ("file_filter", "path", "reason", "by_pattern"),
+    [
+        (BESIDE, "notes.xyz", "not matched by any include pattern", True),
+        (BESIDE, "a.pdf.part", "a hidden, temporary or system file (built-in rule)", False),
+        (BESIDE, ".git/objects/a.pdf", "in the folder '.git': a hidden or system folder", False),
+        (BESIDE, "a.pdf.json", "a .json file beside the sources, where results are written", False),
+        (BESIDE, "a.pdf.error.json", "an error file the daemon wrote", False),
+        (
+            WITH_EXCLUDES,
+            "Drafts/a.pdf",
+            "in the folder 'drafts': excluded by pattern 'drafts/*'",
+            True,
+        ),
+        (WITH_EXCLUDES, "final/A-copy.pdf", "excluded by pattern '*-copy.pdf'", True),
+        (TEXT, "scan.pdf.txt", "the text result of the document it is named after", False),
+    ],
+)
+def test_why_a_file_is_passed_over(
+    file_filter: FileFilter, path: str, reason: str, by_pattern: bool
+) -> None:
+    passed_over = file_filter.passed_over(path)
+    assert passed_over is not None and passed_over.reason.startswith(reason)
+    assert passed_over.by_pattern is by_pattern
+    assert not file_filter.takes(path)
+    assert file_filter.passed_over("final/a.pdf") is None

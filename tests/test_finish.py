@@ -84,3 +84,21 @@ def test_the_finishers_idle_read_says_when_a_stored_outcome_may_be_claimed(store
     own = store.next_result_due_in("other", ["p"])  # our own (after a full disk): now
     assert own is not None and own <= 0
     assert store.next_result_due_in("me", ["q"]) is None  # another pipeline's
+
+
+def test_a_result_that_cannot_be_written_ends_its_claim_as_such(
+    store: Store, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    stored(store, ["sub/b.pdf"])
+    (tmp_path / "drop" / "sub").write_bytes(b"a file where the result folder would be")
+    finisher = Finisher(live_context(store, [pipeline]))
+    assert finisher.finish_stored() == (0, 1)
+    # Given back, not left to the heartbeat as a claim whose answer the database lost.
+    assert not store.claims_in_doubt()
+    [job] = store.list_jobs()
+    assert job.state is JobState.RESULT_STORED and job.lease_owner is None
+    folder = tmp_path / "drop" / "sub"
+    assert finisher.trouble.problems() == [f"results cannot be written: {folder}: File exists"]
+    folder.unlink()
+    assert finisher.finish_stored() == (1, 0)
+    assert finisher.trouble.problems() == []

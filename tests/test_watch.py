@@ -235,3 +235,21 @@ def test_a_root_that_cannot_be_listed_is_reported_until_it_can(tmp_path: Path) -
     assert watcher.listing_error is not None
     watcher.scan(now=3.0)
     assert watcher.listing_error is None
+
+
+def test_a_file_the_patterns_pass_over_gets_one_debug_line(tmp_path: Path) -> None:
+    for name in ("a.xml", "old.bak.pdf", ".hidden.pdf", "b.pdf.json", "c.pdf"):
+        (tmp_path / name).write_bytes(b"x")
+    collector = Collector()
+    with capture_logs() as logs:
+        watcher = make_watcher(tmp_path, collector)
+        watcher.filter = FileFilter(include=tuple(DEFAULT_INCLUDE), exclude=("*.bak.*",))
+        watcher.scan(now=0.0)
+        watcher.scan(now=1.0)  # a rescan says nothing again
+    passed = [(e["path"], e["reason"]) for e in logs if e["event"] == "file passed over"]
+    assert sorted(passed) == [
+        ("a.xml", "not matched by any include pattern"),
+        ("old.bak.pdf", "excluded by pattern '*.bak.*'"),
+    ]  # built-in rules and our own files are not the patterns' doing: no line
+    assert {e["log_level"] for e in logs if e["event"] == "file passed over"} == {"debug"}
+    assert [path for path, _, _ in collector.queued] == ["c.pdf"]

@@ -12,12 +12,14 @@ from urllib.parse import urlsplit
 from watcher.api_config import is_credential_elsewhere, key_file_path
 from watcher.backend import CheckOutcome
 from watcher.backends import build_backend
-from watcher.config import PipelineConfig, Settings, pipeline_label
+from watcher.config import PipelineConfig, Settings, labelled_pipelines, pipeline_label
+from watcher.setup_check import creation_notes
 
 
 def summary(settings: Settings, path: Path) -> list[str]:
     """The lines check-config prints once the file loaded: notes, warnings, pipelines."""
-    lines = [f"note: {note}" for note in credential_notes(settings)]
+    notes = credential_notes(settings) + creation_notes(labelled_pipelines(settings))
+    lines = [f"note: {note}" for note in notes]
     lines += [f"warning: {warning}" for warning in secret_warnings(settings, path)]
     for index, pipeline in enumerate(settings.pipelines):
         api = pipeline.api

@@ -21,6 +21,7 @@ from watcher import config as config_module
 from watcher.config import ConfigError, Settings
 from watcher.daemon import Daemon, Outcome
 from watcher.demo import run_demo
+from watcher.explain import explain
 from watcher.jobs import JobState
 from watcher.logs import configure, get_logger
 from watcher.progress import progress_bar
@@ -31,8 +32,10 @@ EXIT_OK = 0
 EXIT_DOCUMENTS_FAILED = 1  # run --once: at least one document ended with an error file
 EXIT_NOT_FOUND = 1  # jobs show / retry: no such job, or it cannot be retried
 EXIT_CONFIG = 2  # the config (or the command line) is wrong
+EXIT_NO_INPUT = 66  # run --once: a watched folder could not be listed
 EXIT_UNAVAILABLE = 69  # the database cannot be reached
 EXIT_SOFTWARE = 70  # a daemon loop crashed (systemd restarts us)
+EXIT_CANT_WRITE = 73  # run --once: result files could not be written (they stay stored)
 EXIT_PIPELINE_PAUSED = 75  # run --once: the API refused a pipeline's key or deployment
 
 log = get_logger()
@@ -120,6 +123,26 @@ def exit_code(outcome: Outcome, once: bool) -> int:
         )
     if outcome.paused:
         return EXIT_PIPELINE_PAUSED
+    return _folder_trouble(outcome) or _documents(outcome)
+
+
+def _folder_trouble(outcome: Outcome) -> int:
+    """`run --once`: results it could not write, folders it could not list (0: none)."""
+    for problem in outcome.unwritable:
+        print(
+            f"unstract-watcher: {problem}; the results stay stored and the next run writes them",
+            file=sys.stderr,
+        )
+    for folder in outcome.unlisted:
+        print(
+            f"unstract-watcher: cannot list {folder}; its documents were not seen", file=sys.stderr
+        )
+    if outcome.unwritable:
+        return EXIT_CANT_WRITE
+    return EXIT_NO_INPUT if outcome.unlisted else EXIT_OK
+
+
+def _documents(outcome: Outcome) -> int:
     if outcome.held:
         print(
             f"unstract-watcher: {outcome.held} job(s) held with an unknown upload outcome; "
@@ -134,14 +157,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = config_module.load(path, skip_systemd_credentials=True)
     print("\n".join(check.summary(settings, path)))
     print("config OK")
+    code = EXIT_OK if args.explain is None else explain_file(settings, Path(args.explain))
     if not args.online:
-        return EXIT_OK
+        return code
     ok, lines = check.online(settings)
     print("\n".join(lines))
     if not ok:
         print("unstract-watcher: the online check failed; see the FAILED lines", file=sys.stderr)
         return EXIT_CONFIG
-    return EXIT_OK
+    return code
+
+
+def explain_file(settings: Settings, path: Path) -> int:
+    """check-config --explain: which pipeline takes the file, or why none does."""
+    taken, lines = explain(settings, path)
+    print("\n".join(lines))
+    return EXIT_OK if taken else EXIT_NOT_FOUND
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -357,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also prove each pipeline's URL and key with a call that creates nothing and "
         "costs nothing (exit 2 if one fails)",
+    )
+    checking.add_argument(
+        "--explain",
+        metavar="PATH",
+        help="tell which pipeline takes this file, or why none does (exit 1 if none)",
     )
     checking.set_defaults(func=cmd_check_config)
 

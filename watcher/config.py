@@ -31,6 +31,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from watcher import setup_check
 from watcher.api_config import ApiBase as ApiBase
 from watcher.api_config import ApiConfig as ApiConfig
 from watcher.api_config import ConfigError as ConfigError
@@ -433,16 +434,28 @@ def environment_problems(
 ) -> list[str]:
     """Checks that need the filesystem and the environment: every problem found."""
     problems = []
-    for index, pipeline in enumerate(settings.pipelines):
-        label = pipeline_label(index, pipeline.name)
+    for label, pipeline in labelled_pipelines(settings):
         problems += _pipeline_problems(label, pipeline, skip_systemd_credentials)
+    problems += setup_check.database_problems(sqlite_path(settings.database.url))
     return problems + _overlaps(settings)
 
 
+def labelled_pipelines(settings: Settings) -> list[tuple[str, PipelineConfig]]:
+    """Each pipeline with the label that messages name it by."""
+    return [(pipeline_label(i, p.name), p) for i, p in enumerate(settings.pipelines)]
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL; None for PostgreSQL and an in-memory database."""
+    if not url.startswith(SQLITE_PREFIX):
+        return None
+    database = url.removeprefix(SQLITE_PREFIX).partition("?")[0]
+    return None if database in ("", ":memory:") else Path(database)
+
+
 def _pipeline_problems(label: str, pipeline: PipelineConfig, skip_credentials: bool) -> list[str]:
-    problems = []
-    if not pipeline.watch_dir.is_dir():
-        problems.append(_no_watch_dir(label, pipeline.watch_dir))
+    # Its folders, as the daemon's user may use them.
+    problems = setup_check.pipeline_problems(label, pipeline)
     if pipeline.after_success == "move" and pipeline.archive_dir == "":
         problems.append(f"{label}.archive_dir: required when after_success = 'move'")
     if not (skip_credentials and is_credential_elsewhere(pipeline.api)):
@@ -478,7 +491,7 @@ def _invalid_pipeline_problems(
     """A pipeline that does not validate: its folder, and its key if its api table is valid."""
     problems = []
     folder = item.get("watch_dir")
-    if isinstance(folder, str) and not Path(folder).is_dir():
+    if isinstance(folder, str) and not os.path.isdir(folder):
         problems.append(_no_watch_dir(label, Path(folder)))
     try:
         api: ApiBase = _api_table().validate_python(item.get("api"))

@@ -29,7 +29,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
-from watcher.config import ConfigError, PipelineConfig, Settings
+from watcher.config import ConfigError, PipelineConfig, Settings, labelled_pipelines
 from watcher.context import Context, Live, Wakes
 from watcher.doorbell import Doorbell
 from watcher.finish import Finisher
@@ -43,6 +43,7 @@ from watcher.output import remove_stale_temps
 from watcher.probe import Prober
 from watcher.reconcile import Reconciler, report_released
 from watcher.runtime import Pipeline, build_pipeline
+from watcher.setup_check import create_missing
 from watcher.store import TRANSIENT_DB_ERRORS, Store, db_error_text
 from watcher.store.operator import held_jobs, record_pause
 from watcher.submit import Uploader
@@ -83,6 +84,8 @@ class Outcome:
     paused: dict[str, str]  # `once`: pipelines the API refused when the run ended, and why
     held: int  # `once`: jobs held for an operator with an unknown upload outcome
     failed: int  # documents this run finished with an error file
+    unwritable: tuple[str, ...] = ()  # `once`: result folders that refused files at the end
+    unlisted: tuple[str, ...] = ()  # `once`: folders that could not be listed, and why
 
 
 class Daemon:
@@ -174,7 +177,10 @@ class Daemon:
         if not once:
             return Outcome(self.failure, {}, 0, self.progress().failed)
         held = held_jobs(self.store, list(self.pipelines))
-        return Outcome(self.failure, paused, held, self.progress().failed)
+        unwritable, unlisted = self.finisher.trouble.problems(), self.discovery.unlisted()
+        return Outcome(
+            self.failure, paused, held, self.progress().failed, tuple(unwritable), unlisted
+        )
 
     def start(self, watch_events: bool = True) -> None:
         """Recover what the last run left, then start every loop. Returns once all run."""
@@ -182,6 +188,7 @@ class Daemon:
         store = context.store
         store.lock_for_daemon(context.owner)
         report_released(*store.release_leftover_claims(context.owner, context.hold_pipelines()))
+        create_missing(labelled_pipelines(context.settings))
         # With SQLite we are the only writer, so every temp file of ours is a crash's leftover.
         self._tidy_folders(temp_age=0.0 if store.sole_writer else STALE_TEMP_SECONDS)
         for name, pipeline in context.pipelines.items():
@@ -314,13 +321,24 @@ class Daemon:
             return False
         if self.paused_pipelines():
             return True
-        return self.progress().unfinished == 0 and not self.discovery.pending()
+        if self.discovery.pending():
+            return False
+        unfinished = self.progress().unfinished
+        return unfinished == 0 or (self.finisher.trouble.stuck and self._only_results_left())
+
+    def _only_results_left(self) -> bool:
+        """Every unfinished job waits for its file to be written (and the finisher could
+        write none): `once` would wait for a fix it cannot get."""
+        waiting = self.store.unfinished_by_state(list(self.pipelines))
+        stored = waiting.get(JobState.RESULT_STORED.value, 0)
+        return stored > 0 and stored == sum(waiting.values())
 
     def health_problems(self) -> list[str]:
-        """What /healthz reports: an unreachable database, stuck loops, dead watchers."""
+        """What /healthz reports: an unreachable database, stuck loops, dead watchers,
+        result folders that refuse files."""
         unreachable = self.store.unreachable_reason()
         problems = [f"database: {unreachable}"] if unreachable else []
-        problems += self.discovery.problems()
+        problems += self.discovery.problems() + self.finisher.trouble.problems()
         for name, pipeline in self.pipelines.items():
             outage = pipeline.unreachable_past_grace()
             if outage is not None:
@@ -397,6 +415,7 @@ class Daemon:
             notify("READY=1")
             return False
         configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+        create_missing(labelled_pipelines(settings))
         self.live.swap(fresh)
         self._retired += old.pipelines.values()
         for name, pipeline in fresh.pipelines.items():

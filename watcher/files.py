@@ -8,6 +8,7 @@ import hashlib
 import heapq
 import os
 import stat as stat_mode
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -92,6 +93,36 @@ class StabilityTracker:
     def _current(self, still_since: float, path: str) -> bool:
         entry = self._pending.get(path)
         return entry is not None and entry.still_since == still_since
+
+
+# Why a path in a drop folder is no document (see `regular_file`); the watcher warns about
+# the first three once per path.
+LINK_OUT = "symlink that leads out of watch_dir"
+BROKEN_LINK = "broken symlink"
+NOT_REGULAR = "not a regular file"
+THROUGH_LINK = "reached through a symlinked folder"
+MISSING = "no such file"
+WARNED = frozenset({LINK_OUT, BROKEN_LINK, NOT_REGULAR})
+
+
+def regular_file(root: Path, path: str, real_folder: Callable[[str], bool]) -> FileStat | str:
+    """The stat of a regular file inside `root` (resolved), following only symlinks that stay
+    inside; else why it is not one. `real_folder(folder)`: not reached through a symlink (the
+    polling observer follows them)."""
+    try:
+        if not real_folder(os.path.dirname(path)):
+            return THROUGH_LINK
+        info = os.lstat(path)
+        if stat_mode.S_ISLNK(info.st_mode):
+            target = Path(path).resolve()
+            if target != root and not target.is_relative_to(root):
+                return LINK_OUT
+            info = os.stat(path)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop, from Python 3.11's resolve
+        return BROKEN_LINK if os.path.islink(path) else MISSING
+    if not stat_mode.S_ISREG(info.st_mode):
+        return NOT_REGULAR
+    return FileStat(info.st_size, info.st_mtime_ns)
 
 
 class NotARegularFile(OSError):

@@ -18,6 +18,7 @@ from watcher.output import dispose_source, fsync_folder, result_document, write_
 from watcher.runtime import Pipeline
 from watcher.store import StoreError
 from watcher.store.table_sink import TableSinks, table_row
+from watcher.write_trouble import WriteTrouble
 
 log = get_logger()
 BATCH = 64
@@ -25,6 +26,7 @@ IDLE_WAIT_SECONDS = 2.0  # an outcome stored by this process wakes us sooner
 # A sole writer (SQLite) stores every outcome itself, each waking us: the wait is a safety net.
 SOLE_WRITER_IDLE_WAIT_SECONDS = 10.0
 DISK_TROUBLE_WAIT_SECONDS = 5.0
+Written = tuple[Job, Pipeline, Path]  # a job, its pipeline, its result file
 
 
 def _usage_metadata(job: Job, pipeline: Pipeline) -> Any:
@@ -42,6 +44,7 @@ class Finisher(ContextLoop):
         self.sinks = TableSinks(live.current.store)  # result tables, opened when first used
         self.outcomes: Counter[str] = Counter()  # this process's finished jobs, by outcome
         self.last_look = LastLook()  # of the stored outcomes, while idle
+        self.trouble = WriteTrouble()  # result folders that refuse files
 
     def run(self, stop: threading.Event) -> None:
         claim = True  # at start, after a round that wrote, when an outcome woke us
@@ -83,13 +86,18 @@ class Finisher(ContextLoop):
         """
         claimed = self.store.claim_stored_results(self.owner, BATCH, list(self.pipelines))
         try:
-            return self._finish(claimed)
-        finally:  # unwritten ones: their leases run out, and they are taken again
+            written, unwritten = self._finish(claimed)
+            self.trouble.round_ended(len(claimed), {target.parent for _, _, target in written})
+            # Stored still, for the next round (or another instance): a plain end of the
+            # claim, not one whose answer the database lost.
+            self.store.give_back_results(unwritten)
+            return len(written), len(unwritten)
+        finally:  # after an error: their leases run out, and they are taken again
             self.store.let_go(claimed)
 
-    def _finish(self, claimed: list[Job]) -> tuple[int, int]:
-        written: list[tuple[Job, Pipeline, Path]] = []
-        troubled = 0
+    def _finish(self, claimed: list[Job]) -> tuple[list[Written], list[Job]]:
+        written: list[Written] = []
+        unwritten: list[Job] = []
         for job in claimed:
             pipeline = self.pipelines.get(job.pipeline)
             if pipeline is None:  # removed by a reload; its jobs wait for it
@@ -97,23 +105,23 @@ class Finisher(ContextLoop):
             with about(job):
                 target = self._write(job, pipeline)
             if target is None:
-                troubled += 1
+                unwritten.append(job)
             else:
                 written.append((job, pipeline, target))
         unsynced = self._sync_folders({target.parent for _, _, target in written})
-        troubled += sum(1 for _, _, target in written if target.parent in unsynced)
-        written = [entry for entry in written if entry[2].parent not in unsynced]
-        refused = self._write_rows(written)  # their documents wait, as for a full disk
-        troubled += len(refused)
-        written = [entry for entry in written if entry[0].id not in refused]
-        disposals = [self._dispose(job, pipeline) for job, pipeline, _ in written]
-        self.store.mark_finished_many([job for job, _, _ in written], self._notices(written))
-        for (job, pipeline, target), disposal in zip(written, disposals, strict=True):
+        synced = [entry for entry in written if entry[2].parent not in unsynced]
+        refused = self._write_rows(synced)  # their documents wait, as for a full disk
+        kept = [entry for entry in synced if entry[0].id not in refused]
+        finished = {job.id for job, _, _ in kept}
+        unwritten += [job for job, _, _ in written if job.id not in finished]
+        disposals = [self._dispose(job, pipeline) for job, pipeline, _ in kept]
+        self.store.mark_finished_many([job for job, _, _ in kept], self._notices(kept))
+        for (job, pipeline, target), disposal in zip(kept, disposals, strict=True):
             with about(job):
                 self._report(job, pipeline, target, disposal)
-        return len(written), troubled
+        return kept, unwritten
 
-    def _write_rows(self, written: list[tuple[Job, Pipeline, Path]]) -> set[int]:
+    def _write_rows(self, written: list[Written]) -> set[int]:
         """Each pipeline's result-table rows; return the jobs whose rows were refused."""
         refused: set[int] = set()
         now = self.store.clock()
@@ -135,7 +143,7 @@ class Finisher(ContextLoop):
                 refused.update(job.id for job, _ in mine)
         return refused
 
-    def _notices(self, written: list[tuple[Job, Pipeline, Path]]) -> dict[int, Draft]:
+    def _notices(self, written: list[Written]) -> dict[int, Draft]:
         """The notice of each finished job, if any: written with its change of state."""
         if self.notify is None:
             return {}
@@ -147,8 +155,7 @@ class Finisher(ContextLoop):
         }
         return {job_id: draft for job_id, draft in drafts.items() if draft is not None}
 
-    @staticmethod
-    def _sync_folders(folders: set[Path]) -> set[Path]:
+    def _sync_folders(self, folders: set[Path]) -> set[Path]:
         """fsync each folder (the renames in it become durable); return those that failed,
         whose jobs stay stored and are written again later."""
         failed = set()
@@ -156,11 +163,7 @@ class Finisher(ContextLoop):
             try:
                 fsync_folder(folder)
             except OSError as exc:  # the folder vanished, or the file system refuses
-                log.error(
-                    "cannot sync the result folder; will retry",
-                    folder=as_text(str(folder)),
-                    error=str(exc),
-                )
+                self.trouble.failed(folder, f"cannot sync the folder: {exc.strerror or exc}")
                 failed.add(folder)
         return failed
 
@@ -172,7 +175,10 @@ class Finisher(ContextLoop):
             )
         except OSError as exc:
             # Disk full, folder gone, no permission: the outcome stays stored; try again later.
-            log.error("cannot write the result file; will retry", error=str(exc))
+            # Said once per folder and error (self.trouble); per file only at debug.
+            log.debug("cannot write the result file; will retry", error=str(exc))
+            folder = pipeline.placement.result_path(job).parent
+            self.trouble.failed(folder, exc.strerror or str(exc))
             self.metrics.errors.labels(pipeline.name, "result_write").inc()
             return None
 

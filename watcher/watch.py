@@ -40,8 +40,16 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from watcher.context import Context, ContextLoop, Live
-from watcher.files import FileStat, NotARegularFile, StabilityTracker, sha256_of
-from watcher.filters import FileFilter, as_text
+from watcher.files import (
+    NOT_REGULAR,
+    WARNED,
+    FileStat,
+    NotARegularFile,
+    StabilityTracker,
+    regular_file,
+    sha256_of,
+)
+from watcher.filters import FileFilter, PassedOver, as_text
 from watcher.folders import FULL_LISTING_SECONDS, FolderMarks
 from watcher.logs import get_logger
 from watcher.store import KnownFile
@@ -109,7 +117,9 @@ class FolderWatcher:
         self._hints_lock = threading.Lock()
         self.rescan_seconds = rescan_seconds
         self._warned: set[str] = set()  # paths already reported, so a rescan does not repeat
+        self._passed: set[str] = set()  # paths passed over and said so (at debug level)
         self.listing_error: str | None = None  # why the root could not be listed, for /healthz
+        self.unlisted: dict[str, str] = {}  # subfolders the last listing could not read, why
         self._real_folders: dict[str, bool] = {}  # see _real_folder
         # Paths are joined and cut as text in the listing's loops: pathlib costs several
         # microseconds a path, which a tree of a million files pays at every rescan.
@@ -120,6 +130,7 @@ class FolderWatcher:
         self._events_lost = threading.Event()  # an inotify overflow: list everything again
         self.on_progress = on_progress  # discovery's heartbeat: a long scan is not a hang
         self.log = log.bind(pipeline=name)
+        self._debug = self.log.is_enabled_for(logging.DEBUG)
         self._observer: Any = None
         self._observing = (False, 1.0)  # polling?, polling interval
         self._root_id = _identity(self.root)  # (device, inode) of the watched root
@@ -352,7 +363,9 @@ class FolderWatcher:
     def _candidate(self, relative: str) -> FileStat | None:
         """The stat of a file this pipeline takes; None for anything else."""
         self.on_progress()
-        if not self.filter.takes(relative):
+        passed_over = self.filter.passed_over(relative)
+        if passed_over is not None:
+            self._passed_over(relative, passed_over)
             return None
         stat = self._stat(relative)
         if stat is None:
@@ -372,7 +385,7 @@ class FolderWatcher:
         try:
             sha256, size = sha256_of(self.root / relative)
         except NotARegularFile:  # swapped for a FIFO or a folder since the stat
-            self._warn_once(relative, "not a regular file; ignored")
+            self._warn_once(relative, f"{NOT_REGULAR}; ignored")
             return
         except OSError as exc:
             self.log.warning("cannot read file", path=as_text(relative), error=exc.strerror)
@@ -393,24 +406,12 @@ class FolderWatcher:
 
     def _stat(self, relative: str) -> FileStat | None:
         """Stat of a regular file inside the root, following only symlinks that stay inside."""
-        path = self._prefix + relative
-        try:
-            if not self._real_folder(os.path.dirname(path)):
-                return None  # under a symlinked folder (the polling observer follows them)
-            info = os.lstat(path)
-            if stat_mode.S_ISLNK(info.st_mode):
-                if not self._inside(Path(path).resolve()):
-                    self._warn_once(relative, "ignoring symlink that leads out of watch_dir")
-                    return None
-                info = os.stat(path)
-        except (OSError, RuntimeError):  # RuntimeError: a symlink loop, from Python 3.11's resolve
-            if os.path.islink(path):
-                self._warn_once(relative, "broken symlink; ignored")
-            return None
-        if not stat_mode.S_ISREG(info.st_mode):
-            self._warn_once(relative, "not a regular file; ignored")
-            return None
-        return FileStat(info.st_size, info.st_mtime_ns)
+        found = regular_file(self.root, self._prefix + relative, self._real_folder)
+        if isinstance(found, FileStat):
+            return found
+        if found in WARNED:
+            self._warn_once(relative, f"{found}; ignored")
+        return None
 
     def _real_folder(self, folder: str) -> bool:
         """The folder is itself, not reached through a symlink; remembered for one pass."""
@@ -418,6 +419,14 @@ class FolderWatcher:
         if real is None:
             real = self._real_folders[folder] = os.path.realpath(folder) == folder
         return real
+
+    def _passed_over(self, relative: str, passed_over: PassedOver) -> None:
+        """A debug line per path the pipeline's include or exclude leaves alone, so a wrong
+        pattern does not look like a dead daemon (`check-config --explain` tells the same)."""
+        if not passed_over.by_pattern or not self._debug or relative in self._passed:
+            return
+        self._passed.add(relative)  # only while debugging: a set that grows with the tree
+        self.log.debug("file passed over", path=as_text(relative), reason=passed_over.reason)
 
     def _warn_once(self, relative: str, message: str) -> None:
         if relative not in self._warned:
@@ -453,9 +462,12 @@ class FolderWatcher:
             self.log.warning("cannot list folder", folder=as_text(folder), error=exc.strerror)
             if folder == self._root_text:
                 self.listing_error = f"{as_text(folder)}: {exc.strerror or exc}"
+            elif not isinstance(exc, FileNotFoundError | NotADirectoryError):  # not just gone
+                self.unlisted[folder] = exc.strerror or str(exc)
             return None
         if folder == self._root_text:
             self.listing_error = None
+        self.unlisted.pop(folder, None)
         subfolders: list[tuple[int, str]] = []
         for entry in entries:
             relative = entry.path.removeprefix(self._prefix)  # listed under the root
@@ -654,6 +666,14 @@ class Discovery(ContextLoop):
             for name, w in list(self.watchers.items())
             if w.listing_error
         ]
+
+    def unlisted(self) -> tuple[str, ...]:
+        """Folders whose last listing failed, and why: `run --once` exits saying so."""
+        found = []
+        for watcher in list(self.watchers.values()):
+            found += [watcher.listing_error] if watcher.listing_error else []
+            found += [f"{as_text(f)}: {error}" for f, error in watcher.unlisted.items()]
+        return tuple(found)
 
     def dead_observers(self) -> list[str]:
         return [f"observer of {n}" for n, w in list(self.watchers.items()) if not w.watching()]

@@ -26,6 +26,16 @@ class Results(StoreBase):
             first = self.sql.results_due.run(conn, params, len(pipelines)).rows[0][0]
         return None if first is None else float(first)
 
+    def give_back_results(self, unwritten: Sequence[Job]) -> None:
+        """Their files could not be written: the claims end and the results stay stored, for
+        the next try by any instance (not orphans for `release_orphans` to report)."""
+        if not unwritten:
+            return
+        free = {"lease_owner": None, "lease_until": None}
+        with self.db.write(ending=unwritten) as conn:
+            for job in sorted(unwritten, key=lambda job: job.id):  # as other updates lock them
+                self.sql.fenced(conn, job, JobState.RESULT_STORED, free)
+
     def mark_finished(self, job: Job) -> bool:
         return self.mark_finished_many([job])[0]
 

@@ -188,14 +188,16 @@ class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
         with self.db.read() as conn:
             return int(conn.execute(query).scalar_one())
 
-    def unfinished_by_state(self) -> dict[str, int]:
-        """How many jobs wait in each unfinished state, all pipelines (through the state
-        index: the cost follows the work at hand, not the history)."""
+    def unfinished_by_state(self, pipelines: list[str] | None = None) -> dict[str, int]:
+        """How many jobs wait in each unfinished state, of these pipelines or all (through
+        the state index: the cost follows the work at hand, not the history)."""
         query = (
             sa.select(jobs.c.state, sa.func.count())
             .where(jobs.c.state.in_([s.value for s in UNFINISHED]))
             .group_by(jobs.c.state)
         )
+        if pipelines is not None:
+            query = query.where(jobs.c.pipeline.in_(pipelines))
         with self.db.read() as conn:
             return {state: int(count) for state, count in conn.execute(query).all()}
 
