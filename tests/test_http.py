@@ -31,7 +31,8 @@ def test_a_multipart_body_is_the_one_httpx_writes(file_name: str) -> None:
         headers={"Content-Type": content_type.decode()},
     )
     assert content_type == b"multipart/form-data; boundary=b0undary"
-    assert ours == theirs.read()
+    assert b"".join(ours) == theirs.read()
+    assert ours.size == len(theirs.read())
 
 
 class Gzipped(BaseHTTPRequestHandler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -15,38 +16,51 @@ from harness import (
     wait_for,
     write_config,
 )
+from test_jobs import job
 
 from watcher.config import load
+from watcher.document_stream import DocumentStream, open_document
 from watcher.emulator import EmulatorServer, UnstractEmulator
-from watcher.files import TooLarge, read_regular_file
+from watcher.jobs import Decision, Job, JobState
 from watcher.store import Store
 
 
 def test_a_fifo_in_a_documents_place_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "a.pdf"
     os.mkfifo(fifo)
-    errors: list[OSError] = []
-    reader = threading.Thread(target=lambda: _read_into(fifo, errors), daemon=True)
+    opened: list[DocumentStream | Decision] = []
+    reader = threading.Thread(target=lambda: opened.append(_open(fifo, 1000)), daemon=True)
     reader.start()
     reader.join(5.0)
-    assert not reader.is_alive(), "reading a FIFO blocked the worker"
-    assert errors and "not a regular file" in str(errors[0])
-
-
-def _read_into(path: Path, errors: list[OSError]) -> None:
-    try:
-        read_regular_file(path, 1000)
-    except OSError as exc:
-        errors.append(exc)
+    assert not reader.is_alive(), "opening a FIFO blocked the worker"
+    assert isinstance(opened[0], Decision)
+    assert "not a regular file" in opened[0].error
 
 
 def test_a_file_over_the_limit_is_not_read(tmp_path: Path) -> None:
     big = tmp_path / "big.pdf"
     big.write_bytes(b"x" * 2001)
-    with pytest.raises(TooLarge) as raised:
-        read_regular_file(big, 2000)
-    assert raised.value.size == 2001
-    assert read_regular_file(big, 2001) == b"x" * 2001
+    refused = _open(big, 2000)
+    assert isinstance(refused, Decision) and refused.state is JobState.RESULT_STORED
+    assert "2001 bytes, over max_file_bytes = 2000" in refused.error
+    with _streamed(big, 2001) as document:
+        assert b"".join(document.chunks()) == b"x" * 2001
+
+
+def _open(path: Path, limit: int) -> DocumentStream | Decision:
+    return open_document(_job(path), path, limit)
+
+
+def _streamed(path: Path, limit: int) -> DocumentStream:
+    document = _open(path, limit)
+    assert isinstance(document, DocumentStream)
+    return document
+
+
+def _job(path: Path) -> Job:
+    content = path.read_bytes() if path.is_file() else b""
+    digest = hashlib.sha256(content).hexdigest()
+    return job(relative_path=path.name, sha256=digest, size=len(content), execution_id=None)
 
 
 @pytest.mark.usefixtures("api_keys")
