@@ -56,10 +56,11 @@ class DocumentStream:
         digest = hashlib.sha256()
         offset = 0
         while offset < self.size:
-            chunk = self._read(offset, min(READ_BYTES, self.size - offset))
+            wanted = min(READ_BYTES, self.size - offset)
+            chunk = self._read(offset, wanted)
             digest.update(chunk)
             offset += len(chunk)
-            if offset >= self.size or not chunk:
+            if offset >= self.size or len(chunk) < wanted:  # the end, or a file that shrank
                 self._check(digest, offset)
             yield chunk
 
