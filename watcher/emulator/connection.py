@@ -104,6 +104,7 @@ class Connection(asyncio.Protocol):
         # (chunked) reads as empty, whatever arrived.
         body = self._body if "content-length" in self._headers else []
         request = _request(self.parser.get_method(), self._url, self._headers, body)
+        self._body = []  # joined into the request: a big upload is held once, not twice
         self.queue.append((request, self.parser.should_keep_alive()))
         if not self.busy:
             self._answer_next()
