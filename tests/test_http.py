@@ -163,12 +163,18 @@ class ReceivingServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Receiver)
         self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.wanted = 0
-        self.arrived = threading.Event()  # `wanted` bytes of the body have arrived
+        self.received = 0  # bytes of the body being read
+        self.changed = threading.Condition()
 
     def progress(self, received: int) -> None:
-        if self.wanted and received >= self.wanted:
-            self.arrived.set()
+        with self.changed:
+            self.received = received
+            self.changed.notify_all()
+
+    def has(self, count: int) -> bool:
+        """Whether `count` bytes of the body arrive within 10 s."""
+        with self.changed:
+            return self.changed.wait_for(lambda: self.received >= count, 10)
 
 
 @pytest.fixture
@@ -188,9 +194,8 @@ def test_a_streamed_file_is_on_the_wire_before_its_end_is_read(receiver: Receivi
     waited: list[bool] = []
 
     def before(offset: int) -> None:
-        if offset:  # the first chunk and the part's head went out: the server has them
-            receiver.wanted = offset
-            waited.append(receiver.arrived.wait(10))
+        if offset:  # the chunks before and the part's head went out: the server has them
+            waited.append(receiver.has(offset))
 
     files = [("files", ("a.pdf", Pieces(document, WRITE_BYTES, before), "application/pdf"))]
     client = http(f"http://127.0.0.1:{receiver.server_address[1]}/")

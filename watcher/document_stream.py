@@ -55,21 +55,19 @@ class DocumentStream:
         chunk of bytes that are not the ones hashed (or of a file that could not be read)."""
         digest = hashlib.sha256()
         offset = 0
-        while offset < self.size:
-            wanted = min(READ_BYTES, self.size - offset)
-            chunk = self._read(offset, wanted)
+        while True:
+            remaining = self.size - offset
+            last = remaining <= READ_BYTES
+            # The last read asks for one byte more: one past the size shows a file that grew.
+            chunk = self._read(offset, remaining + 1 if last else READ_BYTES)
             digest.update(chunk)
             offset += len(chunk)
-            if offset >= self.size or len(chunk) < wanted:  # the end, or a file that shrank
-                self._check(digest, offset)
+            if last or len(chunk) < READ_BYTES:  # the end, or a file that shrank
+                if offset != self.size or digest.hexdigest() != self.job.sha256:
+                    raise Abandoned(self.job, decide_changed(while_sending=True))
+                yield chunk
+                return
             yield chunk
-
-    def _check(self, digest: hashlib._Hash, offset: int) -> None:
-        """At the end of the bytes: one byte past the size shows a file that grew."""
-        more = self._read(offset, 1)
-        digest.update(more)
-        if offset + len(more) != self.size or digest.hexdigest() != self.job.sha256:
-            raise Abandoned(self.job, decide_changed(while_sending=True))
 
     def _read(self, offset: int, count: int) -> bytes:
         try:
