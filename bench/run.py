@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from backlog import backlog
+from bigdocs import big_documents
 from burst import burst
 from harness import Override, Processes, compile_daemon
 from report import Figure, Report
@@ -55,6 +56,7 @@ SCENARIOS: dict[str, Scenario] = {
     "restart": restart,
     "scale": scale,  # grows the tree restart leaves (or a seed run's) to scale_docs
     "burst": burst,  # documents written in place, many at once
+    "bigdocs": big_documents,  # memory and upload rate with documents of 48 MiB and 2 GiB
 }
 ALIASES = {"idle": "memory"}
 SETTLE_SECONDS = 0.3

@@ -69,6 +69,8 @@ class Sizes:
     burst_docs: tuple[int, ...] = (1000, 20_000)  # the burst scenario's small and big burst
     # The scale daemons' rescan_seconds (the default is 300): rescans happen while it measures.
     scale_rescan_seconds: float = 20.0
+    big_docs: tuple[int, int] = (16, 48)  # the bigdocs scenario's packed drop: count, MiB each
+    huge_doc_mib: int = 2048  # and its one big document
 
 
 FULL = Sizes(
@@ -110,6 +112,8 @@ SMOKE = Sizes(
     (2000, 4000),
     (100, 400),
     2.0,
+    big_docs=(4, 1),
+    huge_doc_mib=8,
 )
 
 

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_jobs import job
 
 from watcher import config as config_module
 from watcher.config import DEFAULT_INCLUDE, Settings
 from watcher.context import Context, Live, Wakes
 from watcher.daemon import Daemon
+from watcher.document_stream import DocumentStream, open_document
 from watcher.emulator import DEMO_API, DEMO_KEY, DEMO_ORG, EmulatorServer
 from watcher.filters import FileFilter
 from watcher.metrics import Metrics
@@ -307,3 +309,14 @@ def make_watcher(
         enqueue=collector,
         wake=wake or threading.Event(),
     )
+
+
+def streamed(path: Path, limit: int = 1 << 40) -> DocumentStream:
+    """The file at `path`, open for its upload as the document of a job that hashed it as
+    it is now."""
+    content = path.read_bytes()
+    digest = hashlib.sha256(content).hexdigest()
+    hashed = job(relative_path=path.name, sha256=digest, size=len(content), execution_id=None)
+    document = open_document(hashed, path, limit)
+    assert isinstance(document, DocumentStream)
+    return document

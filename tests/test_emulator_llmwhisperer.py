@@ -247,6 +247,13 @@ def test_empty_body_is_400(client: httpx.Client) -> None:
     assert submit(client, b"  ", url_in_post="true").status_code == 400
 
 
+def test_a_chunked_document_reads_as_empty(client: httpx.Client) -> None:
+    response = client.post("/whisper", content=iter([DOC]))
+    assert response.request.headers["Transfer-Encoding"] == "chunked"
+    assert response.status_code == 400
+    assert "Empty request body" in response.json()["message"]
+
+
 # -- status progression and retrieve, both generations -----------------------------------
 
 

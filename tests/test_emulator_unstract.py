@@ -240,6 +240,19 @@ def test_singular_file_field_is_ignored(client: httpx.Client) -> None:
     assert std_error(response)[2] == "You must provide at least one file or presigned URL."
 
 
+def test_a_chunked_upload_reads_as_empty_as_under_wsgi(
+    client: httpx.Client, emu: UnstractEmulator
+) -> None:
+    """Django reads a body by its Content-Length; sent chunked, the files are not seen."""
+    built = httpx.Request("POST", "http://x/", files=[upload("a.txt", b"one two")])
+    headers = {"Content-Type": built.headers["Content-Type"]}
+    response = client.post(URL, content=iter([built.read()]), headers=headers)
+    assert response.request.headers["Transfer-Encoding"] == "chunked"
+    assert response.status_code == 400
+    assert std_error(response)[2] == "You must provide at least one file or presigned URL."
+    assert emu.stats().executions_created == 0
+
+
 def test_accepted_words_and_one_tag(client: httpx.Client) -> None:
     response = submit(client, include_metadata="yes", include_metrics="On", tags=" invoices_2 ")
     assert response.status_code == 200

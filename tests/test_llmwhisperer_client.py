@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from harness import streamed
 from pydantic import SecretStr
 
 from watcher.backend import PollKind, SubmitKind, Upload
@@ -158,6 +161,22 @@ def client(handler: Any, **options: Any) -> LLMWhispererClient:
         max_connections=2,
         transport=httpx.MockTransport(handler),
     )
+
+
+def test_a_streamed_document_goes_as_its_bytes_with_a_content_length(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"whisper_hash": HASH, "status": "processing"})
+
+    content = os.urandom(600_000)
+    (tmp_path / "scan.pdf").write_bytes(content)
+    with streamed(tmp_path / "scan.pdf") as document:
+        client(handler).submit(Upload("scan.pdf", document, "application/pdf"))
+    assert seen[0].read() == content
+    assert seen[0].headers["Content-Length"] == str(len(content))
+    assert "Transfer-Encoding" not in seen[0].headers
 
 
 def test_submit_sends_raw_bytes_with_the_key_header_and_changed_options_only() -> None:

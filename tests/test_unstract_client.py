@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from harness import streamed
 from pydantic import SecretStr
 
 from watcher.backend import CheckKind, PollKind, SubmitKind, Upload
@@ -241,6 +244,31 @@ def test_submit_files_sends_one_part_per_document_in_one_request() -> None:
         assert f'name="files"; filename="p{index}.pdf"'.encode() in body
         assert f"%PDF-1.4 {index}".encode() in body
     assert body.count(b'name="timeout"') == 1
+
+
+def test_streamed_documents_reach_the_transport_as_the_bytes_httpx_would_send(
+    tmp_path: Path,
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=exec_message("PENDING"))
+
+    contents = [os.urandom(600_000), b"%PDF-1.4 small"]
+    for index, content in enumerate(contents):
+        (tmp_path / f"p{index}.pdf").write_bytes(content)
+    with streamed(tmp_path / "p0.pdf") as big, streamed(tmp_path / "p1.pdf") as small:
+        uploads = [Upload(f"p{i}.pdf", d, "application/pdf") for i, d in enumerate([big, small])]
+        _client(handler, files_per_execution=4).submit_files(uploads)
+    request = seen[0]
+    files = [("files", (f"p{i}.pdf", c, "application/pdf")) for i, c in enumerate(contents)]
+    form = {"timeout": "0", "include_metadata": "true", "tags": "invoices"}
+    content_type = {"Content-Type": request.headers["Content-Type"]}
+    expected = httpx.Request("POST", request.url, data=form, files=files, headers=content_type)
+    assert request.read() == expected.read()
+    assert request.headers["Content-Length"] == str(len(expected.read()))
+    assert "Transfer-Encoding" not in request.headers
 
 
 def test_poll_execution_answers_for_the_execution_and_each_file_by_name() -> None:

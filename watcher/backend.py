@@ -14,7 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # the pure core does not load the HTTP layer
+    from watcher.http import Streamed
 
 
 class SubmitKind(StrEnum):
@@ -102,10 +105,13 @@ class CheckOutcome:
 
 @dataclass(frozen=True)
 class Upload:
-    """One document as it goes over the wire: the bytes that were hashed, and their name."""
+    """One document as it goes over the wire: the bytes that were hashed, and their name.
+
+    A `Streamed` content is read while it is sent; when it raises (the file changed), the
+    request is abandoned before its last byte and `submit` raises that exception."""
 
     file_name: str
-    content: bytes
+    content: bytes | Streamed
     content_type: str
 
 
@@ -159,7 +165,8 @@ Fetch = Callable[[str, str], PollOutcome]
 
 
 class Backend(Protocol):
-    """One remote API. Implementations never raise for HTTP or network trouble.
+    """One remote API. Implementations never raise for HTTP or network trouble; what an
+    upload's content raises while it is read goes through (see `Upload`).
 
     `poll` says where an execution stands. An API whose results come from a separate,
     read-once call (LLMWhisperer's retrieve) answers READY and has a `fetch` that makes the

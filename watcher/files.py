@@ -158,14 +158,3 @@ class TooLarge(OSError):
     def __init__(self, size: int) -> None:
         super().__init__(f"{size} bytes")
         self.size = size
-
-
-def read_regular_file(path: Path, limit: int) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (never blocks on a FIFO)."""
-    with open_regular(path) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > limit:
-            raise TooLarge(size)
-        # One byte past the size shows a file that grew (its digest then differs); a read
-        # of `limit` would allocate that much for every small document.
-        return handle.read(size + 1)

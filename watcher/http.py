@@ -4,7 +4,10 @@ under httpx, with requests made of the bytes they go out as.
 httpx's client layer (cookies, redirects, auth flows) cost a third of each request's CPU, and
 its request and response models most of the rest: every request parsed its URL again and
 normalised every header. Here the base URL is parsed once, the headers are encoded once, and
-a form's multipart body is built here as httpx builds it. Errors are httpx's (the clients
+a form's multipart body is laid out here as httpx builds it. A body is never assembled in
+memory: its parts (a document among them) are read as they go out, in chunks, after a
+Content-Length computed up front (never chunked transfer encoding: the Unstract backend, Django
+under WSGI, would read such a body as empty). Errors are httpx's (the clients
 classify those), mapped from httpcore's as httpx maps them; a redirect is an answer to
 classify, never to follow. A test may pass an httpx transport (`httpx.MockTransport`): the
 same bytes then go through it.
@@ -18,6 +21,7 @@ import ssl
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 from urllib.parse import urlencode
 
 import httpcore
@@ -54,7 +58,56 @@ _HTTPX_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = tuple
 _FORM_ESCAPES = {'"': "%22", "\\": "\\\\"} | {chr(c): f"%{c:02X}" for c in range(32) if c != 27}
 _FORM_ESCAPE = re.compile("|".join(re.escape(c) for c in _FORM_ESCAPES))
 
-Files = Sequence[tuple[str, tuple[str, bytes, str]]]  # (part name, (file name, bytes, type))
+# Neighbouring small pieces of a body (a part's head, a small document) go out as one write of
+# up to this many bytes; a bigger piece goes out as it is.
+WRITE_BYTES = 256 * 1024
+
+
+class Streamed(Protocol):
+    """Bytes read as they go out, in chunks, their number known before the first is sent.
+
+    `chunks` may raise (a document that changed while it was read): the request is then
+    abandoned before its last byte and the exception reaches the caller of `post`."""
+
+    @property
+    def size(self) -> int: ...
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+
+Part = bytes | Streamed
+Files = Sequence[tuple[str, tuple[str, Part, str]]]  # (part name, (file name, content, type))
+
+
+class Body:
+    """A request body made of parts, read as it is sent and never joined whole; its size is
+    known up front. Iterating again reads the parts again."""
+
+    def __init__(self, parts: Sequence[Part]) -> None:
+        self.parts = parts
+        self.size = sum(len(p) if isinstance(p, bytes) else p.size for p in parts)
+
+    def __iter__(self) -> Iterator[bytes]:
+        pending: list[bytes] = []  # small pieces, joined into one write
+        held = 0
+        for piece in self._pieces():
+            if pending and held + len(piece) > WRITE_BYTES:
+                yield b"".join(pending)
+                pending, held = [], 0
+            if len(piece) >= WRITE_BYTES:
+                yield piece
+            else:
+                pending.append(piece)
+                held += len(piece)
+        if pending:
+            yield b"".join(pending)
+
+    def _pieces(self) -> Iterator[bytes]:
+        for part in self.parts:
+            if isinstance(part, bytes):
+                yield part
+            else:
+                yield from part.chunks()
 
 
 class Answer:
@@ -108,16 +161,17 @@ class ApiHttp:
         *,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        content: bytes | None = None,
+        content: Part | None = None,
         data: Mapping[str, str] | None = None,
         files: Files | None = None,
     ) -> Answer:
         sent = self._headers + _encoded(headers or {})
         if files is not None or data is not None:
-            content, content_type = multipart(data or {}, files or ())
+            body, content_type = multipart(data or {}, files or ())
             sent.append((b"Content-Type", content_type))
-        body = content or b""
-        sent.append((b"Content-Length", str(len(body)).encode()))
+        else:
+            body = Body(() if content is None else (content,))
+        sent.append((b"Content-Length", str(body.size).encode()))
         return self._send("POST", self._target(path, params), sent, body)
 
     def close(self) -> None:
@@ -132,7 +186,7 @@ class ApiHttp:
         return target + (b"&" if b"?" in target else b"?") + urlencode(params).encode("ascii")
 
     def _send(
-        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes | None
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: Body | None
     ) -> Answer:
         if self._transport is not None:
             return self._send_through_transport(method, target, headers, body)
@@ -142,15 +196,16 @@ class ApiHttp:
             port=self._base.port,
             target=target,
         )
+        content = None if body is None else iter(body)
         with _as_httpx_errors():
             response = self._pool.request(
-                method, url, headers=headers, content=body, extensions=self._extensions
+                method, url, headers=headers, content=content, extensions=self._extensions
             )
-        content = _decoded(response.content, _header(response.headers, b"content-encoding"))
-        return Answer(response.status, response.headers, content)
+        encoding = _header(response.headers, b"content-encoding")
+        return Answer(response.status, response.headers, _decoded(response.content, encoding))
 
     def _send_through_transport(
-        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes | None
+        self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: Body | None
     ) -> Answer:
         url = self._base.copy_with(raw_path=target)
         request = httpx.Request(
@@ -166,21 +221,26 @@ class ApiHttp:
 
 def multipart(
     data: Mapping[str, str], files: Files, boundary: bytes | None = None
-) -> tuple[bytes, bytes]:
+) -> tuple[Body, bytes]:
     """A multipart/form-data body and its Content-Type, as httpx writes one: the form's
-    fields, then one part per file."""
+    fields, then one part per file. The files' contents are parts of the body as they are,
+    between joined heads; the closing boundary comes after the last file's last byte."""
     boundary = boundary or secrets.token_hex(16).encode("ascii")
-    parts: list[bytes] = []
+    head: list[bytes] = []  # what comes before the next file's content
+    parts: list[Part] = []
     for name, value in data.items():
         disposition = _form_param("name", name)
-        parts += [b"--", boundary, b"\r\nContent-Disposition: form-data; ", disposition]
-        parts += [b"\r\n\r\n", value.encode(), b"\r\n"]
+        head += [b"--", boundary, b"\r\nContent-Disposition: form-data; ", disposition]
+        head += [b"\r\n\r\n", value.encode(), b"\r\n"]
     for name, (file_name, content, content_type) in files:
         disposition = _form_param("name", name) + b"; " + _form_param("filename", file_name)
-        parts += [b"--", boundary, b"\r\nContent-Disposition: form-data; ", disposition]
-        parts += [b"\r\nContent-Type: ", content_type.encode(), b"\r\n\r\n", content, b"\r\n"]
-    parts += [b"--", boundary, b"--\r\n"]
-    return b"".join(parts), b"multipart/form-data; boundary=" + boundary
+        head += [b"--", boundary, b"\r\nContent-Disposition: form-data; ", disposition]
+        head += [b"\r\nContent-Type: ", content_type.encode(), b"\r\n\r\n"]
+        parts += [b"".join(head), content]
+        head = [b"\r\n"]
+    head += [b"--", boundary, b"--\r\n"]
+    parts.append(b"".join(head))
+    return Body(parts), b"multipart/form-data; boundary=" + boundary
 
 
 def _form_param(name: str, value: str) -> bytes:

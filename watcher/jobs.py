@@ -206,11 +206,21 @@ def decide_unreadable(problem: OSError, limit_bytes: int) -> Decision:
 def decide_content(job: Job, content_sha256: str, size: int) -> Decision | None:
     """None if the bytes read are the ones that were hashed, and there are some."""
     if content_sha256 != job.sha256:
-        reason = "the file changed before upload; the new content is queued anew"
-        return _skipped(reason, "file changed before upload")
+        return decide_changed()
     if not size:
         return failed_before_upload("the file is empty")
     return None
+
+
+def decide_changed(while_sending: bool = False) -> Decision:
+    """The bytes are no longer the ones that were hashed: the new content is queued anew.
+    Found while sending, the upload was abandoned before its last byte (never recorded as
+    sent)."""
+    if while_sending:
+        reason = "the file changed while it was uploaded; the upload was abandoned and the new"
+        return _skipped(f"{reason} content is queued anew", "file changed during upload")
+    reason = "the file changed before upload; the new content is queued anew"
+    return _skipped(reason, "file changed before upload")
 
 
 def failed_before_upload(error: str) -> Decision:

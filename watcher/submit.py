@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import random
 import threading
+from contextlib import ExitStack
 
 from watcher.backend import SubmitOutcome, Upload
 from watcher.context import ContextLoop, LastLook, Live
 from watcher.crashpoints import crash_point
-from watcher.files import read_regular_file
+from watcher.document_stream import Abandoned, DocumentStream, open_document
 from watcher.jobs import (
     Decision,
     Job,
     JobState,
     decide_after_submit,
     decide_before_upload,
-    decide_content,
-    decide_unreadable,
 )
 from watcher.logs import about, get_logger
 from watcher.packs import decide_after_pack_submit, file_rounds
@@ -60,19 +58,14 @@ def upload_content_type(file_name: str) -> str:
     return guessed if guessed in ACCEPTED_TYPES else "application/octet-stream"
 
 
-def read_for_upload(job: Job, pipeline: Pipeline) -> tuple[bytes, Decision | None]:
-    """The document's bytes, or the decision not to send it: too many attempts, or the
-    bytes are gone, unreadable, empty or no longer the ones that were hashed."""
+def open_for_upload(job: Job, pipeline: Pipeline) -> DocumentStream | Decision:
+    """The document, open to be streamed, or the decision not to send it: too many
+    attempts, or the file is gone, unreadable, too large or empty. Whether its bytes are
+    still the ones that were hashed is checked as they are sent."""
     too_many = decide_before_upload(job, pipeline.policy)
     if too_many is not None:
-        return b"", too_many
-    limit = pipeline.config.max_file_bytes
-    try:
-        content = read_regular_file(pipeline.placement.source(job), limit)
-    except OSError as exc:
-        return b"", decide_unreadable(exc, limit)
-    digest = hashlib.sha256(content).hexdigest()
-    return content, decide_content(job, digest, len(content))
+        return too_many
+    return open_document(job, pipeline.placement.source(job), pipeline.config.max_file_bytes)
 
 
 class Uploader(ContextLoop):
@@ -105,7 +98,7 @@ class Uploader(ContextLoop):
                 continue
             claim, go = self._take(claim, claim_next=not stop.is_set())
         for job in claim:  # claimed with the last upload's answer, never sent
-            self._put_back(job)
+            self.put_back(job)
 
     def _claim(self, limits: dict[str, int]) -> list[Job]:
         return self.store.claim_execution_for_upload(self.owner, limits, self._packing())
@@ -118,7 +111,7 @@ class Uploader(ContextLoop):
             if p.backend.files_per_execution > 1
         }
 
-    def _put_back(self, job: Job) -> None:
+    def put_back(self, job: Job) -> None:
         """A claimed job that will not be sent now goes back to the queue, attempt refunded."""
         self.store.record_submit(job, Decision(JobState.QUEUED, refund_attempt=True), None)
 
@@ -128,7 +121,7 @@ class Uploader(ContextLoop):
         pipeline = self.pipelines.get(claim[0].pipeline)
         if pipeline is None or pipeline.outage is not None:  # removed, or out of reach since
             for job in claim:
-                self._put_back(job)
+                self.put_back(job)
             return [], True
         if len(claim) > 1:
             with about(claim[0]):
@@ -166,14 +159,18 @@ class Uploader(ContextLoop):
         """Send the document, record the answer; return the worker's next job if it was
         claimed with the answer (only when `claim_next`), and whether to claim straight away
         otherwise."""
-        content, unsent = read_for_upload(job, pipeline)
-        if unsent is not None:
-            if self.store.record_submit(job, unsent, None):
-                self.carry_out(unsent, pipeline)
+        document = open_for_upload(job, pipeline)
+        if isinstance(document, Decision):
+            self.record_unsent(job, document, pipeline)
             return [], True
         content_type = upload_content_type(job.file_name)
-        log.debug("uploading", bytes=len(content), content_type=content_type, attempt=job.attempts)
-        outcome = pipeline.backend.submit(Upload(job.upload_name, content, content_type))
+        log.debug("uploading", bytes=document.size, content_type=content_type, attempt=job.attempts)
+        try:
+            with document:
+                outcome = pipeline.backend.submit(Upload(job.upload_name, document, content_type))
+        except Abandoned as stopped:
+            self.record_unsent(job, stopped.decision, pipeline)
+            return [], True
         crash_point("after_post")
         decision = decide_after_submit(
             outcome,
@@ -195,6 +192,11 @@ class Uploader(ContextLoop):
                 execution_id=outcome.execution_id,
             )
         return next_job, not tried
+
+    def record_unsent(self, job: Job, decision: Decision, pipeline: Pipeline) -> None:
+        """A document not sent (or abandoned while it was sent), as decided."""
+        if self.store.record_submit(job, decision, None):
+            self.carry_out(decision, pipeline)
 
     def _record(
         self, job: Job, decision: Decision, http_status: int | None, claim_next: bool
@@ -220,19 +222,33 @@ class PackedUpload:
 
     def upload(self, claim: list[Job]) -> None:
         """Send the documents that can go, record the answer for all in one transaction."""
-        ready = [
-            (job, content)
-            for job, content in zip(claim, self._contents(claim), strict=True)
-            if content
-        ]
-        if not ready:
-            return
-        crash_point("pack_claimed")
-        files = [Upload(j.upload_name, c, upload_content_type(j.file_name)) for j, c in ready]
-        log.debug("uploading", documents=len(files), bytes=sum(len(c) for _, c in ready))
-        outcome = self.pipeline.backend.submit_files(files)
+        with ExitStack() as opened:
+            ready = [opened.enter_context(document) for document in self._open(claim)]
+            if not ready:
+                return
+            crash_point("pack_claimed")
+            try:
+                outcome = self._send(ready)
+            except Abandoned as stopped:
+                self._abandoned(stopped, [document.job for document in ready])
+                return
         crash_point("after_post")
-        pack = [job for job, _ in ready]
+        self._record([document.job for document in ready], outcome)
+
+    def _send(self, ready: list[DocumentStream]) -> SubmitOutcome:
+        files = [Upload(d.job.upload_name, d, upload_content_type(d.job.file_name)) for d in ready]
+        log.debug("uploading", documents=len(files), bytes=sum(d.size for d in ready))
+        return self.pipeline.backend.submit_files(files)
+
+    def _abandoned(self, stopped: Abandoned, pack: list[Job]) -> None:
+        """One document changed while the pack was sent: the request never ended, so none
+        was sent; that one is decided, the others go back to the queue."""
+        self.uploader.record_unsent(stopped.job, stopped.decision, self.pipeline)
+        for job in pack:
+            if job.id != stopped.job.id:
+                self.uploader.put_back(job)
+
+    def _record(self, pack: list[Job], outcome: SubmitOutcome) -> None:
         expected = self.pipeline.expected_execution_seconds
         if expected is not None:
             expected *= file_rounds(len(pack))
@@ -245,17 +261,16 @@ class PackedUpload:
         )
         self._carry_out(outcome, pack, decisions, recorded)
 
-    def _contents(self, claim: list[Job]) -> list[bytes]:
-        """Each document's bytes; b"" for one that will not go (recorded as decided)."""
-        contents = []
+    def _open(self, claim: list[Job]) -> list[DocumentStream]:
+        """The documents that can go, open; one that will not is recorded as decided."""
+        documents = []
         for job in claim:
-            content, unsent = read_for_upload(job, self.pipeline)
-            if unsent is not None:
-                if self.store.record_submit(job, unsent, None):
-                    self.uploader.carry_out(unsent, self.pipeline)
-                content = b""
-            contents.append(content)
-        return contents
+            document = open_for_upload(job, self.pipeline)
+            if isinstance(document, Decision):
+                self.uploader.record_unsent(job, document, self.pipeline)
+            else:
+                documents.append(document)
+        return documents
 
     def _carry_out(
         self,

@@ -100,7 +100,11 @@ class Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        request = _request(self.parser.get_method(), self._url, self._headers, self._body)
+        # Django under a WSGI server reads a body by its Content-Length: one sent without it
+        # (chunked) reads as empty, whatever arrived.
+        body = self._body if "content-length" in self._headers else []
+        request = _request(self.parser.get_method(), self._url, self._headers, body)
+        self._body = []  # joined into the request: a big upload is held once, not twice
         self.queue.append((request, self.parser.should_keep_alive()))
         if not self.busy:
             self._answer_next()
