@@ -20,7 +20,7 @@ from watcher.jobs import (
     decide_content,
     decide_unreadable,
 )
-from watcher.logs import about, get_logger
+from watcher.logs import about, about_execution, get_logger
 from watcher.packs import decide_after_pack_submit, file_rounds
 from watcher.runtime import Pipeline
 
@@ -131,7 +131,7 @@ class Uploader(ContextLoop):
                 self._put_back(job)
             return [], True
         if len(claim) > 1:
-            with about(claim[0]):
+            with about_execution(claim):
                 PackedUpload(self, pipeline).upload(claim)
             return [], True
         with about(claim[0]):
@@ -249,11 +249,12 @@ class PackedUpload:
         """Each document's bytes; b"" for one that will not go (recorded as decided)."""
         contents = []
         for job in claim:
-            content, unsent = read_for_upload(job, self.pipeline)
-            if unsent is not None:
-                if self.store.record_submit(job, unsent, None):
-                    self.uploader.carry_out(unsent, self.pipeline)
-                content = b""
+            with about(job):
+                content, unsent = read_for_upload(job, self.pipeline)
+                if unsent is not None:
+                    if self.store.record_submit(job, unsent, None):
+                        self.uploader.carry_out(unsent, self.pipeline)
+                    content = b""
             contents.append(content)
         return contents
 
@@ -270,7 +271,8 @@ class PackedUpload:
             if outcome.rate_limited:
                 metrics.rate_limited.labels(self.pipeline.name).inc()
         for job, decision, done in zip(pack, decisions, recorded, strict=True):
-            if done:
-                self.uploader.carry_out(decision, self.pipeline)
-            else:
-                log.warning("lost the claim on a packed job while uploading", job_id=job.id)
+            with about(job, outcome.execution_id):
+                if done:
+                    self.uploader.carry_out(decision, self.pipeline)
+                else:
+                    log.warning("lost the claim on a packed job while uploading")
