@@ -231,6 +231,18 @@ def api_key() -> str:
     return DEMO_KEY
 
 
+def run_once(config: Path, umask: int = -1) -> subprocess.CompletedProcess[str]:
+    """`run --once` in a child process (umask -1: the test's own), its log lines captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, KEY_ENV: api_key()},
+        umask=umask,
+    )
+
+
 def live_context(store: Store, pipelines: list[Pipeline], owner: str = "me") -> Live:
     """What a loop is built from, for testing one loop without a daemon around it."""
     settings = Settings(pipelines=[p.config for p in pipelines])

@@ -8,19 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import KEY_ENV, api_key, deployment_url, write_config
+from harness import deployment_url, run_once, write_config
 
 from watcher.emulator import EmulatorServer
-
-
-def run_once(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, KEY_ENV: api_key()},
-    )
 
 
 def test_every_line_about_a_document_names_it(

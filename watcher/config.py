@@ -229,6 +229,10 @@ class PipelineConfig(Strict):
     archive_dir: Path | Literal[""] = Field(
         "", description="With after_success = move: sources go to processed/ and failed/ here."
     )
+    result_file_mode: str = Field(
+        "0640",
+        description="Octal permissions of result, error and side files, as given (no umask).",
+    )
     include: list[str] = Field(
         default_factory=lambda: list(DEFAULT_INCLUDE),
         description="Glob patterns of the files to take (matched on the relative path).",
@@ -256,6 +260,13 @@ class PipelineConfig(Strict):
     table: TableConfig | None = Field(
         None, description="A database table with one row per finished document; none if absent."
     )
+
+    @field_validator("result_file_mode")
+    @classmethod
+    def _octal_mode(cls, mode: str) -> str:
+        if re.fullmatch(r"0?[0-7]{3}", mode) is None:
+            raise ValueError(f'{mode!r} is not a file mode; write it in octal, as "0640"')
+        return mode
 
     def file_filter(self) -> FileFilter:
         return FileFilter(
