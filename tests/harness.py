@@ -293,6 +293,7 @@ def make_watcher(
     recursive: bool = True,
     settle_seconds: float = 0.0,
     wake: threading.Event | None = None,
+    close_wait_seconds: float = 600.0,
 ) -> FolderWatcher:
     """A folder watcher of the default file types that queues into `collector`."""
     return FolderWatcher(
@@ -304,4 +305,5 @@ def make_watcher(
         known=collector.known,
         enqueue=collector,
         wake=wake or threading.Event(),
+        close_wait_seconds=close_wait_seconds,
     )

@@ -220,6 +220,13 @@ class PipelineConfig(Strict):
     settle_seconds: float = Field(
         2.0, ge=0, le=3600, description="A file is taken once size and mtime are this still."
     )
+    close_wait_seconds: float = Field(
+        600.0,
+        ge=0,
+        le=7 * 86400,
+        description="observer = native: a file created in place waits for its writer's close "
+        "(then settle_seconds); one held this long without a close settles like a listed one.",
+    )
     output_dir: Path | Literal[""] = Field(
         "", description="Where results go ('' = beside the source)."
     )
