@@ -245,3 +245,20 @@ def test_a_writer_pausing_longer_than_settle_seconds_gets_one_upload_of_the_whol
         wait_for(lambda: daemon.progress().unfinished == 0, what="all jobs finished")
     assert emulator.stats().posts_by_sha256 == {sha256(path): 1}
     assert results_under(tmp_path / "drop")["scan.txt.json"]["sha256"] == sha256(path)
+
+
+@pytest.mark.usefixtures("api_keys")
+def test_a_file_moved_in_goes_without_waiting_for_settle_seconds_or_a_close(
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
+) -> None:
+    config = write_config(
+        tmp_path, deployment_url(server), db_url, pipeline={"settle_seconds": 600.0}
+    )
+    outside = tmp_path / "outside.txt"
+    with running_daemon(config) as daemon, outside.open("wb") as writer:
+        wait_for(daemon.discovery.first_pass_done.is_set, what="the first listing")
+        writer.write(b"a whole document, moved in\n")
+        writer.flush()
+        outside.rename(tmp_path / "drop" / "moved.txt")
+        wait_for(lambda: "moved.txt.json" in results_under(tmp_path / "drop"), what="a result")
+    assert emulator.stats().posts_by_sha256 == {sha256(tmp_path / "drop" / "moved.txt"): 1}
