@@ -23,6 +23,7 @@ from harness import (
     wait_for,
     write_config,
 )
+from structlog.testing import capture_logs
 
 from watcher.arrivals import Arrival, Arrivals
 from watcher.emulator import EmulatorServer, UnstractEmulator
@@ -37,7 +38,7 @@ def test_a_created_file_waits_for_its_close_then_settles() -> None:
     arrivals = Arrivals(settle_seconds=1.0, close_wait_seconds=600.0)
     arrivals.arrived("x", Arrival.CREATED, now=0.0)
     assert not arrivals.observe("x", A, now=0.0)
-    assert arrivals.due(now=599.0) == [] and not arrivals.observe("x", A, now=599.0)
+    assert arrivals.stop_waiting(now=599.0) == [] and not arrivals.observe("x", A, now=599.0)
     assert arrivals.next_check() == 600.0 and arrivals  # held: still pending
     arrivals.arrived("x", Arrival.CLOSED, now=599.5)
     assert not arrivals.observe("x", B, now=599.5)
@@ -68,7 +69,7 @@ def test_a_close_that_never_comes_falls_back_to_settling() -> None:
     arrivals = Arrivals(settle_seconds=1.0, close_wait_seconds=10.0)
     arrivals.arrived("x", Arrival.CREATED, now=0.0)
     arrivals.arrived("y", Arrival.CREATED, now=0.0)
-    assert arrivals.due(now=10.0) == ["x", "y"]  # held as long as close_wait_seconds
+    assert arrivals.stop_waiting(now=10.0) == ["x", "y"]  # held for close_wait_seconds
     assert not arrivals.observe("x", A, now=10.0)  # now it settles like a listed file
     assert arrivals.observe("x", A, now=11.0)
     arrivals.arrived("z", Arrival.CREATED, now=20.0)
@@ -149,9 +150,13 @@ def test_a_file_whose_close_never_comes_is_taken_after_close_wait_seconds(
     path = tmp_path / "a.pdf"
     with held_open(tmp_path, settle=0.2, close_wait=60.0) as (watcher, collector, _, _):
         later = time.monotonic() + 60
-        watcher.step(later)  # the wait is over: it settles from here
+        with capture_logs() as logs:
+            watcher.step(later)  # the wait is over: it settles from here
         watcher.step(later + 0.2)
         assert collector.queued == [("a.pdf", sha256(path), path.stat().st_size)]
+    assert [(e["event"], e["path"]) for e in logs] == [
+        ("no close came; taken once it stands still", "a.pdf")
+    ]
 
 
 def test_files_renamed_or_moved_in_are_taken_at_once_while_still_open(tmp_path: Path) -> None:

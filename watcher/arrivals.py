@@ -6,10 +6,10 @@ the file is taken once they stood still for `settle_seconds`. The native observe
 (IN_CLOSE_WRITE), however long the writer pauses, so it is held until then and settles from
 the close; a file renamed or moved in arrives whole and is taken at once.
 
-A close can fail to come: the queue overflowed, the file was complete before the watch on its
-new folder existed (mkdir and copy in one go), it is a hard link, or a writer keeps it open
-for ever. A file held `close_wait_seconds` without a close falls back to `settle_seconds`;
-after an overflow every held file does.
+A close can fail to come: the queue overflowed, the file is a hard link or a symlink, or a
+writer keeps it open for ever. A file held `close_wait_seconds` without a close falls back to
+`settle_seconds`; after an overflow every held file does. (A file complete before the watch
+on its new folder existed is reported as listed, not created: see observe.py.)
 """
 
 from __future__ import annotations
@@ -68,13 +68,17 @@ class Arrivals:
         return self.tracker.observe(path, stat, now)
 
     def due(self, now: float) -> list[str]:
-        """Paths to stat again: settled ones, and held ones whose close did not come in time
-        (from now on they settle as a listed file does)."""
+        """Paths whose settle time has passed: only these need a fresh stat."""
+        return self.tracker.due(now)
+
+    def stop_waiting(self, now: float) -> list[str]:
+        """Held paths whose close did not come within `close_wait_seconds`: from now on they
+        settle as listed files do (the caller stats them)."""
         waited = now - self.close_wait_seconds
         given_up = [path for path, since in self._open.items() if since <= waited]
         for path in given_up:
             del self._open[path]
-        return self.tracker.due(now) + given_up
+        return given_up
 
     def events_done(self) -> None:
         """Moved-in paths that were not stat'ed (not taken by the filter) are forgotten."""

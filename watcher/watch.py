@@ -313,7 +313,10 @@ class FolderWatcher:
         for start in range(0, len(hinted), LOOKUP_BATCH):
             self._consider_many(hinted[start : start + LOOKUP_BATCH], now)
         self.tracker.events_done()
-        for relative in self.tracker.due(now):
+        unheld = self.tracker.stop_waiting(now)
+        for relative in unheld:
+            self.log.info("no close came; taken once it stands still", path=as_text(relative))
+        for relative in [*self.tracker.due(now), *unheld]:
             stat = self._stat(relative)
             if self.tracker.observe(relative, stat, now):
                 self._settled(relative, stat)
