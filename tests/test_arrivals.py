@@ -27,7 +27,7 @@ from structlog.testing import capture_logs
 
 from watcher.arrivals import Arrival, Arrivals
 from watcher.emulator import EmulatorServer, UnstractEmulator
-from watcher.files import FileStat
+from watcher.files import FileStat, open_for_writing
 from watcher.observe import start_observer
 from watcher.watch import FolderWatcher
 
@@ -58,6 +58,16 @@ def test_a_moved_in_file_is_taken_at_first_sight() -> None:
     assert not arrivals.observe("y", A, now=1.0)
 
 
+def test_a_file_there_before_its_folders_watch_settles_then_is_asked_about() -> None:
+    arrivals = Arrivals(settle_seconds=1.0, close_wait_seconds=600.0)
+    arrivals.arrived("x", Arrival.UNSURE, now=0.0)
+    assert not arrivals.observe("x", A, now=0.0) and arrivals.observe("x", A, now=1.0)
+    assert arrivals.take_unsure("x") and not arrivals.take_unsure("x")
+    arrivals.arrived("y", Arrival.UNSURE, now=0.0)
+    arrivals.arrived("y", Arrival.CLOSED, now=0.5)  # its close came: nothing to ask
+    assert not arrivals.take_unsure("y")
+
+
 def test_a_listed_file_settles_as_before() -> None:
     arrivals = Arrivals(settle_seconds=2.0, close_wait_seconds=600.0)
     arrivals.arrived("x", Arrival.CHANGED, now=0.0)
@@ -75,6 +85,17 @@ def test_a_close_that_never_comes_falls_back_to_settling() -> None:
     arrivals.arrived("z", Arrival.CREATED, now=20.0)
     arrivals.events_lost()  # its close may be among them
     assert not arrivals.observe("z", A, now=20.0) and arrivals.observe("z", A, now=21.0)
+
+
+def test_the_kernel_tells_whether_a_file_is_open_for_writing(tmp_path: Path) -> None:
+    path = tmp_path / "a.pdf"
+    with path.open("wb") as writer:
+        writer.write(b"%PDF")
+        with path.open("rb"):
+            assert open_for_writing(path)
+    with path.open("rb"):  # readers do not count
+        assert not open_for_writing(path)
+    assert not open_for_writing(tmp_path / "gone.pdf")
 
 
 @contextmanager
@@ -147,16 +168,53 @@ def test_a_file_held_open_is_taken_once_its_writer_closed_it(tmp_path: Path) -> 
 def test_a_file_whose_close_never_comes_is_taken_after_close_wait_seconds(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "a.pdf"
-    with held_open(tmp_path, settle=0.2, close_wait=60.0) as (watcher, collector, _, _):
+    drop, outside = tmp_path / "drop", tmp_path / "outside.pdf"
+    drop.mkdir()
+    outside.write_bytes(b"%PDF linked in: created, never opened here")
+    with watching(drop, settle=0.2, close_wait=60.0) as (watcher, collector, wake):
+        os.link(outside, drop / "a.pdf")
+        steps_until(watcher, wake, held(watcher, "a.pdf"), what="its creation")
         later = time.monotonic() + 60
         with capture_logs() as logs:
             watcher.step(later)  # the wait is over: it settles from here
         watcher.step(later + 0.2)
-        assert collector.queued == [("a.pdf", sha256(path), path.stat().st_size)]
+        assert collector.queued == [("a.pdf", sha256(outside), outside.stat().st_size)]
     assert [(e["event"], e["path"]) for e in logs] == [
         ("no close came; taken once it stands still", "a.pdf")
     ]
+
+
+def test_a_writer_still_holding_the_file_after_close_wait_seconds_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "a.pdf"
+    with held_open(tmp_path, settle=0.2, close_wait=60.0) as (watcher, collector, wake, writer):
+        later = time.monotonic() + 61
+        with capture_logs() as logs:
+            watcher.step(later)  # the kernel says it is still open for writing
+            watcher.step(later + 0.2)
+        assert collector.queued == [] and logs == []
+        writer.write(b", the rest")
+        writer.close()
+        steps_until(watcher, wake, queued(collector, 1), what="the closed file")
+    assert collector.queued == [("a.pdf", sha256(path), path.stat().st_size)]
+
+
+def test_a_file_made_with_its_new_folder_is_held_while_open(tmp_path: Path) -> None:
+    """A scanner that makes the day's folder and its first file at once: the file is there
+    before the daemon watches the folder, and its creation is not seen."""
+    path = tmp_path / "2026-12-08" / "scan.pdf"
+    with watching(tmp_path, settle=0.2) as (watcher, collector, wake):
+        path.parent.mkdir()
+        with path.open("wb") as writer:
+            writer.write(b"%PDF page 1")
+            writer.flush()
+            steps_until(watcher, wake, held(watcher, "2026-12-08/scan.pdf"), what="a hold")
+            watcher.step(time.monotonic() + 500)
+            assert collector.queued == []
+            writer.write(b", page 2")
+        steps_until(watcher, wake, queued(collector, 1), what="the closed file")
+    assert collector.queued == [("2026-12-08/scan.pdf", sha256(path), path.stat().st_size)]
 
 
 def test_files_renamed_or_moved_in_are_taken_at_once_while_still_open(tmp_path: Path) -> None:

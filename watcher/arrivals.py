@@ -7,9 +7,10 @@ the file is taken once they stood still for `settle_seconds`. The native observe
 the close; a file renamed or moved in arrives whole and is taken at once.
 
 A close can fail to come: the queue overflowed, the file is a hard link or a symlink, or a
-writer keeps it open for ever. A file held `close_wait_seconds` without a close falls back to
-`settle_seconds`; after an overflow every held file does. (A file complete before the watch
-on its new folder existed is reported as listed, not created: see observe.py.)
+writer keeps it open for ever. A file held `close_wait_seconds` without a close is handed back
+(`stop_waiting`) to be asked whether a writer still has it open (files.open_for_writing) and
+otherwise settles; after an overflow every held file settles. A file that was in a new folder
+before its watch existed (UNSURE: see observe.py) settles and is then asked the same.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Arrival(enum.Enum):
     CREATED = "created"  # a writer created it in place: held until it closes it
     CLOSED = "closed"  # a writer closed it after writing: settles from now
     MOVED_IN = "moved in"  # renamed or moved in whole: taken at first sight
+    UNSURE = "unsure"  # there before its new folder's watch: settles, then is it open?
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Arrivals:
     tracker: StabilityTracker = field(init=False)
     _open: dict[str, float] = field(default_factory=dict)  # held: path -> when it was created
     _whole: set[str] = field(default_factory=set)  # moved in, not yet stat'ed
+    _unsure: set[str] = field(default_factory=set)  # to ask whether still open, once settled
 
     def __post_init__(self) -> None:
         self.tracker = StabilityTracker(self.settle_seconds)
@@ -47,13 +50,13 @@ class Arrivals:
         """An event about `path` (call before observing it)."""
         if arrival is Arrival.CHANGED:
             return
-        self._open.pop(path, None)
-        self._whole.discard(path)
-        self.tracker.forget(path)  # its settle time, if any, starts again
+        self.forget(path)  # its settle time, if any, starts again
         if arrival is Arrival.CREATED:
             self._open[path] = now
         elif arrival is Arrival.MOVED_IN:
             self._whole.add(path)
+        elif arrival is Arrival.UNSURE:
+            self._unsure.add(path)
 
     def observe(self, path: str, stat: FileStat | None, now: float) -> bool:
         """Record a fresh stat of `path` (None: gone); return True once it may be taken."""
@@ -80,6 +83,12 @@ class Arrivals:
             del self._open[path]
         return given_up
 
+    def take_unsure(self, path: str) -> bool:
+        """Whether `path`, settled, is to be asked whether a writer still has it open."""
+        unsure = path in self._unsure
+        self._unsure.discard(path)
+        return unsure
+
     def events_done(self) -> None:
         """Moved-in paths that were not stat'ed (not taken by the filter) are forgotten."""
         self._whole.clear()
@@ -98,6 +107,7 @@ class Arrivals:
     def forget(self, path: str) -> None:
         self._open.pop(path, None)
         self._whole.discard(path)
+        self._unsure.discard(path)
         self.tracker.forget(path)
 
     def is_open(self, path: str) -> bool:

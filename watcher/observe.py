@@ -66,7 +66,8 @@ class _Handler(FileSystemEventHandler):
         """watchdog lists a new folder once it watches it, and reports what it finds there
         as created, right after the folder. A file found so that was last changed before
         its folder was reported may have been closed before the watch existed, and then no
-        close comes: it settles as a listed file does. Any other event ends that listing."""
+        close comes: it settles, and is then asked whether a writer still has it open. Any
+        other event ends that listing."""
         created = event.event_type == "created"
         top = next(iter(self._new_folders), None)
         if created and top is not None and path.startswith(top + os.sep):
@@ -76,7 +77,7 @@ class _Handler(FileSystemEventHandler):
             reported_ns = self._new_folders.get(
                 os.path.dirname(path), max(self._new_folders.values())
             )
-            return Arrival.CHANGED if _changed_before(path, reported_ns) else Arrival.CREATED
+            return Arrival.UNSURE if _changed_before(path, reported_ns) else Arrival.CREATED
         self._new_folders = {path: time.time_ns()} if created and event.is_directory else {}
         return arrival_of(event)
 

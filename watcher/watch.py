@@ -27,7 +27,7 @@ from typing import Any
 
 from watcher.arrivals import Arrival, Arrivals
 from watcher.context import Context, ContextLoop, Live
-from watcher.files import FileStat, NotARegularFile, sha256_of
+from watcher.files import FileStat, NotARegularFile, open_for_writing, sha256_of
 from watcher.filters import FileFilter, as_text
 from watcher.folders import FULL_LISTING_SECONDS, FolderMarks
 from watcher.logs import get_logger
@@ -313,13 +313,13 @@ class FolderWatcher:
         for start in range(0, len(hinted), LOOKUP_BATCH):
             self._consider_many(hinted[start : start + LOOKUP_BATCH], now)
         self.tracker.events_done()
-        unheld = self.tracker.stop_waiting(now)
+        unheld = [r for r in self.tracker.stop_waiting(now) if not self._still_open(r, now)]
         for relative in unheld:
             self.log.info("no close came; taken once it stands still", path=as_text(relative))
         for relative in [*self.tracker.due(now), *unheld]:
             stat = self._stat(relative)
             if self.tracker.observe(relative, stat, now):
-                self._settled(relative, stat)
+                self._settled(relative, stat, now)
         self._flush()
 
     def next_check(self) -> float | None:
@@ -348,7 +348,7 @@ class FolderWatcher:
             if seen is not None and seen.stat_key == (stat.size, stat.mtime_ns):
                 continue
             if self.tracker.observe(relative, stat, now):
-                self._settled(relative, stat)
+                self._settled(relative, stat, now)
 
     def _candidate(self, relative: str) -> FileStat | None:
         """The stat of a file this pipeline takes; None for anything else."""
@@ -366,9 +366,11 @@ class FolderWatcher:
             return None
         return stat
 
-    def _settled(self, relative: str, stat: FileStat | None) -> None:
+    def _settled(self, relative: str, stat: FileStat | None, now: float) -> None:
         """Hash a file that stood still; it is queued with the others of this pass."""
         if stat is None:
+            return
+        if self.tracker.take_unsure(relative) and self._still_open(relative, now):
             return
         try:
             sha256, size = sha256_of(self.root / relative)
@@ -385,6 +387,14 @@ class FolderWatcher:
         self._ready.append(Discovered(relative, sha256, size, stat.mtime_ns))
         if len(self._ready) >= ENQUEUE_BATCH:
             self._flush()
+
+    def _still_open(self, relative: str, now: float) -> bool:
+        """A writer has the file open, as far as the kernel lets us ask (files.py): it is
+        held for that writer's close."""
+        if not open_for_writing(self.root / relative):
+            return False
+        self.tracker.arrived(relative, Arrival.CREATED, now)
+        return True
 
     def _flush(self) -> None:
         ready, self._ready = self._ready, []
