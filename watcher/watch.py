@@ -307,7 +307,7 @@ class FolderWatcher:
             relative = self._relative(absolute)
             if relative is None:
                 continue
-            if self.filter.takes(relative):
+            if arrival is not Arrival.CHANGED and self.filter.takes(relative):
                 self.tracker.arrived(relative, arrival, now)
             hinted += self._hinted(relative)
         for start in range(0, len(hinted), LOOKUP_BATCH):
