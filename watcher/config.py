@@ -225,7 +225,8 @@ class PipelineConfig(Strict):
         ge=0,
         le=7 * 86400,
         description="observer = native: a file created in place waits for its writer's close "
-        "(then settle_seconds); one held this long without a close settles like a listed one.",
+        "(then settle_seconds); one held this long without a close settles like a listed "
+        "one, unless the kernel says a writer still has it open.",
     )
     output_dir: Path | Literal[""] = Field(
         "", description="Where results go ('' = beside the source)."
