@@ -177,7 +177,7 @@ def test_a_file_whose_close_never_comes_is_taken_after_close_wait_seconds(
         later = time.monotonic() + 60
         with capture_logs() as logs:
             watcher.step(later)  # the wait is over: it settles from here
-        watcher.step(later + 0.2)
+        watcher.step(later + 1.0)
         assert collector.queued == [("a.pdf", sha256(outside), outside.stat().st_size)]
     assert [(e["event"], e["path"]) for e in logs] == [
         ("no close came; taken once it stands still", "a.pdf")
@@ -192,7 +192,7 @@ def test_a_writer_still_holding_the_file_after_close_wait_seconds_is_waited_for(
         later = time.monotonic() + 61
         with capture_logs() as logs:
             watcher.step(later)  # the kernel says it is still open for writing
-            watcher.step(later + 0.2)
+            watcher.step(later + 1.0)
         assert collector.queued == [] and logs == []
         writer.write(b", the rest")
         writer.close()
@@ -278,7 +278,7 @@ def test_the_polling_observer_has_no_close_and_settles_as_before(tmp_path: Path)
             seen = partial(watcher.tracker.__contains__, "a.pdf")
             steps_until(watcher, wake, seen, what="its first sight")
             assert not watcher.tracker.is_open("a.pdf")
-            watcher.step(time.monotonic() + 0.2)
+            watcher.step(time.monotonic() + 1.0)
             assert [r for r, _, _ in collector.queued] == ["a.pdf"]
 
 
@@ -287,7 +287,7 @@ def test_after_lost_events_a_file_held_open_settles_as_a_listed_one(tmp_path: Pa
         watcher.events_lost()
         now = time.monotonic()
         watcher.scan(now)
-        watcher.step(now + 0.2)
+        watcher.step(now + 1.0)
         assert [r for r, _, _ in collector.queued] == ["a.pdf"]
 
 
