@@ -247,6 +247,18 @@ def api_key() -> str:
     return DEMO_KEY
 
 
+def run_once(config: Path, umask: int = -1) -> subprocess.CompletedProcess[str]:
+    """`run --once` in a child process (umask -1: the test's own), its log lines captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, KEY_ENV: api_key()},
+        umask=umask,
+    )
+
+
 def live_context(store: Store, pipelines: list[Pipeline], owner: str = "me") -> Live:
     """What a loop is built from, for testing one loop without a daemon around it."""
     settings = Settings(pipelines=[p.config for p in pipelines])
@@ -297,6 +309,7 @@ def make_watcher(
     recursive: bool = True,
     settle_seconds: float = 0.0,
     wake: threading.Event | None = None,
+    close_wait_seconds: float = 600.0,
 ) -> FolderWatcher:
     """A folder watcher of the default file types that queues into `collector`."""
     return FolderWatcher(
@@ -308,6 +321,7 @@ def make_watcher(
         known=collector.known,
         enqueue=collector,
         wake=wake or threading.Event(),
+        close_wait_seconds=close_wait_seconds,
     )
 
 

@@ -19,7 +19,9 @@ from harness import (
 )
 
 from watcher.emulator import EmulatorServer, UnstractEmulator
-from watcher.watch import FileStat, FolderWatcher, StabilityTracker, start_observer
+from watcher.files import FileStat, StabilityTracker
+from watcher.observe import start_observer
+from watcher.watch import FolderWatcher
 
 
 def test_due_names_exactly_the_settled_paths_among_many_pending() -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import KEY_ENV, api_key, deployment_url, write_config
+from harness import deployment_url, run_once, write_config
 
 from watcher.emulator import EmulatorServer
 
@@ -19,13 +19,7 @@ def test_every_line_about_a_document_names_it(
     config = write_config(tmp_path, deployment_url(server), sqlite_url)
     (tmp_path / "drop" / "a.txt").write_bytes(b"Invoice 1\nTotal: 3.00 EUR\n")
     (tmp_path / "drop" / "bad.txt").write_bytes(b"EMULATOR-FAIL secret content")
-    done = subprocess.run(
-        [sys.executable, "-m", "watcher.cli", "run", "--once", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, KEY_ENV: api_key()},
-    )
+    done = run_once(config)
     assert done.returncode == 1, done.stderr  # bad.txt failed
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     about = {"submitted", "execution ended", "result written", "error file written"}
@@ -34,6 +28,32 @@ def test_every_line_about_a_document_names_it(
     events = {(x["event"], x.get("path")) for x in lines}
     assert ("result written", "a.txt") in events and ("error file written", "bad.txt") in events
     assert "secret content" not in done.stderr and "Total: 3.00" not in done.stderr
+
+
+def test_each_document_of_a_packed_execution_has_its_own_lines(
+    tmp_path: Path, server: EmulatorServer, db_url: str
+) -> None:
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        db_url,
+        api={"files_per_execution": 4, "max_in_flight": 1},
+    )
+    for index in range(8):
+        (tmp_path / "drop" / f"doc-{index}.txt").write_bytes(f"document {index}\n".encode())
+    done = run_once(config)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    path_of = {x["job_id"]: x["path"] for x in lines if x["event"] == "queued"}
+    assert len(path_of) == 8
+    executions: dict[str, set[int]] = {}
+    for event in ("submitted", "execution ended"):
+        about = [x for x in lines if x["event"] == event]
+        assert sorted(x["job_id"] for x in about) == sorted(path_of), event  # one line each
+        for line in about:
+            assert line["path"] == path_of[line["job_id"]], line
+            executions.setdefault(line["execution_id"], set()).add(line["job_id"])
+    assert max(len(jobs) for jobs in executions.values()) > 1  # some were packed
 
 
 def test_lines_carry_a_priority_for_the_journal(tmp_path: Path) -> None:

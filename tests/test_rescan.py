@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_scan import watcher_on
 
-from watcher import watch
+from watcher import observe, watch
 from watcher.store import Store
 from watcher.watch import LOOKUP_BATCH, FolderWatcher
 
@@ -95,7 +95,7 @@ def test_full_listings_at_start_at_the_long_interval_and_after_lost_events(
     assert queued[3:] == ["a/a.txt"]
     monkeypatch.undo()
     assert rescan(watcher, now=4.0) == (0, 4)
-    watch._OVERFLOW.watchers.add(watcher)
+    observe._OVERFLOW.watchers.add(watcher)
     logging.getLogger("watchdog.observers.inotify_c").warning(
         "Inotify queue overflowed; filesystem events were lost"  # what watchdog 7 logs
     )

@@ -12,15 +12,10 @@ from harness import Collector, make_watcher
 from structlog.testing import capture_logs
 
 from watcher.config import DEFAULT_INCLUDE
+from watcher.files import FileStat, NotARegularFile, StabilityTracker, sha256_of
 from watcher.filters import FileFilter
-from watcher.watch import (
-    FileStat,
-    FolderWatcher,
-    NotARegularFile,
-    StabilityTracker,
-    sha256_of,
-    start_observer,
-)
+from watcher.observe import start_observer
+from watcher.watch import FolderWatcher
 
 
 def test_a_file_is_stable_only_after_settle_seconds_without_change() -> None:

@@ -221,6 +221,14 @@ class PipelineConfig(Strict):
     settle_seconds: float = Field(
         2.0, ge=0, le=3600, description="A file is taken once size and mtime are this still."
     )
+    close_wait_seconds: float = Field(
+        600.0,
+        ge=0,
+        le=7 * 86400,
+        description="observer = native: a file created in place waits for its writer's close "
+        "(then settle_seconds); one held this long without a close settles like a listed "
+        "one, unless the kernel says a writer still has it open.",
+    )
     output_dir: Path | Literal[""] = Field(
         "", description="Where results go ('' = beside the source)."
     )
@@ -229,6 +237,10 @@ class PipelineConfig(Strict):
     )
     archive_dir: Path | Literal[""] = Field(
         "", description="With after_success = move: sources go to processed/ and failed/ here."
+    )
+    result_file_mode: str = Field(
+        "0640",
+        description="Octal permissions of result, error and side files, as given (no umask).",
     )
     include: list[str] = Field(
         default_factory=lambda: list(DEFAULT_INCLUDE),
@@ -257,6 +269,13 @@ class PipelineConfig(Strict):
     table: TableConfig | None = Field(
         None, description="A database table with one row per finished document; none if absent."
     )
+
+    @field_validator("result_file_mode")
+    @classmethod
+    def _octal_mode(cls, mode: str) -> str:
+        if re.fullmatch(r"0?[0-7]{3}", mode) is None:
+            raise ValueError(f'{mode!r} is not a file mode; write it in octal, as "0640"')
+        return mode
 
     def file_filter(self) -> FileFilter:
         return FileFilter(

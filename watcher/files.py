@@ -4,9 +4,11 @@ stands still (pure settle tracking, no filesystem access)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import heapq
 import os
+import signal
 import stat as stat_mode
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,6 +144,26 @@ def open_regular(path: Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_for_writing(path: Path) -> bool:
+    """Some process has the file open for writing: the kernel refuses a read lease (EAGAIN)
+    while one has. False when it cannot tell: not the file's owner and no CAP_LEASE, a file
+    system without leases, the file gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        # A writer opening the file while we hold the lease makes the kernel signal us:
+        # SIGURG, ignored by default, instead of SIGIO, which would end the process.
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    finally:
+        os.close(fd)  # gives the lease back, if it was granted
+    return False
 
 
 def sha256_of(path: Path) -> tuple[str, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -94,13 +94,40 @@ def get_logger() -> Any:
 
 
 @contextmanager
-def about(job: Job) -> Iterator[None]:
-    """Every log line inside names this job: pipeline, job id, path and execution id."""
+def about(job: Job, execution_id: str | None = None) -> Iterator[None]:
+    """Every log line inside names this job: pipeline, job id, path and execution id (the
+    one given, for a job whose row does not hold it yet). Inside `about_execution`, this
+    job's lines name it alone; the execution's context is back afterwards."""
+    with _bound(
+        pipeline=job.pipeline,
+        job_id=job.id,
+        path=job.display_path,
+        execution_id=execution_id or job.execution_id,
+    ):
+        yield
+
+
+@contextmanager
+def about_execution(jobs: Sequence[Job]) -> Iterator[None]:
+    """Lines about a packed execution as a whole name its pipeline, execution and job ids;
+    a line about one of its documents is written inside `about(job)`."""
+    first = jobs[0]
+    with _bound(
+        pipeline=first.pipeline,
+        execution_id=first.execution_id,
+        job_ids=[job.id for job in jobs],
+    ):
+        yield
+
+
+@contextmanager
+def _bound(**context: Any) -> Iterator[None]:
+    """Bind exactly `context`, then give back what was bound before."""
+    outer = structlog.contextvars.get_contextvars()
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(
-        pipeline=job.pipeline, job_id=job.id, path=job.display_path, execution_id=job.execution_id
-    )
+    structlog.contextvars.bind_contextvars(**context)
     try:
         yield
     finally:
         structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**outer)

@@ -36,6 +36,7 @@ class Placement:
     after_success: str  # keep | move | delete
     archive_dir: Path | None
     temp_tag: str = "x"  # this instance's mark in temp names, so its restart can sweep them
+    result_mode: int = 0o640  # of result, error and side files (result_file_mode)
 
     def source(self, job: Job) -> Path:
         return self.watch_dir / job.relative_path
@@ -90,15 +91,17 @@ def temp_beside(path: Path, temp_tag: str) -> Path:
 
 
 def write_atomically(
-    path: Path, data: bytes, temp_tag: str = "x", sync_folder: bool = True
+    path: Path, data: bytes, temp_tag: str = "x", sync_folder: bool = True, mode: int = 0o640
 ) -> None:
     """Temp file in the same folder, fsync, rename over the target, fsync the folder (or
-    leave that to the caller, who writes many files to one folder and syncs it once)."""
+    leave that to the caller, who writes many files to one folder and syncs it once). The
+    file gets `mode` as it is: the configured mode is not cut by the daemon's umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_beside(path, temp_tag)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -127,10 +130,11 @@ def write_result(
     data = indented_json(result_document(job, results))
     target = placement.result_path(job)
     side_files = results.side_files(job.result_body) if job.outcome == "success" else ()
+    tag, mode = placement.temp_tag, placement.result_mode
     for side in side_files:
         path = side_path(target, side.suffix)
-        write_atomically(path, side.content, placement.temp_tag, sync_folder)
-    write_atomically(target, data + b"\n", placement.temp_tag, sync_folder)
+        write_atomically(path, side.content, tag, sync_folder, mode)
+    write_atomically(target, data + b"\n", tag, sync_folder, mode)
     placement.stale_result_path(job).unlink(missing_ok=True)
     return target
 

@@ -15,7 +15,7 @@ from watcher.backend import PollKind
 from watcher.context import ContextLoop, LastLook, Live
 from watcher.crashpoints import crash_point
 from watcher.jobs import Job, StoredCopy, decide_after_poll, needs_stored_copy
-from watcher.logs import about, get_logger
+from watcher.logs import about, about_execution, get_logger
 from watcher.packs import file_rounds
 from watcher.runtime import Pipeline
 from watcher.shared_poll import SharedPoll
@@ -116,7 +116,7 @@ class Reconciler(ContextLoop):
                 self.store.release_poll(job)
             return
         if any(job.shares_execution for job in execution):
-            with about(execution[0]):
+            with about_execution(execution):
                 SharedPoll(self, pipeline).poll(execution)
             return
         for job in execution:

@@ -215,4 +215,5 @@ def placement_for(config: PipelineConfig) -> Placement:
         output_dir=Path(config.output_dir).resolve() if config.output_dir != "" else None,
         after_success=config.after_success,
         archive_dir=Path(config.archive_dir).resolve() if config.archive_dir != "" else None,
+        result_mode=int(config.result_file_mode, 8),
     )

@@ -20,7 +20,7 @@ from watcher.jobs import (
     decide_after_poll,
     needs_stored_copy,
 )
-from watcher.logs import get_logger
+from watcher.logs import about, get_logger
 from watcher.metrics import Metrics
 from watcher.packs import file_rounds
 from watcher.runtime import Pipeline
@@ -75,10 +75,11 @@ class SharedPoll:
         )
         self.loop.metrics.polls.labels(self.pipeline.name, answer.kind.value).inc()
         for (job, decision), done in zip(decided, recorded, strict=True):
-            if not done:
-                log.warning("job changed while it was polled; leaving it", job_id=job.id)
-                continue
-            self.loop.carry_out(decision, self.pipeline)
+            with about(job):
+                if done:
+                    self.loop.carry_out(decision, self.pipeline)
+                else:
+                    log.warning("job changed while it was polled; leaving it")
 
     def _decide(self, execution: list[Job], answer: PollOutcome) -> list[tuple[Job, Decision]]:
         """A decision per document; the pipeline learns from the first only (one answer)."""

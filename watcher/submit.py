@@ -18,7 +18,7 @@ from watcher.jobs import (
     decide_after_submit,
     decide_before_upload,
 )
-from watcher.logs import about, get_logger
+from watcher.logs import about, about_execution, get_logger
 from watcher.packs import decide_after_pack_submit, file_rounds
 from watcher.runtime import Pipeline
 
@@ -124,7 +124,7 @@ class Uploader(ContextLoop):
                 self.put_back(job)
             return [], True
         if len(claim) > 1:
-            with about(claim[0]):
+            with about_execution(claim):
                 PackedUpload(self, pipeline).upload(claim)
             return [], True
         with about(claim[0]):
@@ -243,7 +243,8 @@ class PackedUpload:
     def _abandoned(self, stopped: Abandoned, pack: list[Job]) -> None:
         """One document changed while the pack was sent: the request never ended, so none
         was sent; that one is decided, the others go back to the queue."""
-        self.uploader.record_unsent(stopped.job, stopped.decision, self.pipeline)
+        with about(stopped.job):
+            self.uploader.record_unsent(stopped.job, stopped.decision, self.pipeline)
         for job in pack:
             if job.id != stopped.job.id:
                 self.uploader.put_back(job)
@@ -265,11 +266,12 @@ class PackedUpload:
         """The documents that can go, open; one that will not is recorded as decided."""
         documents = []
         for job in claim:
-            document = open_for_upload(job, self.pipeline)
-            if isinstance(document, Decision):
-                self.uploader.record_unsent(job, document, self.pipeline)
-            else:
-                documents.append(document)
+            with about(job):
+                document = open_for_upload(job, self.pipeline)
+                if isinstance(document, Decision):
+                    self.uploader.record_unsent(job, document, self.pipeline)
+                else:
+                    documents.append(document)
         return documents
 
     def _carry_out(
@@ -285,7 +287,8 @@ class PackedUpload:
             if outcome.rate_limited:
                 metrics.rate_limited.labels(self.pipeline.name).inc()
         for job, decision, done in zip(pack, decisions, recorded, strict=True):
-            if done:
-                self.uploader.carry_out(decision, self.pipeline)
-            else:
-                log.warning("lost the claim on a packed job while uploading", job_id=job.id)
+            with about(job, outcome.execution_id):
+                if done:
+                    self.uploader.carry_out(decision, self.pipeline)
+                else:
+                    log.warning("lost the claim on a packed job while uploading")

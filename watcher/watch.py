@@ -1,8 +1,9 @@
 """Finding documents: filesystem events as hints, directory listings as the truth.
 
 The `Discovery` loop runs one `FolderWatcher` per pipeline. watchdog events, a scan at start
-and a periodic rescan all feed the same `StabilityTracker`; a path is hashed and queued only
-once its size and mtime have stood still for `settle_seconds` (reliability-notes A2, A5, A7).
+and a periodic rescan all feed the same `Arrivals`; a path is hashed and queued only once its
+size and mtime have stood still for `settle_seconds`, and, with the native observer, once a
+file created in place was closed by its writer (reliability-notes A2, A5, A7; arrivals.py).
 
 A watch follows a folder, not a path: when `watch_dir` is deleted, moved away or replaced (a
 share unmounted and mounted again, a tool that recreates the folder), the old watch sees
@@ -19,39 +20,27 @@ import stat as stat_mode
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
-
+from watcher.arrivals import Arrival, Arrivals
 from watcher.context import Context, ContextLoop, Live
 from watcher.files import (
     NOT_REGULAR,
     WARNED,
     FileStat,
     NotARegularFile,
-    StabilityTracker,
+    open_for_writing,
     regular_file,
     sha256_of,
 )
 from watcher.filters import FileFilter, PassedOver, as_text
 from watcher.folders import FULL_LISTING_SECONDS, FolderMarks
 from watcher.logs import get_logger
+from watcher.observe import start_observer
 from watcher.store import KnownFile
 
 log = get_logger()
@@ -100,12 +89,13 @@ class FolderWatcher:
         wake: threading.Event,
         rescan_seconds: float = 300.0,
         on_progress: Callable[[], None] = lambda: None,
+        close_wait_seconds: float = 600.0,
     ) -> None:
         self.name = name
         self.root = root.resolve()
         self.recursive = recursive
         self.filter = file_filter
-        self.tracker = StabilityTracker(settle_seconds)
+        self.tracker = Arrivals(settle_seconds, close_wait_seconds)
         self._known = known
         self._enqueue = enqueue
         self._scan: Iterator[str] | None = None  # the listing under way, if any
@@ -113,7 +103,7 @@ class FolderWatcher:
         self._scan_entries = 0  # entries it has listed
         self._ready: list[Discovered] = []  # settled and hashed, not yet handed to enqueue
         self._wake = wake
-        self._hints: set[str] = set()
+        self._hints: dict[str, Arrival] = {}
         self._hints_lock = threading.Lock()
         self.rescan_seconds = rescan_seconds
         self._warned: set[str] = set()  # paths already reported, so a rescan does not repeat
@@ -201,6 +191,7 @@ class FolderWatcher:
                 return False
             if self._observer is not None and not self._watch_again():
                 return False
+        self.tracker.events_lost()  # what was held was in the old folder
         self.listing_error = None
         return True
 
@@ -225,10 +216,12 @@ class FolderWatcher:
 
     # -- events (watchdog's thread) -------------------------------------------------------------
 
-    def hint(self, absolute_path: str) -> None:
-        """Something may have changed at this path (a file, or a folder to list)."""
+    def hint(self, absolute_path: str, arrival: Arrival = Arrival.CHANGED) -> None:
+        """Something may have changed at this path (a file, or a folder to list); the last
+        event that says more than that counts."""
         with self._hints_lock:
-            self._hints.add(absolute_path)
+            if arrival is not Arrival.CHANGED or absolute_path not in self._hints:
+                self._hints[absolute_path] = arrival
         self._wake.set()
 
     def events_lost(self) -> None:
@@ -244,9 +237,9 @@ class FolderWatcher:
         with self._hints_lock:
             return bool(self._hints)
 
-    def _take_hints(self) -> set[str]:
+    def _take_hints(self) -> dict[str, Arrival]:
         with self._hints_lock:
-            hints, self._hints = self._hints, set()
+            hints, self._hints = self._hints, {}
         return hints
 
     # -- discovery (the discovery thread) -------------------------------------------------------
@@ -261,6 +254,8 @@ class FolderWatcher:
         that changed are listed, unless `full` or a full listing is due (see folders.py)."""
         full = full or self._full_listing_due()
         if full:
+            if self._events_lost.is_set():
+                self.tracker.events_lost()  # a writer's close may be among them
             self._events_lost.clear()
             self._full_began = time.monotonic()
         self.marks.begin(full)
@@ -320,16 +315,23 @@ class FolderWatcher:
         """Take pending hints, then queue whatever has become stable."""
         self._real_folders.clear()
         hinted: list[str] = []
-        for absolute in self._take_hints():
+        for absolute, arrival in self._take_hints().items():
             relative = self._relative(absolute)
-            if relative is not None:
-                hinted += self._hinted(relative)
+            if relative is None:
+                continue
+            if arrival is not Arrival.CHANGED and self.filter.takes(relative):
+                self.tracker.arrived(relative, arrival, now)
+            hinted += self._hinted(relative)
         for start in range(0, len(hinted), LOOKUP_BATCH):
             self._consider_many(hinted[start : start + LOOKUP_BATCH], now)
-        for relative in self.tracker.due(now):
+        self.tracker.events_done()
+        unheld = [r for r in self.tracker.stop_waiting(now) if not self._still_open(r, now)]
+        for relative in unheld:
+            self.log.info("no close came; taken once it stands still", path=as_text(relative))
+        for relative in [*self.tracker.due(now), *unheld]:
             stat = self._stat(relative)
             if self.tracker.observe(relative, stat, now):
-                self._settled(relative, stat)
+                self._settled(relative, stat, now)
         self._flush()
 
     def next_check(self) -> float | None:
@@ -358,7 +360,7 @@ class FolderWatcher:
             if seen is not None and seen.stat_key == (stat.size, stat.mtime_ns):
                 continue
             if self.tracker.observe(relative, stat, now):
-                self._settled(relative, stat)
+                self._settled(relative, stat, now)
 
     def _candidate(self, relative: str) -> FileStat | None:
         """The stat of a file this pipeline takes; None for anything else."""
@@ -378,9 +380,11 @@ class FolderWatcher:
             return None
         return stat
 
-    def _settled(self, relative: str, stat: FileStat | None) -> None:
+    def _settled(self, relative: str, stat: FileStat | None, now: float) -> None:
         """Hash a file that stood still; it is queued with the others of this pass."""
         if stat is None:
+            return
+        if self.tracker.take_unsure(relative) and self._still_open(relative, now):
             return
         try:
             sha256, size = sha256_of(self.root / relative)
@@ -397,6 +401,14 @@ class FolderWatcher:
         self._ready.append(Discovered(relative, sha256, size, stat.mtime_ns))
         if len(self._ready) >= ENQUEUE_BATCH:
             self._flush()
+
+    def _still_open(self, relative: str, now: float) -> bool:
+        """A writer has the file open, as far as the kernel lets us ask (files.py): it is
+        held for that writer's close."""
+        if not open_for_writing(self.root / relative):
+            return False
+        self.tracker.arrived(relative, Arrival.CREATED, now)
+        return True
 
     def _flush(self) -> None:
         ready, self._ready = self._ready, []
@@ -506,72 +518,6 @@ def _identity(folder: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (info.st_dev, info.st_ino) if stat_mode.S_ISDIR(info.st_mode) else None
-
-
-class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: FolderWatcher) -> None:
-        self._watcher = watcher
-        self._root = str(watcher.root)
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type == "deleted" and os.fsdecode(event.src_path) == self._root:
-            self._watcher.root_deleted()
-            return
-        if event.event_type in ("deleted", "opened", "closed_no_write"):
-            return  # a delete never cancels a job (reliability-notes A3)
-        path = event.dest_path if event.event_type == "moved" else event.src_path
-        self._watcher.hint(os.fsdecode(path))
-
-
-class _OverflowAlarm(logging.Handler):
-    """Tells the native watchers that inotify dropped events. watchdog has no API for it: its
-    inotify backend (7.x) logs this warning and goes on, so the rescan must list everything."""
-
-    MESSAGE = "Inotify queue overflowed"
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.watchers: weakref.WeakSet[FolderWatcher] = weakref.WeakSet()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith(self.MESSAGE):
-            for watcher in list(self.watchers):
-                watcher.events_lost()
-
-
-_OVERFLOW = _OverflowAlarm()
-logging.getLogger("watchdog.observers").addHandler(_OVERFLOW)
-
-
-# inotify's events that say a file may be new or complete: created, moved in, closed after
-# writing (and the watched folder's own deletion). Left out: each write (a file still being
-# written is stat'ed again when its settle time is up), attribute changes, and the opens and
-# closes of every read, ours included; the kernel then sends none of them (watchdog builds
-# its mask from this list). The polling observer has no close event: it keeps them all.
-HINT_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    DirCreatedEvent,
-    FileMovedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    DirDeletedEvent,
-]
-
-
-def start_observer(watcher: FolderWatcher, polling: bool, polling_interval: float) -> Any:
-    """Start a watchdog observer for one folder; the caller stops and joins it."""
-    if not polling:
-        _OVERFLOW.watchers.add(watcher)
-    observer = PollingObserver(timeout=polling_interval) if polling else Observer()
-    observer.schedule(
-        _Handler(watcher),
-        str(watcher.root),
-        recursive=watcher.recursive,
-        event_filter=None if polling else HINT_EVENTS,
-    )
-    observer.daemon = True
-    observer.start()
-    return observer
 
 
 class Discovery(ContextLoop):
@@ -691,6 +637,7 @@ class Discovery(ContextLoop):
             wake=context.wakes.discovery,
             rescan_seconds=config.rescan_seconds,
             on_progress=self.beat,
+            close_wait_seconds=config.close_wait_seconds,
         )
 
 
