@@ -82,7 +82,9 @@ def test_a_document_whose_uploads_keep_being_cut_off_is_given_up(
     store.close()
     with running_daemon(config) as daemon:
         wait_for(lambda: bool(results_under(tmp_path / "drop")), what="the error file")
-        assert daemon.progress().unfinished == 0
+        # The file is written before the job is marked failed (a crash between the two
+        # writes it again): the job ends a moment after its file appears.
+        wait_for(lambda: daemon.progress().unfinished == 0, timeout=10, what="the job's end")
     error = results_under(tmp_path / "drop")["a.txt.error.json"]
     assert error["status"] == "failed" and "gave up after 2 attempts" in error["error"]
     assert emulator.stats().posts == 0
