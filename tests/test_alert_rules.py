@@ -44,3 +44,18 @@ def test_every_alert_is_tested_firing_with_what_to_do() -> None:
         for annotation in ("summary:", "description:", "runbook:"):
             assert annotation in rule, f"{rule.splitlines()[0]} has no {annotation}"
         assert "$labels.pipeline" in rule or "$labels.instance" in rule, rule.splitlines()[0]
+
+
+def test_the_rules_install_as_the_readme_says(tmp_path: Path) -> None:
+    """A Prometheus config as the README gives it loads, rules file included, unchanged."""
+    shutil.copy(RULES, tmp_path / RULES.name)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        f"rule_files: [{RULES.name}]\n"
+        "scrape_configs:\n"
+        "  - job_name: unstract-watcher\n"
+        '    static_configs: [{targets: ["127.0.0.1:9464"]}]\n'
+    )
+    checked = promtool("check", "config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 1 rule files found" in checked.stdout, checked.stdout
