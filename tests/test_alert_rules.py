@@ -59,3 +59,18 @@ def test_the_rules_install_as_the_readme_says(tmp_path: Path) -> None:
     checked = promtool("check", "config", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 1 rule files found" in checked.stdout, checked.stdout
+
+
+def test_every_runbook_points_at_a_readme_section_that_exists() -> None:
+    """A runbook names README headings in quotes, and after a colon the start of a bullet of
+    'What happens when...': renaming either breaks the pointer, and this test."""
+    readme = (RULES_DIR.parent.parent / "README.md").read_text()
+    headings = set(re.findall(r"^#+ (.+)$", readme, re.MULTILINE))
+    bullets = re.findall(r"^- \*\*(.+?)\*\*", readme, re.MULTILINE)
+    runbooks = re.findall(r'runbook: "README.md, (.+)"$', RULES.read_text(), re.MULTILINE)
+    assert len(runbooks) >= 11
+    for runbook in runbooks:
+        for section in re.findall(r"'([^']+)'", runbook):
+            assert section in headings, runbook
+        case = runbook.partition("': ")[2]
+        assert not case or any(b.startswith(case) for b in bullets), runbook
