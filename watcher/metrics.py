@@ -1,8 +1,10 @@
 """Prometheus metrics and a health endpoint, served on an optional HTTP listener.
 
 Counters are bumped by the loops as things happen; the figures that live in the database
-(documents by state, in flight, paused) are read from it at scrape time, so every instance
-reports the same truth.
+(documents by state, in flight, paused, the oldest queued) are read from it at scrape time,
+so every instance reports the same truth; so is /healthz's verdict (healthy, problems).
+deploy/prometheus and deploy/grafana use these names: tests/test_exported_metrics.py checks
+that a running daemon exports each.
 """
 
 from __future__ import annotations
