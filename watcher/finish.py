@@ -88,6 +88,9 @@ class Finisher(ContextLoop):
         try:
             written, unwritten = self._finish(claimed)
             self.trouble.round_ended(len(claimed), {target.parent for _, _, target in written})
+            self.metrics.results_round(
+                [j.pipeline for j in claimed], [j.pipeline for j in unwritten]
+            )
             # Stored still, for the next round (or another instance): a plain end of the
             # claim, not one whose answer the database lost.
             self.store.give_back_results(unwritten)

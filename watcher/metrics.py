@@ -1,15 +1,18 @@
 """Prometheus metrics and a health endpoint, served on an optional HTTP listener.
 
 Counters are bumped by the loops as things happen; the figures that live in the database
-(documents by state, in flight, paused) are read from it at scrape time, so every instance
-reports the same truth.
+(documents by state, in flight, paused, the oldest queued) are read from it at scrape time,
+so every instance reports the same truth; so is /healthz's verdict (healthy, problems).
+deploy/prometheus and deploy/grafana use these names: tests/test_exported_metrics.py checks
+that a running daemon exports each.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from watcher.logs import get_logger
-from watcher.store import Store, StoreError
+from watcher.store import TRANSIENT_DB_ERRORS, Store, StoreError
 from watcher.store.operator import PipelineSummary, summaries
 
 log = get_logger()
@@ -29,6 +32,7 @@ LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("i
 class Metrics:
     def __init__(self, store: Store | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._unwritten_names: set[str] = set()
         labels = ["pipeline"]
         r = self.registry
         self.uploads = Counter(
@@ -70,6 +74,25 @@ class Metrics:
             labels,
             registry=r,
         )
+        self.in_flight_limit = Gauge(
+            PREFIX + "in_flight_limit",
+            "Executions this instance lets run at once: max_in_flight, lowered after 429s",
+            labels,
+            registry=r,
+        )
+        self.unwritten = Gauge(
+            PREFIX + "results_unwritten",
+            "Results the finisher's last try could not write (a result folder or the result "
+            "table refused); they stay stored and are tried again",
+            labels,
+            registry=r,
+        )
+        self.healthy = Gauge(
+            PREFIX + "healthy", "1 if /healthz would answer 200 at this scrape", registry=r
+        )
+        self.health_problems = Gauge(
+            PREFIX + "health_problems", "How many problems /healthz reports", registry=r
+        )
         if store is not None:
             r.register(_TableCollector(store))
 
@@ -83,6 +106,20 @@ class Metrics:
             self.tokens.labels(pipeline).inc(float(usage.get("total_tokens") or 0))
         except (TypeError, ValueError):
             return
+
+    def results_round(self, claimed: Iterable[str], unwritten: Iterable[str]) -> None:
+        """A round of the finisher took results of these pipelines (a name per result) and
+        could not write these; a pipeline it took none of keeps its figure, unless it took
+        none at all (nothing waits to be written: nothing can be wrong), as /healthz does."""
+        taken, left = Tally(claimed), Tally(unwritten)
+        names = set(taken) if taken else self._unwritten_names
+        for name in names:
+            self.unwritten.labels(name).set(left[name])
+        self._unwritten_names |= names
+
+    def observe_health(self, problems: list[str]) -> None:
+        self.healthy.set(0.0 if problems else 1.0)
+        self.health_problems.set(len(problems))
 
 
 class _TableCollector(Collector):
@@ -100,30 +137,39 @@ class _TableCollector(Collector):
         paused = GaugeMetricFamily(
             PREFIX + "paused", "1 if the pipeline is paused", labels=["pipeline"]
         )
-        for summary in self._summaries():
+        oldest = GaugeMetricFamily(
+            PREFIX + "oldest_queued_seconds",
+            "Age of the pipeline's oldest queued document (0: none queued)",
+            labels=["pipeline"],
+        )
+        found, now = self._summaries()
+        for summary in found:
             for state, count in summary.counts.items():
                 documents.add_metric([summary.name, state], count)
             in_flight.add_metric([summary.name], summary.in_flight_executions)
             paused.add_metric([summary.name], 1.0 if summary.paused_reason else 0.0)
+            since = summary.oldest_waiting_since
+            oldest.add_metric([summary.name], 0.0 if since is None else max(0.0, now - since))
         up = GaugeMetricFamily(
             PREFIX + "database_up", "1 if the job table could be read at this scrape"
         )
         up.add_metric([], 1.0 if self.database_up else 0.0)
-        yield from (documents, in_flight, paused, up)
+        yield from (documents, in_flight, paused, oldest, up)
 
-    def _summaries(self) -> list[PipelineSummary]:
+    def _summaries(self) -> tuple[list[PipelineSummary], float]:
+        """The summaries, and the database's clock to age them by."""
         # A database outage must not take the other metrics (and the scrape) down with it.
         try:
-            found = summaries(self.store)
-        except StoreError as exc:
+            found, now = summaries(self.store), self.store.clock()
+        except (StoreError, *TRANSIENT_DB_ERRORS) as exc:
             if self.database_up:
                 log.error("metrics: the database is unreachable", error=str(exc))
             self.database_up = False
-            return []
+            return [], 0.0
         if not self.database_up:
             log.info("metrics: the database is reachable again")
         self.database_up = True
-        return found
+        return found, now
 
 
 def serve_metrics(
@@ -134,6 +180,7 @@ def serve_metrics(
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
+                metrics.observe_health(health())
                 self._reply(200, generate_latest(metrics.registry), "text/plain; version=0.0.4")
             elif self.path in ("/healthz", "/health"):
                 problems = health()

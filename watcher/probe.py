@@ -89,6 +89,7 @@ class Prober(ContextLoop):
     def _report_one(self, pipeline: Pipeline) -> None:
         name, outage, now = pipeline.name, pipeline.outage, time.monotonic()
         self.metrics.unreachable.labels(name).set(0.0 if outage is None else outage.age(now))
+        self.metrics.in_flight_limit.labels(name).set(pipeline.in_flight_limit())
         recorded = self._recorded.get(name)
         notify = self.context.settings.notify is not None
         if outage is None:
