@@ -75,8 +75,10 @@ def document_row(job: Job, document: dict[str, Any], result_file: Path) -> dict[
 
 def read_row(job: Job, placement: Placement) -> dict[str, Any] | str | None:
     """The job's row from its result file; a reason if it cannot be read; None if the file
-    now belongs to a newer version of the same path."""
-    path = placement.result_path(job)
+    now belongs to a newer version of the same path (or it never had one: superseded)."""
+    path = placement.file_of(job)
+    if path is None:
+        return None
     try:
         document = json.loads(path.read_bytes())
     except FileNotFoundError:
