@@ -2,7 +2,8 @@
 and no result is lost to a name used again.
 
 Versions finish in the order each test stores their answers, through the real store (SQLite
-and PostgreSQL), the real finisher and real files.
+and PostgreSQL), the real finisher and real files; and, through the daemon, in the order the
+emulator ends their executions (EMULATOR-SECONDS in a document sets its run time).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import live_context
+from harness import deployment_url, live_context, running_daemon, wait_for, write_config
 
 from watcher.commands import jobs_show
 from watcher.config import PipelineConfig
+from watcher.emulator import EmulatorServer
 from watcher.export import Selection, export
 from watcher.finish import Finisher
 from watcher.jobs import Decision, Job, JobState, ResultFile
@@ -241,3 +244,29 @@ def test_the_newest_of_a_batch_is_per_path(store: Store) -> None:
     for index, path in enumerate(["a.pdf", "a.pdf", "b.pdf"]):
         store.enqueue("p", path, f"{index:064d}", 1, 1)
     assert newest_in_batch(store.list_jobs("p")) == {("p", "a.pdf"): 2, ("p", "b.pdf"): 1}
+
+
+@pytest.mark.usefixtures("api_keys")
+@pytest.mark.parametrize("after_success", ["delete", "move"])
+def test_versions_racing_through_the_daemon_leave_the_newest_result(
+    tmp_path: Path, server: EmulatorServer, db_url: str, after_success: str
+) -> None:
+    """Rewritten while earlier versions run; the emulator ends them newest first."""
+    archive = tmp_path / "archive"
+    options = {"after_success": after_success, "archive_dir": str(archive)}
+    config = write_config(tmp_path, deployment_url(server), db_url, pipeline=options)
+    document = tmp_path / "drop" / "a.txt"
+    versions = [b"A EMULATOR-SECONDS=3", b"B. EMULATOR-SECONDS=2", b"C.. EMULATOR-SECONDS=0.1"]
+    with running_daemon(config) as daemon:
+        for number, content in enumerate(versions, 1):
+            document.write_bytes(content)
+            wait_for(partial(sent, daemon.store, number), what=f"version {number} sent")
+        wait_for(lambda: daemon.progress().finished == 3, what="every version finished")
+    assert described(tmp_path / "drop" / "a.txt.json") == sha(versions[2])
+    assert not document.exists()
+    if after_success == "move":
+        assert (archive / "processed" / "a.txt").read_bytes() == versions[2]
+
+
+def sent(store: Store, versions: int) -> bool:
+    return sum(job.execution_id is not None for job in store.list_jobs()) >= versions
