@@ -28,7 +28,7 @@ from watcher.jobs import Decision, Job, JobState, ResultFile
 from watcher.runtime import Pipeline, build_pipeline
 from watcher.store import Store
 from watcher.store.operator import get_job
-from watcher.versions import may_write, newest_in_batch
+from watcher.versions import may_write, newest_of
 
 
 def make_pipeline(tmp_path: Path, **options: str) -> Pipeline:
@@ -240,10 +240,12 @@ def test_a_version_may_write_unless_a_newer_one_has() -> None:
     assert may_write(None, 3)  # a row from before versions were kept
 
 
-def test_the_newest_of_a_batch_is_per_path(store: Store) -> None:
-    for index, path in enumerate(["a.pdf", "a.pdf", "b.pdf"]):
+def test_the_newest_version_is_per_path(store: Store) -> None:
+    for index, path in enumerate(["a.pdf", "a.pdf", "b.pdf", "c.pdf"]):
         store.enqueue("p", path, f"{index:064d}", 1, 1)
-    assert newest_in_batch(store.list_jobs("p")) == {("p", "a.pdf"): 2, ("p", "b.pdf"): 1}
+    finished = {("p", "b.pdf"): 5}  # finished before: b.pdf's job is superseded
+    newest = newest_of(finished, store.list_jobs("p"))
+    assert newest == {("p", "a.pdf"): 2, ("p", "b.pdf"): 5, ("p", "c.pdf"): 1}
 
 
 @pytest.mark.usefixtures("api_keys")

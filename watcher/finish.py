@@ -24,7 +24,7 @@ from watcher.versions import (
     clear_the_way,
     drop_own_kept_copy,
     may_write,
-    newest_in_batch,
+    newest_of,
     report_set_aside,
 )
 from watcher.write_trouble import WriteTrouble
@@ -108,12 +108,12 @@ class Finisher(ContextLoop):
         written: list[Written] = []
         unwritten: list[Job] = []
         superseded: list[Job] = []
-        newest = newest_in_batch(claimed)
+        newest = newest_of(self.store.newest_finished_versions(claimed), claimed)
         for job in claimed:
             pipeline = self.pipelines.get(job.pipeline)
             if pipeline is None:  # removed by a reload; its jobs wait for it
                 continue
-            if self._superseded(job, newest[(job.pipeline, job.relative_path)]):
+            if not may_write(job.version, newest[(job.pipeline, job.relative_path)]):
                 superseded.append(replace(job, result_file=ResultFile.SUPERSEDED))
                 continue
             with about(job):
@@ -138,11 +138,6 @@ class Finisher(ContextLoop):
             with about(job):
                 self._report_superseded(job, self.pipelines[job.pipeline])
         return kept, unwritten
-
-    def _superseded(self, job: Job, newest_in_batch: int) -> bool:
-        """A newer version of its path finished first (or finishes in the same batch)."""
-        newest = self.store.newest_finished_version(job)
-        return not may_write(job.version, max(newest or 0, newest_in_batch))
 
     def _report_superseded(self, job: Job, pipeline: Pipeline) -> None:
         self.outcomes[job.outcome or "failed"] += 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from watcher.logs import get_logger
 from watcher.output import Placement, move_durably, numbered
 
 log = get_logger()
+Key = tuple[str, str]  # a job's pipeline and relative path
 KEEP = "keep"
 REPLACE = "replace"
 
@@ -34,13 +35,14 @@ def may_write(version: int | None, newest_finished: int | None) -> bool:
     return version is None or newest_finished is None or version >= newest_finished
 
 
-def newest_in_batch(batch: Iterable[Job]) -> dict[tuple[str, str], int]:
-    """The highest version of each (pipeline, path) among jobs finishing together: the
-    others of the same path are superseded by it."""
-    newest: dict[tuple[str, str], int] = {}
+def newest_of(finished: Mapping[tuple[str, str], int], batch: Iterable[Job]) -> dict[Key, int]:
+    """By (pipeline, path) of the jobs finishing together: the highest version among those
+    that finished before (`finished`) and themselves. A job below its path's is superseded:
+    a newer version finished first, or finishes with it."""
+    newest: dict[Key, int] = {}
     for job in batch:
         key = (job.pipeline, job.relative_path)
-        newest[key] = max(newest.get(key, 0), job.version or 0)
+        newest[key] = max(newest.get(key, 0), finished.get(key, 0), job.version or 0)
     return newest
 
 

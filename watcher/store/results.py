@@ -11,7 +11,7 @@ from watcher.jobs import Job, JobState, ResultFile
 from watcher.notices import Draft
 from watcher.store.database import retry_transient
 from watcher.store.outbox import add_notices
-from watcher.store.schema import db_path, jobs, to_job
+from watcher.store.schema import db_path, fs_path, jobs, to_job
 from watcher.store.statements import pipelines_params
 from watcher.store.writes import StoreBase
 
@@ -39,18 +39,22 @@ class Results(StoreBase):
             for job in sorted(unwritten, key=lambda job: job.id):  # as other updates lock them
                 self.sql.fenced(conn, job, JobState.RESULT_STORED, free)
 
-    def newest_finished_version(self, job: Job) -> int | None:
-        """The highest version of the job's path that has finished, other than itself."""
-        text, raw = db_path(job.relative_path)
+    def newest_finished_versions(self, batch: Sequence[Job]) -> dict[tuple[str, str], int]:
+        """By (pipeline, path) of these jobs: the highest version that has finished."""
+        texts = sorted({db_path(job.relative_path)[0] for job in batch})
+        if not texts:
+            return {}
+        key = (jobs.c.pipeline, jobs.c.relative_path, jobs.c.relative_path_raw)
         query = (
-            sa.select(sa.func.max(jobs.c.version))
-            .where(_at_path(job.pipeline, text, raw))
+            sa.select(*key, sa.func.max(jobs.c.version))
+            .where(jobs.c.pipeline.in_(sorted({job.pipeline for job in batch})))
+            .where(jobs.c.relative_path.in_(texts))
             .where(jobs.c.state.in_([JobState.DONE.value, JobState.FAILED.value]))
-            .where(jobs.c.id != job.id)
+            .group_by(*key)
         )
         with self.db.read() as conn:
-            found = conn.execute(query).scalar()
-        return None if found is None else int(found)
+            rows = conn.execute(query).all()
+        return {(row[0], fs_path(row[1], row[2])): int(row[3]) for row in rows if row[3]}
 
     def content_at_path(self, job: Job, sha256: str) -> Job | None:
         """The job of another content (by its sha256) that the job's path held."""
