@@ -11,13 +11,23 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import deployment_url, live_context, running_daemon, wait_for, write_config
+from harness import (
+    crash_then_finish,
+    daemon_command,
+    deployment_url,
+    environment,
+    live_context,
+    running_daemon,
+    wait_for,
+    write_config,
+)
 
 from watcher.commands import jobs_show
 from watcher.config import PipelineConfig
@@ -272,3 +282,31 @@ def test_versions_racing_through_the_daemon_leave_the_newest_result(
 
 def sent(store: Store, versions: int) -> bool:
     return sum(job.execution_id is not None for job in store.list_jobs()) >= versions
+
+
+@pytest.mark.usefixtures("api_keys")
+@pytest.mark.parametrize("crash_at", ["after_archive_aside", "after_set_aside"])
+def test_a_crash_while_an_earlier_result_is_set_aside_loses_nothing(
+    tmp_path: Path, server: EmulatorServer, db_url: str, crash_at: str
+) -> None:
+    archive = tmp_path / "archive"
+    options = {"after_success": "move", "archive_dir": str(archive)}
+    config = write_config(tmp_path, deployment_url(server), db_url, pipeline=options)
+    document = tmp_path / "drop" / "scan.txt"
+    document.write_bytes(b"the first scan")
+    first = subprocess.run(daemon_command(config, once=True), env=environment(), timeout=60)
+    assert first.returncode == 0
+    document.write_bytes(b"the second scan, another page")
+    crash_then_finish(config, crash_at)
+
+    drop_dir, processed = tmp_path / "drop", archive / "processed"
+    assert described(drop_dir / "scan.txt.json") == sha(b"the second scan, another page")
+    assert described(drop_dir / "scan.txt.1.json") == sha(b"the first scan")
+    assert (processed / "scan.txt").read_bytes() == b"the second scan, another page"
+    assert (processed / "scan.1.txt").read_bytes() == b"the first scan"
+    store = Store(db_url)
+    try:
+        places = {job.id: job.result_file for job in store.list_jobs()}
+    finally:
+        store.close()
+    assert places == {1: ResultFile.KEPT, 2: ResultFile.AT_PATH}

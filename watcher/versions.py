@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from watcher.crashpoints import crash_point
 from watcher.filters import as_text
 from watcher.jobs import Job, ResultFile
 from watcher.logs import get_logger
@@ -89,7 +90,9 @@ def clear_the_way(
         kept_as = placement.kept_path(owner) if keep else None
         if kept_as is not None:
             archive_aside(owner, placement)  # first: a crash here leaves the result to move
+            crash_point("after_archive_aside")
             os.replace(path, kept_as)
+            crash_point("after_set_aside")
         moved.append(SetAside(owner, path, kept_as))
     return moved
 
