@@ -125,9 +125,11 @@ def exported(store: Store, pipeline: Pipeline) -> list[str]:
 
 
 def shown(store: Store, job_id: int, pipeline: Pipeline) -> str:
+    """`jobs show`'s result file, or the note saying why there is none."""
     record = jobs_show(store, job_id, True, {"p": pipeline.placement})
     assert record is not None
-    return str(json.loads(record)["result_file"])
+    shown = json.loads(record)
+    return str(shown["result_file"] or shown["result_file_note"])
 
 
 @pytest.mark.parametrize("after_success", ["delete", "move"])

@@ -244,16 +244,20 @@ def _answer_record(job: Job, placement: Placement | None) -> dict[str, Any]:
         "answer_dropped_at": when(job.answer_dropped_at),
         "stored_answer": answer,
         "result_file": _result_file(job, placement) if ended else None,
+        "result_file_note": NO_FILE.get(job.result_file) if ended else None,
     }
+
+
+NO_FILE: dict[ResultFile | None, str] = {
+    ResultFile.SUPERSEDED: "none: a newer version of the path had finished first",
+    ResultFile.REPLACED: "none any more: a later document's replaced it (on_reused_name)",
+    ResultFile.KEPT: "kept under its job id: a later document took the name",
+}
 
 
 def _result_file(job: Job, placement: Placement | None) -> str | None:
     """Its own result file (kept aside under its job id if a later document took the
-    name), or why it has none."""
-    if job.result_file is ResultFile.SUPERSEDED:
-        return "none: a newer version of the path had finished first"
-    if job.result_file is ResultFile.REPLACED:
-        return "none any more: replaced by a later document's (on_reused_name = replace)"
+    name); None if it has none."""
     found = placement.file_of(job) if placement is not None else None
     return None if found is None else as_text(str(found))
 
