@@ -26,8 +26,7 @@ from watcher.output import Placement, move_durably, numbered
 
 log = get_logger()
 Key = tuple[str, str]  # a job's pipeline and relative path
-KEEP = "keep"
-REPLACE = "replace"
+KEEP = "keep"  # on_reused_name; the other is "replace"
 
 
 def may_write(version: int | None, newest_finished: int | None) -> bool:
@@ -36,7 +35,7 @@ def may_write(version: int | None, newest_finished: int | None) -> bool:
     return version is None or newest_finished is None or version >= newest_finished
 
 
-def newest_of(finished: Mapping[tuple[str, str], int], batch: Iterable[Job]) -> dict[Key, int]:
+def newest_of(finished: Mapping[Key, int], batch: Iterable[Job]) -> dict[Key, int]:
     """By (pipeline, path) of the jobs finishing together: the highest version among those
     that finished before (`finished`) and themselves. A job below its path's is superseded:
     a newer version finished first, or finishes with it."""
@@ -75,8 +74,8 @@ def clear_the_way(
     job: Job, placement: Placement, on_reused_name: str, owner_of: OwnerOf, record: Record
 ) -> list[SetAside]:
     """Before `job` writes its result file: another document's result file under either of
-    its names is kept aside (with replace, and for error files, left to be replaced). The owner's
-    row is told first, so that a crash right after leaves the row right once this is done
+    its names is kept aside (with replace, and for error files, left to be replaced). The
+    owner's row is told first: a crash right after leaves the row right once this is done
     again."""
     moved = []
     for path in (placement.result_path(job), placement.stale_result_path(job)):
