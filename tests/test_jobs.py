@@ -67,7 +67,8 @@ def rng() -> random.Random:
 def test_every_state_has_its_transitions_listed() -> None:
     assert set(TRANSITIONS) == set(JobState)
     assert can_move(JobState.QUEUED, JobState.SUBMITTING)
-    assert not can_move(JobState.DONE, JobState.QUEUED)
+    assert not can_move(JobState.DONE, JobState.SUBMITTING)
+    assert can_move(JobState.DONE, JobState.RESULT_STORED)  # its content came back
     assert can_move(JobState.FAILED, JobState.QUEUED)  # an operator's retry
 
 

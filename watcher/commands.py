@@ -16,7 +16,8 @@ from typing import Any
 from watcher.backends import stored_cost
 from watcher.config import PipelineConfig
 from watcher.files import sha256_of
-from watcher.jobs import Job, JobState
+from watcher.filters import as_text
+from watcher.jobs import Job, JobState, ResultFile
 from watcher.output import Placement, move_durably
 from watcher.store import Store
 from watcher.store.operator import (
@@ -239,12 +240,26 @@ def _answer_record(job: Job, placement: Placement | None) -> dict[str, Any]:
         answer = f"dropped {when(job.answer_dropped_at)} (keep_results_days); see the result file"
     else:
         answer = "kept in the database" if job.result_body is not None else "none"
-    result_file = str(placement.result_path(job)) if ended and placement is not None else None
     return {
         "answer_dropped_at": when(job.answer_dropped_at),
         "stored_answer": answer,
-        "result_file": result_file,
+        "result_file": _result_file(job, placement) if ended else None,
+        "result_file_note": NO_FILE.get(job.result_file) if ended else None,
     }
+
+
+NO_FILE: dict[ResultFile | None, str] = {
+    ResultFile.SUPERSEDED: "none: a newer version of the path had finished first",
+    ResultFile.REPLACED: "none any more: a later document's replaced it (on_reused_name)",
+    ResultFile.KEPT: "kept under its job id: a later document took the name",
+}
+
+
+def _result_file(job: Job, placement: Placement | None) -> str | None:
+    """Its own result file (kept aside under its job id if a later document took the
+    name); None if it has none."""
+    found = placement.file_of(job) if placement is not None else None
+    return None if found is None else as_text(str(found))
 
 
 def retry_job(store: Store, pipelines: Mapping[str, PipelineConfig], job_id: int) -> list[str]:

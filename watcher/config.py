@@ -235,6 +235,14 @@ class PipelineConfig(Strict):
     after_success: Literal["keep", "move", "delete"] = Field(
         "keep", description="What happens to a source once its result file is written."
     )
+    on_reused_name: Literal["keep", "replace"] = Field(
+        "keep",
+        description=(
+            "When a different document's result would take an existing result file's name: "
+            "keep the earlier one as NAME.<job id>.json, or replace it (error files are "
+            "always replaced)."
+        ),
+    )
     archive_dir: Path | Literal[""] = Field(
         "", description="With after_success = move: sources go to processed/ and failed/ here."
     )

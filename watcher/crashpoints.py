@@ -3,7 +3,8 @@
 `UNSTRACT_WATCHER_CRASH_AT=after_post` kills the process (exit 137, no clean-up) the first time
 it passes `crash_point("after_post")`; `after_post:3` the third time. Unset, it costs one dict
 lookup. Points: after_post, pack_claimed (a packed claim about to be sent), after_poll,
-after_result_temp, after_result_replace, after_dispose.
+after_result_temp, after_result_replace, after_dispose, after_archive_aside and
+after_set_aside (an earlier document's archived source, then its result file, renamed aside).
 
 Lost-answer points stand for a database connection that drops after a COMMIT went through but
 before its answer arrived (a window a real outage hits only now and then): a test arms one with

@@ -43,7 +43,7 @@ class Selection:
 @dataclass
 class Tally:
     exported: int = 0
-    superseded: int = 0  # the result file is a newer version's (same path, other content)
+    superseded: int = 0  # no file of its own: a newer version's or a later document's
     unreadable: int = 0
     columns: set[str] = field(default_factory=set)
 
@@ -75,8 +75,10 @@ def document_row(job: Job, document: dict[str, Any], result_file: Path) -> dict[
 
 def read_row(job: Job, placement: Placement) -> dict[str, Any] | str | None:
     """The job's row from its result file; a reason if it cannot be read; None if the file
-    now belongs to a newer version of the same path."""
-    path = placement.result_path(job)
+    now belongs to a newer version of the same path (or it never had one: superseded)."""
+    path = placement.file_of(job)
+    if path is None:
+        return None
     try:
         document = json.loads(path.read_bytes())
     except FileNotFoundError:
@@ -181,7 +183,10 @@ def output_file(target: Path) -> Iterator[TextIO]:
 def summary_line(tally: Tally) -> str:
     line = f"exported {tally.exported} document(s)"
     if tally.superseded:
-        line += f"; {tally.superseded} older version(s) whose result file a newer one replaced"
+        line += (
+            f"; {tally.superseded} superseded: a newer version of the path, or (with"
+            " on_reused_name = replace) a later document of the name, holds the result file"
+        )
     if tally.unreadable:
         line += f"; {tally.unreadable} could not be read (listed above)"
     return line

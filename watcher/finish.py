@@ -5,19 +5,28 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from watcher.context import ContextLoop, LastLook, Live
 from watcher.crashpoints import crash_point
 from watcher.filters import as_text
-from watcher.jobs import Job
+from watcher.jobs import Job, ResultFile
 from watcher.logs import about, get_logger
 from watcher.notices import Draft, document_draft
 from watcher.output import dispose_source, fsync_folder, result_document, write_result
 from watcher.runtime import Pipeline
 from watcher.store import StoreError
 from watcher.store.table_sink import TableSinks, table_row
+from watcher.versions import (
+    clear_the_way,
+    drop_own_kept_copy,
+    may_write,
+    newest_of,
+    report_set_aside,
+)
 from watcher.write_trouble import WriteTrouble
 
 log = get_logger()
@@ -101,9 +110,14 @@ class Finisher(ContextLoop):
     def _finish(self, claimed: list[Job]) -> tuple[list[Written], list[Job]]:
         written: list[Written] = []
         unwritten: list[Job] = []
+        superseded: list[Job] = []
+        newest = newest_of(self.store.newest_finished_versions(claimed), claimed)
         for job in claimed:
             pipeline = self.pipelines.get(job.pipeline)
             if pipeline is None:  # removed by a reload; its jobs wait for it
+                continue
+            if not may_write(job.version, newest[(job.pipeline, job.relative_path)]):
+                superseded.append(replace(job, result_file=ResultFile.SUPERSEDED))
                 continue
             with about(job):
                 target = self._write(job, pipeline)
@@ -118,11 +132,23 @@ class Finisher(ContextLoop):
         finished = {job.id for job, _, _ in kept}
         unwritten += [job for job, _, _ in written if job.id not in finished]
         disposals = [self._dispose(job, pipeline) for job, pipeline, _ in kept]
-        self.store.mark_finished_many([job for job, _, _ in kept], self._notices(kept))
+        finishing = [job for job, _, _ in kept] + superseded
+        self.store.mark_finished_many(finishing, self._notices(kept))
         for (job, pipeline, target), disposal in zip(kept, disposals, strict=True):
             with about(job):
                 self._report(job, pipeline, target, disposal)
+        for job in superseded:
+            with about(job):
+                self._report_superseded(job, self.pipelines[job.pipeline])
         return kept, unwritten
+
+    def _report_superseded(self, job: Job, pipeline: Pipeline) -> None:
+        self.outcomes[job.outcome or "failed"] += 1
+        self._count(job, pipeline)
+        log.info(
+            "a newer version's result is already written; this one stays in the job table",
+            outcome=job.outcome,
+        )
 
     def _write_rows(self, written: list[Written]) -> set[int]:
         """Each pipeline's result-table rows; return the jobs whose rows were refused."""
@@ -172,10 +198,17 @@ class Finisher(ContextLoop):
 
     def _write(self, job: Job, pipeline: Pipeline) -> Path | None:
         self.last_beat = time.monotonic()
+        placement = pipeline.placement
         try:
-            return write_result(
-                job, pipeline.placement, pipeline.backend.results, sync_folder=False
+            set_aside = clear_the_way(
+                job,
+                placement,
+                pipeline.config.on_reused_name,
+                partial(self.store.content_at_path, job),
+                self.store.set_result_files,
             )
+            target = write_result(job, placement, pipeline.backend.results, sync_folder=False)
+            drop_own_kept_copy(job, placement)
         except OSError as exc:
             # Disk full, folder gone, no permission: the outcome stays stored; try again later.
             # Said once per folder and error (self.trouble); per file only at debug.
@@ -184,6 +217,8 @@ class Finisher(ContextLoop):
             self.trouble.failed(folder, exc.strerror or str(exc))
             self.metrics.errors.labels(pipeline.name, "result_write").inc()
             return None
+        report_set_aside(set_aside)
+        return target
 
     @staticmethod
     def _dispose(job: Job, pipeline: Pipeline) -> str:

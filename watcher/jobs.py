@@ -49,8 +49,10 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     ),
     JobState.FETCHING: frozenset({JobState.SUBMITTED, JobState.RESULT_STORED, JobState.QUEUED}),
     JobState.RESULT_STORED: frozenset({JobState.DONE, JobState.FAILED}),
-    JobState.DONE: frozenset(),
-    JobState.FAILED: frozenset({JobState.QUEUED}),
+    # An earlier content back at its path (A -> B -> A): its kept answer is written again,
+    # or, the answer dropped, it is sent again.
+    JobState.DONE: frozenset({JobState.RESULT_STORED, JobState.QUEUED}),
+    JobState.FAILED: frozenset({JobState.QUEUED, JobState.RESULT_STORED}),
     JobState.SKIPPED: frozenset({JobState.QUEUED}),
     JobState.HELD: frozenset({JobState.QUEUED}),  # an operator's retry
 }
@@ -58,6 +60,15 @@ IN_FLIGHT = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.FETCHING)
 UNFINISHED = (*IN_FLIGHT, JobState.QUEUED, JobState.RESULT_STORED)
 
 Outcome = Literal["success", "failed"]
+
+
+class ResultFile(StrEnum):
+    """Where a finished job's result (or error) file is."""
+
+    AT_PATH = "at_path"  # under the path's own name (`a.pdf.json`)
+    KEPT = "kept"  # a later document of the same name took it: kept as `a.pdf.<id>.json`
+    REPLACED = "replaced"  # a later document's replaced it (on_reused_name = "replace")
+    SUPERSEDED = "superseded"  # none written: a newer version's result was there first
 
 
 def can_move(source: JobState, target: JobState) -> bool:
@@ -91,6 +102,8 @@ class Job:
     alone: bool = False  # its packed execution gave it no answer: send it on its own
     answer_dropped_at: float | None = None  # the stored answer expired (the result file has it)
     cost_in_dollars: float | None = None  # kept from the answer when it was dropped
+    version: int | None = None  # its place among the contents of its path (highest: current)
+    result_file: ResultFile | None = None  # where its result file went; None: not written
 
     @property
     def shares_execution(self) -> bool:

@@ -20,7 +20,7 @@ import orjson
 from watcher.backend import ResultFormat
 from watcher.crashpoints import crash_point
 from watcher.filters import ERROR_SUFFIX, RESULT_SUFFIX
-from watcher.jobs import Job
+from watcher.jobs import Job, ResultFile
 
 # Specific enough that the startup sweep never touches a temp file of anyone else.
 TEMP_SUFFIX = ".unstract-watcher.tmp"
@@ -44,6 +44,18 @@ class Placement:
     def result_path(self, job: Job) -> Path:
         suffix = RESULT_SUFFIX if job.outcome == "success" else ERROR_SUFFIX
         return self._beside(job, suffix)
+
+    def kept_path(self, job: Job) -> Path:
+        """Where its result file goes when a later document of the same name takes the
+        name (`a.pdf.<job id>.json`)."""
+        suffix = RESULT_SUFFIX if job.outcome == "success" else ERROR_SUFFIX
+        return self._beside(job, f".{job.id}{suffix}")
+
+    def file_of(self, job: Job) -> Path | None:
+        """The job's result file as its row records it; None: it has none (any more)."""
+        if job.result_file in (None, ResultFile.AT_PATH):
+            return self.result_path(job)
+        return self.kept_path(job) if job.result_file is ResultFile.KEPT else None
 
     def stale_result_path(self, job: Job) -> Path:
         """The other kind of file for the same source (a success clears an old error file)."""
@@ -201,8 +213,11 @@ def _unchanged(source: Path, job: Job) -> bool:
 
 
 def _free_name(target: Path, job_id: int) -> Path:
-    if not target.exists():
-        return target
+    return target if not target.exists() else numbered(target, job_id)
+
+
+def numbered(target: Path, job_id: int) -> Path:
+    """An archived source's name with its job id: `processed/scan.<job id>.pdf`."""
     return target.with_name(f"{target.stem}.{job_id}{target.suffix}")
 
 

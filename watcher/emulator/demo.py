@@ -65,7 +65,8 @@ what it serves (one port, both APIs):
 
 outcomes:
   A document whose bytes contain {FAIL_MARKER.decode()} fails (the Unstract execution ends in
-  ERROR, the whisper fails); any other document succeeds after --execution-seconds.
+  ERROR, the whisper fails); any other document succeeds after --execution-seconds, or after
+  N seconds if its bytes contain EMULATOR-SECONDS=N (Unstract).
 
 faults, while it runs (POST a JSON object of knob values; GET shows them):
   /_emulator/faults (Unstract):

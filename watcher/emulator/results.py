@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from .bodies import Upload
 
 FAIL_MARKER = b"EMULATOR-FAIL"
+# `EMULATOR-SECONDS=2.5` in a document's bytes: its execution runs that long (so that tests
+# can make versions of one path finish in the order they choose).
+SECONDS_MARKER = re.compile(rb"EMULATOR-SECONDS=([0-9]+(?:\.[0-9]+)?)")
 ECHO_KEY = "emulator_output"  # see _echoed_output
 # Only the start of a document is kept as its "extracted text", to bound memory.
 EXTRACTED_TEXT_LIMIT = 65_536
@@ -46,6 +50,7 @@ class StagedFile:
     word_count: int
     text: str
     failed: bool
+    seconds: float | None = None  # its own run time (SECONDS_MARKER)
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,13 @@ def _stage(upload: Upload, digest: str, fail_glob: str | None) -> StagedFile:
         word_count=len(text.split()),
         text=text[:EXTRACTED_TEXT_LIMIT],
         failed=failed,
+        seconds=_own_seconds(upload.content),
     )
+
+
+def _own_seconds(content: bytes) -> float | None:
+    found = SECONDS_MARKER.search(content)
+    return None if found is None else float(found.group(1))
 
 
 def build_results(files: Sequence[StagedFile], run: RunContext) -> list[FileResult]:

@@ -284,7 +284,8 @@ class UnstractEmulator:
             refused = self._refuse_over_limit(deployment.org, started_at)
             if refused is not None:
                 return refused
-            execution = self._create(deployment, run, results, hashes)
+            own = [f.seconds for f in staged if f.seconds is not None]
+            execution = self._create(deployment, run, results, hashes, max(own, default=None))
             if self.faults.take("post_error_after_create"):
                 return server_error()
             if self.faults.take("post_drop_after_create"):
@@ -313,12 +314,19 @@ class UnstractEmulator:
         return std_error(429, detail)
 
     def _create(
-        self, deployment: Deployment, run: RunContext, results: list[FileResult], hashes: list[str]
+        self,
+        deployment: Deployment,
+        run: RunContext,
+        results: list[FileResult],
+        hashes: list[str],
+        own_seconds: float | None = None,
     ) -> Execution:
+        """`own_seconds`: the run time its documents ask for (SECONDS_MARKER)."""
         now = run.started_at
-        seconds = deployment.execution_seconds * file_rounds(
-            len(results), self.max_parallel_file_batches
-        )
+        seconds = own_seconds
+        if seconds is None:
+            rounds = file_rounds(len(results), self.max_parallel_file_batches)
+            seconds = deployment.execution_seconds * rounds
         all_failed = bool(results) and all(item["status"] == "Failed" for item in results)
         execution = Execution(
             id=run.execution_id,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy.engine import Connection
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
 
 from watcher.jobs import JobState
 from watcher.store.database import retry_transient
-from watcher.store.schema import db_path, fs_path
+from watcher.store.schema import db_path, fs_path, jobs
 from watcher.store.statements import moved
 from watcher.store.writes import StoreBase
 
@@ -67,8 +69,9 @@ class Discovery(StoreBase):
         is known, in one transaction; return each one's new job id, or None if known.
 
         A version that was skipped (it vanished or changed before upload) and is back is
-        queued again; any other known version only gets its size and mtime refreshed, so the
-        next scan skips it cheaply.
+        queued again; an earlier content back at its path after another (A -> B -> A)
+        becomes its newest version again (`comeback`); any other known version only gets
+        its size and mtime refreshed, so the next scan skips it cheaply.
         """
         now = self.clock()
         with self.db.write() as conn:
@@ -98,11 +101,57 @@ class Discovery(StoreBase):
         if row is not None:
             return int(row[0])
         key = {"b_pipeline": pipeline, "b_path": path, "b_sha256": sha256}
+        known = conn.execute(self.sql.known_document, key).first()
+        if known is not None and came_back(known.version, known.newest):
+            return self._take_back(conn, known, size, mtime_ns, now)
         revived = conn.execute(self.sql.revive_skipped, {**key, **_revived(size, mtime_ns, now)})
         if (found := revived.first()) is not None:
             return int(found[0])
         conn.execute(self.sql.refresh_known, {**key, "size": size, "mtime_ns": mtime_ns})
         return None
+
+    @staticmethod
+    def _take_back(
+        conn: Connection, known: Row[Any], size: int, mtime_ns: int, now: float
+    ) -> int | None:
+        """The path's newest version again; its id if it is to be sent (again)."""
+        values = _comeback_values(known, size, mtime_ns, now)
+        same = (jobs.c.id == known.id) & (jobs.c.state == known.state)
+        conn.execute(sa.update(jobs).where(same).values(**values))
+        return int(known.id) if values.get("state") == JobState.QUEUED.value else None
+
+
+def came_back(version: int | None, newest: int | None) -> bool:
+    """A known content whose path has held a newer one since (A -> B -> A)."""
+    return version is not None and newest is not None and version < newest
+
+
+def comeback(state: JobState, answer_kept: bool) -> JobState:
+    """What an earlier content back at its path becomes: a finished one with its answer
+    kept has its result file written again; one whose answer was dropped is sent again;
+    any other stays where it is (its result, when it comes, is the newest version's)."""
+    if state not in (JobState.DONE, JobState.FAILED):
+        return JobState.QUEUED if state is JobState.SKIPPED else state
+    return JobState.RESULT_STORED if answer_kept else JobState.QUEUED
+
+
+def _comeback_values(known: Row[Any], size: int, mtime_ns: int, now: float) -> dict[str, Any]:
+    state = JobState(known.state)
+    target = comeback(state, bool(known.answer_kept))
+    values: dict[str, Any] = {
+        "version": known.newest + 1,
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "updated_at": now,
+    }
+    if target is state:
+        return values
+    values.update(state=moved(state, target), finished_at=None, result_file=None)
+    if target is JobState.QUEUED:
+        nothing = ("execution_id", "outcome", "result_body", "answer_dropped_at", "pack_id")
+        values.update(dict.fromkeys(nothing), attempts=0, poll_count=0, last_error="")
+        values.update(next_attempt_at=now, alone=False, cost_in_dollars=None)
+    return values
 
 
 def _revived(size: int, mtime_ns: int, now: float) -> dict[str, object]:

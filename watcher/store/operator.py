@@ -142,7 +142,7 @@ def _fresh(store: Store) -> dict[str, Any]:
     now = store.db.now
     nothing = (
         *("execution_id", "outcome", "result_body", "lease_owner", "lease_until"),
-        *("answer_dropped_at", "cost_in_dollars"),
+        *("answer_dropped_at", "cost_in_dollars", "result_file"),
     )
     return {
         "attempts": 0,

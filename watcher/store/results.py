@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from watcher.jobs import Job, JobState
+import sqlalchemy as sa
+
+from watcher.jobs import Job, JobState, ResultFile
 from watcher.notices import Draft
 from watcher.store.database import retry_transient
 from watcher.store.outbox import add_notices
+from watcher.store.schema import db_path, fs_path, jobs, to_job
 from watcher.store.statements import pipelines_params
 from watcher.store.writes import StoreBase
 
@@ -35,6 +38,40 @@ class Results(StoreBase):
         with self.db.write(ending=unwritten) as conn:
             for job in sorted(unwritten, key=lambda job: job.id):  # as other updates lock them
                 self.sql.fenced(conn, job, JobState.RESULT_STORED, free)
+
+    def newest_finished_versions(self, batch: Sequence[Job]) -> dict[tuple[str, str], int]:
+        """By (pipeline, path) of these jobs: the highest version that has finished."""
+        texts = sorted({db_path(job.relative_path)[0] for job in batch})
+        if not texts:
+            return {}
+        key = (jobs.c.pipeline, jobs.c.relative_path, jobs.c.relative_path_raw)
+        query = (
+            sa.select(*key, sa.func.max(jobs.c.version))
+            .where(jobs.c.pipeline.in_(sorted({job.pipeline for job in batch})))
+            .where(jobs.c.relative_path.in_(texts))
+            .where(jobs.c.state.in_([JobState.DONE.value, JobState.FAILED.value]))
+            .group_by(*key)
+        )
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        return {(row[0], fs_path(row[1], row[2])): int(row[3]) for row in rows if row[3]}
+
+    def content_at_path(self, job: Job, sha256: str) -> Job | None:
+        """The job of another content (by its sha256) that the job's path held."""
+        text, raw = db_path(job.relative_path)
+        query = sa.select(jobs).where(_at_path(job.pipeline, text, raw))
+        with self.db.read() as conn:
+            row = conn.execute(query.where(jobs.c.sha256 == sha256)).first()
+        return None if row is None else to_job(row)
+
+    @retry_transient
+    def set_result_files(self, places: Mapping[int, ResultFile]) -> None:
+        """Where these finished jobs' result files are now (kept aside, or replaced)."""
+        ended = jobs.c.state.in_([JobState.DONE.value, JobState.FAILED.value])
+        with self.db.write() as conn:
+            for job_id, place in sorted(places.items()):
+                query = sa.update(jobs).where((jobs.c.id == job_id) & ended)
+                conn.execute(query.values(result_file=place.value))
 
     def mark_finished(self, job: Job) -> bool:
         return self.mark_finished_many([job])[0]
@@ -69,4 +106,17 @@ class Results(StoreBase):
 
 def _finished(job: Job, now: float) -> dict[str, Any]:
     state = JobState.DONE if job.outcome == "success" else JobState.FAILED
-    return {"state": state.value, "finished_at": now, "updated_at": now, "lease_owner": None}
+    return {
+        "state": state.value,
+        "finished_at": now,
+        "updated_at": now,
+        "lease_owner": None,
+        "result_file": (job.result_file or ResultFile.AT_PATH).value,
+    }
+
+
+def _at_path(pipeline: str, text: str, raw: bytes | None) -> sa.ColumnElement[bool]:
+    same_raw = (
+        jobs.c.relative_path_raw.is_(None) if raw is None else (jobs.c.relative_path_raw == raw)
+    )
+    return (jobs.c.pipeline == pipeline) & (jobs.c.relative_path == text) & same_raw

@@ -16,13 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from watcher.filters import as_text
-from watcher.jobs import Job, JobState
+from watcher.jobs import Job, JobState, ResultFile
 from watcher.store.driver import Prepared
 
 metadata = sa.MetaData()
 # The newest migration (migrations/versions/): a database already there is not handed to alembic,
 # which would stay imported for the daemon's life (about 8 MiB) and slow every start.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 # Connections kept; with the overflow, enough for 64 upload and 64 poll workers and the other
 # loops (connections are opened only when needed).
 POOL_SIZE = 32
@@ -65,6 +65,10 @@ jobs = sa.Table(
     # written), and the cost it reported, kept for `report`.
     sa.Column("answer_dropped_at", sa.Double),
     sa.Column("cost_in_dollars", sa.Double),
+    # The order of the contents this path has held: the highest is its current content
+    # (an earlier content that comes back takes a new, highest one). See ResultFile.
+    sa.Column("version", sa.Integer),
+    sa.Column("result_file", sa.String(16)),  # where its result file is (ResultFile)
     sa.UniqueConstraint("pipeline", "relative_path", "sha256", name="uq_jobs_document"),
 )
 sa.Index("ix_jobs_state_due", jobs.c.state, jobs.c.next_attempt_at)
@@ -110,7 +114,7 @@ sa.Index("ix_results_job", results.c.job_id)
 PLAIN_COLUMNS = tuple(
     "id pipeline sha256 size mtime_ns attempts execution_id poll_count outcome last_http_status "
     "last_error lease_owner created_at submitted_at updated_at finished_at pack_id "
-    "answer_dropped_at cost_in_dollars".split()
+    "answer_dropped_at cost_in_dollars version".split()
 )
 
 
@@ -126,6 +130,7 @@ def job_from(m: Mapping[str, Any]) -> Job:
         relative_path=fs_path(m["relative_path"], m["relative_path_raw"]),
         state=JobState(m["state"]),
         alone=bool(m["alone"]),
+        result_file=ResultFile(m["result_file"]) if m["result_file"] else None,
         result_body=json.loads(body) if body else None,
     )
 

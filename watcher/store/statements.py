@@ -175,10 +175,20 @@ class Statements:
             sa.select(*columns, jobs.c.size, jobs.c.mtime_ns)
             .where(jobs.c.pipeline == sa.bindparam("b_pipeline"))
             .where(jobs.c.relative_path.in_(sa.bindparam("b_paths", expanding=True)))
-            .order_by(jobs.c.id)
+            .order_by(jobs.c.version, jobs.c.id)
         )
-        # The SET clauses come from the parameters' keys, as in `fenced`.
-        insert_job = self.insert(jobs).on_conflict_do_nothing().returning(jobs.c.id)
+        # The SET clauses come from the parameters' keys, as in `fenced`; a new content is
+        # the newest version of its path.
+        path = (jobs.c.pipeline == sa.bindparam("pipeline")) & (
+            jobs.c.relative_path == sa.bindparam("relative_path")
+        )
+        next_version = sa.select(sa.func.coalesce(sa.func.max(jobs.c.version), 0) + 1)
+        insert_job = (
+            self.insert(jobs)
+            .values(version=next_version.where(path).scalar_subquery())
+            .on_conflict_do_nothing()
+            .returning(jobs.c.id)
+        )
         self.insert_job = Prepared(lambda keys: _set_from(insert_job, keys))
         document = (
             (jobs.c.pipeline == sa.bindparam("b_pipeline"))
@@ -191,6 +201,17 @@ class Statements:
             .returning(jobs.c.id)
         )
         self.refresh_known = sa.update(jobs).where(document)
+        # A known content, and the newest version of its path: less, and it came back.
+        newest = (
+            sa.select(sa.func.max(jobs.c.version))
+            .where(jobs.c.pipeline == sa.bindparam("b_pipeline"))
+            .where(jobs.c.relative_path == sa.bindparam("b_path"))
+            .scalar_subquery()
+        )
+        kept = jobs.c.result_body.is_not(None).label("answer_kept")
+        self.known_document = sa.select(
+            jobs.c.id, jobs.c.state, jobs.c.version, kept, newest.label("newest")
+        ).where(document)
 
     def _prepare_poll_and_write_claims(self, lease_until: Any) -> None:
         submitted = jobs.c.state == JobState.SUBMITTED.value
