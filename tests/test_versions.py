@@ -203,6 +203,25 @@ def test_an_earlier_content_back_whose_answer_was_dropped_is_sent_again(store: S
     assert store.enqueue("p", "a.pdf", sha(b"A"), 1, 3) is None  # once
 
 
+def test_an_earlier_content_back_with_its_answer_is_named_for_the_finisher(
+    store: Store,
+) -> None:
+    first = store.enqueue("p", "a.pdf", sha(b"A"), 1, 1)
+    assert first is not None
+    answer(store, submit_all(store)[first])
+    [stored] = store.claim_stored_results("me", 10, ["p"])
+    store.mark_finished(stored)
+    assert store.enqueue("p", "a.pdf", sha(b"B"), 2, 2) is not None
+    restored: list[int] = []  # the watcher wakes the finisher for these
+    assert store.enqueue_many("p", [("a.pdf", sha(b"A"), 1, 3)], restored) == [None]
+    assert restored == [first]
+    again = get_job(store, first)
+    assert again is not None and again.state is JobState.RESULT_STORED
+    restored.clear()
+    assert store.enqueue_many("p", [("a.pdf", sha(b"A"), 1, 3)], restored) == [None]
+    assert restored == []  # once
+
+
 @pytest.mark.parametrize("after_success", ["keep", "move"])
 def test_a_reused_name_keeps_the_earlier_result(
     store: Store,

@@ -655,7 +655,12 @@ def _enqueue(context: Context, pipeline: str, found: list[Discovered]) -> None:
             limit_bytes=MAX_PATH_BYTES,
         )
     rows = [(f.relative_path, f.sha256, f.size, f.mtime_ns) for f in fits]
-    for one, job_id in zip(fits, context.store.enqueue_many(pipeline, rows), strict=True):
+    restored: list[int] = []
+    queued = context.store.enqueue_many(pipeline, rows, restored)
+    for one, job_id in zip(fits, queued, strict=True):
         if job_id is not None:
             log.info("queued", pipeline=pipeline, path=as_text(one.relative_path), job_id=job_id)
             context.wakes.work.set()
+    if restored:  # earlier versions back at their paths: their stored results go out again
+        log.info("earlier versions back; their results are written again", job_ids=restored)
+        context.wakes.finished.set()

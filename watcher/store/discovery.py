@@ -64,9 +64,13 @@ class Discovery(StoreBase):
         return self.enqueue_many(pipeline, [(relative_path, sha256, size, mtime_ns)])[0]
 
     @retry_transient
-    def enqueue_many(self, pipeline: str, files: Sequence[File]) -> list[int | None]:
+    def enqueue_many(
+        self, pipeline: str, files: Sequence[File], restored: list[int] | None = None
+    ) -> list[int | None]:
         """Queue each (relative path, sha256, size, mtime_ns) unless that content at that path
         is known, in one transaction; return each one's new job id, or None if known.
+        `restored` receives the ids of earlier versions whose stored result is to be written
+        again (they wait for the finisher, not for an upload).
 
         A version that was skipped (it vanished or changed before upload) and is back is
         queued again; an earlier content back at its path after another (A -> B -> A)
@@ -78,10 +82,15 @@ class Discovery(StoreBase):
             # In path order: instances inserting overlapping batches take row locks in the
             # same order, so they wait for each other instead of deadlocking.
             order = sorted(range(len(files)), key=lambda index: files[index][0])
-            ids = {i: self._enqueue_one(conn, pipeline, files[i], now) for i in order}
+            back: list[int] = []
+            ids = {i: self._enqueue_one(conn, pipeline, files[i], now, back) for i in order}
+        if restored is not None:
+            restored += back
         return [ids[index] for index in range(len(files))]
 
-    def _enqueue_one(self, conn: Connection, pipeline: str, file: File, now: float) -> int | None:
+    def _enqueue_one(
+        self, conn: Connection, pipeline: str, file: File, now: float, back: list[int]
+    ) -> int | None:
         relative_path, sha256, size, mtime_ns = file
         path, raw = db_path(relative_path)
         values = {
@@ -103,7 +112,7 @@ class Discovery(StoreBase):
         key = {"b_pipeline": pipeline, "b_path": path, "b_sha256": sha256}
         known = conn.execute(self.sql.known_document, key).first()
         if known is not None and came_back(known.version, known.newest):
-            return self._take_back(conn, known, size, mtime_ns, now)
+            return self._take_back(conn, known, size, mtime_ns, now, back)
         revived = conn.execute(self.sql.revive_skipped, {**key, **_revived(size, mtime_ns, now)})
         if (found := revived.first()) is not None:
             return int(found[0])
@@ -112,12 +121,15 @@ class Discovery(StoreBase):
 
     @staticmethod
     def _take_back(
-        conn: Connection, known: Row[Any], size: int, mtime_ns: int, now: float
+        conn: Connection, known: Row[Any], size: int, mtime_ns: int, now: float, back: list[int]
     ) -> int | None:
-        """The path's newest version again; its id if it is to be sent (again)."""
+        """The path's newest version again; its id if it is to be sent (again), else in
+        `back` if its stored result is to be written again."""
         values = _comeback_values(known, size, mtime_ns, now)
         same = (jobs.c.id == known.id) & (jobs.c.state == known.state)
         conn.execute(sa.update(jobs).where(same).values(**values))
+        if values.get("state") == JobState.RESULT_STORED.value:
+            back.append(int(known.id))
         return int(known.id) if values.get("state") == JobState.QUEUED.value else None
 
 
