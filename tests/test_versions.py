@@ -41,7 +41,7 @@ from watcher.store.operator import get_job
 from watcher.versions import may_write, newest_of
 
 
-def make_pipeline(tmp_path: Path, **options: str) -> Pipeline:
+def make_pipeline(tmp_path: Path, **options: Any) -> Pipeline:
     (tmp_path / "drop").mkdir(exist_ok=True)
     config = PipelineConfig.model_validate(
         {
@@ -331,3 +331,40 @@ def test_a_crash_while_an_earlier_result_is_set_aside_loses_nothing(
     finally:
         store.close()
     assert places == {1: ResultFile.KEPT, 2: ResultFile.AT_PATH}
+
+
+def test_a_reused_name_keeps_the_earlier_documents_text_file_too(
+    store: Store, tmp_path: Path
+) -> None:
+    """LLMWhisperer with write_text_file: a.pdf.json and a.pdf.txt are one result; the
+    earlier document's pair is kept aside as a.pdf.<id>.json and a.pdf.<id>.txt."""
+    drop_dir = tmp_path / "drop"
+    pipeline = make_pipeline(
+        tmp_path,
+        api={
+            "kind": "llmwhisperer",
+            "url": "https://llmwhisperer.example/api/v2",
+            "api_key": "6f1c2a8e-3b7d-4c59-9e21-0d4b8a7f5c13",
+            "write_text_file": True,
+        },
+    )
+    finisher = Finisher(live_context(store, [pipeline]))
+    try:
+        ids = []
+        for content in (b"first scan", b"second scan"):
+            job_id = drop(store, drop_dir, "a.pdf", content)
+            assert job_id is not None
+            polled = submit_all(store)[job_id]
+            body = {"result_text": f"text of {content.decode()}", "confidence_metadata": []}
+            store.record_poll(
+                polled, Decision(JobState.RESULT_STORED, outcome="success"), 200, body
+            )
+            assert finisher.finish_stored() == (1, 0)
+            ids.append(job_id)
+    finally:
+        pipeline.backend.close()
+    first, _second = ids
+    assert (drop_dir / "a.pdf.txt").read_text() == "text of second scan"
+    assert (drop_dir / f"a.pdf.{first}.txt").read_text() == "text of first scan"
+    assert described(drop_dir / f"a.pdf.{first}.json") == sha(b"first scan")
+    assert described(drop_dir / "a.pdf.json") == sha(b"second scan")

@@ -157,6 +157,11 @@ class ResultFormat(Protocol):
 
     def side_files(self, body: Any) -> tuple[SideFile, ...]: ...
 
+    @property
+    def side_suffixes(self) -> tuple[str, ...]:
+        """The suffixes of the side files a success may have (kept aside with its result)."""
+        ...
+
     def export_cells(self, document: Mapping[str, Any], result_file: Path) -> dict[str, Any]: ...
 
 

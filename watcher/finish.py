@@ -206,6 +206,7 @@ class Finisher(ContextLoop):
                 pipeline.config.on_reused_name,
                 partial(self.store.content_at_path, job),
                 self.store.set_result_files,
+                pipeline.backend.results.side_suffixes,
             )
             target = write_result(job, placement, pipeline.backend.results, sync_folder=False)
             drop_own_kept_copy(job, placement)

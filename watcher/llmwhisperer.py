@@ -309,6 +309,10 @@ class LLMWhispererResults:
         text = result_text(body) if self.write_text_file else None
         return () if text is None else (SideFile(TEXT_SUFFIX, text.encode("utf-8")),)
 
+    @property
+    def side_suffixes(self) -> tuple[str, ...]:
+        return (TEXT_SUFFIX,) if self.write_text_file else ()
+
     def export_cells(self, document: Mapping[str, Any], result_file: Path) -> dict[str, Any]:
         result = document.get("result")
         if not isinstance(result, dict):

@@ -274,6 +274,10 @@ class UnstractResults:
     def side_files(self, body: Any) -> tuple[SideFile, ...]:
         return ()
 
+    @property
+    def side_suffixes(self) -> tuple[str, ...]:
+        return ()
+
     def export_cells(self, document: Mapping[str, Any], result_file: Path) -> dict[str, Any]:
         return result_cells(document.get("result"))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from watcher.crashpoints import crash_point
 from watcher.filters import as_text
 from watcher.jobs import Job, ResultFile
 from watcher.logs import get_logger
-from watcher.output import Placement, move_durably, numbered
+from watcher.output import Placement, move_durably, numbered, side_path
 
 log = get_logger()
 Key = tuple[str, str]  # a job's pipeline and relative path
@@ -71,12 +71,18 @@ Record = Callable[[dict[int, ResultFile]], None]  # where those jobs' files are 
 
 
 def clear_the_way(
-    job: Job, placement: Placement, on_reused_name: str, owner_of: OwnerOf, record: Record
+    job: Job,
+    placement: Placement,
+    on_reused_name: str,
+    owner_of: OwnerOf,
+    record: Record,
+    side_suffixes: Sequence[str] = (),
 ) -> list[SetAside]:
     """Before `job` writes its result file: another document's result file under either of
-    its names is kept aside (with replace, and for error files, left to be replaced). The
+    its names is kept aside, with its side files (`side_suffixes`: `a.pdf.txt` goes to
+    `a.pdf.<id>.txt`); with replace, and for error files, they are left to be replaced. The
     owner's row is told first: a crash right after leaves the row right once this is done
-    again."""
+    again (side files go before the result file, whose content says whose it is)."""
     moved = []
     for path in (placement.result_path(job), placement.stale_result_path(job)):
         sha = occupant_sha(path)
@@ -90,10 +96,18 @@ def clear_the_way(
         if kept_as is not None:
             archive_aside(owner, placement)  # first: a crash here leaves the result to move
             crash_point("after_archive_aside")
+            _keep_side_files(path, kept_as, side_suffixes)
             os.replace(path, kept_as)
             crash_point("after_set_aside")
         moved.append(SetAside(owner, path, kept_as))
     return moved
+
+
+def _keep_side_files(result: Path, kept_as: Path, suffixes: Sequence[str]) -> None:
+    for suffix in suffixes:
+        side = side_path(result, suffix)
+        if side.exists():
+            os.replace(side, side_path(kept_as, suffix))
 
 
 def archive_aside(owner: Job, placement: Placement) -> None:
