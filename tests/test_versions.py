@@ -368,3 +368,36 @@ def test_a_reused_name_keeps_the_earlier_documents_text_file_too(
     assert (drop_dir / f"a.pdf.{first}.txt").read_text() == "text of first scan"
     assert described(drop_dir / f"a.pdf.{first}.json") == sha(b"first scan")
     assert described(drop_dir / "a.pdf.json") == sha(b"second scan")
+
+
+def test_an_earlier_content_back_while_the_finisher_holds_it_is_written_after_all(
+    store: Store, tmp_path: Path, finishing: Finishing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's late answer is being finished (superseded by B's file) when A comes back: it is
+    the path's newest version after all, so its result is written and its source deleted."""
+    pipeline, finisher = finishing(after_success="delete")
+    drop_dir = tmp_path / "drop"
+    first = drop(store, drop_dir, "a.pdf", b"content A")
+    second = drop(store, drop_dir, "a.pdf", b"content B")
+    assert first is not None and second is not None
+    running = submit_all(store)
+    answer(store, running[second])
+    assert finisher.finish_stored() == (1, 0)  # B's file
+    answer(store, running[first])  # A's late answer: superseded when finished
+
+    real = store.newest_finished_versions
+
+    def meanwhile_a_comes_back(batch: list[Job]) -> dict[tuple[str, str], int]:
+        # The finisher holds A's job now; discovery sees A back at the path (a real
+        # concurrent scan cannot be timed into this gap from a test).
+        monkeypatch.setattr(store, "newest_finished_versions", real)
+        assert drop(store, drop_dir, "a.pdf", b"content A") is None
+        return real(batch)
+
+    monkeypatch.setattr(store, "newest_finished_versions", meanwhile_a_comes_back)
+    assert finisher.finish_stored() == (0, 0)  # superseded by the snapshot it took ...
+    assert finisher.finish_stored() == (1, 0)  # ... and written after all
+    assert described(drop_dir / "a.pdf.json") == sha(b"content A")
+    assert not (drop_dir / "a.pdf").exists()  # not left in the inbox
+    assert described(drop_dir / f"a.pdf.{second}.json") == sha(b"content B")
+    assert shown(store, first, pipeline) == str(drop_dir / "a.pdf.json")

@@ -134,6 +134,8 @@ class Finisher(ContextLoop):
         disposals = [self._dispose(job, pipeline) for job, pipeline, _ in kept]
         finishing = [job for job, _, _ in kept] + superseded
         self.store.mark_finished_many(finishing, self._notices(kept))
+        if self.store.revive_newest_superseded(superseded):  # came back meanwhile: A -> B -> A
+            self.wakes.finished.set()
         for (job, pipeline, target), disposal in zip(kept, disposals, strict=True):
             with about(job):
                 self._report(job, pipeline, target, disposal)

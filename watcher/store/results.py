@@ -12,7 +12,7 @@ from watcher.notices import Draft
 from watcher.store.database import retry_transient
 from watcher.store.outbox import add_notices
 from watcher.store.schema import db_path, fs_path, jobs, to_job
-from watcher.store.statements import pipelines_params
+from watcher.store.statements import moved, pipelines_params
 from watcher.store.writes import StoreBase
 
 
@@ -55,6 +55,40 @@ class Results(StoreBase):
         with self.db.read() as conn:
             rows = conn.execute(query).all()
         return {(row[0], fs_path(row[1], row[2])): int(row[3]) for row in rows if row[3]}
+
+    @retry_transient
+    def revive_newest_superseded(self, superseded: Sequence[Job]) -> int:
+        """Jobs just marked superseded that are their path's newest version after all: their
+        content came back (A -> B -> A) while the finisher held them, so discovery only
+        raised their version. Their stored result is to be written again; returns how many."""
+        if not superseded:
+            return 0
+        other = jobs.alias("other")
+        newest = (
+            sa.select(sa.func.max(other.c.version))
+            .where(other.c.pipeline == jobs.c.pipeline)
+            .where(other.c.relative_path == jobs.c.relative_path)
+            .where(other.c.relative_path_raw.is_not_distinct_from(jobs.c.relative_path_raw))
+            .scalar_subquery()
+        )
+        finished = [JobState.DONE, JobState.FAILED]
+        state = {moved(s, JobState.RESULT_STORED) for s in finished}.pop()  # both may move
+        query = (
+            sa.update(jobs)
+            .where(jobs.c.id.in_(sorted(job.id for job in superseded)))
+            .where(jobs.c.result_file == ResultFile.SUPERSEDED.value)
+            .where(jobs.c.state.in_([s.value for s in finished]))
+            .where(jobs.c.result_body.is_not(None))
+            .where(jobs.c.version >= newest)
+            .values(
+                state=state,
+                result_file=None,
+                finished_at=None,
+                updated_at=self.clock(),
+            )
+        )
+        with self.db.write() as conn:
+            return int(conn.execute(query).rowcount)
 
     def content_at_path(self, job: Job, sha256: str) -> Job | None:
         """The job of another content (by its sha256) that the job's path held."""
