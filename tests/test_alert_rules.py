@@ -61,16 +61,20 @@ def test_the_rules_install_as_the_readme_says(tmp_path: Path) -> None:
     assert "SUCCESS: 1 rule files found" in checked.stdout, checked.stdout
 
 
-def test_every_runbook_points_at_a_readme_section_that_exists() -> None:
-    """A runbook names README headings in quotes, and after a colon the start of a bullet of
-    'What happens when...': renaming either breaks the pointer, and this test."""
-    readme = (RULES_DIR.parent.parent / "README.md").read_text()
-    headings = set(re.findall(r"^#+ (.+)$", readme, re.MULTILINE))
-    bullets = re.findall(r"^- \*\*(.+?)\*\*", readme, re.MULTILINE)
-    runbooks = re.findall(r'runbook: "README.md, (.+)"$', RULES.read_text(), re.MULTILINE)
+def test_every_runbook_points_at_a_docs_section_that_exists() -> None:
+    """A runbook names a page of docs/ and its headings in quotes, and after a colon the
+    start of a bullet of 'What happens when...': renaming either breaks the pointer, and this
+    test."""
+    root = RULES_DIR.parent.parent
+    runbooks = re.findall(r'runbook: "(.+)"$', RULES.read_text(), re.MULTILINE)
     assert len(runbooks) >= 11
     for runbook in runbooks:
-        for section in re.findall(r"'([^']+)'", runbook):
-            assert section in headings, runbook
-        case = runbook.partition("': ")[2]
-        assert not case or any(b.startswith(case) for b in bullets), runbook
+        for pointer in runbook.split("; "):
+            page, _, sections = pointer.removeprefix("exit codes: ").partition(", ")
+            text = (root / page).read_text()
+            headings = set(re.findall(r"^#+ (.+)$", text, re.MULTILINE))
+            bullets = re.findall(r"^- \*\*(.+?)\*\*", text, re.MULTILINE)
+            for section in re.findall(r"'([^']+)'", sections):
+                assert section in headings, runbook
+            case = sections.partition("': ")[2]
+            assert not case or any(b.startswith(case) for b in bullets), runbook
