@@ -250,7 +250,7 @@ class Daemon:
 
     def join(self) -> None:
         """Wait for the loops in the documented order, then close the API clients."""
-        self.discovery.stop_watching()
+        self.discovery.close()
         cut_off = self.supervisor.join(time.monotonic() + self.settings.daemon.drain_seconds)
         if cut_off:
             log.warning(
@@ -369,7 +369,9 @@ class Daemon:
         figures = (
             f"{queued} queued, {in_flight} in flight, {done} done, {failed} failed since start"
         )
-        return figures + (f"; paused: {paused}" if paused else "")
+        fell_back = self.discovery.fell_back()  # inotify limits: some folders are polled
+        polled = f"; polling at an inotify limit: {', '.join(fell_back)}" if fell_back else ""
+        return figures + (f"; paused: {paused}" if paused else "") + polled
 
     def paused_pipelines(self) -> dict[str, str]:
         """Pipelines whose documents cannot go on, and why: the API refused the key or the

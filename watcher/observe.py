@@ -1,5 +1,5 @@
-"""The watchdog side of watching: which inotify events to ask for, what each says of a file,
-the overflow alarm, and starting an observer for a folder watcher (watch.py)."""
+"""What watchdog's events mean to a folder watcher (watch.py): which inotify events to ask for,
+what each says of a file, and the overflow alarm. observers.py runs the watches."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -20,8 +20,6 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers.inotify import InotifyObserver
-from watchdog.observers.polling import PollingObserver
 
 from watcher.arrivals import Arrival
 
@@ -137,22 +135,11 @@ HINT_EVENTS: list[type[FileSystemEvent]] = [
 ]
 
 
-def start_observer(watcher: Watched, polling: bool, polling_interval: float) -> Any:
-    """Start a watchdog observer for one folder; the caller stops and joins it."""
-    if not polling:
-        _OVERFLOW.watchers.add(watcher)
-    # Full events: a file moved in from outside the tree is a move, not a creation.
-    observer = (
-        PollingObserver(timeout=polling_interval)
-        if polling
-        else InotifyObserver(generate_full_events=True)
-    )
-    observer.schedule(
-        _Handler(watcher, native=not polling),
-        str(watcher.root),
-        recursive=watcher.recursive,
-        event_filter=None if polling else HINT_EVENTS,
-    )
-    observer.daemon = True
-    observer.start()
-    return observer
+def handler_for(watcher: Watched, native: bool) -> FileSystemEventHandler:
+    """What turns a folder's watchdog events into its watcher's hints."""
+    return _Handler(watcher, native)
+
+
+def report_overflows(watcher: Watched) -> None:
+    """Tell this native watcher when inotify drops events."""
+    _OVERFLOW.watchers.add(watcher)

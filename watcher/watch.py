@@ -24,7 +24,6 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from watcher.arrivals import Arrival, Arrivals
 from watcher.context import Context, ContextLoop, Live
@@ -40,7 +39,7 @@ from watcher.files import (
 from watcher.filters import FileFilter, PassedOver, as_text
 from watcher.folders import FULL_LISTING_SECONDS, FolderMarks
 from watcher.logs import get_logger
-from watcher.observe import start_observer
+from watcher.observers import Observers, Watch, limit_reached
 from watcher.store import KnownFile
 
 log = get_logger()
@@ -121,8 +120,10 @@ class FolderWatcher:
         self.on_progress = on_progress  # discovery's heartbeat: a long scan is not a hang
         self.log = log.bind(pipeline=name)
         self._debug = self.log.is_enabled_for(logging.DEBUG)
-        self._observer: Any = None
+        self._observer: Watch | None = None
+        self._observers = Observers()  # replaced by the daemon's shared ones in watch()
         self._observing = (False, 1.0)  # polling?, polling interval
+        self.fell_back: str | None = None  # the inotify limit that made this folder poll
         self._root_id = _identity(self.root)  # (device, inode) of the watched root
         self._root_deleted = threading.Event()  # the watch saw its own root deleted
         self._stopped = False  # stopped for good (a reload, the end): never watched again
@@ -130,23 +131,31 @@ class FolderWatcher:
 
     # -- watching (events as hints) -------------------------------------------------------------
 
-    def watch(self, polling: bool, polling_interval: float) -> None:
-        """Start the watchdog observer; native watching falls back to polling when the
-        kernel's inotify limits refuse it."""
+    def watch(self, observers: Observers, polling: bool, polling_interval: float) -> None:
+        """Watch the folder with the daemon's observers; native watching falls back to
+        polling when the kernel's inotify limits refuse it."""
+        self._observers = observers
         self._observing = (polling, polling_interval)
         self._root_id = _identity(self.root)
         try:
-            self._observer = start_observer(self, polling, polling_interval)
+            self._observer = observers.watch(self, polling, polling_interval)
         except OSError as exc:
-            if polling:
+            limit = None if polling else limit_reached(exc)
+            if limit is None:
                 raise
+            self._fall_back(limit, polling_interval)
+
+    def _fall_back(self, limit: str, polling_interval: float) -> None:
+        if self.fell_back != limit:  # once: a re-watch of a replaced folder says it no more
             self.log.error(
-                "native watching failed; polling this folder instead (raise "
-                "fs.inotify.max_user_watches / max_user_instances to fix)",
-                error=str(exc),
+                "inotify limit reached; polling this folder instead (raise the limit and "
+                "restart or reload to watch it natively)",
+                limit=limit,
+                folder=as_text(str(self.root)),
             )
-            self._observing = (True, polling_interval)
-            self._observer = start_observer(self, True, polling_interval)
+        self.fell_back = limit
+        self._observing = (True, polling_interval)
+        self._observer = self._observers.watch(self, True, polling_interval)
 
     def stop_watching(self) -> None:
         with self._watch_lock:
@@ -157,7 +166,7 @@ class FolderWatcher:
     def watching(self) -> bool:
         """The observer thread runs (its watch may have ended with its folder: see
         `check_root`)."""
-        return self._observer is None or bool(self._observer.is_alive())
+        return self._observer is None or self._observer.thread_alive()
 
     def root_deleted(self) -> None:
         """From the watch's thread: the root itself was deleted."""
@@ -196,10 +205,11 @@ class FolderWatcher:
         return True
 
     def _watch_again(self) -> bool:
-        self._observer.stop()
+        if self._observer is not None:
+            self._observer.stop()
         self._root_deleted.clear()
         try:
-            self.watch(*self._observing)
+            self.watch(self._observers, *self._observing)
         except OSError as exc:  # gone again already: the next pass tries once more
             self._root_id = None
             self.listing_error = f"{as_text(str(self.root))}: {exc.strerror or exc}"
@@ -212,7 +222,7 @@ class FolderWatcher:
             return True
         if self._root_deleted.is_set():
             return False
-        return all(emitter.is_alive() for emitter in self._observer.emitters)
+        return self._observer.following()
 
     # -- events (watchdog's thread) -------------------------------------------------------------
 
@@ -529,6 +539,7 @@ class Discovery(ContextLoop):
     def __init__(self, live: Live, watch_events: bool = True) -> None:
         super().__init__(live)
         self.watch_events = watch_events  # False (`run --once`): listings only, no observers
+        self.observers = Observers()  # one inotify instance and one poller for all folders
         self.watchers: dict[str, FolderWatcher] = {}  # built by begin()
         self.first_pass_done = threading.Event()  # every folder was listed once
         self._in_pass = threading.Event()
@@ -548,11 +559,17 @@ class Discovery(ContextLoop):
             return
         for name, watcher in list(self.watchers.items()):
             config = self.pipelines[name].config
-            watcher.watch(config.observer == "polling", config.polling_interval_seconds)
+            polling = config.observer == "polling"
+            watcher.watch(self.observers, polling, config.polling_interval_seconds)
 
     def stop_watching(self) -> None:
         for watcher in self.watchers.values():
             watcher.stop_watching()
+
+    def close(self) -> None:
+        """Stop watching for good: the observers' threads and inotify instance end."""
+        self.stop_watching()
+        self.observers.close()
 
     def replace_watchers(self, watchers: dict[str, FolderWatcher]) -> None:
         """After a reload (the new context is current): watch and list the new folders."""
@@ -620,6 +637,10 @@ class Discovery(ContextLoop):
             found += [watcher.listing_error] if watcher.listing_error else []
             found += [f"{as_text(f)}: {error}" for f, error in watcher.unlisted.items()]
         return tuple(found)
+
+    def fell_back(self) -> list[str]:
+        """Pipelines polled because an inotify limit refused their folder."""
+        return [name for name, w in list(self.watchers.items()) if w.fell_back]
 
     def dead_observers(self) -> list[str]:
         return [f"observer of {n}" for n, w in list(self.watchers.items()) if not w.watching()]
