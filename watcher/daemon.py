@@ -31,6 +31,7 @@ from typing import Any
 
 from watcher.config import ConfigError, PipelineConfig, Settings, labelled_pipelines
 from watcher.context import Context, Live, Wakes
+from watcher.discovery_loop import Discovery
 from watcher.doorbell import Doorbell
 from watcher.finish import Finisher
 from watcher.heartbeat import Heartbeat
@@ -49,7 +50,6 @@ from watcher.store.operator import held_jobs, record_pause
 from watcher.submit import Uploader
 from watcher.supervisor import Loop, Supervisor
 from watcher.systemd import notify, watchdog_interval
-from watcher.watch import Discovery
 
 log = get_logger()
 STALE_TEMP_SECONDS = 300.0
