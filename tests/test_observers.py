@@ -5,6 +5,8 @@ a folder the kernel's inotify limits refuse polled instead, said once."""
 from __future__ import annotations
 
 import errno
+import logging
+import math
 import os
 import threading
 import time
@@ -96,3 +98,49 @@ def test_a_folder_refused_by_an_inotify_limit_is_polled_and_said_once(tmp_path: 
     assert said[0]["limit"] == f"fs.inotify.max_user_watches = {limit}"
     assert said[0]["folder"] == str(tmp_path / "drop") and said[0]["pipeline"] == "p"
     assert watcher.fell_back == said[0]["limit"]
+
+
+def test_polling_folders_share_one_poller_that_lets_go_of_a_deleted_folder(
+    tmp_path: Path,
+) -> None:
+    threads = threading.active_count()
+    observers = Observers()
+    watchers = [watcher_of(tmp_path / name) for name in ("a", "b")]
+    try:
+        for watcher, _, _ in watchers:
+            watcher.watch(observers, polling=True, polling_interval=0.05)
+        assert threading.active_count() - threads == 1
+        (b, got_b, wake_b) = watchers[1]
+        (tmp_path / "b" / "x.pdf").write_bytes(b"%PDF polled")
+        steps_until_queued(b, wake_b, got_b)
+        watch = watchers[0][0]._observer
+        assert watch is not None
+        (tmp_path / "a").rmdir()
+        wait_for(lambda: not watch.following(), what="the poller to see its folder gone")
+        assert watch.emitter.poll(time.monotonic()) == math.inf  # never polled again
+        assert not watchers[0][0].check_root()  # missing: watched again once it is back
+    finally:
+        observers.close()
+
+
+def test_an_overflow_of_the_shared_instance_is_said_once_by_each_folder(tmp_path: Path) -> None:
+    observers = Observers()
+    watchers = [watcher_of(tmp_path / name) for name in ("a", "b")]
+    try:
+        for watcher, _, _ in watchers:
+            watcher.watch(observers, polling=False, polling_interval=1.0)
+        with capture_logs() as logs:
+            for message in OVERFLOW_LINES:  # what watchdog 7 logs of one overflow
+                logging.getLogger("watchdog.observers.inotify_c").warning(message)
+    finally:
+        observers.close()
+    assert all(watcher.lost_events() for watcher, _, _ in watchers)
+    said = [e["pipeline"] for e in logs if e["event"].startswith("inotify dropped events")]
+    assert said == ["p", "p"]  # one line each, not one per watchdog line
+
+
+OVERFLOW_LINES = (
+    "Inotify queue overflowed; filesystem events were lost",
+    "Inotify queue overflowed; reconciling recursive watches below b'/a'",
+    "Inotify queue overflowed; reconciling recursive watches below b'/b'",
+)

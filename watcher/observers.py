@@ -16,6 +16,7 @@ every pipeline whose folder holds its path, and no other.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import threading
 import time
@@ -220,8 +221,11 @@ class _PolledEmitter(PollingEmitter):
         self._handler.dispatch(event)
 
     def poll(self, now: float) -> float:
-        """Compare with the last listing if due; when it is due next."""
-        if now >= self.due and self.should_keep_running():
+        """Compare with the last listing if due; when it is due next (never once its folder
+        is gone: the watcher watches the new one with an emitter of its own)."""
+        if not self.should_keep_running():
+            return math.inf
+        if now >= self.due:
             self.queue_events(0)  # watchdog waits `timeout` first: the poller has done so
             self.due = time.monotonic() + self.timeout
         return self.due

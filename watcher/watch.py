@@ -229,8 +229,10 @@ class FolderWatcher:
         self._wake.set()
 
     def events_lost(self) -> None:
-        """From the watch's thread: inotify dropped events; the next rescan lists it all."""
-        self.log.warning("inotify dropped events; listing the whole folder again")
+        """From the watch's thread: inotify dropped events; the next rescan lists it all.
+        Said once per loss: watchdog reports one to every folder on the instance, in turn."""
+        if not self._events_lost.is_set():
+            self.log.warning("inotify dropped events; listing the whole folder again")
         self._events_lost.set()
         self._wake.set()
 
