@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -271,25 +272,17 @@ class _Poller:
         self._runner.stop()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Watch:
-    """One folder's watch; `stop` ends it."""
+    """One folder's watch: its watchdog emitter, and how its owner ends it and runs."""
 
     emitter: _NativeEmitter | _PolledEmitter
-    owner: _NativeHub | _Poller
-
-    def stop(self) -> None:
-        if isinstance(self.emitter, _NativeEmitter) and isinstance(self.owner, _NativeHub):
-            self.owner.remove(self.emitter)
-        elif isinstance(self.emitter, _PolledEmitter) and isinstance(self.owner, _Poller):
-            self.owner.remove(self.emitter)
+    stop: Callable[[], None]  # ends this watch (the kernel's watches go with the last user)
+    thread_alive: Callable[[], bool]  # the thread that runs it (and every other folder's)
 
     def following(self) -> bool:
         """It still follows its folder: watchdog ends a watch whose folder was deleted."""
-        return self.emitter.should_keep_running() and self.owner.alive()
-
-    def thread_alive(self) -> bool:
-        return self.owner.alive()
+        return self.emitter.should_keep_running() and self.thread_alive()
 
 
 class Observers:
@@ -306,10 +299,11 @@ class Observers:
         watch = ObservedWatch(str(watched.root), recursive=watched.recursive)
         handler = handler_for(watched, native=not polling)
         if polling:
-            return Watch(self._poller.add(handler, watch, polling_interval), self._poller)
+            polled = self._poller.add(handler, watch, polling_interval)
+            return Watch(polled, partial(self._poller.remove, polled), self._poller.alive)
         emitter = self._native.add(handler, watch)
         report_overflows(watched)
-        return Watch(emitter, self._native)
+        return Watch(emitter, partial(self._native.remove, emitter), self._native.alive)
 
     def close(self) -> None:
         self._native.close()
