@@ -144,3 +144,27 @@ OVERFLOW_LINES = (
     "Inotify queue overflowed; reconciling recursive watches below b'/a'",
     "Inotify queue overflowed; reconciling recursive watches below b'/b'",
 )
+
+
+def test_a_new_subfolder_refused_by_the_watch_limit_is_said_once(tmp_path: Path) -> None:
+    observers = Observers()
+    (watcher, _, _), (other, _, _) = watcher_of(tmp_path / "a"), watcher_of(tmp_path / "ab")
+    refused = OSError(errno.ENOSPC, "inotify watch limit reached")  # as watchdog raises it
+    try:
+        for one in (watcher, other):
+            one.watch(observers, polling=False, polling_interval=1.0)
+        with capture_logs() as logs:
+            for name in ("new", "newer"):  # what watchdog logs, and goes on
+                folder = os.fsencode(tmp_path / "a" / name)
+                logging.getLogger("watchdog.observers.inotify").warning(
+                    "Unable to watch %r: %s", folder, refused
+                )
+    finally:
+        observers.close()
+    limit = Path("/proc/sys/fs/inotify/max_user_watches").read_text().strip()
+    said = [e for e in logs if e["log_level"] == "error"]
+    assert len(said) == 1, said  # once, and only by the folder's own pipeline
+    assert said[0]["event"].startswith("inotify limit reached; a new subfolder is not watched")
+    assert said[0]["limit"] == f"fs.inotify.max_user_watches = {limit}"
+    assert said[0]["folder"] == str(tmp_path / "a" / "new")
+    assert watcher.partly_unwatched == said[0]["limit"] and other.partly_unwatched is None

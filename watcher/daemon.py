@@ -370,7 +370,7 @@ class Daemon:
             f"{queued} queued, {in_flight} in flight, {done} done, {failed} failed since start"
         )
         fell_back = self.discovery.fell_back()  # inotify limits: some folders are polled
-        polled = f"; polling at an inotify limit: {', '.join(fell_back)}" if fell_back else ""
+        polled = f"; at an inotify limit: {', '.join(fell_back)}" if fell_back else ""
         return figures + (f"; paused: {paused}" if paused else "") + polled
 
     def paused_pipelines(self) -> dict[str, str]:

@@ -132,8 +132,10 @@ class Discovery(ContextLoop):
         return tuple(found)
 
     def fell_back(self) -> list[str]:
-        """Pipelines polled because an inotify limit refused their folder."""
-        return [name for name, w in list(self.watchers.items()) if w.fell_back]
+        """Pipelines polled, or with a subfolder unwatched, because an inotify limit refused
+        their folder or the subfolder."""
+        watchers = list(self.watchers.items())
+        return [name for name, w in watchers if w.fell_back or w.partly_unwatched]
 
     def dead_observers(self) -> list[str]:
         return [f"observer of {n}" for n, w in list(self.watchers.items()) if not w.watching()]

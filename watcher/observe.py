@@ -36,6 +36,8 @@ class Watched(Protocol):
 
     def events_lost(self) -> None: ...
 
+    def subfolder_unwatched(self, folder: str, error: OSError) -> None: ...
+
 
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: Watched, native: bool) -> None:
@@ -101,19 +103,32 @@ def arrival_of(event: FileSystemEvent) -> Arrival:
 
 
 class _OverflowAlarm(logging.Handler):
-    """Tells the native watchers that inotify dropped events. watchdog has no API for it: its
-    inotify backend (7.x) logs this warning and goes on, so the rescan must list everything."""
+    """Tells the native watchers that inotify dropped events, and a watcher that the kernel
+    refused the watch of a new subfolder of its tree (a limit reached). watchdog has no API
+    for either: its inotify backend (7.x) logs a warning and goes on, so the rescan must list
+    everything, or find that subfolder's files."""
 
     MESSAGE = "Inotify queue overflowed"
+    UNWATCHED = "Unable to watch %r: %s"  # the subfolder, the OSError
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.watchers: weakref.WeakSet[Watched] = weakref.WeakSet()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith(self.MESSAGE):
+        if record.msg == self.UNWATCHED and isinstance(record.args, tuple):
+            self._unwatched(*record.args)
+        elif record.getMessage().startswith(self.MESSAGE):
             for watcher in list(self.watchers):
                 watcher.events_lost()
+
+    def _unwatched(self, path: object, error: object, *_: object) -> None:
+        if not isinstance(path, bytes | str) or not isinstance(error, OSError):
+            return
+        folder = os.fsdecode(path)
+        for watcher in list(self.watchers):
+            if folder.startswith(os.path.join(watcher.root, "")):
+                watcher.subfolder_unwatched(folder, error)
 
 
 _OVERFLOW = _OverflowAlarm()

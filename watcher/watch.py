@@ -118,6 +118,7 @@ class FolderWatcher:
         self._observers = Observers()  # replaced by the daemon's shared ones in watch()
         self._observing = (False, 1.0)  # polling?, polling interval
         self.fell_back: str | None = None  # the inotify limit that made this folder poll
+        self.partly_unwatched: str | None = None  # the limit that refused a new subfolder
         self._root_id = _identity(self.root)  # (device, inode) of the watched root
         self._root_deleted = threading.Event()  # the watch saw its own root deleted
         self._stopped = False  # stopped for good (a reload, the end): never watched again
@@ -235,6 +236,19 @@ class FolderWatcher:
             self.log.warning("inotify dropped events; listing the whole folder again")
         self._events_lost.set()
         self._wake.set()
+
+    def subfolder_unwatched(self, folder: str, error: OSError) -> None:
+        """From the watch's thread: the kernel refused a new subfolder's watch."""
+        limit = limit_reached(error) or str(error)
+        if self.partly_unwatched is None:
+            self.log.error(
+                "inotify limit reached; a new subfolder is not watched, its files are found "
+                "by the rescans (raise the limit, then reload or restart)",
+                limit=limit,
+                folder=as_text(folder),
+                rescan_seconds=self.rescan_seconds,
+            )
+        self.partly_unwatched = limit
 
     def lost_events(self) -> bool:
         return self._events_lost.is_set()
