@@ -38,7 +38,6 @@ from watchdog.utils.delayed_queue import DelayedQueue
 
 from watcher.observe import HINT_EVENTS, Watched, handler_for, report_overflows
 
-IDLE_WAIT_SECONDS = 1.0  # how often an idle thread looks whether it was stopped
 # The kernel's limits, by the errno watchdog raises when one is reached.
 LIMITS = {errno.ENOSPC: "max_user_watches", errno.EMFILE: "max_user_instances"}
 
@@ -193,12 +192,13 @@ class _NativeHub:
         return self._runner.alive() and (self._shared is None or self._shared.is_alive())
 
     def _run(self) -> None:
-        wait = IDLE_WAIT_SECONDS
+        """Asleep until an event comes (or a stop): idle, it costs nothing."""
+        wait: float | None = None
         while not self._runner.stopping.is_set():
             self._runner.wake.wait(wait)
             self._runner.wake.clear()
             held = [emitter.drain() for emitter in self._emitters]
-            wait = min([left for left in held if left is not None], default=IDLE_WAIT_SECONDS)
+            wait = min([left for left in held if left is not None], default=None)
 
     def close(self) -> None:
         for emitter in self._emitters:
@@ -261,9 +261,9 @@ class _Poller:
     def _run(self) -> None:
         while not self._runner.stopping.is_set():
             now = time.monotonic()
-            due = [emitter.poll(now) for emitter in self._emitters]
-            wait = min([*due, now + IDLE_WAIT_SECONDS]) - time.monotonic()
-            self._runner.wake.wait(max(0.0, wait))
+            due = min([emitter.poll(now) for emitter in self._emitters], default=math.inf)
+            # A new folder or a stop rings the wake: no need to look before the next due.
+            self._runner.wake.wait(None if due == math.inf else max(0.0, due - time.monotonic()))
             self._runner.wake.clear()
 
     def close(self) -> None:
