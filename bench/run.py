@@ -28,6 +28,7 @@ from backlog import backlog
 from bigdocs import big_documents
 from burst import burst
 from harness import Override, Processes, compile_daemon
+from pipelines import pipelines
 from report import Figure, Report
 from scale import scale
 from scenarios import (
@@ -57,6 +58,7 @@ SCENARIOS: dict[str, Scenario] = {
     "scale": scale,  # grows the tree restart leaves (or a seed run's) to scale_docs
     "burst": burst,  # documents written in place, many at once
     "bigdocs": big_documents,  # memory and upload rate with documents of 48 MiB and 2 GiB
+    "pipelines": pipelines,  # threads, inotify instances, RSS, start at 1, 50, 150 pipelines
 }
 ALIASES = {"idle": "memory"}
 SETTLE_SECONDS = 0.3

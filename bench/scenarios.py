@@ -71,6 +71,7 @@ class Sizes:
     scale_rescan_seconds: float = 20.0
     big_docs: tuple[int, int] = (16, 48)  # the bigdocs scenario's packed drop: count, MiB each
     huge_doc_mib: int = 2048  # and its one big document
+    pipelines: tuple[int, ...] = (1, 50, 150)  # the pipelines scenario's config sizes
 
 
 FULL = Sizes(
@@ -114,6 +115,7 @@ SMOKE = Sizes(
     2.0,
     big_docs=(4, 1),
     huge_doc_mib=8,
+    pipelines=(1, 20),
 )
 
 

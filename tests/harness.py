@@ -88,6 +88,27 @@ def write_config(
     return path
 
 
+def write_pipelines_config(folder: Path, url: str, db_url: str, count: int) -> Path:
+    """A config of `count` pipelines (p000, p001, ...), each watching folder/drops/<name>;
+    the tables of `write_config` otherwise."""
+    path = write_config(folder, url, db_url)
+    head, pipeline = path.read_text().split("\n[[pipelines]]\n")
+    drop = json.dumps(str(folder / "drop"))
+    tables = []
+    for index in range(count):
+        name = pipeline_name(index)
+        (folder / "drops" / name).mkdir(parents=True)
+        watch_dir = json.dumps(str(folder / "drops" / name))
+        table = pipeline.replace('"docs"', f'"{name}"').replace(drop, watch_dir)
+        tables.append("\n[[pipelines]]\n" + table)
+    path.write_text(head + "".join(tables))
+    return path
+
+
+def pipeline_name(index: int) -> str:
+    return f"p{index:03}"
+
+
 def _pairs(table: dict[str, Any]) -> list[str]:
     return [f"{key} = {json.dumps(value)}" for key, value in table.items()]
 

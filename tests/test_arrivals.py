@@ -28,7 +28,7 @@ from structlog.testing import capture_logs
 from watcher.arrivals import Arrival, Arrivals
 from watcher.emulator import EmulatorServer, UnstractEmulator
 from watcher.files import FileStat, open_for_writing
-from watcher.observe import start_observer
+from watcher.observers import start_observer
 from watcher.watch import FolderWatcher
 
 A, B = FileStat(10, 1), FileStat(20, 2)

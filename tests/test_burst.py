@@ -20,7 +20,7 @@ from harness import (
 
 from watcher.emulator import EmulatorServer, UnstractEmulator
 from watcher.files import FileStat, StabilityTracker
-from watcher.observe import start_observer
+from watcher.observers import start_observer
 from watcher.watch import FolderWatcher
 
 

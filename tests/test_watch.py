@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from watcher.config import DEFAULT_INCLUDE
 from watcher.files import FileStat, NotARegularFile, StabilityTracker, sha256_of
 from watcher.filters import FileFilter
-from watcher.observe import start_observer
+from watcher.observers import start_observer
 from watcher.watch import FolderWatcher
 
 

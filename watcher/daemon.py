@@ -31,6 +31,7 @@ from typing import Any
 
 from watcher.config import ConfigError, PipelineConfig, Settings, labelled_pipelines
 from watcher.context import Context, Live, Wakes
+from watcher.discovery_loop import Discovery
 from watcher.doorbell import Doorbell
 from watcher.finish import Finisher
 from watcher.heartbeat import Heartbeat
@@ -49,7 +50,6 @@ from watcher.store.operator import held_jobs, record_pause
 from watcher.submit import Uploader
 from watcher.supervisor import Loop, Supervisor
 from watcher.systemd import notify, watchdog_interval
-from watcher.watch import Discovery
 
 log = get_logger()
 STALE_TEMP_SECONDS = 300.0
@@ -250,7 +250,7 @@ class Daemon:
 
     def join(self) -> None:
         """Wait for the loops in the documented order, then close the API clients."""
-        self.discovery.stop_watching()
+        self.discovery.close()
         cut_off = self.supervisor.join(time.monotonic() + self.settings.daemon.drain_seconds)
         if cut_off:
             log.warning(
@@ -369,7 +369,9 @@ class Daemon:
         figures = (
             f"{queued} queued, {in_flight} in flight, {done} done, {failed} failed since start"
         )
-        return figures + (f"; paused: {paused}" if paused else "")
+        fell_back = self.discovery.fell_back()  # inotify limits: some folders are polled
+        polled = f"; at an inotify limit: {', '.join(fell_back)}" if fell_back else ""
+        return figures + (f"; paused: {paused}" if paused else "") + polled
 
     def paused_pipelines(self) -> dict[str, str]:
         """Pipelines whose documents cannot go on, and why: the API refused the key or the

@@ -1,5 +1,5 @@
-"""The watchdog side of watching: which inotify events to ask for, what each says of a file,
-the overflow alarm, and starting an observer for a folder watcher (watch.py)."""
+"""What watchdog's events mean to a folder watcher (watch.py): which inotify events to ask for,
+what each says of a file, and the overflow alarm. observers.py runs the watches."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -20,8 +20,6 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers.inotify import InotifyObserver
-from watchdog.observers.polling import PollingObserver
 
 from watcher.arrivals import Arrival
 
@@ -37,6 +35,8 @@ class Watched(Protocol):
     def root_deleted(self) -> None: ...
 
     def events_lost(self) -> None: ...
+
+    def subfolder_unwatched(self, folder: str, error: OSError) -> None: ...
 
 
 class _Handler(FileSystemEventHandler):
@@ -103,19 +103,32 @@ def arrival_of(event: FileSystemEvent) -> Arrival:
 
 
 class _OverflowAlarm(logging.Handler):
-    """Tells the native watchers that inotify dropped events. watchdog has no API for it: its
-    inotify backend (7.x) logs this warning and goes on, so the rescan must list everything."""
+    """Tells the native watchers that inotify dropped events, and a watcher that the kernel
+    refused the watch of a new subfolder of its tree (a limit reached). watchdog has no API
+    for either: its inotify backend (7.x) logs a warning and goes on, so the rescan must list
+    everything, or find that subfolder's files."""
 
     MESSAGE = "Inotify queue overflowed"
+    UNWATCHED = "Unable to watch %r: %s"  # the subfolder, the OSError
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.watchers: weakref.WeakSet[Watched] = weakref.WeakSet()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith(self.MESSAGE):
+        if record.msg == self.UNWATCHED and isinstance(record.args, tuple):
+            self._unwatched(*record.args)
+        elif record.getMessage().startswith(self.MESSAGE):
             for watcher in list(self.watchers):
                 watcher.events_lost()
+
+    def _unwatched(self, path: object, error: object, *_: object) -> None:
+        if not isinstance(path, bytes | str) or not isinstance(error, OSError):
+            return
+        folder = os.fsdecode(path)
+        for watcher in list(self.watchers):
+            if folder.startswith(os.path.join(watcher.root, "")):
+                watcher.subfolder_unwatched(folder, error)
 
 
 _OVERFLOW = _OverflowAlarm()
@@ -137,22 +150,11 @@ HINT_EVENTS: list[type[FileSystemEvent]] = [
 ]
 
 
-def start_observer(watcher: Watched, polling: bool, polling_interval: float) -> Any:
-    """Start a watchdog observer for one folder; the caller stops and joins it."""
-    if not polling:
-        _OVERFLOW.watchers.add(watcher)
-    # Full events: a file moved in from outside the tree is a move, not a creation.
-    observer = (
-        PollingObserver(timeout=polling_interval)
-        if polling
-        else InotifyObserver(generate_full_events=True)
-    )
-    observer.schedule(
-        _Handler(watcher, native=not polling),
-        str(watcher.root),
-        recursive=watcher.recursive,
-        event_filter=None if polling else HINT_EVENTS,
-    )
-    observer.daemon = True
-    observer.start()
-    return observer
+def handler_for(watcher: Watched, native: bool) -> FileSystemEventHandler:
+    """What turns a folder's watchdog events into its watcher's hints."""
+    return _Handler(watcher, native)
+
+
+def report_overflows(watcher: Watched) -> None:
+    """Tell this native watcher when inotify drops events."""
+    _OVERFLOW.watchers.add(watcher)

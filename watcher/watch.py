@@ -1,9 +1,10 @@
 """Finding documents: filesystem events as hints, directory listings as the truth.
 
-The `Discovery` loop runs one `FolderWatcher` per pipeline. watchdog events, a scan at start
-and a periodic rescan all feed the same `Arrivals`; a path is hashed and queued only once its
-size and mtime have stood still for `settle_seconds`, and, with the native observer, once a
-file created in place was closed by its writer (reliability-notes A2, A5, A7; arrivals.py).
+The discovery loop (discovery_loop.py) runs one `FolderWatcher` per pipeline. watchdog
+events, a scan at start and a periodic rescan all feed the same `Arrivals`; a path is hashed
+and queued only once its size and mtime have stood still for `settle_seconds`, and, with the
+native observer, once a file created in place was closed by its writer (reliability-notes A2,
+A5, A7; arrivals.py).
 
 A watch follows a folder, not a path: when `watch_dir` is deleted, moved away or replaced (a
 share unmounted and mounted again, a tool that recreates the folder), the old watch sees
@@ -22,12 +23,9 @@ import time
 import warnings
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 from watcher.arrivals import Arrival, Arrivals
-from watcher.context import Context, ContextLoop, Live
 from watcher.files import (
     NOT_REGULAR,
     WARNED,
@@ -40,11 +38,10 @@ from watcher.files import (
 from watcher.filters import FileFilter, PassedOver, as_text
 from watcher.folders import FULL_LISTING_SECONDS, FolderMarks
 from watcher.logs import get_logger
-from watcher.observe import start_observer
+from watcher.observers import Observers, Watch, limit_reached
 from watcher.store import KnownFile
 
 log = get_logger()
-DISCOVERY_MAX_WAIT_SECONDS = 1.0
 # Longer relative paths cannot be keys of PostgreSQL's unique index (2704 bytes a row).
 MAX_PATH_BYTES = 2048
 # watchdog's inotify backend warns when a watch for a just-created subfolder is registered
@@ -67,10 +64,6 @@ Enqueue = Callable[[list[Discovered]], None]
 Known = Callable[[Sequence[str]], Mapping[str, KnownFile]]
 ENQUEUE_BATCH = 200  # files queued in one transaction (a burst of drops is a few of them)
 LOOKUP_BATCH = 500  # listed files whose known versions one query asks for
-# A scan goes on a slice at a time, events handled in between: a file dropped during the
-# listing of a big tree is queued within its settle time, and the other loops get the GIL.
-SCAN_SLICE_SECONDS = 0.05
-SCAN_PAUSE_SECONDS = 0.02
 
 
 class FolderWatcher:
@@ -121,8 +114,11 @@ class FolderWatcher:
         self.on_progress = on_progress  # discovery's heartbeat: a long scan is not a hang
         self.log = log.bind(pipeline=name)
         self._debug = self.log.is_enabled_for(logging.DEBUG)
-        self._observer: Any = None
+        self._observer: Watch | None = None
+        self._observers = Observers()  # replaced by the daemon's shared ones in watch()
         self._observing = (False, 1.0)  # polling?, polling interval
+        self.fell_back: str | None = None  # the inotify limit that made this folder poll
+        self.partly_unwatched: str | None = None  # the limit that refused a new subfolder
         self._root_id = _identity(self.root)  # (device, inode) of the watched root
         self._root_deleted = threading.Event()  # the watch saw its own root deleted
         self._stopped = False  # stopped for good (a reload, the end): never watched again
@@ -130,23 +126,31 @@ class FolderWatcher:
 
     # -- watching (events as hints) -------------------------------------------------------------
 
-    def watch(self, polling: bool, polling_interval: float) -> None:
-        """Start the watchdog observer; native watching falls back to polling when the
-        kernel's inotify limits refuse it."""
+    def watch(self, observers: Observers, polling: bool, polling_interval: float) -> None:
+        """Watch the folder with the daemon's observers; native watching falls back to
+        polling when the kernel's inotify limits refuse it."""
+        self._observers = observers
         self._observing = (polling, polling_interval)
         self._root_id = _identity(self.root)
         try:
-            self._observer = start_observer(self, polling, polling_interval)
+            self._observer = observers.watch(self, polling, polling_interval)
         except OSError as exc:
-            if polling:
+            limit = None if polling else limit_reached(exc)
+            if limit is None:
                 raise
+            self._fall_back(limit, polling_interval)
+
+    def _fall_back(self, limit: str, polling_interval: float) -> None:
+        if self.fell_back != limit:  # once: a re-watch of a replaced folder says it no more
             self.log.error(
-                "native watching failed; polling this folder instead (raise "
-                "fs.inotify.max_user_watches / max_user_instances to fix)",
-                error=str(exc),
+                "inotify limit reached; polling this folder instead (raise the limit and "
+                "restart or reload to watch it natively)",
+                limit=limit,
+                folder=as_text(str(self.root)),
             )
-            self._observing = (True, polling_interval)
-            self._observer = start_observer(self, True, polling_interval)
+        self.fell_back = limit
+        self._observing = (True, polling_interval)
+        self._observer = self._observers.watch(self, True, polling_interval)
 
     def stop_watching(self) -> None:
         with self._watch_lock:
@@ -157,7 +161,7 @@ class FolderWatcher:
     def watching(self) -> bool:
         """The observer thread runs (its watch may have ended with its folder: see
         `check_root`)."""
-        return self._observer is None or bool(self._observer.is_alive())
+        return self._observer is None or self._observer.thread_alive()
 
     def root_deleted(self) -> None:
         """From the watch's thread: the root itself was deleted."""
@@ -196,10 +200,11 @@ class FolderWatcher:
         return True
 
     def _watch_again(self) -> bool:
-        self._observer.stop()
+        if self._observer is not None:
+            self._observer.stop()
         self._root_deleted.clear()
         try:
-            self.watch(*self._observing)
+            self.watch(self._observers, *self._observing)
         except OSError as exc:  # gone again already: the next pass tries once more
             self._root_id = None
             self.listing_error = f"{as_text(str(self.root))}: {exc.strerror or exc}"
@@ -212,7 +217,7 @@ class FolderWatcher:
             return True
         if self._root_deleted.is_set():
             return False
-        return all(emitter.is_alive() for emitter in self._observer.emitters)
+        return self._observer.following()
 
     # -- events (watchdog's thread) -------------------------------------------------------------
 
@@ -225,10 +230,25 @@ class FolderWatcher:
         self._wake.set()
 
     def events_lost(self) -> None:
-        """From the watch's thread: inotify dropped events; the next rescan lists it all."""
-        self.log.warning("inotify dropped events; listing the whole folder again")
+        """From the watch's thread: inotify dropped events; the next rescan lists it all.
+        Said once per loss: watchdog reports one to every folder on the instance, in turn."""
+        if not self._events_lost.is_set():
+            self.log.warning("inotify dropped events; listing the whole folder again")
         self._events_lost.set()
         self._wake.set()
+
+    def subfolder_unwatched(self, folder: str, error: OSError) -> None:
+        """From the watch's thread: the kernel refused a new subfolder's watch."""
+        limit = limit_reached(error) or str(error)
+        if self.partly_unwatched is None:
+            self.log.error(
+                "inotify limit reached; a new subfolder is not watched, its files are found "
+                "by the rescans (raise the limit, then reload or restart)",
+                limit=limit,
+                folder=as_text(folder),
+                rescan_seconds=self.rescan_seconds,
+            )
+        self.partly_unwatched = limit
 
     def lost_events(self) -> bool:
         return self._events_lost.is_set()
@@ -518,149 +538,3 @@ def _identity(folder: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (info.st_dev, info.st_ino) if stat_mode.S_ISDIR(info.st_mode) else None
-
-
-class Discovery(ContextLoop):
-    """The discovery loop: every pipeline's watcher takes its events, lists its folder at
-    start and every rescan_seconds, and queues the files that settled."""
-
-    name = "discovery"
-
-    def __init__(self, live: Live, watch_events: bool = True) -> None:
-        super().__init__(live)
-        self.watch_events = watch_events  # False (`run --once`): listings only, no observers
-        self.watchers: dict[str, FolderWatcher] = {}  # built by begin()
-        self.first_pass_done = threading.Event()  # every folder was listed once
-        self._in_pass = threading.Event()
-        self._list_all = threading.Event()  # new watchers (a reload): list their folders now
-
-    def watchers_for(self, context: Context) -> dict[str, FolderWatcher]:
-        """A watcher per pipeline of `context`, knowing what the job table has seen."""
-        return {name: self._watcher(context, name) for name in context.pipelines}
-
-    def begin(self) -> None:
-        """At start: a watcher per pipeline, watching its folder."""
-        self.watchers = self.watchers_for(self.context)
-        self._observe()
-
-    def _observe(self) -> None:
-        if not self.watch_events:
-            return
-        for name, watcher in list(self.watchers.items()):
-            config = self.pipelines[name].config
-            watcher.watch(config.observer == "polling", config.polling_interval_seconds)
-
-    def stop_watching(self) -> None:
-        for watcher in self.watchers.values():
-            watcher.stop_watching()
-
-    def replace_watchers(self, watchers: dict[str, FolderWatcher]) -> None:
-        """After a reload (the new context is current): watch and list the new folders."""
-        self.stop_watching()
-        self.watchers = watchers
-        self._observe()
-        self._list_all.set()
-        self.wakes.discovery.set()
-
-    def run(self, stop: threading.Event) -> None:
-        rescan_at: dict[str, float] = {}
-        while not stop.is_set():
-            self.wakes.discovery.clear()
-            self._in_pass.set()
-            if self._list_all.is_set():
-                self._list_all.clear()
-                rescan_at.clear()
-            self.beat()
-            self._pass(rescan_at, time.monotonic())
-            if not any(w.scanning for w in self.watchers.values()):
-                self.first_pass_done.set()  # every folder was listed to its end
-            self._in_pass.clear()
-            self.wakes.discovery.wait(self._wait(rescan_at))
-
-    def _pass(self, rescan_at: dict[str, float], now: float) -> None:
-        for name, watcher in list(self.watchers.items()):
-            root_is_new = watcher.check_root()  # a new folder at watch_dir: list it now
-            if root_is_new or watcher.lost_events() or self._due(watcher, rescan_at, now):
-                watcher.start_scan(full=root_is_new)
-                rescan_at[name] = now + watcher.rescan_seconds
-            watcher.step(now)  # events first: a listing of a big tree never holds them back
-            watcher.scan_some(now, SCAN_SLICE_SECONDS)
-
-    @staticmethod
-    def _due(watcher: FolderWatcher, rescan_at: dict[str, float], now: float) -> bool:
-        return now >= rescan_at.get(watcher.name, 0.0) and not watcher.scanning
-
-    def _wait(self, rescan_at: dict[str, float]) -> float:
-        if any(w.scanning for w in self.watchers.values()):
-            return SCAN_PAUSE_SECONDS
-        checks = [w.next_check() for w in self.watchers.values()]
-        moments = [c for c in checks if c is not None] + list(rescan_at.values())
-        moments.append(time.monotonic() + DISCOVERY_MAX_WAIT_SECONDS)
-        wait = min(moments) - time.monotonic()
-        return min(DISCOVERY_MAX_WAIT_SECONDS, max(0.01, wait))
-
-    def pending(self) -> bool:
-        """A pass is under way, or a file is settling or hinted: more may be queued soon."""
-        if self._in_pass.is_set() or any(w.scanning for w in self.watchers.values()):
-            return True
-        return any(bool(w.tracker) or w.has_hints() for w in self.watchers.values())
-
-    def problems(self) -> list[str]:
-        """What /healthz reports of the folders."""
-        return [
-            f"watch_dir of pipeline {name} cannot be listed: {w.listing_error}"
-            for name, w in list(self.watchers.items())
-            if w.listing_error
-        ]
-
-    def unlisted(self) -> tuple[str, ...]:
-        """Folders whose last listing failed, and why: `run --once` exits saying so."""
-        found = []
-        for watcher in list(self.watchers.values()):
-            found += [watcher.listing_error] if watcher.listing_error else []
-            found += [f"{as_text(f)}: {error}" for f, error in watcher.unlisted.items()]
-        return tuple(found)
-
-    def dead_observers(self) -> list[str]:
-        return [f"observer of {n}" for n, w in list(self.watchers.items()) if not w.watching()]
-
-    def _watcher(self, context: Context, name: str) -> FolderWatcher:
-        config = context.pipelines[name].config
-        return FolderWatcher(
-            name,
-            context.pipelines[name].placement.watch_dir,
-            recursive=config.recursive,
-            file_filter=config.file_filter(),
-            settle_seconds=config.settle_seconds,
-            known=partial(context.store.known_versions, name),
-            enqueue=partial(_enqueue, context, name),
-            wake=context.wakes.discovery,
-            rescan_seconds=config.rescan_seconds,
-            on_progress=self.beat,
-            close_wait_seconds=config.close_wait_seconds,
-        )
-
-
-def _enqueue(context: Context, pipeline: str, found: list[Discovered]) -> None:
-    """Queue settled files in the job table; a path too long to be a key gets a log line."""
-    fits = []
-    for one in found:
-        if len(os.fsencode(one.relative_path)) <= MAX_PATH_BYTES:
-            fits.append(one)
-            continue
-        log.error(
-            "path too long to queue; rename the file or a folder above it",
-            pipeline=pipeline,
-            path=as_text(one.relative_path)[:200] + "...",
-            limit_bytes=MAX_PATH_BYTES,
-        )
-    rows = [(f.relative_path, f.sha256, f.size, f.mtime_ns) for f in fits]
-    restored: list[int] = []
-    queued = context.store.enqueue_many(pipeline, rows, restored)
-    for one, job_id in zip(fits, queued, strict=True):
-        if job_id is not None:
-            log.info("queued", pipeline=pipeline, path=as_text(one.relative_path), job_id=job_id)
-            context.wakes.work.set()
-    if restored:  # earlier versions back at their paths: their stored results go out again
-        log.info("earlier versions back; their results are written again", job_ids=restored)
-        context.wakes.finished.set()
