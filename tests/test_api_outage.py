@@ -190,3 +190,27 @@ def test_run_once_waits_out_a_short_outage_and_gives_up_on_a_long_one(
     assert done.returncode == 0, done.stderr[-2000:]
     assert {r["status"] for r in results_under(tmp_path / "drop").values()} == {"success"}
     assert set(emulator.stats().posts_by_sha256.values()) == {1}
+
+
+@pytest.mark.parametrize("execution_seconds", [6.0])
+def test_an_outage_does_not_count_against_the_execution_deadline(
+    tmp_path: Path, server: EmulatorServer, emulator: UnstractEmulator, db_url: str
+) -> None:
+    """A 6 s execution with a 5 s deadline, 3.5 s of which the API was out of reach: it had
+    been seen running for less than its deadline when it ended, so it succeeds."""
+    config = write_config(
+        tmp_path,
+        deployment_url(server),
+        db_url,
+        api={"execution_deadline_seconds": 5.0, "outage_probe_max_seconds": 1.0},
+    )
+    with running_daemon(config) as daemon:
+        drop(tmp_path / "drop", ["long.txt"])
+        wait_for(lambda: list(states(daemon).values()) == [JobState.SUBMITTED], what="it runs")
+        emulator.set_faults(gateway_down=True)
+        pipeline = daemon.pipelines["docs"]
+        wait_for(lambda: pipeline.outage is not None, what="the outage")
+        time.sleep(3.5)  # the outage's length (the scenario, not a proof)
+        emulator.set_faults(gateway_down=False)
+        wait_for(lambda: set(states(daemon).values()) == {JobState.DONE}, what="its end")
+    assert results_under(tmp_path / "drop")["long.txt.json"]["status"] == "success"

@@ -193,7 +193,12 @@ def test_a_writer_still_holding_the_file_after_close_wait_seconds_is_waited_for(
         with capture_logs() as logs:
             watcher.step(later)  # the kernel says it is still open for writing
             watcher.step(later + 1.0)
-        assert collector.queued == [] and logs == []
+        assert collector.queued == []
+        # Held again, and said so: a writer that never lets go is not a silent wait.
+        assert [line["event"] for line in logs] == [
+            "a writer still has the file open; waiting for it to close it"
+        ]
+        assert logs[0]["path"] == "a.pdf"
         writer.write(b", the rest")
         writer.close()
         steps_until(watcher, wake, queued(collector, 1), what="the closed file")

@@ -98,6 +98,8 @@ def test_text_results_beside_sources_are_not_inputs() -> None:
     assert not text.takes("scan.pdf.txt")  # the text we wrote for scan.pdf
     assert text.takes("notes.txt")  # a text document of the user's
     assert not text.takes("sub/a.png.txt")
+    assert not text.takes("scan.pdf.17.txt")  # an earlier scan.pdf's text, kept aside
+    assert text.takes("minutes.2024.txt")  # a text document whose name has a number
 
 
 @pytest.mark.parametrize(

@@ -109,6 +109,19 @@ def test_a_broken_pipeline_pauses_and_does_not_use_up_attempts() -> None:
     assert decision.pause_pipeline and decision.refund_attempt
 
 
+def test_a_gateway_page_to_an_upload_begins_the_outage_and_counts_that_upload() -> None:
+    """The request went out: the document may be what broke the server, so it fails after
+    max_attempts such uploads (each waits its backoff; the outage holds the others back)."""
+    page = SubmitOutcome(SubmitKind.UNREACHABLE, None, 502, "the API's gateway answered: 502")
+    again = decide_after_submit(page, 1, POLICY, rng())
+    assert again.state is JobState.QUEUED and not again.refund_attempt
+    assert again.pipeline_change is PipelineChange.OUTAGE and again.delay_seconds >= 1.0
+    last = decide_after_submit(page, POLICY.max_attempts, POLICY, rng())
+    assert last.state is JobState.RESULT_STORED and last.outcome == "failed"
+    assert "gave up after 3 attempts" in last.error
+    assert last.pipeline_change is PipelineChange.OUTAGE and Wake.PROBE in last.wakes
+
+
 @pytest.mark.parametrize("attempts", [1, POLICY.max_attempts, POLICY.max_attempts + 3])
 def test_an_unreachable_api_is_the_pipelines_outage_not_the_documents_fault(attempts: int) -> None:
     outcome = SubmitOutcome(SubmitKind.UNREACHABLE, None, None, "connection refused")

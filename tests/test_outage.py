@@ -38,3 +38,11 @@ def test_only_the_latest_windows_are_kept() -> None:
     for start in range(100):
         blind = blind.after(float(start), start + 0.5)
     assert len(blind.windows) == 16 and blind.windows[-1] == (99.0, 99.5)
+
+
+def test_the_time_an_outage_hid_is_not_counted_against_a_deadline() -> None:
+    blind = Blind().after(100.0, 200.0).after(300.0, 310.0)
+    assert blind.unseen_seconds(50.0, 400.0) == 110.0  # both windows, whole
+    assert blind.unseen_seconds(150.0, 305.0) == 55.0  # the halves it saw of each
+    assert blind.unseen_seconds(210.0, 290.0) == 0.0
+    assert blind.unseen_seconds(350.0, 400.0, ongoing=380.0) == 20.0  # one still going on

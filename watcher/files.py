@@ -150,11 +150,13 @@ def open_for_writing(path: Path) -> bool:
     """Some process has the file open for writing: the kernel refuses a read lease (EAGAIN)
     while one has. False when it cannot tell: not the file's owner and no CAP_LEASE, a file
     system without leases, the file gone."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:  # never through a symlink, and only a regular file (a device's open has effects)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False
     try:
+        if not stat_mode.S_ISREG(os.fstat(fd).st_mode):
+            return False
         # A writer opening the file while we hold the lease makes the kernel signal us:
         # SIGURG, ignored by default, instead of SIGIO, which would end the process.
         fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)

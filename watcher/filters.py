@@ -60,6 +60,7 @@ HIDDEN_OR_TEMPORARY = PassedOver("a hidden, temporary or system file (built-in r
 OUR_ERROR_FILE = PassedOver("an error file the daemon wrote")
 OUR_RESULT_FILE = PassedOver("a .json file beside the sources, where results are written")
 OUR_TEXT_FILE = PassedOver("the text result of the document it is named after")
+KEPT_ID = re.compile(r"\.[0-9]+$")  # a.pdf.<job id>: a result kept aside for a reused name
 NOT_INCLUDED = PassedOver("not matched by any include pattern", by_pattern=True)
 HIDDEN_FOLDER = "a hidden or system folder (built-in rule)"
 
@@ -82,7 +83,9 @@ class FileFilter:
     def passed_over(self, relative_path: str) -> PassedOver | None:
         """Why the file at this relative path is not a document to take; None: it is."""
         if self.results_beside_sources and self.text_results and relative_path.endswith(".txt"):
-            if self._passed_over(relative_path.removesuffix(".txt")) is None:
+            # a.pdf.txt, or a.pdf.<job id>.txt: an earlier document's text kept aside
+            source = KEPT_ID.sub("", relative_path.removesuffix(".txt"))
+            if self._passed_over(source) is None:
                 return OUR_TEXT_FILE
         return self._passed_over(relative_path)
 

@@ -110,14 +110,14 @@ class Finisher(ContextLoop):
     def _finish(self, claimed: list[Job]) -> tuple[list[Written], list[Job]]:
         written: list[Written] = []
         unwritten: list[Job] = []
-        superseded: list[Job] = []
+        superseded: list[tuple[Job, Pipeline]] = []  # the pipeline as classified: a reload
         newest = newest_of(self.store.newest_finished_versions(claimed), claimed)
         for job in claimed:
             pipeline = self.pipelines.get(job.pipeline)
             if pipeline is None:  # removed by a reload; its jobs wait for it
                 continue
             if not may_write(job.version, newest[(job.pipeline, job.relative_path)]):
-                superseded.append(replace(job, result_file=ResultFile.SUPERSEDED))
+                superseded.append((replace(job, result_file=ResultFile.SUPERSEDED), pipeline))
                 continue
             with about(job):
                 target = self._write(job, pipeline)
@@ -132,16 +132,17 @@ class Finisher(ContextLoop):
         finished = {job.id for job, _, _ in kept}
         unwritten += [job for job, _, _ in written if job.id not in finished]
         disposals = [self._dispose(job, pipeline) for job, pipeline, _ in kept]
-        finishing = [job for job, _, _ in kept] + superseded
+        finishing = [job for job, _, _ in kept] + [job for job, _ in superseded]
         self.store.mark_finished_many(finishing, self._notices(kept))
-        if self.store.revive_newest_superseded(superseded):  # came back meanwhile: A -> B -> A
+        # Came back at their paths while we held them (A -> B -> A): written after all.
+        if self.store.revive_newest_superseded([job for job, _ in superseded]):
             self.wakes.finished.set()
         for (job, pipeline, target), disposal in zip(kept, disposals, strict=True):
             with about(job):
                 self._report(job, pipeline, target, disposal)
-        for job in superseded:
+        for job, pipeline in superseded:
             with about(job):
-                self._report_superseded(job, self.pipelines[job.pipeline])
+                self._report_superseded(job, pipeline)
         return kept, unwritten
 
     def _report_superseded(self, job: Job, pipeline: Pipeline) -> None:

@@ -280,8 +280,7 @@ def decide_after_submit(
         error = f"the API refused the document: {outcome.error}"
         return _upload_failed("document refused by the API", error)
     if kind is SubmitKind.UNREACHABLE:
-        # Not the document's fault, so not its attempt: it goes once the API answers again.
-        return replace(_out_of_reach(outcome.error), state=JobState.QUEUED, refund_attempt=True)
+        return _upload_out_of_reach(outcome, attempts, policy, rng)
     if kind is SubmitKind.PIPELINE_BROKEN:
         reason = outcome.error or f"HTTP {outcome.http_status}"
         return Decision(
@@ -323,6 +322,31 @@ def decide_after_submit(
     return _upload_again(
         decision, outcome, "upload_unknown" if kind is SubmitKind.UNKNOWN else "upload"
     )
+
+
+def _upload_out_of_reach(
+    outcome: SubmitOutcome, attempts: int, policy: RetryPolicy, rng: random.Random
+) -> Decision:
+    """The pipeline's outage begins. Nothing sent (no HTTP answer): not the document's
+    attempt, it goes once the API answers. A gateway's page came after the request went out:
+    the document may be what broke the server (a worker killed by it), so that upload counts,
+    and waits its backoff; the outage holds every other upload back, so an outage of any
+    length costs a document at most the one upload that met it."""
+    outage = _out_of_reach(outcome.error)
+    if outcome.http_status is None:
+        return replace(outage, state=JobState.QUEUED, refund_attempt=True)
+    if attempts >= policy.max_attempts:
+        error = f"gave up after {attempts} attempts; last error: {outcome.error}"
+        failed = _upload_failed("document failed: its uploads did not get through", error)
+        return replace(
+            failed,
+            pipeline_change=PipelineChange.OUTAGE,
+            pause_reason=outcome.error,
+            wakes=failed.wakes | outage.wakes,
+            error_kind="api_unreachable",
+        )
+    delay = backoff_seconds(attempts, policy, rng)
+    return replace(outage, state=JobState.QUEUED, delay_seconds=delay)
 
 
 def _out_of_reach(error: str) -> Decision:

@@ -74,9 +74,9 @@ class _Handler(FileSystemEventHandler):
             if event.is_directory:
                 self._new_folders[path] = time.time_ns()
                 return Arrival.CHANGED
-            reported_ns = self._new_folders.get(
-                os.path.dirname(path), max(self._new_folders.values())
-            )
+            reported_ns = self._new_folders.get(os.path.dirname(path))
+            if reported_ns is None:  # not asked for every file: the listing may be huge
+                reported_ns = max(self._new_folders.values())
             return Arrival.UNSURE if _changed_before(path, reported_ns) else Arrival.CREATED
         self._new_folders = {path: time.time_ns()} if created and event.is_directory else {}
         return arrival_of(event)

@@ -68,3 +68,9 @@ class Blind:
         through a window (`ongoing`: the start of one that has not ended yet)."""
         windows = self.windows if ongoing is None else (*self.windows, (ongoing, math.inf))
         return any(start < asked_at and end > submitted_at for start, end in windows)
+
+    def unseen_seconds(self, since: float, now: float, ongoing: float | None = None) -> float:
+        """How much of the span from `since` to `now` fell in windows (an execution's age
+        that no poll could see: it does not count against its deadline)."""
+        windows = self.windows if ongoing is None else (*self.windows, (ongoing, math.inf))
+        return sum(max(0.0, min(end, now) - max(start, since)) for start, end in windows)

@@ -76,9 +76,10 @@ class Prober(ContextLoop):
             )
 
     def _back(self, pipeline: Pipeline) -> None:
-        """The API answers again: its queued documents go now, its executions are polled."""
+        """The API answers again: its queued documents go now (what the outage put back is
+        due already; a deliberate backoff, after a 429 say, keeps its time), its executions
+        are polled."""
         pipeline.end_outage(self.store.clock())
-        self.store.make_queued_due(pipeline.name)
         self.wakes.work.set()
         self.wakes.submitted.set()
 

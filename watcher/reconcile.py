@@ -148,7 +148,7 @@ class Reconciler(ContextLoop):
         decision = decide_after_poll(
             outcome,
             job,
-            now - (job.submitted_at or now),
+            pipeline.seen_age(job.submitted_at or now, now),
             pipeline.policy,
             self.rng,
             pipeline.expected_execution_seconds,

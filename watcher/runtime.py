@@ -161,6 +161,13 @@ class Pipeline:
         ongoing = outage.began_at if outage is not None else None
         return not self.blind.hides(submitted_at, asked_at, ongoing)
 
+    def seen_age(self, submitted_at: float, now: float) -> float:
+        """An execution's age less the time its API was out of reach (no poll could see it
+        then): what its deadline counts."""
+        outage = self.outage
+        ongoing = outage.began_at if outage is not None else None
+        return now - submitted_at - self.blind.unseen_seconds(submitted_at, now, ongoing)
+
     def unreachable_past_grace(self, now: float | None = None) -> Outage | None:
         """The outage, once it lasted longer than the pipeline tolerates (a problem then)."""
         outage = self.outage

@@ -91,7 +91,7 @@ class SharedPoll:
         now = self.store.clock()
         decided = []
         for index, (job, outcome) in enumerate(zip(execution, outcomes, strict=True)):
-            elapsed = now - (job.submitted_at or now)
+            elapsed = self.pipeline.seen_age(job.submitted_at or now, now)
             decision = decide_after_poll(
                 outcome, job, elapsed, self.pipeline.policy, self.loop.rng, expected
             )

@@ -428,6 +428,11 @@ class FolderWatcher:
         if not open_for_writing(self.root / relative):
             return False
         self.tracker.arrived(relative, Arrival.CREATED, now)
+        # Said at each close_wait_seconds that it stays open: a writer that never lets go
+        # (an indexer, a stuck copy) would otherwise hold the document back without a word.
+        self.log.warning(
+            "a writer still has the file open; waiting for it to close it", path=as_text(relative)
+        )
         return True
 
     def _flush(self) -> None:
