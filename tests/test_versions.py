@@ -401,3 +401,25 @@ def test_an_earlier_content_back_while_the_finisher_holds_it_is_written_after_al
     assert not (drop_dir / "a.pdf").exists()  # not left in the inbox
     assert described(drop_dir / f"a.pdf.{second}.json") == sha(b"content B")
     assert shown(store, first, pipeline) == str(drop_dir / "a.pdf.json")
+
+
+def test_an_older_version_never_moves_a_newer_ones_file_aside(
+    store: Store, tmp_path: Path, finishing: Finishing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B's file is at the path, but the finisher did not see B finished (another instance
+    wrote it and has not marked its row yet): A's late answer is superseded by the file."""
+    pipeline, finisher = finishing()
+    drop_dir = tmp_path / "drop"
+    first = drop(store, drop_dir, "a.pdf", b"content A")
+    second = drop(store, drop_dir, "a.pdf", b"content B")
+    assert first is not None and second is not None
+    running = submit_all(store)
+    answer(store, running[second])
+    assert finisher.finish_stored() == (1, 0)  # B's file
+    answer(store, running[first])
+    # As another instance's finisher would see it before B's row is marked: nothing finished.
+    monkeypatch.setattr(store, "newest_finished_versions", lambda batch: {})
+    assert finisher.finish_stored() == (0, 0)
+    assert described(drop_dir / "a.pdf.json") == sha(b"content B")  # still B's
+    assert not (drop_dir / f"a.pdf.{second}.json").exists()
+    assert "newer version" in shown(store, first, pipeline)

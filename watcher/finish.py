@@ -21,6 +21,7 @@ from watcher.runtime import Pipeline
 from watcher.store import StoreError
 from watcher.store.table_sink import TableSinks, table_row
 from watcher.versions import (
+    NewerVersionThere,
     clear_the_way,
     drop_own_kept_copy,
     may_write,
@@ -120,7 +121,11 @@ class Finisher(ContextLoop):
                 superseded.append((replace(job, result_file=ResultFile.SUPERSEDED), pipeline))
                 continue
             with about(job):
-                target = self._write(job, pipeline)
+                try:
+                    target = self._write(job, pipeline)
+                except NewerVersionThere:
+                    superseded.append((replace(job, result_file=ResultFile.SUPERSEDED), pipeline))
+                    continue
             if target is None:
                 unwritten.append(job)
             else:

@@ -57,6 +57,12 @@ def occupant_sha(path: Path) -> str | None:
     return sha if isinstance(sha, str) else None
 
 
+class NewerVersionThere(Exception):
+    """The file under the job's name is a newer version's of its path (it finished on
+    another instance meanwhile, or its row is not marked yet): the job is superseded and
+    moves nothing."""
+
+
 @dataclass(frozen=True)
 class SetAside:
     """Another document's result file that was under a name this job writes."""
@@ -89,6 +95,8 @@ def clear_the_way(
         owner = owner_of(sha) if sha is not None and sha != job.sha256 else None
         if owner is None or owner.id == job.id:
             continue
+        if not may_write(job.version, owner.version):
+            raise NewerVersionThere(owner.id)
         # An error file holds no result (the error stays in the job table): replaced.
         keep = on_reused_name == KEEP and owner.outcome == "success"
         record({owner.id: ResultFile.KEPT if keep else ResultFile.REPLACED})
