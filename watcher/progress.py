@@ -31,9 +31,11 @@ class ProgressBar:
 
     def __init__(self) -> None:
         self._bar: tqdm[Any] | None = None
+        self._daemon: Daemon | None = None
         self._logs = ExitStack()
 
     def __call__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
         bar = self._bar or self._open(daemon)
         figures = daemon.progress()
         # Never backwards: the total only grows (a file dropped meanwhile), n only counts up.
@@ -60,6 +62,9 @@ class ProgressBar:
 
     def close(self) -> None:
         if self._bar is not None:
+            if self._daemon is not None:  # documents finished after the last round's look
+                finished = sum(self._daemon.finisher.outcomes.values())
+                self._bar.n = max(self._bar.n, finished)
             self._bar.total = self._bar.n  # drained: what was counted but not taken was nothing
             self._bar.refresh()
             self._bar.close()
