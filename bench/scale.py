@@ -64,10 +64,9 @@ def expire_history(layout: Layout) -> None:
     with closing(sqlite3.connect(layout.db_path, isolation_level=None)) as db:
         ended = "state IN ('done', 'failed')"
         db.execute("BEGIN IMMEDIATE")
-        db.execute(
-            f"UPDATE jobs SET result_body = NULL, answer_dropped_at = finished_at WHERE {ended} "
-            "AND result_body IS NOT NULL"
-        )
+        kept = f"id IN (SELECT job_id FROM answers) AND {ended}"
+        db.execute(f"UPDATE jobs SET answer_dropped_at = finished_at WHERE {kept}")
+        db.execute(f"DELETE FROM answers WHERE job_id IN (SELECT id FROM jobs WHERE {ended})")
         db.execute(f"DELETE FROM results WHERE job_id IN (SELECT id FROM jobs WHERE {ended})")
         db.execute("COMMIT")
         db.executescript("PRAGMA incremental_vacuum")
