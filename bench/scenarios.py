@@ -71,6 +71,9 @@ class Sizes:
     scale_rescan_seconds: float = 20.0
     big_docs: tuple[int, int] = (16, 48)  # the bigdocs scenario's packed drop: count, MiB each
     huge_doc_mib: int = 2048  # and its one big document
+    # Written in place into a running daemon over the scale scenario's biggest history: with
+    # it, the tree and database hold scale_docs[-1] + scale_burst_docs processed documents.
+    scale_burst_docs: int = 20_000
 
 
 FULL = Sizes(
@@ -90,7 +93,7 @@ FULL = Sizes(
     90.0,
     400,
     2.0,
-    (50_000, 150_000),
+    (50_000, 180_000),
 )
 SMOKE = Sizes(
     1.0,
@@ -114,6 +117,7 @@ SMOKE = Sizes(
     2.0,
     big_docs=(4, 1),
     huge_doc_mib=8,
+    scale_burst_docs=400,
 )
 
 
