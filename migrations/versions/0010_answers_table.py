@@ -3,7 +3,9 @@ whole row, so its space is given back, where `jobs.result_body` set to NULL left
 the job row's page (1.6 KB per processed document where the row needs about 330 B).
 
 The answers still kept move to `answers` (their time stored: the job's `updated_at`, which
-is never after its `finished_at`); then `jobs.result_body` and its partial index go.
+is never after its `finished_at`); then `jobs.result_body` and its partial index go, and so
+does `ix_jobs_path`, whose columns lead the unique index on (pipeline, path, sha256), which
+serves the same lookups (it cost about 46 B per processed document).
 
 SQLite: dropping the column rebuilds `jobs` (alembic's batch mode copies its rows into a new
 table), so the history's rows are packed anew, without the space the answers dropped before
@@ -38,6 +40,8 @@ def upgrade() -> None:
         "SELECT id, result_body, updated_at FROM jobs WHERE result_body IS NOT NULL"
     )
     op.drop_index("ix_jobs_answer_kept", "jobs")
+    # Its columns lead uq_jobs_document, which serves the same lookups by path.
+    op.drop_index("ix_jobs_path", "jobs")
     if op.get_bind().dialect.name != "sqlite":
         op.drop_column("jobs", "result_body")
         return
@@ -55,6 +59,7 @@ def _give_back_pages() -> None:
 
 
 def downgrade() -> None:
+    op.create_index("ix_jobs_path", "jobs", ["pipeline", "relative_path"])
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("result_body", sa.Text))
     op.execute(

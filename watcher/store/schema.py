@@ -72,7 +72,8 @@ jobs = sa.Table(
 )
 sa.Index("ix_jobs_state_due", jobs.c.state, jobs.c.next_attempt_at)
 sa.Index("ix_jobs_poll_due", jobs.c.state, jobs.c.next_poll_at)
-sa.Index("ix_jobs_path", jobs.c.pipeline, jobs.c.relative_path)
+# Lookups by path (pipeline, relative_path) use the unique index's first two columns: the
+# separate index on them (until migration 0010) cost about 46 B per processed document.
 
 # The terminal answer a job's poll stored (read once from the API), in a table of its own:
 # when it expires its row is deleted whole, so its pages become free and go back to the disk
