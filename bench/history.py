@@ -43,6 +43,7 @@ class Burst:
     bytes_per_doc: float  # the file / the documents, answers expired
     burst_bytes_per_doc: float  # what the burst added / its documents
     wal_bytes: int  # the WAL's size while the daemon ran, after the burst
+    connections: int  # the daemon's open connections to the database after the burst
     where: str  # bytes per document by table and index
 
 
@@ -61,6 +62,7 @@ def burst_into_history(ctx: Context, layout: Layout) -> Burst:
         ctx.say(f"scale burst: processed and expired in {time.monotonic() - started:.1f} s")
         rss_burst = daemon.status_kib("VmHWM") / 1024
         wal = _wal_bytes(layout.db_path)
+        connections = _open_files(daemon, layout.db_path)
     finally:
         ctx.finish_daemon("scale burst", daemon)
     docs = _jobs(layout.db_path)
@@ -71,7 +73,9 @@ def burst_into_history(ctx: Context, layout: Layout) -> Burst:
     finally:
         ctx.procs.stop(emulator.proc)
     burst_bytes = (after - before) / count
-    return Burst(docs, count, rss_burst, rss_restart, after / docs, burst_bytes, wal, where)
+    return Burst(
+        docs, count, rss_burst, rss_restart, after / docs, burst_bytes, wal, connections, where
+    )
 
 
 def _write_burst(layout: Layout, count: int) -> list[Path]:
@@ -132,6 +136,19 @@ def _file_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+def _open_files(daemon: Daemon, path: Path) -> int:
+    """How many descriptors of the daemon are open on `path`: one per SQLite connection."""
+    fds = Path(f"/proc/{daemon.pid}/fd")
+    return sum(1 for fd in fds.iterdir() if _target(fd) == str(path))
+
+
+def _target(link: Path) -> str:
+    try:
+        return str(link.readlink())
+    except OSError:  # closed meanwhile
+        return ""
+
+
 def _wal_bytes(path: Path) -> int:
     wal = path.with_name(path.name + "-wal")
     return wal.stat().st_size if wal.exists() else 0
@@ -166,6 +183,7 @@ def burst_figures(found: Burst) -> list[Figure]:
             found.rss_burst_mib,
             "MiB",
             Target("<", 90),
+            f"{found.connections} connections open to the database",
         ),
         Figure(
             "scale",
