@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +337,8 @@ def test_answers_kept_in_job_rows_move_to_their_own_table(db_url: str) -> None:
         conn.execute(sa.text(OLD_RESULT), [{**rows[0], "body": None}])
         # What expiry did before: the answers of all but the last ten set to NULL in place.
         conn.execute(sa.text("UPDATE jobs SET result_body = NULL WHERE id <= 290"))
+        # Finished at 1300, updated since (a newer version of its path was seen, say).
+        conn.execute(sa.text("UPDATE jobs SET updated_at = 5000 WHERE id = 300"))
     before = checkpointed_size(Path(store.db.sqlite_file())) if store.db.is_sqlite else 0
     store.upgrade()
     with store.engine.begin() as conn:
@@ -346,7 +349,8 @@ def test_answers_kept_in_job_rows_move_to_their_own_table(db_url: str) -> None:
     assert by_id[300].result_body == json.loads(body) and by_id[1].result_body is None
     assert store.stored_result("e-1") is None  # its answer had expired
     assert store.stored_result("e-300") is None  # never kept by execution id: no row
-    assert store.drop_expired_answers(0.0, stored_cost) == 10
+    # Finished by 1300, all ten are due at 3000, also the one updated at 5000.
+    assert store.drop_expired_answers(time.time() - 3000, stored_cost) == 10
     with store.engine.begin() as conn:
         assert answer_rows(conn) == 0
     if store.db.is_sqlite:

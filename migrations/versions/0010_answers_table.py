@@ -2,10 +2,12 @@
 whole row, so its space is given back, where `jobs.result_body` set to NULL left it inside
 the job row's page (1.6 KB per processed document where the row needs about 330 B).
 
-The answers still kept move to `answers` (their time stored: the job's `updated_at`, which
-is never after its `finished_at`); then `jobs.result_body` and its partial index go, and so
-does `ix_jobs_path`, whose columns lead the unique index on (pipeline, path, sha256), which
-serves the same lookups (it cost about 46 B per processed document).
+The answers still kept move to `answers` (their time stored: the job's `finished_at`, or
+its `updated_at` if it has not finished: expiry wants it no later than the finish, and a
+finished job's `updated_at` may be later, e.g. a newer version of its path was seen); then
+`jobs.result_body` and its partial index go, and so does `ix_jobs_path`, whose columns lead
+the unique index on (pipeline, path, sha256), which serves the same lookups (it cost about
+46 B per processed document).
 
 SQLite: dropping the column rebuilds `jobs` (alembic's batch mode copies its rows into a new
 table), so the history's rows are packed anew, without the space the answers dropped before
@@ -37,7 +39,8 @@ def upgrade() -> None:
     op.create_index("ix_answers_stored", "answers", ["stored_at"])
     op.execute(
         "INSERT INTO answers (job_id, body, stored_at) "
-        "SELECT id, result_body, updated_at FROM jobs WHERE result_body IS NOT NULL"
+        "SELECT id, result_body, COALESCE(finished_at, updated_at) FROM jobs "
+        "WHERE result_body IS NOT NULL"
     )
     op.drop_index("ix_jobs_answer_kept", "jobs")
     # Its columns lead uq_jobs_document, which serves the same lookups by path.
