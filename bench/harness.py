@@ -182,7 +182,7 @@ def start_emulator(
 # -- the daemon -----------------------------------------------------------------------------
 
 
-Override = tuple[str, str, Any]  # (table: daemon | pipeline | api, key, value)
+Override = tuple[str, str, Any]  # (table: daemon | database | pipeline | api, key, value)
 
 
 @dataclass(frozen=True)
@@ -218,6 +218,7 @@ class Layout:
     def tables(self) -> dict[str, dict[str, Any]]:
         """The config's keys (documented in config.example.toml); the rest keep defaults."""
         tables: dict[str, dict[str, Any]] = {
+            "database": {"url": f"sqlite:///{self.db_path}"},
             "daemon": {"log_level": self.log_level, "log_format": "json"},
             "pipeline": {
                 "name": "bench",
@@ -242,7 +243,7 @@ class Layout:
         tables = self.tables()
         lines = [
             "[database]",
-            f"url = {json.dumps(f'sqlite:///{self.db_path}')}",
+            *_toml_pairs(tables["database"]),
             "[daemon]",
             *_toml_pairs(tables["daemon"]),
             "[[pipelines]]",

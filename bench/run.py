@@ -21,6 +21,7 @@ import time
 import tomllib
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -90,8 +91,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="TABLE.KEY=VALUE",
         type=override,
-        help="what-if: change a config key (TABLE: daemon, pipeline or api; VALUE in TOML), "
+        help="what-if: change a config key (TABLE: daemon, database, pipeline or api; VALUE in "
+        "TOML), "
         "e.g. --set api.poll_initial_seconds=0.05",
+    )
+    parser.add_argument(
+        "--scale-docs",
+        type=lambda text: tuple(int(n) for n in text.split(",")),
+        help="the scale scenario's sizes of cloned history, comma-separated (a run shorter "
+        "than the standard one; its figures say so)",
+    )
+    parser.add_argument(
+        "--scale-burst", type=int, help="documents written in place by the scale scenario"
     )
     parser.add_argument(
         "--settle-seconds",
@@ -106,8 +117,10 @@ def override(text: str) -> Override:
     """TABLE.KEY=VALUE from the command line; VALUE is TOML (a bare word is a string)."""
     name, separator, raw = text.partition("=")
     table, dot, key = name.partition(".")
-    if not (separator and dot and key) or table not in ("daemon", "pipeline", "api"):
-        raise argparse.ArgumentTypeError(f"expected daemon|pipeline|api.KEY=VALUE, not {text!r}")
+    if not (separator and dot and key) or table not in ("daemon", "database", "pipeline", "api"):
+        raise argparse.ArgumentTypeError(
+            f"expected daemon|database|pipeline|api.KEY=VALUE, not {text!r}"
+        )
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -139,6 +152,10 @@ def run_scenario(ctx: Context, report: Report, name: str) -> None:
 def _settings(args: argparse.Namespace) -> dict[str, object]:
     """What the run used, when it differs from the benchmark's standard settings."""
     settings: dict[str, object] = {f"{t}.{k}": v for t, k, v in args.overrides}
+    if args.scale_docs:
+        settings["scale_docs"] = list(args.scale_docs)
+    if args.scale_burst:
+        settings["scale_burst"] = args.scale_burst
     if args.org_limit != SERVER_LIMIT:
         settings["emulator.org_limit"] = args.org_limit
     if args.settle_seconds != SETTLE_SECONDS:
@@ -160,10 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     interrupted = False
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="unstract-watcher-bench-")).resolve()
+    sizes = SMOKE if args.smoke else FULL
+    if args.scale_docs:
+        sizes = replace(sizes, scale_docs=args.scale_docs)
+    if args.scale_burst:
+        sizes = replace(sizes, scale_burst_docs=args.scale_burst)
     ctx = Context(
         workdir,
         procs,
-        SMOKE if args.smoke else FULL,
+        sizes,
         args.settle_seconds,
         args.org_limit,
         tuple(args.overrides),

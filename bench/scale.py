@@ -9,6 +9,7 @@ Measured: that document's drop → result, RSS, the listing's time and CPU (from
 afterwards with rescans every `Sizes.scale_rescan_seconds` (more often than the default, so that the
 window holds some: an upper bound for the default) plus the full listing's CPU spread over
 `FULL_LISTING_SECONDS`, and database bytes per document. Two sizes give the slope of each figure.
+Then documents are written in place into a running daemon over the biggest (history.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from harness import (
     wait_for_results,
     wait_until,
 )
+from history import burst_figures, burst_into_history
 from report import Figure, Target
 from restart_state import grow
 from scenarios import Context, _idle_cpu, _seed
@@ -56,7 +58,8 @@ def scale(ctx: Context) -> list[Figure]:
     """Each size of `scale_docs` in turn; the figures of the biggest, and slopes."""
     layout = ctx.processed or _seed(ctx)
     measured = [_measure(ctx, layout, docs) for docs in ctx.sizes.scale_docs]
-    return _figures(measured, ctx.sizes.scale_rescan_seconds)
+    burst = burst_into_history(ctx, layout)  # over the biggest size's tree and database
+    return [*_figures(measured, ctx.sizes.scale_rescan_seconds), *burst_figures(burst)]
 
 
 def expire_history(layout: Layout) -> None:
@@ -64,10 +67,9 @@ def expire_history(layout: Layout) -> None:
     with closing(sqlite3.connect(layout.db_path, isolation_level=None)) as db:
         ended = "state IN ('done', 'failed')"
         db.execute("BEGIN IMMEDIATE")
-        db.execute(
-            f"UPDATE jobs SET result_body = NULL, answer_dropped_at = finished_at WHERE {ended} "
-            "AND result_body IS NOT NULL"
-        )
+        kept = f"id IN (SELECT job_id FROM answers) AND {ended}"
+        db.execute(f"UPDATE jobs SET answer_dropped_at = finished_at WHERE {kept}")
+        db.execute(f"DELETE FROM answers WHERE job_id IN (SELECT id FROM jobs WHERE {ended})")
         db.execute(f"DELETE FROM results WHERE job_id IN (SELECT id FROM jobs WHERE {ended})")
         db.execute("COMMIT")
         db.executescript("PRAGMA incremental_vacuum")

@@ -72,6 +72,9 @@ class Sizes:
     big_docs: tuple[int, int] = (16, 48)  # the bigdocs scenario's packed drop: count, MiB each
     huge_doc_mib: int = 2048  # and its one big document
     pipelines: tuple[int, ...] = (1, 50, 150)  # the pipelines scenario's config sizes
+    # Written in place into a running daemon over the scale scenario's biggest history: with
+    # it, the tree and database hold scale_docs[-1] + scale_burst_docs processed documents.
+    scale_burst_docs: int = 20_000
 
 
 FULL = Sizes(
@@ -91,7 +94,7 @@ FULL = Sizes(
     90.0,
     400,
     2.0,
-    (50_000, 150_000),
+    (50_000, 180_000),
 )
 SMOKE = Sizes(
     1.0,
@@ -116,6 +119,7 @@ SMOKE = Sizes(
     big_docs=(4, 1),
     huge_doc_mib=8,
     pipelines=(1, 20),
+    scale_burst_docs=400,
 )
 
 

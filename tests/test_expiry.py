@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from watcher.heartbeat import Heartbeat
 from watcher.jobs import Decision, Job, JobState
 from watcher.output import Placement
 from watcher.store import Store
-from watcher.store.schema import jobs, results
+from watcher.store.schema import answers, jobs, results
 
 SHA = "a" * 64
 DAY = 86400.0
@@ -57,10 +58,13 @@ def finished(store: Store, name: str = "a.pdf", execution_id: str = "e-1") -> Jo
 
 
 def age(store: Store, days: float, only: int | None = None) -> None:
-    """Move finishes (of every job, or of one) back in time instead of waiting."""
-    query = sa.update(jobs).values(finished_at=jobs.c.finished_at - days * DAY)
+    """Move finishes and the answers stored before them (of every job, or of one) back in
+    time instead of waiting."""
+    finish = sa.update(jobs).values(finished_at=jobs.c.finished_at - days * DAY)
+    stored = sa.update(answers).values(stored_at=answers.c.stored_at - days * DAY)
     with store.engine.begin() as conn:
-        conn.execute(query if only is None else query.where(jobs.c.id == only))
+        conn.execute(finish if only is None else finish.where(jobs.c.id == only))
+        conn.execute(stored if only is None else stored.where(answers.c.job_id == only))
 
 
 def kept_bodies(store: Store) -> list[Any]:
@@ -166,6 +170,23 @@ def test_a_retried_job_forgets_that_its_old_answer_was_dropped(store: Store) -> 
     assert again.answer_dropped_at is None and again.state is JobState.QUEUED
 
 
+def test_a_retried_job_loses_its_kept_answer(store: Store) -> None:
+    from watcher.store.operator import retry_jobs
+
+    job = finished(store)
+    with store.engine.begin() as conn:  # failed with its answer kept: retryable
+        conn.execute(sa.update(jobs).values(state=JobState.FAILED.value))
+        assert answer_rows(conn) == 1
+    assert retry_jobs(store, [job.id]) == 1
+    with store.engine.begin() as conn:
+        assert answer_rows(conn) == 0
+    assert store.list_jobs()[0].result_body is None
+
+
+def answer_rows(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(answers)).scalar_one())
+
+
 def checkpointed_size(path: Path) -> int:
     """The database file's size once the WAL's pages are in it."""
     conn = sqlite3.connect(path, isolation_level=None)
@@ -182,12 +203,13 @@ def test_sqlite_gives_the_space_back(sqlite_url: str) -> None:
     big = {"message": [{"file": "a.pdf", "result": {"text": "x" * 200_000}}]}
     finished(store)
     with store.engine.begin() as conn:
-        conn.execute(sa.update(jobs).values(result_body=json.dumps(big)))
+        conn.execute(sa.update(answers).values(body=json.dumps(big)))
     path = Path(store.db.sqlite_file())
     before = checkpointed_size(path)
     assert store.drop_expired_answers(0.0, stored_cost) == 1
     with store.engine.begin() as conn:
         assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
+        assert answer_rows(conn) == 0
     assert checkpointed_size(path) < before - 150_000
     store.close()
 
@@ -276,8 +298,7 @@ def test_with_zero_days_the_daemon_keeps_only_the_files_and_the_commands_say_so(
         heartbeat = Heartbeat(daemon.live)
         heartbeat.expire_answers(daemon.live.current)  # the pass its loop makes
         with daemon.live.current.store.engine.begin() as conn:
-            kept = conn.execute(sa.select(sa.func.count()).where(jobs.c.result_body.is_not(None)))
-            assert kept.scalar_one() == 0
+            assert answer_rows(conn) == 0
         (drop / "a.txt").write_bytes(b"a.txt")  # the same content again: not processed twice
         let_discovery_catch_up(daemon, drop)
         paths = [job.relative_path for job in daemon.live.current.store.list_jobs()]
@@ -298,3 +319,43 @@ def test_with_zero_days_the_daemon_keeps_only_the_files_and_the_commands_say_so(
     assert results_under(drop)["a.txt.json"]["status"] == "success"
     report = cli(config, "report", "--format", "json")
     assert report.returncode == 0 and len(json.loads(report.stdout)) == 3  # and the sentinel
+
+
+def test_answers_kept_in_job_rows_move_to_their_own_table(db_url: str) -> None:
+    """Migration 0010: kept answers move to `answers`, dropped ones stay dropped, the
+    column goes; on SQLite the job table is packed anew and its old pages given back."""
+    store = Store(db_url)
+    store.upgrade("0009")
+    body = json.dumps(answer("x" * 800))
+    rows = [
+        {"id": n, "path": f"{n}.pdf", "sha": SHA, "state": "done", "eid": f"e-{n}"}
+        | {"body": body, "finished": 1000.0 + n}
+        for n in range(1, 301)
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(OLD_JOB), rows)
+        conn.execute(sa.text(OLD_RESULT), [{**rows[0], "body": None}])
+        # What expiry did before: the answers of all but the last ten set to NULL in place.
+        conn.execute(sa.text("UPDATE jobs SET result_body = NULL WHERE id <= 290"))
+        # Finished at 1300, updated since (a newer version of its path was seen, say).
+        conn.execute(sa.text("UPDATE jobs SET updated_at = 5000 WHERE id = 300"))
+    before = checkpointed_size(Path(store.db.sqlite_file())) if store.db.is_sqlite else 0
+    store.upgrade()
+    with store.engine.begin() as conn:
+        assert answer_rows(conn) == 10
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+        assert "result_body" not in columns and "version" in columns
+    by_id = {job.id: job for job in store.list_jobs()}
+    assert by_id[300].result_body == json.loads(body) and by_id[1].result_body is None
+    assert store.stored_result("e-1") is None  # its answer had expired
+    assert store.stored_result("e-300") is None  # never kept by execution id: no row
+    # Finished by 1300, all ten are due at 3000, also the one updated at 5000.
+    assert store.drop_expired_answers(time.time() - 3000, stored_cost) == 10
+    with store.engine.begin() as conn:
+        assert answer_rows(conn) == 0
+    if store.db.is_sqlite:
+        with store.engine.begin() as conn:
+            assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
+        # 300 rows of about 1 KiB before, about 300 B now: the pages of the old table are gone.
+        assert checkpointed_size(Path(store.db.sqlite_file())) < before - 150_000
+    store.close()

@@ -160,7 +160,7 @@ def _comeback_values(known: Row[Any], size: int, mtime_ns: int, now: float) -> d
         return values
     values.update(state=moved(state, target), finished_at=None, result_file=None)
     if target is JobState.QUEUED:
-        nothing = ("execution_id", "outcome", "result_body", "answer_dropped_at", "pack_id")
+        nothing = ("execution_id", "outcome", "answer_dropped_at", "pack_id")
         values.update(dict.fromkeys(nothing), attempts=0, poll_count=0, last_error="")
         values.update(next_attempt_at=now, alone=False, cost_in_dollars=None)
     return values

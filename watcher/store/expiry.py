@@ -17,18 +17,17 @@ import sqlalchemy as sa
 
 from watcher.jobs import Job, JobState
 from watcher.store.database import retry_transient
-from watcher.store.schema import ANSWER_KEPT, jobs, results, to_job
+from watcher.store.schema import answers, jobs, results, to_job
 from watcher.store.writes import StoreBase
 
 EXPIRY_BATCH = 200
 VACUUM_PAGES = 2000  # 8 MiB of 4 KiB pages a pass: the write lock is held only briefly
 ENDED = (JobState.DONE.value, JobState.FAILED.value)  # their files are written
 
-DROP = (
+DROPPED = (
     sa.update(jobs)
     .where(jobs.c.id == sa.bindparam("b_id"))
     .values(
-        result_body=None,
         answer_dropped_at=sa.bindparam("dropped_at", type_=sa.Double),
         cost_in_dollars=sa.bindparam("cost", type_=sa.Double),
     )
@@ -59,23 +58,28 @@ class Expiry(StoreBase):
             found = [to_job(row) for row in conn.execute(_due(now - keep_seconds, limit))]
             if not found:
                 return 0
-            conn.execute(DROP, [_dropped(job, now, cost_of) for job in found])
+            conn.execute(DROPPED, [_dropped(job, now, cost_of) for job in found])
+            ids = [job.id for job in found]
+            # Whole rows: their pages are freed, not left holding a NULL's worth of row.
+            conn.execute(sa.delete(answers).where(answers.c.job_id.in_(ids)))
             # Their executions' rows: kept for instances that could still be polling them,
             # which no one is once the job has ended.
-            ended = results.c.job_id.in_([job.id for job in found])
-            conn.execute(sa.delete(results).where(ended))
+            conn.execute(sa.delete(results).where(results.c.job_id.in_(ids)))
         return len(found)
 
 
 def _due(cutoff: float, limit: int) -> sa.Select[Any]:
     return (
-        sa.select(jobs)
-        .where(ANSWER_KEPT)
+        sa.select(*jobs.c, answers.c.body.label("result_body"))
+        .select_from(answers.join(jobs, jobs.c.id == answers.c.job_id))
+        # Through the index on stored_at (an answer is stored before its job finishes): a
+        # pass visits the answers due and those of jobs not ended yet, not the history.
+        .where(answers.c.stored_at <= cutoff)
         .where(jobs.c.finished_at <= cutoff)
         # Through coalesce, so that no index on state is used: SQLite (without statistics)
         # would walk every done row of the history instead of the index of kept answers.
         .where(sa.func.coalesce(jobs.c.state, "").in_(ENDED))
-        .order_by(jobs.c.finished_at)
+        .order_by(answers.c.stored_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )

@@ -25,8 +25,7 @@ def finished_jobs(
 ) -> Iterator[Job]:
     """Jobs in `states` (done, failed), oldest id first, without their stored answer (the
     result files hold what `export` reads)."""
-    columns = [c for c in jobs.c if c.name != "result_body"]
-    query: sa.Select[Any] = sa.select(*columns, sa.null().label("result_body"))
+    query: sa.Select[Any] = sa.select(*jobs.c, sa.null().label("result_body"))
     query = query.where(jobs.c.state.in_(states))
     if pipeline is not None:
         query = query.where(jobs.c.pipeline == pipeline)

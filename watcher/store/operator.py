@@ -20,7 +20,7 @@ from watcher.jobs import IN_FLIGHT, Job, JobState
 from watcher.notices import pause_draft
 from watcher.store.errors import StoreError, store_error
 from watcher.store.outbox import add_notices
-from watcher.store.schema import jobs, pipeline_state, to_job
+from watcher.store.schema import JOB_COLUMNS, answers, jobs, pipeline_state, to_job
 from watcher.store.statements import moved
 from watcher.store.store import Store
 
@@ -95,7 +95,7 @@ def jobs_newest_first(
     limit: int | None = None,
 ) -> list[Job]:
     """Jobs, newest first, filtered by state, pipeline and creation time (epoch seconds)."""
-    query = sa.select(jobs).order_by(jobs.c.id.desc())
+    query = sa.select(*JOB_COLUMNS).order_by(jobs.c.id.desc())
     if state is not None:
         query = query.where(jobs.c.state == state)
     if pipeline is not None:
@@ -110,7 +110,7 @@ def jobs_newest_first(
 
 def get_job(store: Store, job_id: int) -> Job | None:
     with reading(store) as conn:
-        row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+        row = conn.execute(sa.select(*JOB_COLUMNS).where(jobs.c.id == job_id)).first()
     return to_job(row) if row else None
 
 
@@ -122,10 +122,14 @@ def retry_jobs(store: Store, job_ids: Sequence[int]) -> int:
         .where(jobs.c.state.in_([s.value for s in RETRYABLE]))
         .where(jobs.c.id.in_(list(job_ids)))
         .values(state=_retried_state(), last_error="retried by an operator", **_fresh(store))
+        .returning(jobs.c.id)
     )
     try:
         with store.db.write() as conn:
-            return int(conn.execute(query).rowcount)
+            retried = list(conn.execute(query).scalars())
+            # Sent again: an answer kept from the last try is not theirs any more.
+            conn.execute(sa.delete(answers).where(answers.c.job_id.in_(retried)))
+            return len(retried)
     except sa.exc.SQLAlchemyError as exc:
         raise store_error(exc) from None
 
@@ -141,7 +145,7 @@ def _fresh(store: Store) -> dict[str, Any]:
     """The columns of a job that was never tried, due now."""
     now = store.db.now
     nothing = (
-        *("execution_id", "outcome", "result_body", "lease_owner", "lease_until"),
+        *("execution_id", "outcome", "lease_owner", "lease_until"),
         *("answer_dropped_at", "cost_in_dollars", "result_file"),
     )
     return {
@@ -224,7 +228,7 @@ def execution_documents(store: Store, execution_ids: Collection[str]) -> dict[st
     with reading(store) as conn:
         for start in range(0, len(wanted), ID_SLICE):
             query = (
-                sa.select(jobs)
+                sa.select(*JOB_COLUMNS)
                 .where(jobs.c.execution_id.in_(wanted[start : start + ID_SLICE]))
                 .order_by(jobs.c.id)
             )

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from watcher.jobs import Decision, Job, JobState
 from watcher.store.database import retry_transient
-from watcher.store.schema import job_from, jobs, pipeline_state, results
+from watcher.store.schema import answers, job_from, jobs, pipeline_state, results
 from watcher.store.statements import pipelines_params
 from watcher.store.writes import StoreBase, ends_claim
 
@@ -117,21 +117,35 @@ class Polls(StoreBase):
         self, job: Job, decision: Decision, http_status: int | None, body: Any, fetching: bool
     ) -> bool:
         """`record_poll` with one round of retries (none through a long outage)."""
-        values = self._poll_values(job, decision, http_status, body)
+        values = self._poll_values(job, decision, http_status)
+        answer = _answer(decision, body)
         expected = JobState.FETCHING if fetching else JobState.SUBMITTED
         with self.db.write(ending=[job]) as conn:
-            stored = self.sql.fenced(conn, job, expected, values)
-            if body is not None and decision.outcome is not None and job.execution_id:
-                self._keep_result(conn, job, decision, values, in_job_row=stored)
+            stored = self._record(conn, job, expected, values, answer)
+            if answer is not None and decision.outcome is not None and job.execution_id:
+                kept = (answer, values["updated_at"])
+                self._keep_result(conn, job, decision, kept, in_job_row=stored)
             return stored
 
-    def _poll_values(
-        self, job: Job, decision: Decision, http_status: int | None, body: Any
-    ) -> dict[str, Any]:
+    def _record(
+        self,
+        conn: Connection,
+        job: Job,
+        expected: JobState,
+        values: dict[str, Any],
+        answer: str | None,
+    ) -> bool:
+        """A poll's state change, fenced, and the answer it stored (in its own table), in
+        the caller's transaction."""
+        stored = self.sql.fenced(conn, job, expected, values)
+        if stored and answer is not None:
+            row = {"job_id": job.id, "body": answer, "stored_at": values["updated_at"]}
+            self.sql.store_answer.run(conn, row)
+        return stored
+
+    def _poll_values(self, job: Job, decision: Decision, http_status: int | None) -> dict[str, Any]:
         values: dict[str, Any] = self.decision_values(decision, http_status)
         values["poll_count"] = job.poll_count + 1  # only the claim's holder polls it
-        if body is not None and decision.state is JobState.RESULT_STORED:
-            values["result_body"] = json.dumps(body)
         if decision.state is JobState.QUEUED:
             values["execution_id"] = None
         return values
@@ -174,11 +188,12 @@ class Polls(StoreBase):
         claimed = sorted(decided, key=lambda pair: pair[0].id)  # rows locked in id order
         with self.db.write(ending=[job for job, _ in claimed]) as conn:
             done = {
-                job.id: self.sql.fenced(
+                job.id: self._record(
                     conn,
                     job,
                     JobState.SUBMITTED,
-                    self._poll_values(job, d, http_status, d.result_body),
+                    self._poll_values(job, d, http_status),
+                    _answer(d, d.result_body),
                 )
                 for job, d in claimed
             }
@@ -190,7 +205,7 @@ class Polls(StoreBase):
                     if done[job.id] and d.state is JobState.RESULT_STORED and d.result_body
                 ]
                 lead = holders[0] if holders else claimed[0][0]
-                kept = {"result_body": json.dumps(body), "updated_at": self.clock()}
+                kept = (json.dumps(body), self.clock())
                 self._keep_result(conn, lead, answer, kept, in_job_row=bool(holders))
         return [done[job.id] for job, _ in decided]
 
@@ -199,19 +214,20 @@ class Polls(StoreBase):
         conn: Connection,
         job: Job,
         decision: Decision,
-        values: dict[str, Any],
+        answer: tuple[str, float],
         in_job_row: bool,
     ) -> None:
-        """One copy of the answer: the job row's, or here if the job was taken over (its
-        holder finds it by execution id). A copy another instance left here is cleared
-        once the job row holds the answer."""
+        """One copy of the answer: the job's (in `answers`), or here if the job was taken
+        over (its holder finds it by execution id). A copy another instance left here is
+        cleared once the job holds the answer. `answer`: its JSON and when it was stored."""
+        body, stored_at = answer
         kept = {
             "execution_id": job.execution_id,
             "job_id": job.id,
             "outcome": decision.outcome,
             "error": decision.error,
-            "body": None if in_job_row else values["result_body"],
-            "created_at": values["updated_at"],
+            "body": None if in_job_row else body,
+            "created_at": stored_at,
         }
         added = self.sql.keep_result.run(conn, kept, tuple(kept)).first()
         if in_job_row and added is None:
@@ -221,10 +237,12 @@ class Polls(StoreBase):
         """(outcome, error, body) of an execution's terminal answer, if one was ever stored
         and is still kept (in `results`, or in the job row that holds that execution)."""
         holder = (jobs.c.id == results.c.job_id) & (jobs.c.execution_id == results.c.execution_id)
-        body = sa.func.coalesce(results.c.body, jobs.c.result_body).label("body")
+        body = sa.func.coalesce(results.c.body, answers.c.body).label("body")
         query = (
             sa.select(results.c.outcome, results.c.error, body)
-            .select_from(results.outerjoin(jobs, holder))
+            .select_from(
+                results.outerjoin(jobs, holder).outerjoin(answers, answers.c.job_id == jobs.c.id)
+            )
             .where(results.c.execution_id == execution_id)
         )
         with self.db.read() as conn:
@@ -236,3 +254,10 @@ class Polls(StoreBase):
     def next_poll_due_in(self, pipelines: list[str]) -> float | None:
         """Seconds until the earliest status poll is due (<= 0: now); None: none."""
         return self.due_in(jobs.c.next_poll_at, JobState.SUBMITTED, pipelines)
+
+
+def _answer(decision: Decision, body: Any) -> str | None:
+    """The answer a poll's decision stores with its job, as JSON (None: it stores none)."""
+    if body is None or decision.state is not JobState.RESULT_STORED:
+        return None
+    return json.dumps(body)

@@ -11,7 +11,7 @@ from watcher.jobs import Job, JobState, ResultFile
 from watcher.notices import Draft
 from watcher.store.database import retry_transient
 from watcher.store.outbox import add_notices
-from watcher.store.schema import db_path, fs_path, jobs, to_job
+from watcher.store.schema import ANSWER_KEPT, JOB_COLUMNS, db_path, fs_path, jobs, to_job
 from watcher.store.statements import moved, pipelines_params
 from watcher.store.writes import StoreBase
 
@@ -78,7 +78,7 @@ class Results(StoreBase):
             .where(jobs.c.id.in_(sorted(job.id for job in superseded)))
             .where(jobs.c.result_file == ResultFile.SUPERSEDED.value)
             .where(jobs.c.state.in_([s.value for s in finished]))
-            .where(jobs.c.result_body.is_not(None))
+            .where(ANSWER_KEPT)
             .where(jobs.c.version >= newest)
             .values(
                 state=state,
@@ -93,7 +93,7 @@ class Results(StoreBase):
     def content_at_path(self, job: Job, sha256: str) -> Job | None:
         """The job of another content (by its sha256) that the job's path held."""
         text, raw = db_path(job.relative_path)
-        query = sa.select(jobs).where(_at_path(job.pipeline, text, raw))
+        query = sa.select(*JOB_COLUMNS).where(_at_path(job.pipeline, text, raw))
         with self.db.read() as conn:
             row = conn.execute(query.where(jobs.c.sha256 == sha256)).first()
         return None if row is None else to_job(row)

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from watcher.jobs import IN_FLIGHT, Job, JobState, can_move
 from watcher.store.driver import Prepared, one_of, one_of_params
-from watcher.store.schema import jobs, results
+from watcher.store.schema import ANSWER_KEPT, JOB_COLUMNS, answers, jobs, results
 
 
 class IllegalTransition(AssertionError):
@@ -69,6 +69,18 @@ class Statements:
         # RETURNING, not rowcount: psycopg gives none for an INSERT ... ON CONFLICT.
         keep = self.insert(results).on_conflict_do_nothing().returning(results.c.execution_id)
         self.keep_result = Prepared(lambda keys: _set_from(keep, keys))
+        # A job's answer, in the transaction that records its poll (it is read once); one
+        # left by an earlier execution of the same job is replaced.
+        store_answer = self.insert(answers).values(
+            job_id=sa.bindparam("job_id"),
+            body=sa.bindparam("body"),
+            stored_at=sa.bindparam("stored_at", type_=sa.Double),
+        )
+        store_answer = store_answer.on_conflict_do_update(
+            index_elements=[answers.c.job_id],
+            set_={"body": store_answer.excluded.body, "stored_at": store_answer.excluded.stored_at},
+        )
+        self.store_answer = Prepared(lambda _: store_answer)
         self.clear_kept_body = (
             sa.update(results)
             .where(results.c.execution_id == sa.bindparam("b_execution_id"))
@@ -139,7 +151,7 @@ class Statements:
                 sa.update(jobs)
                 .where(jobs.c.id == candidate(pipelines))
                 .values(**claimed, pack_id=None)
-                .returning(*jobs.c)
+                .returning(*JOB_COLUMNS)
             )
         )
         self._prepare_pack_claim(due_queued, claimed)
@@ -149,7 +161,7 @@ class Statements:
         of_pipeline = jobs.c.pipeline == sa.bindparam("pipeline")
         self.queued_due_count = sa.select(sa.func.count()).where(due_queued & of_pipeline)
         self.pack_candidates = (
-            sa.select(*jobs.c)
+            sa.select(*JOB_COLUMNS)
             .where(due_queued & of_pipeline & jobs.c.alone.is_(False))
             .order_by(jobs.c.next_attempt_at, jobs.c.id)
             .limit(sa.bindparam("limit", type_=sa.Integer))
@@ -160,7 +172,7 @@ class Statements:
             .where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)))
             .where(jobs.c.state == JobState.QUEUED.value)
             .values(**claimed, pack_id=sa.bindparam("pack_id"))
-            .returning(*jobs.c)
+            .returning(*JOB_COLUMNS)
         )
         self.lead_pack = (
             sa.update(jobs)
@@ -208,7 +220,7 @@ class Statements:
             .where(jobs.c.relative_path == sa.bindparam("b_path"))
             .scalar_subquery()
         )
-        kept = jobs.c.result_body.is_not(None).label("answer_kept")
+        kept = ANSWER_KEPT.label("answer_kept")
         self.known_document = sa.select(
             jobs.c.id, jobs.c.state, jobs.c.version, kept, newest.label("newest")
         ).where(document)
@@ -245,7 +257,7 @@ class Statements:
                     lease_until=lease_until,
                     next_poll_at=lease_until,
                 )
-                .returning(*jobs.c)
+                .returning(*JOB_COLUMNS)
             )
         )
         free = (
@@ -271,7 +283,7 @@ class Statements:
                 sa.update(jobs)
                 .where(jobs.c.id.in_(ready(pipelines)))
                 .values(lease_owner=sa.bindparam("owner"), lease_until=lease_until)
-                .returning(*jobs.c)
+                .returning(*JOB_COLUMNS)
             )
         )
         # Seconds until `claim_results` would take a job (<= 0: now; NULL: none is stored).

@@ -30,7 +30,7 @@ from watcher.store.instance_lock import lock_instance
 from watcher.store.leases import Leases
 from watcher.store.polls import Polls
 from watcher.store.results import Results
-from watcher.store.schema import SCHEMA_HEAD, jobs, to_job
+from watcher.store.schema import JOB_COLUMNS, SCHEMA_HEAD, jobs, to_job
 from watcher.store.uploads import Uploads
 from watcher.store.writes import DEFAULT_LEASE_SECONDS
 
@@ -203,7 +203,7 @@ class Store(Discovery, Uploads, Polls, Results, Leases, Expiry):
 
     def list_jobs(self, pipeline: str | None = None) -> list[Job]:
         """Every job (of a pipeline), oldest id first; `operator.jobs_newest_first` filters."""
-        query = sa.select(jobs).order_by(jobs.c.id)
+        query = sa.select(*JOB_COLUMNS).order_by(jobs.c.id)
         if pipeline is not None:
             query = query.where(jobs.c.pipeline == pipeline)
         with self.db.write() as conn:
