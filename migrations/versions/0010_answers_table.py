@@ -57,8 +57,10 @@ def _give_back_pages() -> None:
     raw = op.get_bind().connection.dbapi_connection
     assert raw is not None
     if raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:  # INCREMENTAL (0007)
-        # A script runs the pragma to its end; one plain step frees a single page.
-        raw.executescript("PRAGMA incremental_vacuum")
+        # Each step of the pragma frees a page: read it to its end. Inside the migration's
+        # transaction (executescript would commit it before alembic stamps the revision, so
+        # a kill -9 there left the schema at 0010 stamped 0009).
+        raw.execute("PRAGMA incremental_vacuum").fetchall()
 
 
 def downgrade() -> None:
